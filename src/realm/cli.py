@@ -26,6 +26,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Datasets: synthesise the benchmark, inspect any supported layout.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+train_app = typer.Typer(help="Train a model on a dataset directory.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
 
 console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
@@ -75,6 +77,7 @@ def data_synth(
     out_dir: Path = typer.Option(..., "--out", help="Dataset directory to create."),
     hours: float = typer.Option(0.05, help="Total speaker audio to generate."),
     seed: int = typer.Option(0, help="Same seed, identical files."),
+    identity_seed: int = typer.Option(0, "--identity-seed", help="Listener identities (keep it to get new conversations of the same listeners)."),
     backend: str = typer.Option("piper", help="Speech: 'piper' (real words, neural TTS) or 'formant' (fast babble)."),
     tau: int = typer.Option(8, help="Listener reaction delay in frames (30 fps)."),
     tau_jitter: int = typer.Option(1, help="+- frames of jitter per reaction."),
@@ -91,7 +94,7 @@ def data_synth(
     from realm.data.synth import SynthConfig, generate
 
     cfg = SynthConfig(
-        hours=hours, seed=seed, backend=backend, tau=tau, tau_jitter=tau_jitter, listener_samples=listener_samples,
+        hours=hours, seed=seed, identity_seed=identity_seed, backend=backend, tau=tau, tau_jitter=tau_jitter, listener_samples=listener_samples,
         no_cue_fraction=no_cue_fraction, n_identities=identities, n_ood_identities=ood_identities, workers=workers,
     )  # fmt: skip
     if out_dir.exists() and not force:
@@ -173,6 +176,136 @@ def features(
         feats = extract(audio, ex, cache=not no_cache, channel=channel)
     save_npy(out_path, feats)
     out.print(f"{out_path}: shape {feats.shape[0]} x {feats.shape[1]} ({feats.shape[0] / ex.fps:.2f} s at {ex.fps:g} fps)")
+
+
+# ---------------------------------------------------------------- realm train ...
+
+
+@train_app.command("realm")
+@_friendly
+def train_realm_cmd(
+    data: Path = typer.Option(..., "--data", help="Dataset directory (any supported layout)."),
+    out_dir: Path = typer.Option(..., "--out", help="Run directory (checkpoints, logs, exported model)."),
+    extractor: str = typer.Option("logmel", "--extractor", "-e", help="Speaker features: logmel | vico45 | prosody | whisper"),
+    epochs: int = typer.Option(200, help="Stage-1 epochs (paper: 200)."),
+    stage2_epochs: int = typer.Option(50, "--stage2-epochs", help="Stage-2 epochs (paper: 50)."),
+    batch_size: int = typer.Option(512, "--batch-size", help="Clips per batch (paper: 512)."),
+    max_steps: int = typer.Option(-1, "--max-steps", help="Batches per stage (-1: run the epochs)."),
+    lr: float = typer.Option(2e-3, help="Stage-1 learning rate."),
+    clip_stride: int = typer.Option(4, "--clip-stride", help="Stride between 128-frame training clips."),
+    tau: int = typer.Option(8, help="Reaction delay of the shifted ALiBi (0: plain ALiBi)."),
+    no_gate: bool = typer.Option(False, "--no-gate", help="Ablation: no reactive gate."),
+    no_history: bool = typer.Option(False, "--no-history", help="Ablation: audio-only (no listener history)."),
+    no_audio: bool = typer.Option(False, "--no-audio", help="Ablation: history-only ('deaf')."),
+    no_refinement: bool = typer.Option(False, "--no-refinement", help="Ablation: coarse model only (no stage 2)."),
+    seed: int = typer.Option(23456),
+    accelerator: str = typer.Option("auto", help="Lightning accelerator: auto | cpu | gpu ..."),
+    devices: str = typer.Option("auto", help="Lightning devices: auto, a count, or a list like 0,1."),
+    strategy: str = typer.Option("auto", help="Lightning strategy: auto | ddp | ddp_spawn | fsdp ..."),
+    num_nodes: int = typer.Option(1, "--num-nodes"),
+    precision: str = typer.Option("32-true", help="Lightning precision, e.g. bf16-mixed on GPUs."),
+    num_workers: int = typer.Option(0, "--num-workers", help="DataLoader worker processes."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a run from its last checkpoints."),
+):
+    """Train REALM: stage 1 (coarse) then stage 2 (refinement); checkpoints selected on val."""
+    from realm.models.realm import REALMConfig
+    from realm.train import TrainConfig, train_realm
+
+    _quiet_lightning()
+    cfg = TrainConfig(
+        data=str(data), extractor=extractor, epochs=epochs, stage2_epochs=stage2_epochs, batch_size=batch_size,
+        max_steps=max_steps, lr=lr, clip_stride=clip_stride, seed=seed, accelerator=accelerator, devices=devices,
+        strategy=strategy, num_nodes=num_nodes, precision=precision, num_workers=num_workers,
+    )  # fmt: skip
+    mcfg = REALMConfig(
+        tau=tau, use_gate=not no_gate, use_history=not no_history, use_audio=not no_audio,
+        use_refinement=not no_refinement,
+    )  # fmt: skip
+    command = "realm " + " ".join(sys.argv[1:])
+    results = train_realm(cfg, mcfg, out_dir, resume=resume, command=command)
+    for stage, r in results.items():
+        metric = next((k for k in r if k.startswith("val/")), "")
+        out.print(f"{stage}: {r['steps']} steps in {r['seconds']} s, best {metric} = {r.get(metric)}")
+    if results:
+        out.print(f"model written to {out_dir} (config.json, model.safetensors, stats)")
+
+
+def _quiet_lightning() -> None:
+    import warnings
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", module="lightning")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+
+# ---------------------------------------------------------------- realm generate
+
+
+@app.command("generate")
+@_friendly
+def generate_cmd(
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Run directory of a trained model."),
+    audio: Path = typer.Option(..., "--audio", "-a", help="Speaker audio (any format, rate, channels)."),
+    out_path: Path = typer.Option(..., "--out", "-o", help="Output .npz (listener (N, T, D), spec, fps)."),
+    first_frame: Path = typer.Option(None, "--first-frame", help="Motion file whose (last) frame starts the listener."),
+    history: Path = typer.Option(None, "--history", help="Motion file of the listener's recent frames."),
+    samples: int = typer.Option(1, help="Number of stochastic samples."),
+    seed: int = typer.Option(0, help="Seed of the refinement noise."),
+    no_refine: bool = typer.Option(False, "--no-refine", help="Coarse motion only."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
+):
+    """Generate listener motion for an audio file with a trained checkpoint."""
+    import realm
+    from realm.generate import generate_file, read_motion
+
+    listener = realm.load(checkpoint)
+    spec = listener.spec.name
+    ff = read_motion(first_frame, spec)[-1] if first_frame else None
+    hist = read_motion(history, spec) if history else None
+    with console.status("generating"):
+        motion = generate_file(listener, audio, out_path, force=force, first_frame=ff, history=hist,
+                               samples=samples, seed=seed, refine=not no_refine)  # fmt: skip
+    n, T, D = motion.shape
+    out.print(f"{out_path}: {n} sample(s) x {T} frames x {D} ({spec}, {listener.fps:g} fps, {T / listener.fps:.2f} s)")
+
+
+# ---------------------------------------------------------------- realm demo
+
+
+@app.command("demo")
+@_friendly
+def demo_cmd(
+    checkpoint: Path = typer.Option(Path("checkpoints/realm-demo"), "--checkpoint", "-c", help="Trained REALM run."),
+    out_dir: Path = typer.Option(Path("demo_out"), "--out", help="Where the demo writes its outputs."),
+    speech: Path = typer.Option(Path("tests/data/jfk.flac"), "--speech", help="Real speech to react to."),
+    hours: float = typer.Option(0.05, help="Size of the held-out synthetic set."),
+    samples: int = typer.Option(3, help="REALM samples per clip (metrics are their mean)."),
+):
+    """Held-out synthetic conversations + real speech: REALM vs ground truth and trivial baselines."""
+    import time
+
+    from realm.demo import run_demo
+
+    t0 = time.time()
+    with _progress() as p:
+        task = p.add_task("synthesising a held-out set", total=None)
+        res = run_demo(checkpoint, out_dir, speech if speech and str(speech) else None, hours=hours, samples=samples,
+                       progress=lambda i, n: p.update(task, completed=i, total=n))  # fmt: skip
+    t = Table(title=f"REALM on {len(res['test_clips'])} held-out test clip(s) (arkit58; lower is better)")
+    t.add_column("model")
+    for c in res["columns"]:
+        t.add_column(c, justify="right")
+    best = {c: min(v[i] for k, v in res["table"].items() if k != "GT resample") for i, c in enumerate(res["columns"])}
+    for name, vals in res["table"].items():
+        cells = [f"[bold]{v:.4f}[/bold]" if v == best[c] and name != "GT resample" else f"{v:.4f}"
+                 for c, v in zip(res["columns"], vals, strict=True)]  # fmt: skip
+        t.add_row(name + (" (floor)" if name == "GT resample" else ""), *cells)
+    out.print(t)
+    out.print(f"REALM: mean of {res['samples']} samples per clip; GT resample = a second listener realisation.")
+    out.print(f"outputs in {out_dir}/: held-out set {res['synth_dir']}, motion {', '.join(res['outputs']['test'])}"
+              + (f", speech {res['outputs']['speech']}" if "speech" in res["outputs"] else "")
+              + f", metrics {out_dir}/demo_metrics.json  ({time.time() - t0:.0f} s)")  # fmt: skip
 
 
 def run() -> None:  # pragma: no cover - entry point helper

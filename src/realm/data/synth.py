@@ -118,7 +118,9 @@ EMOTION_PROSODY = {  # rate (length scale), pitch, gain
 @dataclass
 class SynthConfig:
     hours: float = 0.05
-    seed: int = 0
+    seed: int = 0  # conversations and listener realisations
+    identity_seed: int = 0  # listener identity styles: a new seed with the same identity seed gives
+    #                         new conversations of the same listeners (an honest held-out set)
     backend: str = "piper"  # "piper" (real words) or "formant" (fast babble)
     clip_seconds: tuple[float, float] = (16.0, 24.0)
     tau: int = 8  # reaction delay in frames (8 = 267 ms at 30 fps)
@@ -177,10 +179,13 @@ class Identity:
 
 
 def identities(cfg: SynthConfig) -> tuple[list[Identity], list[Identity]]:
-    """The in-distribution and the ood listener identities of a dataset (a function of the seed)."""
-    ids = [Identity.sample(f"lis{k}", np.random.default_rng([cfg.seed, 1, k]), cfg) for k in range(cfg.n_identities)]
+    """The in-distribution and the ood listener identities (a function of ``identity_seed`` only)."""
+    ids = [
+        Identity.sample(f"lis{k}", np.random.default_rng([cfg.identity_seed, 1, k]), cfg)
+        for k in range(cfg.n_identities)
+    ]
     ood = [
-        Identity.sample(f"ood{k}", np.random.default_rng([cfg.seed, 2, k]), cfg)
+        Identity.sample(f"ood{k}", np.random.default_rng([cfg.identity_seed, 2, k]), cfg)
         for k in range(cfg.n_ood_identities)
     ]
     return ids, ood

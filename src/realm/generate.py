@@ -1,0 +1,304 @@
+"""Generation: load a run, generate listener motion for any audio, offline or streaming.
+
+    import realm
+    listener = realm.load("runs/demo")                     # a run directory or a committed checkpoint
+    motion = listener.generate("speech.wav", samples=3)    # (3, T, D) in the checkpoint's spec, 30 fps
+
+REALM's coarse stage is deterministic; its samples differ through the refinement's noise.
+Refinement runs on consecutive chunks of ``refine_window`` frames (default 128, the training
+clip length); chunk ``c`` of sample ``s`` draws its noise from the seed ``(seed, s, c)``, so
+results are reproducible and do not depend on how the audio arrived.
+
+Streaming (:class:`Streamer`): push 16 kHz audio chunks of any size; frames come out one
+window (W = 16 frames) at a time, as soon as the audio of the window plus the feature
+extractor's context has arrived. **Algorithmic latency**: the first frame of a window is
+emitted W / fps + context / 16000 s after its audio starts (533 ms + 25 ms with ``logmel``;
++ 100 ms with ``vico45`` or ``prosody``); the last frame of a window 1 / fps + context later.
+Compute per window is measured by ``benchmarks/bench_generate.py``. With the same seed and
+``refine_window = W`` for the offline call, streaming gives the same frames as offline
+generation (tested). Whisper features come from a bidirectional encoder over 30 s and
+cannot be streamed exactly, so a whisper checkpoint refuses to stream.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from realm.audio import SAMPLE_RATE, get_extractor, load_audio, n_frames
+from realm.errors import RealmInputError
+from realm.models.realm import REALM, REALMConfig
+from realm.motion import NormStats, get_spec
+
+CHECKPOINT_FILES = ("config.json", "model.safetensors", "stats.npz", "feature_stats.npz")
+
+
+@dataclass
+class Listener:
+    """A trained listener model with everything it needs to run on raw audio."""
+
+    model: REALM
+    stats: NormStats
+    feature_stats: NormStats
+    extractor: str
+    config: dict
+    path: Path
+
+    @property
+    def spec(self):
+        return self.model.spec
+
+    @property
+    def fps(self) -> float:
+        return float(self.config.get("fps", 30.0))
+
+    def features(self, audio) -> np.ndarray:
+        """Normalised (T, A) features of a file path or a 16 kHz waveform."""
+        from realm.audio import extract
+
+        return self.feature_stats.apply(extract(audio, self.extractor))
+
+    def _start(self, first_frame, history):
+        """Normalised frame 0 (1, D) and/or history (1, K, D) tensors from raw motion arrays."""
+        D = self.spec.dim
+        f0 = h = None
+        if history is not None:
+            history = np.asarray(history, np.float32).reshape(-1, D)
+            h = torch.from_numpy(self.stats.apply(self.spec.validate(history, "history")))[None]
+        else:
+            first = self.stats.mean if first_frame is None else np.asarray(first_frame, np.float32).reshape(-1, D)[-1]
+            f0 = torch.from_numpy(self.stats.apply(first.astype(np.float32)))[None]
+        return f0, h
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        audio,
+        first_frame: np.ndarray | None = None,
+        history: np.ndarray | None = None,
+        samples: int = 1,
+        seed: int = 0,
+        refine: bool = True,
+        refine_window: int = 128,
+        features: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Listener motion (samples, T, D), de-normalised, for ``audio`` (path or 16 kHz waveform).
+
+        ``first_frame`` (D,) starts the bootstrap (default: the training mean frame); ``history``
+        (K', D) of real listener frames replaces the bootstrap. ``features`` skips extraction.
+        """
+        self.model.eval()
+        feats = self.features(audio) if features is None else features
+        a = torch.from_numpy(np.asarray(feats, np.float32))[None]  # (1, T, A)
+        f0, h = self._start(first_frame, history)
+        coarse, aux = self.model.rollout(a, frame0=f0, history=h)
+        T = coarse.shape[1]
+        outs = []
+        for s in range(samples):
+            m = coarse
+            if refine and self.model.refinement is not None:  # whole windows, then cut to T
+                m = refine_chunks(self.model, aux["padded"], aux["padded_audio"], seed, s, refine_window)[:, :T]
+            outs.append(self.stats.invert(m[0].numpy()))
+        return np.stack(outs).astype(np.float32)
+
+    def streamer(self, **kw) -> Streamer:
+        return Streamer(self, **kw)
+
+
+def _noise_generator(seed: int, sample: int, chunk: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(int(np.random.SeedSequence([seed, sample, chunk]).generate_state(1)[0]))
+    return g
+
+
+def refine_chunks(model: REALM, coarse, audio, seed: int, sample: int, window: int, first_chunk: int = 0):
+    """Refine (1, T, D) motion chunk by chunk; chunk c uses the noise of seed (seed, sample, c)."""
+    out = []
+    h = model.config.refine_dim
+    for k, start in enumerate(range(0, coarse.shape[1], window)):
+        m, a = coarse[:, start : start + window], audio[:, start : start + window]
+        noise = torch.randn(1, h, m.shape[1], generator=_noise_generator(seed, sample, first_chunk + k))
+        out.append(model.refine(m, a, noise))
+    return torch.cat(out, dim=1)
+
+
+class Streamer:
+    """Streaming generation: ``push`` 16 kHz mono chunks of any size, get frames as they are ready.
+
+    ``frames = streamer.push(chunk)`` returns a (n, D) array (n may be 0); ``streamer.flush()``
+    ends the stream and returns the remaining frames. See the module docstring for latency.
+    """
+
+    def __init__(self, listener: Listener, first_frame=None, history=None, seed: int = 0, sample: int = 0,
+                 refine: bool = True):  # fmt: skip
+        ex = get_extractor(listener.extractor)
+        if ex.context is None:
+            raise ValueError(
+                f"the {ex.name!r} extractor cannot be streamed exactly (it needs the whole clip); "
+                "use a checkpoint trained on logmel, vico45 or prosody features"
+            )
+        self.listener, self.ex = listener, ex
+        self.model = listener.model.eval()
+        self.W = self.model.config.window
+        self.K = self.model.config.history
+        self.f0, self.hist = listener._start(first_frame, history)
+        self.seed, self.sample, self.refine = seed, sample, refine
+        self.buf = np.zeros(0, np.float32)
+        self.offset = 0  # global index of buf[0]
+        self.window = 0  # next window to produce
+        self.done = False
+
+    @property
+    def latency_s(self) -> float:
+        """Algorithmic latency of the first frame of a window (seconds)."""
+        return self.W / self.listener.fps + self.ex.context / SAMPLE_RATE
+
+    def push(self, chunk: np.ndarray) -> np.ndarray:
+        if self.done:
+            raise RuntimeError("the stream was flushed; start a new Streamer")
+        chunk = np.asarray(chunk, np.float32).reshape(-1)
+        if not np.all(np.isfinite(chunk)):
+            raise RealmInputError(None, "audio chunk holds NaN/inf samples")
+        self.buf = np.concatenate([self.buf, chunk])
+        out = []
+        while self._ready(final=False):
+            out.append(self._produce(final=False))
+        return np.concatenate(out) if out else np.zeros((0, self.model.spec.dim), np.float32)
+
+    def flush(self) -> np.ndarray:
+        total = self.offset + len(self.buf)
+        out = []
+        while self.window * self.W < n_frames(total):
+            out.append(self._produce(final=True))
+        self.done = True
+        return np.concatenate(out) if out else np.zeros((0, self.model.spec.dim), np.float32)
+
+    # -- internals
+    def _frame_sample(self, frame: int) -> int:
+        return math.ceil(frame * SAMPLE_RATE / self.listener.fps - 1e-9)
+
+    def _ready(self, final: bool) -> bool:
+        total = self.offset + len(self.buf)
+        need = self._frame_sample((self.window + 1) * self.W) + self.ex.context
+        return total >= need
+
+    @torch.inference_mode()
+    def _produce(self, final: bool) -> np.ndarray:
+        W, w = self.W, self.window
+        total = self.offset + len(self.buf)
+        block = 3 * SAMPLE_RATE // 30 if self.listener.fps == 30 else SAMPLE_RATE  # 1600: whole frames + hops
+        g0 = max(0, (self._frame_sample(w * W) - self.ex.context) // block * block)
+        end = total if final else min(total, self._frame_sample((w + 1) * W) + self.ex.context)
+        seg = self.buf[g0 - self.offset : end - self.offset]
+        feats = self.ex(seg)  # frames from global frame t0
+        t0 = round(g0 * self.listener.fps / SAMPLE_RATE)
+        lo, hi = w * W - t0, min((w + 1) * W, n_frames(total)) - t0
+        f = self.listener.feature_stats.apply(feats[lo:hi]).astype(np.float32)
+        n = len(f)
+        a = torch.zeros(1, W, f.shape[1])
+        a[0, :n] = torch.from_numpy(f)
+        if self.hist is None:  # bootstrap from frame 0
+            self.hist, _ = self.model.bootstrap(self.f0, a)
+            motion, _ = self.model.step(a, self.hist)
+            motion[:, 0] = self.f0
+        else:
+            from realm.models.realm import _left_pad
+
+            motion, _ = self.model.step(a, _left_pad(self.hist, self.K))
+        self.hist = torch.cat([self.hist, motion], dim=1)[:, -self.K :]
+        if self.refine and self.model.refinement is not None:
+            motion = refine_chunks(self.model, motion, a, self.seed, self.sample, W, first_chunk=w)
+        self.window += 1
+        keep = max(0, self._frame_sample(self.window * W) - self.ex.context - 2 * block)
+        if keep > self.offset:  # drop audio no later window needs
+            self.buf = self.buf[keep - self.offset :]
+            self.offset = keep
+        return self.listener.stats.invert(motion[0, :n].numpy()).astype(np.float32)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load(run: str | Path) -> Listener:
+    """Load a run directory (``config.json``, ``model.safetensors``, ``stats.npz``, ``feature_stats.npz``)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    run = Path(run)
+    if not run.is_dir():
+        raise RealmInputError(run, "checkpoint directory not found")
+    for name in CHECKPOINT_FILES:
+        if not (run / name).exists():
+            raise RealmInputError(run / name, "missing checkpoint file (is this a realm run directory?)")
+    try:
+        config = json.loads((run / "config.json").read_text())
+        mcfg = REALMConfig(**config["model"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise RealmInputError(run / "config.json", f"invalid checkpoint config ({e})") from None
+    if config.get("model_type", "realm") != "realm":
+        raise RealmInputError(run / "config.json", f"unsupported model type {config.get('model_type')!r}")
+    model = REALM(mcfg)
+    try:
+        state = load_file(str(run / "model.safetensors"))
+    except (SafetensorError, OSError, Exception) as e:
+        raise RealmInputError(run / "model.safetensors", f"corrupt weights file ({type(e).__name__}: {e})") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise RealmInputError(run / "model.safetensors", f"weights do not match config.json ({first})") from None
+    stats = NormStats.load(run / "stats.npz")
+    fstats = NormStats.load(run / "feature_stats.npz")
+    spec = get_spec(mcfg.spec)
+    if stats.mean.shape != (spec.dim,):
+        raise RealmInputError(run / "stats.npz", f"stats have {stats.mean.shape[0]} dims, spec {spec.name} {spec.dim}")
+    if fstats.mean.shape != (mcfg.audio_dim,):
+        raise RealmInputError(run / "feature_stats.npz", f"{fstats.mean.shape[0]} feature dims, model expects {mcfg.audio_dim}")
+    return Listener(model.eval(), stats, fstats, config.get("feature_extractor", "logmel"), config, run)
+
+
+def generate_file(
+    listener: Listener, audio: str | Path, out: str | Path, force: bool = False, **kw
+) -> np.ndarray:
+    """Generate for an audio file and write ``out`` (.npz: listener (N, T, D), spec, fps, samples, audio)."""
+    from realm.io import save_npz
+
+    out = Path(out)
+    if out.exists() and not force:
+        raise FileExistsError(f"{out}: exists (use --force to overwrite)")
+    y = load_audio(audio)
+    motion = listener.generate(y, **kw)
+    save_npz(
+        out, listener=motion, spec=np.array(listener.spec.name), fps=np.array(listener.fps),
+        samples=np.array(motion.shape[0]), audio=np.array(str(audio)), checkpoint=np.array(str(listener.path)),
+    )  # fmt: skip
+    return motion
+
+
+def read_motion(path: str | Path, spec: str | None = None) -> np.ndarray:
+    """A (T, D) motion array from a .npz (key ``listener``, first realisation) or .npy file."""
+    path = Path(path)
+    if not path.exists():
+        raise RealmInputError(path, "motion file not found")
+    try:
+        if path.suffix == ".npy":
+            x = np.load(path)
+        else:
+            with np.load(path) as d:
+                key = "listener" if "listener" in d else d.files[0]
+                x = d[key]
+    except Exception as e:
+        raise RealmInputError(path, f"unreadable motion file ({type(e).__name__})") from None
+    x = np.asarray(x, np.float32)
+    while x.ndim > 2:
+        x = x[0]
+    if x.ndim == 1:
+        x = x[None]
+    if spec is not None:
+        get_spec(spec).validate(x, path)
+    return x

@@ -1,0 +1,1 @@
+"""Models: REALM (``realm.models.realm``) and, in later modules, the baselines and the LM listener."""

@@ -1,0 +1,109 @@
+"""Checkpoints, offline generation, streaming, and the generate command."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import realm
+from realm.audio import load_audio
+from realm.cli import app
+from realm.errors import RealmInputError
+from realm.models.realm import REALM, REALMConfig
+from realm.motion import NormStats
+from realm.train import export
+from tests.conftest import JFK
+
+SMALL = dict(spec="arkit58", audio_dim=80, d_model=32, ff_dim=64, refine_dim=32, refine_ff=64)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A small random REALM checkpoint whose refinement is not the identity."""
+    torch.manual_seed(0)
+    model = REALM(REALMConfig(**SMALL))
+    torch.nn.init.normal_(model.refinement.out.weight, std=0.05)
+    rng = np.random.default_rng(0)
+    stats = NormStats(rng.uniform(0, 0.3, 58).astype(np.float32), rng.uniform(0.01, 0.1, 58).astype(np.float32), "arkit58")
+    fstats = NormStats(rng.normal(-5, 1, 80).astype(np.float32), rng.uniform(1, 3, 80).astype(np.float32), "logmel")
+    run = tmp_path_factory.mktemp("ckpt") / "run"
+    export(run, model, (stats, fstats), "logmel", {"stage": 2})
+    return run
+
+
+def test_round_trip_is_bit_identical(run_dir, tmp_path):
+    a = realm.load(run_dir)
+    y = load_audio(JFK)[: 16000 * 3]
+    m1 = a.generate(y, samples=2, seed=5)
+    assert m1.shape == (2, 90, 58) and not np.array_equal(m1[0], m1[1])
+    export(tmp_path / "again", a.model, (a.stats, a.feature_stats), a.extractor, {})
+    b = realm.load(tmp_path / "again")
+    assert np.array_equal(m1, b.generate(y, samples=2, seed=5))
+    assert np.array_equal(m1, a.generate(y, samples=2, seed=5))  # same seed, same output
+    assert not np.array_equal(m1, a.generate(y, samples=2, seed=6))
+    coarse = a.generate(y, refine=False)
+    np.testing.assert_array_equal(coarse[0, 0], a.stats.mean)  # starts at the training mean frame
+
+
+def test_corrupt_or_mismatched_checkpoints_give_clear_errors(run_dir, tmp_path):
+    import shutil
+
+    with pytest.raises(RealmInputError, match="checkpoint directory not found"):
+        realm.load(tmp_path / "nothing")
+    bad = tmp_path / "bad"
+    shutil.copytree(run_dir, bad)
+    (bad / "model.safetensors").write_bytes(b"\x00" * 100)
+    with pytest.raises(RealmInputError, match="model.safetensors: corrupt weights file"):
+        realm.load(bad)
+    shutil.copytree(run_dir, tmp_path / "mis")
+    cfg = json.loads((tmp_path / "mis/config.json").read_text())
+    cfg["model"]["d_model"] = 64
+    (tmp_path / "mis/config.json").write_text(json.dumps(cfg))
+    with pytest.raises(RealmInputError, match="weights do not match config.json"):
+        realm.load(tmp_path / "mis")
+    shutil.copytree(run_dir, tmp_path / "nostats")
+    (tmp_path / "nostats/stats.npz").unlink()
+    with pytest.raises(RealmInputError, match="stats.npz: missing checkpoint file"):
+        realm.load(tmp_path / "nostats")
+
+
+@pytest.mark.parametrize("chunk", [160, 1234, 16000])
+def test_streaming_gives_the_offline_frames(run_dir, chunk):
+    lis = realm.load(run_dir)
+    y = load_audio(JFK)[: int(16000 * 4.3)]
+    offline = lis.generate(y, seed=3, refine_window=lis.model.config.window)[0]
+    s = lis.streamer(seed=3)
+    got = [s.push(y[i : i + chunk]) for i in range(0, len(y), chunk)]
+    got.append(s.flush())
+    streamed = np.concatenate(got)
+    assert streamed.shape == offline.shape
+    np.testing.assert_allclose(streamed, offline, atol=1e-5)
+    assert s.latency_s == pytest.approx(16 / 30 + 400 / 16000)
+
+
+def test_streaming_emits_frames_before_the_audio_ends(run_dir):
+    lis = realm.load(run_dir)
+    s = lis.streamer()
+    y = load_audio(JFK)[:16000]
+    first = s.push(y[:9000])  # 0.56 s: the first 16-frame window (0.533 s + 25 ms context) is ready
+    assert first.shape == (16, 58)
+    assert s.push(np.zeros(10, np.float32)).shape == (0, 58)
+
+
+def test_generate_command(run_dir, tmp_path):
+    r = CliRunner().invoke(app, ["generate", "-c", str(run_dir), "-a", str(JFK), "-o", str(tmp_path / "l.npz"),
+                                 "--samples", "2", "--seed", "1"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    with np.load(tmp_path / "l.npz") as d:
+        assert d["listener"].shape == (2, 330, 58) and str(d["spec"]) == "arkit58" and float(d["fps"]) == 30
+        first = d["listener"][0]
+    np.savez(tmp_path / "h.npz", listener=first[:20])
+    r = CliRunner().invoke(app, ["generate", "-c", str(run_dir), "-a", str(JFK), "-o", str(tmp_path / "h_out.npz"),
+                                 "--history", str(tmp_path / "h.npz")])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    np.save(tmp_path / "w.npy", np.zeros((5, 57)))
+    r = CliRunner().invoke(app, ["generate", "-c", str(run_dir), "-a", str(JFK), "-o", str(tmp_path / "x.npz"),
+                                 "--first-frame", str(tmp_path / "w.npy")])  # fmt: skip
+    assert r.exit_code == 2 and "wrong coefficient width 57" in r.output
