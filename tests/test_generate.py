@@ -19,18 +19,26 @@ from tests.conftest import JFK
 SMALL = dict(spec="arkit58", audio_dim=80, d_model=32, ff_dim=64, refine_dim=32, refine_ff=64)
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def make_run(root, **extra):
     """A small random REALM checkpoint whose refinement is not the identity."""
     torch.manual_seed(0)
-    model = REALM(REALMConfig(**SMALL))
+    model = REALM(REALMConfig(**SMALL, **extra))
     torch.nn.init.normal_(model.refinement.out.weight, std=0.05)
     rng = np.random.default_rng(0)
     stats = NormStats(rng.uniform(0, 0.3, 58).astype(np.float32), rng.uniform(0.01, 0.1, 58).astype(np.float32), "arkit58")
     fstats = NormStats(rng.normal(-5, 1, 80).astype(np.float32), rng.uniform(1, 3, 80).astype(np.float32), "logmel")
-    run = tmp_path_factory.mktemp("ckpt") / "run"
-    export(run, model, (stats, fstats), "logmel", {"stage": 2})
-    return run
+    export(root, model, (stats, fstats), "logmel", {"stage": 2})
+    return root
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("ckpt") / "run")
+
+
+@pytest.fixture(scope="module")
+def context_run_dir(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("ckpt") / "ctx", audio_context=16)
 
 
 def test_round_trip_is_bit_identical(run_dir, tmp_path):
@@ -81,6 +89,15 @@ def test_streaming_gives_the_offline_frames(run_dir, chunk):
     assert streamed.shape == offline.shape
     np.testing.assert_allclose(streamed, offline, atol=1e-5)
     assert s.latency_s == pytest.approx(16 / 30 + 400 / 16000)
+
+
+def test_streaming_with_audio_context_gives_the_offline_frames(context_run_dir):
+    lis = realm.load(context_run_dir)
+    y = load_audio(JFK)[: int(16000 * 3.1)]
+    offline = lis.generate(y, seed=2, refine_window=16)[0]
+    s = lis.streamer(seed=2)
+    streamed = np.concatenate([s.push(y[i : i + 2000]) for i in range(0, len(y), 2000)] + [s.flush()])
+    np.testing.assert_allclose(streamed, offline, atol=1e-5)
 
 
 def test_streaming_emits_frames_before_the_audio_ends(run_dir):

@@ -79,3 +79,18 @@ def test_ablation_flags():
         assert torch.all(nogate(audio, f0)[1]["alpha"] == 1)
     assert REALM(REALMConfig(tau=0, **kw)).fusion.bias[0, 5].argmax().item() == 5
     assert REALM(REALMConfig(use_refinement=False, **kw)).refinement is None
+
+
+def test_audio_context_lets_a_window_hear_the_audio_before_it():
+    torch.manual_seed(0)
+    audio = torch.randn(1, 48, 16)
+    changed = audio.clone()
+    changed[:, 8:16] += 1.0  # inside window 0
+    for C, expect_change in ((0, False), (16, True)):
+        m = REALM(REALMConfig(spec="arkit58", audio_dim=16, d_model=32, ff_dim=64, audio_context=C)).eval()
+        with torch.no_grad():
+            a, b = m.encode_audio(audio), m.encode_audio(changed)
+        assert not torch.allclose(a[:, 0], b[:, 0])
+        assert (not torch.allclose(a[:, 1], b[:, 1])) == expect_change  # window 1 hears window 0 only with context
+        assert torch.allclose(a[:, 2], b[:, 2])  # 16 frames of context reach one window back, no further
+    assert REALM(REALMConfig(audio_context=16)).param_counts() == REALM(REALMConfig()).param_counts()

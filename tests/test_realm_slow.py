@@ -35,7 +35,7 @@ def reaction_xcorr(clips, motions, max_lag=24) -> np.ndarray:
 def test_tiny_realm_learns_the_reaction_delay(tmp_path):
     data = tmp_path / "d"
     generate(SynthConfig(hours=0.25, seed=0, backend="formant", tau=8, listener_samples=1), data)
-    kw = dict(d_model=64, ff_dim=128, refine_dim=32, refine_ff=64, use_refinement=False)
+    kw = dict(d_model=64, ff_dim=128, use_refinement=False, audio_context=16)  # logmel is local: give it context
     train = dict(data=str(data), extractor="logmel", batch_size=32, epochs=50, max_steps=400, lr=3e-3,
                  clip_len=64, clip_stride=8, accelerator="cpu", devices="1", stages=(1,))  # fmt: skip
     clips = load_dataset(data, ("val", "test", "train"))[:12]

@@ -194,6 +194,7 @@ def train_realm_cmd(
     lr: float = typer.Option(2e-3, help="Stage-1 learning rate."),
     clip_stride: int = typer.Option(4, "--clip-stride", help="Stride between 128-frame training clips."),
     tau: int = typer.Option(8, help="Reaction delay of the shifted ALiBi (0: plain ALiBi)."),
+    audio_context: int = typer.Option(0, "--audio-context", help="Frames of audio before each window the encoder reads (0: as the authors; use 16 with local features like logmel)."),
     no_gate: bool = typer.Option(False, "--no-gate", help="Ablation: no reactive gate."),
     no_history: bool = typer.Option(False, "--no-history", help="Ablation: audio-only (no listener history)."),
     no_audio: bool = typer.Option(False, "--no-audio", help="Ablation: history-only ('deaf')."),
@@ -218,7 +219,7 @@ def train_realm_cmd(
         strategy=strategy, num_nodes=num_nodes, precision=precision, num_workers=num_workers,
     )  # fmt: skip
     mcfg = REALMConfig(
-        tau=tau, use_gate=not no_gate, use_history=not no_history, use_audio=not no_audio,
+        tau=tau, audio_context=audio_context, use_gate=not no_gate, use_history=not no_history, use_audio=not no_audio,
         use_refinement=not no_refinement,
     )  # fmt: skip
     command = "realm " + " ".join(sys.argv[1:])

@@ -192,29 +192,32 @@ class Streamer:
         W, w = self.W, self.window
         total = self.offset + len(self.buf)
         block = 3 * SAMPLE_RATE // 30 if self.listener.fps == 30 else SAMPLE_RATE  # 1600: whole frames + hops
-        g0 = max(0, (self._frame_sample(w * W) - self.ex.context) // block * block)
+        C = self.model.config.audio_context
+        first = max(0, w * W - C)  # first frame whose features this window reads
+        g0 = max(0, (self._frame_sample(first) - self.ex.context) // block * block)
         end = total if final else min(total, self._frame_sample((w + 1) * W) + self.ex.context)
         seg = self.buf[g0 - self.offset : end - self.offset]
         feats = self.ex(seg)  # frames from global frame t0
         t0 = round(g0 * self.listener.fps / SAMPLE_RATE)
-        lo, hi = w * W - t0, min((w + 1) * W, n_frames(total)) - t0
-        f = self.listener.feature_stats.apply(feats[lo:hi]).astype(np.float32)
-        n = len(f)
-        a = torch.zeros(1, W, f.shape[1])
-        a[0, :n] = torch.from_numpy(f)
+        f = self.listener.feature_stats.apply(feats[first - t0 : min((w + 1) * W, n_frames(total)) - t0])
+        ctx = torch.zeros(1, C + W, f.shape[1])  # [w W - C, (w + 1) W): zeros before the start and past the end
+        ctx[0, C - (w * W - first) : C - (w * W - first) + len(f)] = torch.from_numpy(f.astype(np.float32))
+        a = ctx[:, C:]
+        n = min(W, n_frames(total) - w * W)
+        enc = self.model.encode_window(ctx)
         if self.hist is None:  # bootstrap from frame 0
             self.hist, _ = self.model.bootstrap(self.f0, a)
-            motion, _ = self.model.step(a, self.hist)
+            motion, _ = self.model.step(a, self.hist, enc)
             motion[:, 0] = self.f0
         else:
             from realm.models.realm import _left_pad
 
-            motion, _ = self.model.step(a, _left_pad(self.hist, self.K))
+            motion, _ = self.model.step(a, _left_pad(self.hist, self.K), enc)
         self.hist = torch.cat([self.hist, motion], dim=1)[:, -self.K :]
         if self.refine and self.model.refinement is not None:
             motion = refine_chunks(self.model, motion, a, self.seed, self.sample, W, first_chunk=w)
         self.window += 1
-        keep = max(0, self._frame_sample(self.window * W) - self.ex.context - 2 * block)
+        keep = max(0, self._frame_sample(max(0, self.window * W - C)) - self.ex.context - 2 * block)
         if keep > self.offset:  # drop audio no later window needs
             self.buf = self.buf[keep - self.offset :]
             self.offset = keep

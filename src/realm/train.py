@@ -202,6 +202,13 @@ class REALMTask(L.LightningModule):
         self.stage = stage
         self.steps_per_epoch = steps_per_epoch
         self.loss = REALMLoss(self.model, self.cfg)
+        # Parameters a stage does not train are frozen (DDP requires every trained parameter to get a gradient).
+        unused = [self.model.refinement] if stage == 1 else []
+        if not self.model.config.use_gate:
+            unused.append(self.model.decoder.gate)
+        for module in unused:
+            for p in module.parameters() if module is not None else []:
+                p.requires_grad_(False)
         if stage == 2:
             from realm.models.realm import Discriminator
 
@@ -393,7 +400,8 @@ def train_realm(
             max_steps=cfg.max_steps * (2 if stage == 2 and cfg.max_steps > 0 else 1),
             accelerator=cfg.accelerator,
             devices=_devices(cfg.devices),
-            strategy=cfg.strategy,
+            # stage 2 is a GAN: each of its two backward passes reaches only one network
+            strategy="ddp_find_unused_parameters_true" if stage == 2 and cfg.strategy == "ddp" else cfg.strategy,
             num_nodes=cfg.num_nodes,
             precision=cfg.precision,
             callbacks=callbacks,
@@ -412,10 +420,10 @@ def train_realm(
         last = ckdir / "last.ckpt"
         t0 = time.time()
         trainer.fit(task, train_dl, val_dl, ckpt_path=str(last) if resume and last.exists() else None)
-        if trainer.global_rank != 0:
-            return {}
         best = ckpt.best_model_path or str(last)
-        prev_best = best
+        prev_best = best  # every rank goes on to the next stage; only rank 0 writes
+        if trainer.global_rank != 0:
+            continue
         score = ckpt.best_model_score
         results[f"stage{stage}"] = {
             "best_checkpoint": best, monitor: float(score) if score is not None else None,

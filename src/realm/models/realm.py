@@ -43,6 +43,9 @@ class REALMConfig:
     encoder_layers: int = 2
     decoder_layers: int = 4
     tau: int = 8  # reaction delay of the shifted ALiBi (0 = plain one-sided ALiBi)
+    audio_context: int = 0  # frames of audio before the window the speaker encoder also reads
+    #   (our option; 0 = the authors' setting). The fusion's keys stay the W window frames.
+    #   Local features (logmel) need it to hear triggers up to tau frames before a window.
     use_gate: bool = True  # False: memory = [PE(Linear(H)) ; F] unweighted
     use_history: bool = True  # False: the model never sees its own past motion (audio-only)
     use_audio: bool = True  # False: audio zeroed ("deaf", history-only)
@@ -226,28 +229,36 @@ class REALM(nn.Module):
         self.refinement = Refinement(c, spec.block(c.refine_block).size) if c.use_refinement else None
 
     # -- one autoregressive step ------------------------------------------------
+    def encode_window(self, audio: torch.Tensor) -> torch.Tensor:
+        """Encode one window with its context: audio (B, C + W, A) -> (B, W, d), the last W frames."""
+        if not self.config.use_audio:
+            audio = torch.zeros_like(audio)
+        return self.audio_encoder(audio)[:, -self.config.window :]
+
     def encode_audio(self, audio: torch.Tensor) -> torch.Tensor:
         """Encode every W-frame window of ``audio`` (B, n*W, A) at once -> (B, n, W, d).
 
-        The encoder only sees one window at a time, so batching the windows changes nothing
-        but the speed.
+        Window w reads frames [w W - C, (w + 1) W) (zeros before the start). Windows are encoded
+        independently, so batching them changes nothing but the speed.
         """
         B, T, A = audio.shape
-        W = self.config.window
-        if not self.config.use_audio:
-            audio = torch.zeros_like(audio)
-        enc = self.audio_encoder(audio.reshape(B * (T // W), W, A))
-        return enc.reshape(B, T // W, W, -1)
+        W, C = self.config.window, self.config.audio_context
+        ctx = F.pad(audio, (0, 0, C, 0)).unfold(1, C + W, W)  # (B, n, A, C + W)
+        ctx = ctx.permute(0, 1, 3, 2).reshape(B * (T // W), C + W, A)
+        return self.encode_window(ctx).reshape(B, T // W, W, -1)
 
     def step(self, audio: torch.Tensor, history: torch.Tensor, audio_enc: torch.Tensor | None = None):
         """Predict one window. audio (B, W, A), history (B, K, D) -> motion (B, W, D), alpha (B, K, 1).
 
         The window's motion is the last history frame plus the cumulative sum of the deltas.
-        ``audio_enc`` (B, W, d) may hold the window's precomputed encoding.
+        ``audio_enc`` (B, W, d) may hold the window's precomputed encoding (it must, when the
+        model reads audio context before the window).
         """
         c = self.config
         if audio_enc is None:
-            audio_enc = self.encode_audio(audio)[:, 0]
+            if c.audio_context:
+                raise ValueError("with audio_context > 0, pass the window's encoding (encode_window)")
+            audio_enc = self.encode_window(audio)
         seen = history if c.use_history else torch.zeros_like(history)
         fused = self.fusion(audio_enc, seen)  # (B, K, d)
         deltas, alpha = self.decoder(fused, seen)  # (B, W, D)

@@ -1,0 +1,46 @@
+"""The committed demo checkpoint and the demo job that `make demo` runs."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import realm
+from realm.demo import run_demo
+from tests.conftest import JFK
+
+CKPT = Path(__file__).resolve().parents[1] / "checkpoints" / "realm-demo"
+
+
+def test_the_committed_checkpoint_loads_and_says_how_it_was_made():
+    lis = realm.load(CKPT)
+    c = lis.config
+    assert c["spec"] == "arkit58" and c["feature_extractor"] == "whisper" and c["stage"] == 2
+    assert c["selected_on"] == "val" and c["command"].startswith("realm train realm")
+    assert c["data_config"]["backend"] == "piper"
+    counts = lis.model.param_counts()
+    assert counts["total"] > counts["coarse"] > 1.9e6
+
+
+def test_demo_job_scores_realm_against_baselines_and_the_floor(tmp_path):
+    res = run_demo(CKPT, tmp_path / "out", JFK, hours=0.03, samples=2)
+    assert set(res["table"]) == {"REALM", "static mean", "random train clip", "GT resample"}
+    assert all(np.isfinite(v).all() for v in res["table"].values())
+    saved = json.loads((tmp_path / "out/demo_metrics.json").read_text())
+    assert saved["table"] == res["table"]
+    with np.load(res["outputs"]["speech"]) as d:
+        assert d["listener"].shape == (2, 330, 58) and str(d["spec"]) == "arkit58"
+    for p in res["outputs"]["test"]:
+        with np.load(p) as d:
+            assert d["listener"].shape[0] == 2 and d["listener"].shape[1:] == d["gt"].shape[1:]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_demo_checkpoint_motion_is_plausible_on_real_speech(seed):
+    lis = realm.load(CKPT)
+    m = lis.generate(JFK, seed=seed)[0]
+    bs = m[:, :52]
+    assert np.isfinite(m).all() and bs.min() > -0.2 and bs.max() < 1.2  # blendshapes stay near 0..1
+    assert np.abs(m[:, 52:55]).max() < 0.6  # head rotation within +-35 degrees
+    assert np.abs(np.diff(m, axis=0)).mean() > 0  # it moves
