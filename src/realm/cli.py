@@ -254,6 +254,7 @@ def generate_cmd(
     samples: int = typer.Option(1, help="Number of stochastic samples."),
     seed: int = typer.Option(0, help="Seed of the refinement noise."),
     no_refine: bool = typer.Option(False, "--no-refine", help="Coarse motion only."),
+    no_clamp: bool = typer.Option(False, "--no-clamp", help="Raw model output (values may leave the spec's ranges)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
 ):
     """Generate listener motion for an audio file with a trained checkpoint."""
@@ -266,7 +267,7 @@ def generate_cmd(
     hist = read_motion(history, spec) if history else None
     with console.status("generating"):
         motion = generate_file(listener, audio, out_path, force=force, first_frame=ff, history=hist,
-                               samples=samples, seed=seed, refine=not no_refine)  # fmt: skip
+                               samples=samples, seed=seed, refine=not no_refine, clamp=not no_clamp)  # fmt: skip
     n, T, D = motion.shape
     out.print(f"{out_path}: {n} sample(s) x {T} frames x {D} ({spec}, {listener.fps:g} fps, {T / listener.fps:.2f} s)")
 

@@ -86,11 +86,14 @@ class Listener:
         refine: bool = True,
         refine_window: int = 128,
         features: np.ndarray | None = None,
+        clamp: bool = True,
     ) -> np.ndarray:
         """Listener motion (samples, T, D), de-normalised, for ``audio`` (path or 16 kHz waveform).
 
         ``first_frame`` (D,) starts the bootstrap (default: the training mean frame); ``history``
         (K', D) of real listener frames replaces the bootstrap. ``features`` skips extraction.
+        ``clamp`` keeps values inside the spec's defined ranges (arkit58 blendshapes in 0..1);
+        ``clamp=False`` returns the raw model output.
         """
         self.model.eval()
         feats = self.features(audio) if features is None else features
@@ -104,7 +107,8 @@ class Listener:
             if refine and self.model.refinement is not None:  # whole windows, then cut to T
                 m = refine_chunks(self.model, aux["padded"], aux["padded_audio"], seed, s, refine_window)[:, :T]
             outs.append(self.stats.invert(m[0].numpy()))
-        return np.stack(outs).astype(np.float32)
+        out = np.stack(outs).astype(np.float32)
+        return self.spec.clamp(out) if clamp else out
 
     def streamer(self, **kw) -> Streamer:
         return Streamer(self, **kw)
@@ -135,7 +139,7 @@ class Streamer:
     """
 
     def __init__(self, listener: Listener, first_frame=None, history=None, seed: int = 0, sample: int = 0,
-                 refine: bool = True):  # fmt: skip
+                 refine: bool = True, clamp: bool = True):  # fmt: skip
         ex = get_extractor(listener.extractor)
         if ex.context is None:
             raise ValueError(
@@ -147,7 +151,7 @@ class Streamer:
         self.W = self.model.config.window
         self.K = self.model.config.history
         self.f0, self.hist = listener._start(first_frame, history)
-        self.seed, self.sample, self.refine = seed, sample, refine
+        self.seed, self.sample, self.refine, self.clamp = seed, sample, refine, clamp
         self.buf = np.zeros(0, np.float32)
         self.offset = 0  # global index of buf[0]
         self.window = 0  # next window to produce
@@ -221,7 +225,8 @@ class Streamer:
         if keep > self.offset:  # drop audio no later window needs
             self.buf = self.buf[keep - self.offset :]
             self.offset = keep
-        return self.listener.stats.invert(motion[0, :n].numpy()).astype(np.float32)
+        frames = self.listener.stats.invert(motion[0, :n].numpy()).astype(np.float32)
+        return self.model.spec.clamp(frames) if self.clamp else frames
 
 
 # ---------------------------------------------------------------- loading

@@ -77,6 +77,7 @@ class MotionSpec:
     fps: float = 30.0
     channel_names: tuple[str, ...] | None = None
     description: str = ""
+    ranges: tuple[tuple[str, float, float], ...] = ()  # (block, lo, hi): values defined only inside
     _index: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -124,6 +125,15 @@ class MotionSpec:
                 return self._index[block].start + axes.index(axis)
         raise KeyError(f"spec {self.name} has no channel {name!r}")
 
+    def clamp(self, x):
+        """``x`` (..., dim) with every block that has a defined range clipped into it (numpy)."""
+        if not self.ranges:
+            return x
+        x = np.array(x, copy=True)
+        for name, lo, hi in self.ranges:
+            x[..., self.block(name).slice] = np.clip(x[..., self.block(name).slice], lo, hi)
+        return x
+
     def validate(self, x: np.ndarray, source: str | Path = "<array>") -> np.ndarray:
         """Check a (T, dim) motion array; raise a clear :class:`RealmInputError` otherwise."""
         x = np.asarray(x)
@@ -159,6 +169,7 @@ SPECS: dict[str, MotionSpec] = {
         channel_names=ARKIT_BLENDSHAPES
         + ("headPitch", "headYaw", "headRoll", "headX", "headY", "headZ"),
         description="52 ARKit blendshapes (0..1), head rotation pitch/yaw/roll (rad), translation (m)",
+        ranges=(("expression", 0.0, 1.0),),
     ),
 }  # fmt: skip
 
