@@ -194,13 +194,12 @@ class REALMLoss:
 
 
 class REALMTask(L.LightningModule):
-    def __init__(self, model_cfg: dict, train_cfg: dict, stage: int = 1, steps_per_epoch: int = 1):
+    def __init__(self, model_cfg: dict, train_cfg: dict, stage: int = 1):
         super().__init__()
         self.save_hyperparameters()
         self.model = REALM(REALMConfig(**model_cfg))
         self.cfg = TrainConfig.from_dict(train_cfg)
         self.stage = stage
-        self.steps_per_epoch = steps_per_epoch
         self.loss = REALMLoss(self.model, self.cfg)
         # Parameters a stage does not train are frozen (DDP requires every trained parameter to get a gradient).
         unused = [self.model.refinement] if stage == 1 else []
@@ -383,7 +382,7 @@ def train_realm(
             prev_best = state.get(f"best{stage}")
             log.info("stage %d already done (%s)", stage, prev_best)
             continue
-        task = REALMTask(model_cfg.to_dict(), _jsonable(asdict(cfg)), stage, len(train_dl))
+        task = REALMTask(model_cfg.to_dict(), _jsonable(asdict(cfg)), stage)
         if stage == 2:
             best1 = prev_best or state.get("best1")
             if best1 is None:
