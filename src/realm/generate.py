@@ -23,14 +23,13 @@ cannot be streamed exactly, so a whisper checkpoint refuses to stream.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from realm.audio import SAMPLE_RATE, get_extractor, load_audio, n_frames
+from realm.audio import SAMPLE_RATE, get_extractor, load_audio, n_frames, n_samples_for
 from realm.errors import RealmInputError
 from realm.models.realm import REALM, REALMConfig
 from realm.motion import NormStats, get_spec
@@ -150,7 +149,8 @@ class Streamer:
         self.model = listener.model.eval()
         self.W = self.model.config.window
         self.K = self.model.config.history
-        self.f0, self.hist = listener._start(first_frame, history)
+        self.f0, self.history = listener._start(first_frame, history)
+        self.hist = None  # the model's K-frame history, set by the first window
         self.seed, self.sample, self.refine, self.clamp = seed, sample, refine, clamp
         self.buf = np.zeros(0, np.float32)
         self.offset = 0  # global index of buf[0]
@@ -170,7 +170,7 @@ class Streamer:
             raise RealmInputError(None, "audio chunk holds NaN/inf samples")
         self.buf = np.concatenate([self.buf, chunk])
         out = []
-        while self._ready(final=False):
+        while self._ready():
             out.append(self._produce(final=False))
         return np.concatenate(out) if out else np.zeros((0, self.model.spec.dim), np.float32)
 
@@ -184,9 +184,9 @@ class Streamer:
 
     # -- internals
     def _frame_sample(self, frame: int) -> int:
-        return math.ceil(frame * SAMPLE_RATE / self.listener.fps - 1e-9)
+        return n_samples_for(frame, self.listener.fps)
 
-    def _ready(self, final: bool) -> bool:
+    def _ready(self) -> bool:
         total = self.offset + len(self.buf)
         need = self._frame_sample((self.window + 1) * self.W) + self.ex.context
         return total >= need
@@ -209,14 +209,11 @@ class Streamer:
         a = ctx[:, C:]
         n = min(W, n_frames(total) - w * W)
         enc = self.model.encode_window(ctx)
-        if self.hist is None:  # bootstrap from frame 0
-            self.hist, _ = self.model.bootstrap(self.f0, a)
-            motion, _ = self.model.step(a, self.hist, enc)
-            motion[:, 0] = self.f0
-        else:
-            from realm.models.realm import _left_pad
-
-            motion, _ = self.model.step(a, _left_pad(self.hist, self.K), enc)
+        if self.hist is None:
+            self.hist, _ = self.model.start(a, self.f0, self.history)
+        motion, _ = self.model.step(a, self.hist, enc)
+        if w == 0 and self.history is None:
+            motion[:, 0] = self.f0  # frame 0 is kept exactly, as offline
         self.hist = torch.cat([self.hist, motion], dim=1)[:, -self.K :]
         if self.refine and self.model.refinement is not None:
             motion = refine_chunks(self.model, motion, a, self.seed, self.sample, W, first_chunk=w)

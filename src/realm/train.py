@@ -140,17 +140,19 @@ class REALMLoss:
     def __init__(self, model: REALM, cfg: TrainConfig):
         self.spec, self.cfg, self.W = model.spec, cfg, model.config.window
         self.rot = self.spec.block("rotation").slice if self.spec.has("rotation") else None
+        self.w, self.wb = self._dim_weights(), self._dim_weights(boundary=True)  # computed once
+        self.axis = torch.tensor(cfg.rot_axis)
 
-    def _dim_weights(self, device, boundary: bool = False) -> torch.Tensor:
+    def _dim_weights(self, boundary: bool = False) -> torch.Tensor:
         """Per-dimension weights: block weight (rotation x axis weights) / block size."""
-        w = torch.zeros(self.spec.dim, device=device)
+        w = torch.zeros(self.spec.dim)
         for name, size in self.spec.blocks:
             b = self.spec.block(name)
             if boundary:
                 key = "rotation" if name == "rotation" else ("translation" if b.kind == "pose" else "expression")
                 w[b.slice] = self.cfg.boundary_weights[key] / size
             elif name == "rotation":
-                w[b.slice] = self.cfg.w_rot * torch.tensor(self.cfg.rot_axis, device=device) / size
+                w[b.slice] = self.cfg.w_rot * torch.tensor(self.cfg.rot_axis) / size
             else:
                 w[b.slice] = 1.0 / size
         return w
@@ -159,18 +161,18 @@ class REALMLoss:
         m = mask.clone().float()
         m[:, 0] = 0  # frame 0 is given, never scored
         n = m.sum().clamp(min=1)
-        w = self._dim_weights(pred.device)
+        w = self.w.to(pred.device)
         err = (pred - gt) ** 2
         mse = (err * w * m[..., None]).sum() / n
         out = {"mse": mse}
         if self.rot is not None:
-            axis = torch.tensor(self.cfg.rot_axis, device=pred.device)
+            axis = self.axis.to(pred.device)
             dv = torch.diff(pred[..., self.rot], dim=1) - torch.diff(gt[..., self.rot], dim=1)
             mv = m[:, 1:] * m[:, :-1]
             out["vel"] = ((dv**2) * axis * mv[..., None]).sum() / (mv.sum().clamp(min=1) * 3)
             if aux["waypoint"] is not None:
                 out["waypoint"] = F.mse_loss(aux["waypoint"], gt[:, self.W - 1, self.rot])
-        wb = self._dim_weights(pred.device, boundary=True)
+        wb = self.wb.to(pred.device)
         terms = []
         for k, (hist, win) in enumerate(aux["bounds"][1:], start=1):  # windows after the bootstrap
             valid = mask[:, k * self.W].float()

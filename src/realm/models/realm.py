@@ -282,6 +282,15 @@ class REALM(nn.Module):
         guide[:, :, self.rot] = (1 - s) * rot0.unsqueeze(1) + s * waypoint.unsqueeze(1)
         return guide, waypoint
 
+    def start(self, audio0: torch.Tensor, frame0: torch.Tensor | None = None, history: torch.Tensor | None = None):
+        """History for the first window: the bootstrap guide from ``frame0`` (B, D), or the last K
+        frames of a real ``history`` (B, K', D). Returns (history (B, K, D), waypoint or None)."""
+        if history is not None:
+            return _left_pad(history, self.config.history), None
+        if frame0 is None:
+            raise ValueError("generation needs frame0 or history")
+        return self.bootstrap(frame0, audio0)
+
     def rollout(self, audio: torch.Tensor, frame0: torch.Tensor | None = None, history: torch.Tensor | None = None):
         """Coarse motion for all T frames of ``audio`` (B, T, A), autoregressively in W-frame windows.
 
@@ -294,13 +303,7 @@ class REALM(nn.Module):
         W, K = c.window, c.history
         n_win = max(1, math.ceil(T / W))
         audio = F.pad(audio, (0, 0, 0, n_win * W - T))  # zero-pad the last window
-        waypoint = None
-        if history is None:
-            if frame0 is None:
-                raise ValueError("rollout needs frame0 or history")
-            hist, waypoint = self.bootstrap(frame0, audio[:, :W])
-        else:
-            hist = _left_pad(history, K)
+        hist, waypoint = self.start(audio[:, :W], frame0, history)
         enc = self.encode_audio(audio)  # (B, n_win, W, d)
         frames, alphas, bounds = [], [], []
         for w in range(n_win):
