@@ -79,3 +79,22 @@ def test_validate_names_the_file_and_the_problem():
     bad[2, 5] = np.nan
     with pytest.raises(RealmInputError, match="NaN/inf in coefficients .first at frame 2, dim 5"):
         spec.validate(bad, "f.npz")
+
+
+def test_norm_stats_floor_each_block_at_a_tenth_of_its_largest_std():
+    spec = get_spec("arkit58")
+    rng = np.random.default_rng(0)
+    x = np.zeros((400, spec.dim))
+    smile, blink = spec.channel("mouthSmileLeft"), spec.channel("eyeBlinkLeft")
+    x[:, smile] = rng.normal(0.3, 0.2, 400)  # a reacting channel
+    x[:, blink] = rng.normal(0.0, 0.004, 400)  # sensor noise only
+    pitch = spec.block("rotation").slice.start
+    x[:, pitch] = rng.normal(0.0, 0.05, 400)
+    st = NormStats.fit(x, "arkit58")
+    assert st.std[smile] == pytest.approx(x[:, smile].std(), rel=1e-5)
+    assert st.std[blink] == pytest.approx(0.1 * x[:, smile].std(), rel=1e-5)  # floored within its block
+    assert st.std[pitch] == pytest.approx(x[:, pitch].std(), rel=1e-5)  # pose is its own block
+    assert st.std[pitch + 1] == pytest.approx(0.1 * x[:, pitch].std(), rel=1e-5)
+    plain = NormStats.fit(x, "arkit58", block_floor=0)
+    assert plain.std[blink] == pytest.approx(x[:, blink].std(), rel=1e-5)  # plain z-scores on request
+    assert NormStats.fit(x).std[blink] == pytest.approx(x[:, blink].std(), rel=1e-5)  # no spec: no blocks

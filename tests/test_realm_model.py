@@ -94,3 +94,14 @@ def test_audio_context_lets_a_window_hear_the_audio_before_it():
         assert (not torch.allclose(a[:, 1], b[:, 1])) == expect_change  # window 1 hears window 0 only with context
         assert torch.allclose(a[:, 2], b[:, 2])  # 16 frames of context reach one window back, no further
     assert REALM(REALMConfig(audio_context=16)).param_counts() == REALM(REALMConfig()).param_counts()
+
+
+def test_a_fresh_model_holds_its_start_frame():
+    """Zero-initialised delta heads: before training, every window repeats the last history frame."""
+    torch.manual_seed(0)
+    m = REALM(REALMConfig(spec="arkit58", audio_dim=20, d_model=32, ff_dim=64)).eval()
+    hist = torch.randn(1, 16, 58)
+    with torch.no_grad():
+        out, _ = m(torch.randn(1, 40, 20), history=hist)
+    assert torch.allclose(out, hist[:, -1:].expand(-1, 40, -1))
+    assert REALM(REALMConfig(spec="arkit58", zero_init_heads=False)).decoder.heads["expression"].weight.abs().sum() > 0

@@ -66,12 +66,6 @@ def click_xcorr(clicks_per_clip, motions, max_lag=24) -> np.ndarray:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="open (issue 3): after 600 steps the hearing and the deaf tiny model reach the same loss and "
-    "neither reacts to the clicks (gate drifts to history); suspects: per-block averaged MSE weighs one "
-    "reacting channel 1/52, too few steps",
-)
 def test_tiny_realm_learns_the_reaction_delay(tmp_path):
     clicks = click_dataset(tmp_path / "d", tau=8)
     clips = load_dataset(tmp_path / "d")

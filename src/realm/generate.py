@@ -56,6 +56,15 @@ class Listener:
     def fps(self) -> float:
         return float(self.config.get("fps", 30.0))
 
+    @property
+    def name(self) -> str:
+        return "realm"
+
+    @property
+    def stochastic(self) -> bool:
+        """True when samples differ (refinement noise), so evaluation draws several."""
+        return self.model.refinement is not None
+
     def features(self, audio) -> np.ndarray:
         """Normalised (T, A) features of a file path or a 16 kHz waveform."""
         from realm.audio import extract
@@ -86,13 +95,17 @@ class Listener:
         refine_window: int = 128,
         features: np.ndarray | None = None,
         clamp: bool = True,
+        speaker: np.ndarray | None = None,
+        words: list | None = None,
     ) -> np.ndarray:
         """Listener motion (samples, T, D), de-normalised, for ``audio`` (path or 16 kHz waveform).
 
         ``first_frame`` (D,) starts the bootstrap (default: the training mean frame); ``history``
         (K', D) of real listener frames replaces the bootstrap. ``features`` skips extraction.
         ``clamp`` keeps values inside the spec's defined ranges (arkit58 blendshapes in 0..1);
-        ``clamp=False`` returns the raw model output.
+        ``clamp=False`` returns the raw model output. ``speaker`` (T, Ds) speaker motion and
+        ``words`` (list of :class:`realm.data.clip.Word`) are part of the interface every model
+        shares (baselines and the multimodal LM use them); REALM hears audio only and ignores them.
         """
         self.model.eval()
         feats = self.features(audio) if features is None else features
@@ -230,11 +243,22 @@ class Streamer:
 
 
 def load(run: str | Path) -> Listener:
-    """Load a run directory (``config.json``, ``model.safetensors``, ``stats.npz``, ``feature_stats.npz``)."""
+    """Load a run directory (``config.json``, ``model.safetensors``, ``stats.npz``, ``feature_stats.npz``).
+
+    Runs of other model types (the baselines) load through :func:`realm.models.baselines.load`.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     run = Path(run)
+    try:  # other model types (the baselines) have their own loader
+        model_type = json.loads((run / "config.json").read_text()).get("model_type", "realm")
+    except (OSError, ValueError, AttributeError):
+        model_type = "realm"  # missing or unreadable: the checks below report it
+    if model_type != "realm":
+        from realm.models.baselines import load as load_baseline
+
+        return load_baseline(run)
     if not run.is_dir():
         raise RealmInputError(run, "checkpoint directory not found")
     for name in CHECKPOINT_FILES:

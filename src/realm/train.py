@@ -116,12 +116,9 @@ def prepare_data(cfg: TrainConfig, progress=None) -> Prepared:
     if not val_clips:
         raise ValueError(f"{root}: no val clips (checkpoints are selected on val, never on test)")
     spec = train_clips[0].spec
-    stats_path = root / "stats.npz"
-    stats = (
-        NormStats.load(stats_path)
-        if stats_path.exists()
-        else NormStats.fit([c.samples().reshape(-1, c.listener.shape[1]) for c in train_clips], spec)
-    )
+    # Fitted here on the train split (every realisation), whatever stats file the dataset holds,
+    # so every run uses the current normalisation rule (per-channel z-scores, block-floored).
+    stats = NormStats.fit([c.samples().reshape(-1, c.listener.shape[1]) for c in train_clips], spec)
     train_feats = clip_features(train_clips, cfg.extractor, progress=progress)
     val_feats = clip_features(val_clips, cfg.extractor)
     feature_stats = NormStats.fit(train_feats, cfg.extractor)
