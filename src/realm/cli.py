@@ -231,6 +231,78 @@ def train_realm_cmd(
         out.print(f"model written to {out_dir} (config.json, model.safetensors, stats)")
 
 
+# ---------------------------------------------------------------- realm train <baseline>
+
+
+def _parse_sets(items: list[str]) -> dict:
+    """``["hidden=128", "vel_weights={\\"expression\\": 0.01}"]`` -> model config overrides (values as JSON)."""
+    import json
+
+    out_cfg = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE")
+        try:
+            out_cfg[key.strip()] = json.loads(value)
+        except ValueError:
+            out_cfg[key.strip()] = value
+    return out_cfg
+
+
+def _add_baseline_command(name: str, summary: str, trained: bool) -> None:
+    how = "trained with Lightning, checkpoint selected on val" if trained else "fitted in one pass over train"
+
+    @train_app.command(name, help=f"Baseline: {summary} ({how}).")
+    @_friendly
+    def train_baseline_cmd(
+        data: Path = typer.Option(..., "--data", help="Dataset directory (any supported layout)."),
+        out_dir: Path = typer.Option(..., "--out", help="Run directory (exported model; logs and checkpoints when trained)."),
+        extractor: str = typer.Option("logmel", "--extractor", "-e", help="Speaker features: logmel | vico45 | prosody | whisper"),
+        epochs: int = typer.Option(None, help="Epochs (neural baselines; default: the paper's recipe)."),
+        batch_size: int = typer.Option(None, "--batch-size", help="Windows per batch (default: the paper's recipe)."),
+        max_steps: int = typer.Option(-1, "--max-steps", help="Batches to train (-1: run the epochs)."),
+        lr: float = typer.Option(None, help="Learning rate (default: the paper's recipe)."),
+        clip_len: int = typer.Option(None, "--clip-len", help="Frames per training window (default: the paper's recipe)."),
+        clip_stride: int = typer.Option(None, "--clip-stride", help="Stride between training windows."),
+        sets: list[str] = typer.Option([], "--set", help="Model config override FIELD=VALUE (JSON value), repeatable."),
+        seed: int = typer.Option(23456),
+        accelerator: str = typer.Option("auto", help="Lightning accelerator: auto | cpu | gpu ..."),
+        devices: str = typer.Option("auto", help="Lightning devices: auto, a count, or a list like 0,1."),
+        strategy: str = typer.Option("auto", help="Lightning strategy: auto | ddp | ddp_spawn | fsdp ..."),
+        num_nodes: int = typer.Option(1, "--num-nodes"),
+        precision: str = typer.Option("32-true", help="Lightning precision, e.g. bf16-mixed on GPUs."),
+        num_workers: int = typer.Option(0, "--num-workers", help="DataLoader worker processes."),
+        resume: bool = typer.Option(False, "--resume", help="Continue a run from its last checkpoint."),
+    ):
+        from realm.models.baselines import baseline_train_config, train_baseline
+
+        _quiet_lightning()
+        cfg = baseline_train_config(
+            name, data=str(data), extractor=extractor, epochs=epochs, batch_size=batch_size, max_steps=max_steps,
+            lr=lr, clip_len=clip_len, clip_stride=clip_stride, seed=seed, accelerator=accelerator, devices=devices,
+            strategy=strategy, num_nodes=num_nodes, precision=precision, num_workers=num_workers,
+        )  # fmt: skip
+        command = "realm " + " ".join(sys.argv[1:])
+        results = train_baseline(name, cfg, out_dir, model_cfg=_parse_sets(sets), resume=resume, command=command)
+        r = results.get("train") or results.get("fit", {})
+        if "steps" in r:
+            out.print(f"{name}: {r['steps']} steps in {r['seconds']} s, best val/loss = {r.get('val/loss')}")
+        else:
+            out.print(f"{name}: fitted on {r.get('train_clips')} train clips in {r.get('seconds')} s")
+        out.print(f"model written to {out_dir} (config.json, model.safetensors, stats)")
+
+
+def _add_baseline_commands() -> None:
+    from realm.models.baselines import BASELINES  # a registry without torch: the CLI starts fast
+
+    for info in BASELINES.values():
+        _add_baseline_command(info.name, info.summary, info.trained)
+
+
+_add_baseline_commands()
+
+
 def _quiet_lightning() -> None:
     import warnings
 
@@ -308,6 +380,129 @@ def demo_cmd(
     out.print(f"outputs in {out_dir}/: held-out set {res['synth_dir']}, motion {', '.join(res['outputs']['test'])}"
               + (f", speech {res['outputs']['speech']}" if "speech" in res["outputs"] else "")
               + f", metrics {out_dir}/demo_metrics.json  ({time.time() - t0:.0f} s)")  # fmt: skip
+
+
+# ---------------------------------------------------------------- realm bench
+
+
+@app.command("bench")
+@_friendly
+def bench_cmd(
+    out_dir: Path = typer.Option(..., "--out", help="Run directory: data/, models/<name>/, eval/<split>/, bench.json."),
+    doc: Path = typer.Option(Path("docs/benchmark.md"), "--doc", help="Markdown document to write (atomically)."),
+    data: Path = typer.Option(None, "--data", help="Dataset directory (default OUT/data); reused if it holds the same generator config."),
+    hours: float = typer.Option(0.5, help="Hours of synthetic conversations."),
+    seed: int = typer.Option(0, help="Data seed."),
+    backend: str = typer.Option("piper", help="Speech: 'piper' (real words) or 'formant' (fast babble)."),
+    listener_samples: int = typer.Option(2, "--listener-samples", help="Listener realisations per speaker track (>= 2: the floor)."),
+    workers: int = typer.Option(0, help="Data synthesis processes (0: min(8, CPUs))."),
+    models: str = typer.Option("", "--models", help="Comma-separated models (default: realm, its ablations, every baseline)."),
+    minutes_per_model: float = typer.Option(4.0, "--minutes-per-model", help="Wall-clock training budget per model (REALM: 75 % stage 1, 25 % stage 2)."),
+    max_steps: int = typer.Option(0, "--max-steps", help="> 0: this many steps per stage instead of the time budget."),
+    extractor: str = typer.Option("logmel", "--extractor", "-e", help="Speaker features for every model: logmel | whisper | vico45 | prosody"),
+    batch_size: int = typer.Option(64, "--batch-size", help="Cap on each model's recipe batch size (CPU; 0: the recipes')."),
+    audio_context: int = typer.Option(-1, "--audio-context", help="REALM audio context frames (-1: 16 for frame-local features, 0 for whisper)."),
+    samples: int = typer.Option(3, help="Samples per clip for stochastic models."),
+    max_clips: int = typer.Option(None, "--max-clips", help="Score only the first N clips of each split."),
+    accelerator: str = typer.Option("auto", help="Lightning accelerator: auto | cpu | gpu ..."),
+    devices: str = typer.Option("auto", help="Lightning devices: auto, a count, or a list like 0,1."),
+    threads: int = typer.Option(0, help="torch CPU threads (0: torch's default; 1 is fastest on a busy machine)."),
+):
+    """The whole benchmark: data, REALM + ablations + baselines on a fixed budget, test and ood, one document."""
+    import time
+
+    import lightning.pytorch  # noqa: F401  (it sets its loggers' levels on import: quiet them after)
+
+    from realm.bench import BenchConfig, default_models, run_bench
+
+    _quiet_lightning()
+    names = [m.strip() for m in models.split(",") if m.strip()] if models else default_models()
+    cfg = BenchConfig(
+        out=str(out_dir), doc=str(doc), data=str(data) if data else "", hours=hours, seed=seed, backend=backend,
+        listener_samples=listener_samples, workers=workers, models=names, minutes_per_model=minutes_per_model,
+        max_steps=max_steps, extractor=extractor, batch_size=batch_size, audio_context=audio_context, samples=samples,
+        max_clips=max_clips, accelerator=accelerator, devices=devices, threads=threads,
+        command="realm " + " ".join(sys.argv[1:]),
+    )  # fmt: skip
+    t0 = time.time()
+    tasks: dict = {}
+    with _progress() as p:
+
+        def progress(step: str, done: int, total: int | None) -> None:
+            if step not in tasks:
+                tasks[step] = p.add_task(step, total=total)
+            p.update(tasks[step], completed=done, total=total)
+
+        res = run_bench(cfg, progress=progress)
+    t = Table(title=f"trained into {out_dir}/models")
+    for col in ("model", "steps", "seconds"):
+        t.add_column(col, justify="left" if col == "model" else "right")
+    for name, r in res["models"].items():
+        if r["kind"] == "realm":
+            steps = " + ".join(str(r[s]["steps"]) for s in ("stage1", "stage2") if s in r)
+        else:
+            steps = str(r["train"]["steps"]) if "train" in r else "fitted"
+        t.add_row(name, steps, f"{r.get('seconds', 0):.0f}" + (" (reused)" if r.get("reused") else ""))
+    out.print(t)
+    for split, sentences in res["reading"].items():
+        out.print(f"[bold]{split}[/bold]")
+        for s in sentences:
+            out.print(f"  - {s}", highlight=False)
+    out.print(f"wrote {doc} (tables of {', '.join(res['eval'])}) in {time.time() - t0:.0f} s")
+
+
+# ---------------------------------------------------------------- realm eval
+
+
+@app.command("eval")
+@_friendly
+def eval_cmd(
+    data: Path = typer.Option(..., "--data", help="Dataset directory (any supported layout)."),
+    model: list[str] = typer.Option(..., "--model", "-m", help="NAME=PATH of a trained run (repeat for several models)."),
+    out_dir: Path = typer.Option(..., "--out", help="Directory for results.json/.csv/.md and plots/."),
+    split: str = typer.Option("test", help="Split to score: train | val | test | ood."),
+    samples: int = typer.Option(3, help="Samples per clip for stochastic models (reported as mean ± std)."),
+    seed: int = typer.Option(0, help="Seed of the models' sampling and of the metrics' random draws."),
+    max_clips: int = typer.Option(None, "--max-clips", help="Score only the first N clips of the split."),
+    first_frame: str = typer.Option("gt", "--first-frame", help="gt: start from the ground truth's frame 0 | mean."),
+    force: bool = typer.Option(False, "--force", help="Overwrite a non-empty output directory."),
+):
+    """Score models on a dataset split with every metric of DESIGN section 9 (tables and plots)."""
+    from realm.eval import FLOOR, evaluate
+
+    models: dict[str, str] = {}
+    for item in model:
+        name, sep, path = item.partition("=")
+        if not sep:
+            name, path = Path(item).name, item
+        if not name or not path:
+            raise ValueError(f"--model {item!r}: expected NAME=PATH")
+        if name in models:
+            raise ValueError(f"--model: the name {name!r} is given twice")
+        models[name] = path
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not force:
+        raise FileExistsError(f"{out_dir}: exists and is not empty (use --force to overwrite)")
+    command = "realm " + " ".join(sys.argv[1:])
+    with _progress() as p:
+        task = p.add_task("generating", total=None)
+        res = evaluate(models, data, split=split, samples=samples, seed=seed, max_clips=max_clips, out=out_dir,
+                       first_frame=first_frame, force=force, command=command,
+                       progress=lambda i, n, what: p.update(task, completed=i, total=n, description=what))  # fmt: skip
+    keys = ("l1_exp", "fd_exp", "fd_delta_exp", "p_fd_exp", "rpcc_exp", "l1_pose", "delay_err", "event_f1")
+    t = Table(title=f"{data} (split {split}, {res['n_clips']} clips; mean ± std over {samples} samples)")
+    t.add_column("model")
+    for k in keys:
+        m = res["metrics"][k]
+        t.add_column(m["label"] + {"lower": " ↓", "higher": " ↑"}.get(m["direction"], ""), justify="right")
+    for name, row in res["rows"].items():
+        if row["kind"] == "reference":
+            continue
+        std = row["kind"] == "model" and row["samples"] > 1
+        cells = [("n/a" if v["mean"] is None else f"{v['mean']:.4g}" + (f" ± {v['std']:.2g}" if std else ""))
+                 for v in (row["metrics"][k] for k in keys)]  # fmt: skip
+        t.add_row(name + (" (floor)" if name == FLOOR else ""), *cells)
+    out.print(t)
+    out.print(f"all metrics: {out_dir}/results.md, {out_dir}/results.json, {out_dir}/results.csv; plots in {out_dir}/plots/")
 
 
 def run() -> None:  # pragma: no cover - entry point helper

@@ -1,12 +1,67 @@
 """Metrics (DESIGN section 9). Each function states its formula, variant, direction and blocks.
 
-This module starts with what training needs (checkpoint selection); the evaluation issue adds
-the rest of section 9.
+Published numbers in listener generation are only comparable when the metric *variant* is
+stated, so every function here names the variant it computes and the papers' code it was
+read from:
+
+============  ==============================================================================
+DIM           Dyadic Interaction Modeling (Tran et al., ECCV 2024), ``code/mymetrics.py``
+REALM         lipzh5/REALM ``eval_util.py``
+LM-Listener   sanjayss34/lm-listener ``evaluate_listener.py``
+DualTalk      DualTalk ``metric/metric.py``
+ViCo          the ViCo listening-head challenge ("ExpFD/AngleFD/TransFD", really L1)
+REACT         REACT 2023/2024 challenge FRSyn (time-lagged cross-correlation, TLCC)
+ours          metrics that exist because the synthetic benchmark knows the true process
+============  ==============================================================================
+
+Conventions used throughout:
+
+* Inputs are **de-normalised** motion, numpy arrays ``(T, D)`` per clip (or lists of them).
+  ``D`` is whatever the caller passes: the harness slices blocks with
+  :func:`block_columns` (``"exp"`` = every expression block of the :class:`MotionSpec`,
+  ``"pose"`` = rotation, translation and crop; or a named block such as ``"rotation"``).
+* A ground-truth / prediction pair of unequal length is cut to the shorter one.
+* **Degenerate inputs give defined values, never NaN**: one frame (no differences: FD_delta,
+  STS, diversity and variance are 0; covariances are the biased 1/N estimate, so a one-frame
+  clip has a zero covariance); constant signals (the Pearson correlation of a constant is
+  defined as **0**, "no linear relation"); empty event lists (see :func:`prf`).
+* Metrics that need something the data lacks (speaker motion, an event log, a named block)
+  return ``None`` from :func:`evaluate_clip_set`, shown as "n/a" in tables.
+* Direction: ``lower`` (↓), ``higher`` (↑), or ``gt`` (→GT: closer to the ground truth's own
+  value is better; the harness reports the ground truth's value beside it).
+* :func:`evaluate_clip_set` computes all of them in one call (what ``realm.eval`` uses) with
+  BLAS limited to one thread (:func:`single_thread_blas`); calling the functions one by one in
+  a loop, wrap the loop in ``with single_thread_blas():`` for the same speed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
 import numpy as np
+
+from realm.motion import MotionSpec, get_spec
+
+# ============================================================ basics
+
+
+def single_thread_blas():
+    """Context: BLAS limited to one thread while metrics run (when ``threadpoolctl`` is installed).
+
+    The matrices here are small (at most a few hundred dimensions); a multi-threaded BLAS spends
+    far longer synchronising its threads than computing, badly so on a loaded machine (a 104 x 104
+    ``eigh`` measured 200x slower with OpenBLAS threads than with one). Without ``threadpoolctl``
+    this does nothing.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
 
 
 def sqrtm_psd_trace(s1: np.ndarray, s2: np.ndarray) -> float:
@@ -23,27 +78,1029 @@ def sqrtm_psd_trace(s1: np.ndarray, s2: np.ndarray) -> float:
     return float(np.sqrt(np.clip(ev, 0, None)).sum())
 
 
-def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
+def _as2d(x) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    if x.ndim == 1:
+        x = x[:, None]
+    return x.reshape(len(x), -1)
+
+
+def _cut(*arrays) -> list[np.ndarray]:
+    """Arrays as float64 (T, D), cut to the shortest length."""
+    arrs = [_as2d(a) for a in arrays]
+    n = min(len(a) for a in arrs)
+    return [a[:n] for a in arrs]
+
+
+def _check_sets(*sets) -> None:
+    n = {len(s) for s in sets}
+    if len(n) != 1:
+        raise ValueError(f"clip lists differ in length: {[len(s) for s in sets]}")
+    if n == {0}:
+        raise ValueError("no clips to score")
+
+
+def frechet_distance(x: np.ndarray, y: np.ndarray, *, ddof: int = 0) -> float:
     """Frechet distance between Gaussians fitted to samples x (N, D) and y (M, D).
 
     FD = |mu_x - mu_y|^2 + tr(S_x + S_y - 2 (S_x S_y)^(1/2)); lower is better. Covariances use
     the biased (1/N) estimate, so one-frame inputs give a zero covariance instead of NaN.
+    ``ddof=1`` gives the unbiased estimate that DIM, REALM and LM-Listener use (``np.cov``;
+    the difference is a factor N/(N-1) on the covariances); it falls back to 1/N for N < 2.
+    The trace of the matrix square root comes from :func:`sqrtm_psd_trace` (no complex parts,
+    no NaN for singular covariances). Set-level variants: :func:`fd_per_clip`, :func:`fd_pooled`.
     """
     x = np.asarray(x, np.float64).reshape(len(x), -1)
     y = np.asarray(y, np.float64).reshape(len(y), -1)
     mx, my = x.mean(0), y.mean(0)
-    sx = np.cov(x, rowvar=False, bias=True).reshape(x.shape[1], x.shape[1])
-    sy = np.cov(y, rowvar=False, bias=True).reshape(y.shape[1], y.shape[1])
+    sx = _cov(x, ddof)
+    sy = _cov(y, ddof)
     fd = float(((mx - my) ** 2).sum() + np.trace(sx) + np.trace(sy) - 2 * sqrtm_psd_trace(sx, sy))
     return max(fd, 0.0)
 
 
+def _cov(x: np.ndarray, ddof: int) -> np.ndarray:
+    d = x.shape[1]
+    bias = ddof == 0 or len(x) < 2
+    return np.cov(x, rowvar=False, bias=bias).reshape(d, d)
+
+
 def l1(gt: np.ndarray, pred: np.ndarray) -> float:
-    """Mean absolute error over frames and dimensions of one clip (T, D); lower is better."""
+    """Mean absolute error over frames and dimensions of one clip (T, D); lower is better.
+
+    ``mean_{t,d} |gt[t, d] - pred[t, d]|``. Variant: ours (per clip, then the mean over clips in
+    the harness; the same formula on a named block is ViCo's "FD", see :func:`vico_l1_exp`).
+    Blocks: exp, pose.
+    """
     n = min(len(gt), len(pred))
     return float(np.abs(np.asarray(gt[:n], np.float64) - np.asarray(pred[:n], np.float64)).mean())
 
 
+def mse(gt: np.ndarray, pred: np.ndarray) -> float:
+    """Mean squared error over frames and dimensions of one clip (T, D); lower is better.
+
+    Variant: DIM, DualTalk and LM-Listener ("l2"), per clip; the set value is the mean over
+    clips (:func:`mean_over_clips`).
+    """
+    g, p = _cut(gt, pred)
+    return float(((g - p) ** 2).mean())
+
+
 def fd_delta(gt: np.ndarray, pred: np.ndarray) -> float:
-    """FD on first temporal differences of whole sequences (catches over-smoothing); lower is better."""
-    return frechet_distance(np.diff(gt, axis=0), np.diff(pred, axis=0))
+    """FD on first temporal differences of whole sequences (catches over-smoothing); lower is better.
+
+    ``FD(diff(gt), diff(pred))`` on one clip's (T, D) arrays. Variant: REALM's FD_delta, computed
+    on the whole sequence (the released REALM code fed one frame and always got 0). A clip of
+    one frame has no differences and scores 0.
+    """
+    g, p = _cut(gt, pred)
+    if len(g) < 2:
+        return 0.0
+    return frechet_distance(np.diff(g, axis=0), np.diff(p, axis=0))
+
+
+def mean_over_clips(fn, *clip_lists, **kw) -> float:
+    """``mean_c fn(a_c, b_c, ...)``: the per-clip-then-mean aggregation of DIM/LM-Listener/REALM."""
+    _check_sets(*clip_lists)
+    return float(np.mean([fn(*args, **kw) for args in zip(*clip_lists, strict=True)]))
+
+
+# ============================================================ 9.1 distribution and accuracy
+
+
+def fd_per_clip(gts: Sequence[np.ndarray], preds: Sequence[np.ndarray], ddof: int = 0) -> float:
+    """FD per clip (mean and covariance over one clip's frames), then the mean over clips; lower is better.
+
+    ``mean_c FD(gt_c, pred_c)``. Variant: DIM, REALM ("FID_fm") and LM-Listener. Those codes use
+    the unbiased covariance (``ddof=1``); we default to 1/N so that one-frame clips are defined
+    (the difference is a factor N/(N-1), under 0.2 % for a 20 s clip). Blocks: exp, pose.
+    """
+    return mean_over_clips(frechet_distance, gts, preds, ddof=ddof)
+
+
+def fd_pooled(gts: Sequence[np.ndarray], preds: Sequence[np.ndarray]) -> float:
+    """FD between the pooled frames of all ground-truth clips and all predicted clips; lower is better.
+
+    ``FD(concat_c gt_c, concat_c pred_c)``. Variant: the "pooled over all test frames" variant
+    of DESIGN 9.1 (REALM's ``calculate_frechet_distance`` on flattened features). Blocks: exp, pose.
+    """
+    _check_sets(gts, preds)
+    pairs = [_cut(g, p) for g, p in zip(gts, preds, strict=True)]
+    return frechet_distance(np.concatenate([g for g, _ in pairs]), np.concatenate([p for _, p in pairs]))
+
+
+def fd_delta_per_clip(gts: Sequence[np.ndarray], preds: Sequence[np.ndarray]) -> float:
+    """``mean_c FD(diff(gt_c), diff(pred_c))``: REALM's FD_delta on whole clips, mean over clips; lower is better."""
+    return mean_over_clips(fd_delta, gts, preds)
+
+
+def p_fd(gt: np.ndarray, pred: np.ndarray, speaker: np.ndarray) -> float:
+    """Paired FD of one clip: ``FD([speaker ; gt], [speaker ; pred])`` on per-frame concatenations.
+
+    Scores whether the listener fits *this* speaker, not only the listener distribution; lower
+    is better. Variant: DIM ("pfid", per block, speaker block = the same block of the speaker's
+    motion) and LM-Listener ("fid2"). Blocks: exp, pose (speaker and listener in the same space).
+    """
+    g, p, s = _cut(gt, pred, speaker)
+    return frechet_distance(np.concatenate([s, g], axis=1), np.concatenate([s, p], axis=1))
+
+
+def p_fd_per_clip(gts, preds, speakers) -> float:
+    """``mean_c P-FD(gt_c, pred_c, speaker_c)`` (DIM / LM-Listener aggregation); lower is better."""
+    return mean_over_clips(p_fd, gts, preds, speakers)
+
+
+def var_clip(x: np.ndarray) -> float:
+    """Mean over dimensions of the temporal variance of one clip: ``mean_d var_t x[t, d]`` (1/T)."""
+    x = _as2d(x)
+    return float(x.var(axis=0).mean()) if len(x) else 0.0
+
+
+def var_per_clip(clips: Sequence[np.ndarray]) -> float:
+    """Var, LM-Listener variant: ``mean_c mean_d var_t x_c[t, d]``; closer to the ground truth's is better.
+
+    Per-clip mean per-dimension temporal variance (``np.var``, 1/T), then the mean over clips.
+    A one-frame or constant clip has variance 0. Direction: →GT (report the ground truth's own
+    value beside it: lower is not better, a frozen listener has 0). Blocks: exp, pose.
+    """
+    if not len(clips):
+        raise ValueError("no clips to score")
+    return float(np.mean([var_clip(c) for c in clips]))
+
+
+def var_pooled(clips: Sequence[np.ndarray]) -> float:
+    """Var, DIM variant: ``var`` of *all values* of the block pooled over every frame of every clip.
+
+    ``np.var(concat_c x_c).reshape(-1))``: one scalar over frames *and* dimensions, so it also
+    counts the spread between the dimensions' means (unlike :func:`var_per_clip`). Direction:
+    →GT. Blocks: exp, pose.
+    """
+    if not len(clips):
+        raise ValueError("no clips to score")
+    return float(np.concatenate([_as2d(c).reshape(-1) for c in clips]).var())
+
+
+def diversity_pairs(T: int, rng: np.random.Generator, n_pairs: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Frame index pairs of LM-Listener's diversity: 30 pairs (10 for clips of <= 30 frames).
+
+    As in LM-Listener's ``calculate_diversity``: the first and the second indices are each
+    drawn *without* replacement, independently (so a pair may repeat a frame). Clips shorter
+    than the number of pairs (LM-Listener asserts instead) draw with replacement.
+    """
+    n = n_pairs if n_pairs is not None else (30 if T > 30 else 10)
+    replace = T < n
+    return rng.choice(T, n, replace=replace), rng.choice(T, n, replace=replace)
+
+
+def diversity(x: np.ndarray, seed: int | Sequence[int] = 0, n_pairs: int | None = None, pairs=None) -> float:
+    """Diversity of one clip: mean Euclidean distance of random frame pairs; closer to GT is better.
+
+    ``mean_i |x[a_i] - x[b_i]|_2`` over 30 random pairs (10 for clips of <= 30 frames), pairs
+    from :func:`diversity_pairs` with ``np.random.default_rng(seed)`` (LM-Listener draws with the
+    global numpy state; we seed per clip so that every model is scored on the same pairs).
+    ``pairs=(a, b)`` gives the indices explicitly. Variant: LM-Listener (per clip, then mean over
+    clips). A one-frame clip scores 0. Direction: →GT. Blocks: exp, pose.
+    """
+    x = _as2d(x)
+    if len(x) < 2:
+        return 0.0
+    a, b = pairs if pairs is not None else diversity_pairs(len(x), np.random.default_rng(seed), n_pairs)
+    return float(np.linalg.norm(x[np.asarray(a)] - x[np.asarray(b)], axis=1).mean())
+
+
+def diversity_per_clip(clips: Sequence[np.ndarray], seed: int = 0) -> float:
+    """``mean_c diversity(x_c)`` with clip c's pairs drawn from the seed ``(seed, c)``."""
+    if not len(clips):
+        raise ValueError("no clips to score")
+    return float(np.mean([diversity(x, seed=[seed, i]) for i, x in enumerate(clips)]))
+
+
+# ---------------------------------------------------------------- k-means and SID
+
+
+def _sqdist(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+    d = (x * x).sum(1)[:, None] - 2 * x @ c.T + (c * c).sum(1)[None, :]
+    return np.maximum(d, 0.0)
+
+
+def kmeans_assign(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Index of the nearest center (squared Euclidean; ties go to the lowest index)."""
+    x = _as2d(x)
+    out = np.empty(len(x), dtype=np.int64)
+    for s in range(0, len(x), 65536):  # bounded memory for long sets
+        out[s : s + 65536] = _sqdist(x[s : s + 65536], centers).argmin(1)
+    return out
+
+
+def kmeans(x: np.ndarray, k: int, seed: int = 0, max_iter: int = 300, tol: float = 1e-4) -> np.ndarray:
+    """Our k-means (numpy; **not** scikit-learn's, which is not a dependency): centers (k', D).
+
+    Greedy k-means++ initialisation (each new center is the best of ``2 + ln k`` candidates drawn
+    with probability proportional to the squared distance to the nearest chosen center, as
+    scikit-learn does) from ``np.random.default_rng(seed)``, one initialisation (scikit-learn's
+    ``n_init="auto"`` with k-means++ is also one), then Lloyd iterations until the centers move
+    less than ``tol`` x the mean per-dimension variance of the data (scikit-learn's criterion) or
+    ``max_iter``. An emptied cluster is moved to the point farthest from its center. ``k`` is
+    cut to the number of distinct points (k' <= k). It finds clusters of the same quality as
+    scikit-learn's, not bit-identical ones, so SID values may differ from DIM's in the last digits.
+    """
+    x = _as2d(x)
+    n_unique = len(np.unique(x, axis=0))
+    k = max(1, min(int(k), n_unique))
+    rng = np.random.default_rng(seed)
+    n = len(x)
+    first = int(rng.integers(n))
+    centers = [x[first]]
+    d2 = _sqdist(x, x[first : first + 1])[:, 0]
+    trials = 2 + int(math.log(k))
+    for _ in range(1, k):
+        total = d2.sum()
+        if total <= 0:
+            break
+        cand = rng.choice(n, size=trials, p=d2 / total)
+        dc = _sqdist(x, x[cand])
+        pots = np.minimum(d2[:, None], dc).sum(0)
+        best = int(np.argmin(pots))
+        centers.append(x[cand[best]])
+        d2 = np.minimum(d2, dc[:, best])
+    c = np.array(centers)
+    thresh = tol * float(x.var(axis=0).mean())
+    for _ in range(max_iter):
+        d = _sqdist(x, c)
+        lab = d.argmin(1)
+        counts = np.bincount(lab, minlength=len(c))
+        new = np.zeros_like(c)
+        np.add.at(new, lab, x)
+        nz = counts > 0
+        new[nz] /= counts[nz, None]
+        if not nz.all():  # relocate empty clusters to the worst-served points
+            far = np.argsort(-d[np.arange(n), lab])
+            new[~nz] = x[far[: int((~nz).sum())]]
+        shift = float(((new - c) ** 2).sum())
+        c = new
+        if shift <= thresh:
+            break
+    return c
+
+
+def entropy_bits(labels: np.ndarray, k: int) -> float:
+    """Shannon entropy in bits of the histogram of ``labels`` over ``k`` bins (empty bins count 0)."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=k).astype(np.float64)
+    if counts.sum() == 0:
+        return 0.0
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log2(p)).sum() + 0.0)
+
+
+SID_K = {"exp": 40, "pose": 20}
+
+
+def sid(gts: Sequence[np.ndarray], preds: Sequence[np.ndarray], k: int = 40, seed: int = 0,
+        centers: np.ndarray | None = None) -> float:  # fmt: skip
+    """SID: entropy (bits) of the predictions' k-means cluster histogram; closer to the GT's SID is better.
+
+    k-means (:func:`kmeans`, ours, seeded like scikit-learn's ``random_state=0``) is fitted on
+    the *pooled ground-truth frames* of the block; every predicted frame (pooled over clips) is
+    assigned to its nearest center; ``SID = -sum_j p_j log2 p_j``. Variant: DIM
+    (``calcuate_sid``: k = 40 expression, 20 pose). DIM adds 1e-6 inside the log; we do not
+    (the difference is below 1e-5 bits). The ground truth's own SID is ``sid(gts, gts)``; report
+    it beside (direction →GT; the maximum is log2 k). ``centers`` reuses a fitted k-means.
+    """
+    if not len(gts) or not len(preds):
+        raise ValueError("no clips to score")
+    if centers is None:
+        centers = kmeans(np.concatenate([_as2d(g) for g in gts]), k, seed=seed)
+    lab = kmeans_assign(np.concatenate([_as2d(p) for p in preds]), centers)
+    return entropy_bits(lab, len(centers))
+
+
+# ---------------------------------------------------------------- rPCC and STS
+
+
+def pcc(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two arrays' flattened values (cut to the same number of frames).
+
+    **The PCC of a constant signal is defined as 0** (no linear relation; ``np.corrcoef`` would
+    return NaN). The result is clipped into [-1, 1].
+    """
+    x, y = _cut(a, b)
+    x, y = x.reshape(-1), y.reshape(-1)
+    if x.size < 2:
+        return 0.0
+    x, y = x - x.mean(), y - y.mean()
+    sx, sy = float(np.sqrt((x * x).sum())), float(np.sqrt((y * y).sum()))
+    if sx <= 1e-12 * max(1.0, x.size) or sy <= 1e-12 * max(1.0, y.size):
+        return 0.0
+    return float(np.clip((x * y).sum() / (sx * sy), -1.0, 1.0))
+
+
+def rpcc(gt: np.ndarray, pred: np.ndarray, speaker: np.ndarray) -> float:
+    """rPCC of one clip (DualTalk variant): ``|PCC(gt, speaker) - PCC(pred, speaker)|``; lower is better.
+
+    PCC on the *flattened values* of the listener block (T x D) against the *same block of the
+    speaker's motion* (T x D, same motion space), exactly as DualTalk's ``metric.py`` (ground
+    truth ``gt_exp`` vs the other person's ``exp``; prediction vs the same). A constant signal
+    has PCC 0 (see :func:`pcc`). Blocks: exp, pose. Set value: mean over clips
+    (:func:`rpcc_per_clip`).
+    """
+    return abs(pcc(gt, speaker) - pcc(pred, speaker))
+
+
+def rpcc_per_clip(gts, preds, speakers) -> float:
+    """rPCC per clip then mean over clips (DualTalk); lower is better. See :func:`rpcc`."""
+    return mean_over_clips(rpcc, gts, preds, speakers)
+
+
+def rpcc_pooled(gts, preds, speakers) -> float:
+    """rPCC pooled (DIM / REALM variant): one PCC over the values of all clips concatenated; lower is better.
+
+    ``|PCC(concat gt, concat speaker) - PCC(concat pred, concat speaker)|`` with the listener
+    block flattened over frames and dimensions and correlated with the same block of the
+    speaker (DIM ``mymetrics.py``: ``np.corrcoef(gt[:, 6:].reshape(-1), x[:, 6:].reshape(-1))``;
+    REALM ``calculate_rpcc_global``). Blocks: exp, pose.
+    """
+    _check_sets(gts, preds, speakers)
+    trip = [_cut(g, p, s) for g, p, s in zip(gts, preds, speakers, strict=True)]
+    g = np.concatenate([t[0] for t in trip])
+    p = np.concatenate([t[1] for t in trip])
+    s = np.concatenate([t[2] for t in trip])
+    return abs(pcc(g, s) - pcc(p, s))
+
+
+def sts_sum(gt: np.ndarray, pred: np.ndarray, timestep: float = 0.1) -> float:
+    """``sum_t,d (d_gt - d_pred)^2 / timestep`` over first differences (the inside of STS's root)."""
+    g, p = _cut(gt, pred)
+    if len(g) < 2:
+        return 0.0
+    return float(((np.diff(g, axis=0) - np.diff(p, axis=0)) ** 2).sum() / timestep)
+
+
+def sts(gt: np.ndarray, pred: np.ndarray, timestep: float = 0.1) -> float:
+    """STS of one clip: ``sqrt(sum_{t,d} ((gt[t]-gt[t-1]) - (pred[t]-pred[t-1]))^2 / 0.1)``; lower is better.
+
+    Variant: DIM/DualTalk ``sts`` with ``timestep = 0.1`` (a constant of their code, not the
+    frame period). It is a *sum* over frames, so it grows with clip length: compare it only
+    between models on the same clips. One frame scores 0. Blocks: exp, pose. Set value: mean
+    over clips (DualTalk, :func:`sts_per_clip`) or pooled (DIM, :func:`sts_pooled`).
+    """
+    return math.sqrt(sts_sum(gt, pred, timestep))
+
+
+def sts_per_clip(gts, preds, timestep: float = 0.1) -> float:
+    """STS per clip, then mean over clips (DualTalk); lower is better."""
+    return mean_over_clips(sts, gts, preds, timestep=timestep)
+
+
+def sts_pooled(gts, preds, timestep: float = 0.1) -> float:
+    """STS over all clips at once (DIM: ``sts`` on the concatenated test set); lower is better.
+
+    ``sqrt(sum_c sum_{t,d} (...)^2 / 0.1)``. DIM concatenates the clips before differencing, so
+    its sum also holds one spurious difference across every clip boundary; we leave those out.
+    """
+    _check_sets(gts, preds)
+    return math.sqrt(sum(sts_sum(g, p, timestep) for g, p in zip(gts, preds, strict=True)))
+
+
+# ============================================================ 9.2 ViCo's "FD" is an L1
+
+
+def _vico_l1(gt, pred, spec, block) -> float | None:
+    spec = get_spec(spec)
+    if not spec.has(block):
+        return None
+    return l1(spec.take(np.asarray(gt), block), spec.take(np.asarray(pred), block))
+
+
+def vico_l1_exp(gt: np.ndarray, pred: np.ndarray, spec: str | MotionSpec) -> float | None:
+    """ViCo's "ExpFD", which is an L1: ``mean_{t,d} |gt - pred|`` on the ``expression`` block; lower is better.
+
+    Full frames (T, D) in ``spec`` go in; per clip, then mean over clips in the harness.
+    Variant: ViCo challenge (named ``vico_l1_*`` so nobody mistakes it for a Frechet distance).
+    """
+    return _vico_l1(gt, pred, spec, "expression")
+
+
+def vico_l1_angle(gt: np.ndarray, pred: np.ndarray, spec: str | MotionSpec) -> float | None:
+    """ViCo's "AngleFD" (an L1) on the ``rotation`` block (pitch, yaw, roll); lower is better; None without one."""
+    return _vico_l1(gt, pred, spec, "rotation")
+
+
+def vico_l1_trans(gt: np.ndarray, pred: np.ndarray, spec: str | MotionSpec) -> float | None:
+    """ViCo's "TransFD" (an L1) on the ``translation`` block; lower is better; None where the spec has none (flame56)."""
+    return _vico_l1(gt, pred, spec, "translation")
+
+
+# ============================================================ 9.3 reaction metrics (ours)
+
+
+def motion_onset_strength(x: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:
+    """Per-frame onset strength of motion (T,): where movement *starts* or speeds up.
+
+    Motion energy ``e[t] = sum_d |x[t+1, d] - x[t, d]| / s_d`` (forward difference: a movement
+    that leaves frame t is attributed to t; ``e[T-1] = 0``), with per-channel scales ``s_d``
+    (default: the channel's own velocity std; channels that never move count 0), then the
+    half-wave rectified increase ``o[t] = max(0, e[t] - e[t-1])``, ``o[0] = 0``.
+    """
+    x = _as2d(x)
+    if len(x) < 2:
+        return np.zeros(len(x))
+    d = np.abs(np.diff(x, axis=0))
+    s = d.std(axis=0) if scale is None else np.asarray(scale, np.float64)
+    w = np.where(s > 1e-12, 1.0 / np.where(s > 1e-12, s, 1.0), 0.0)
+    e = np.concatenate([(d * w).sum(1), [0.0]])
+    return np.maximum(0.0, np.diff(e, prepend=e[0]))
+
+
+def velocity_scale(clips: Sequence[np.ndarray]) -> np.ndarray:
+    """Per-channel std of first differences pooled over clips (the scale :func:`reaction_delay` uses)."""
+    ds = [np.diff(_as2d(c), axis=0) for c in clips if len(c) > 1]
+    if not ds:
+        return np.zeros(_as2d(clips[0]).shape[1])
+    return np.concatenate(ds).std(axis=0)
+
+
+def impulse_train(frames: Sequence[int], T: int) -> np.ndarray:
+    """(T,) array with 1 at each trigger frame (repeats add up); frames outside [0, T) are dropped."""
+    s = np.zeros(T)
+    for f in frames:
+        if 0 <= int(f) < T:
+            s[int(f)] += 1.0
+    return s
+
+
+def trigger_frames(events: dict | None, kinds: Sequence[str] | None = None) -> list[int]:
+    """Speaker trigger frames of a synthetic clip's event log (optionally only some kinds)."""
+    if not events:
+        return []
+    return [int(t["frame"]) for t in events.get("triggers", []) if kinds is None or t["kind"] in kinds]
+
+
+def speech_offsets(audio: np.ndarray, fps: float = 30.0, sr: int = 16000, min_pause_s: float = 0.2,
+                   rel_threshold: float = 0.1) -> list[int]:  # fmt: skip
+    """Frames where speech stops: the speaker triggers of real data, which has no event log.
+
+    Frame RMS of the waveform (one value per motion frame), lightly smoothed; "speech" is
+    RMS above ``rel_threshold`` x its 95th percentile. An offset is the last speech frame
+    before a silence of at least ``min_pause_s`` (or before the end). Silent audio has none.
+    """
+    from scipy.ndimage import uniform_filter1d
+
+    y = np.asarray(audio, np.float64).reshape(-1)
+    T = int(math.floor(len(y) * fps / sr + 1e-9))
+    if T < 2:
+        return []
+    edges = np.floor(np.arange(T + 1) * sr / fps).astype(int)
+    sq = np.concatenate([[0.0], np.cumsum(y * y)])
+    rms = np.sqrt((sq[edges[1:]] - sq[edges[:-1]]) / np.maximum(1, np.diff(edges)))
+    rms = uniform_filter1d(rms, 3)
+    ref = np.percentile(rms, 95)
+    if ref <= 1e-9:
+        return []
+    speech = rms > rel_threshold * ref
+    gap = max(1, int(round(min_pause_s * fps)))
+    out = []
+    for t in np.flatnonzero(speech[:-1] & ~speech[1:]):
+        if not speech[t + 1 : t + 1 + gap].any():
+            out.append(int(t))
+    return out
+
+
+def delay_cross_correlation(motions, triggers, max_lag: int = 30, scale: np.ndarray | None = None):
+    """Lags ``-max_lag..max_lag`` and the cross-correlation ``c[l] = sum_c sum_t s_c[t] o_c[t + l]``.
+
+    ``s_c`` is clip c's trigger impulse train and ``o_c`` its listener's
+    :func:`motion_onset_strength`, both with their means removed; clips are summed.
+    """
+    if isinstance(motions, np.ndarray) and motions.ndim == 2:
+        motions, triggers = [motions], [triggers]
+    if scale is None:
+        scale = velocity_scale(motions)
+    lags = np.arange(-max_lag, max_lag + 1)
+    cc = np.zeros(len(lags))
+    for x, frames in zip(motions, triggers, strict=True):
+        o = motion_onset_strength(x, scale)
+        s = impulse_train(frames, len(o))
+        if s.sum() == 0 or len(o) < 2:
+            continue
+        o, s = o - o.mean(), s - s.mean()
+        for i, lag in enumerate(lags):
+            if abs(lag) >= len(o):
+                continue
+            cc[i] += np.dot(s[: len(s) - lag], o[lag:]) if lag >= 0 else np.dot(s[-lag:], o[:lag])
+    return lags, cc
+
+
+def reaction_delay(motions, triggers, fps: float = 30.0, max_lag: int | None = None,
+                   scale: np.ndarray | None = None) -> float:  # fmt: skip
+    """Reaction delay (frames): the lag of the peak of the trigger / listener-motion cross-correlation.
+
+    ``argmax_l sum_c sum_t s_c[t] o_c[t + l]`` over ``l`` in ``[-max_lag, max_lag]`` (default
+    1 s), where ``s_c`` is the speaker's trigger impulse train (from the synthetic event log,
+    :func:`trigger_frames`, or speech offsets of real audio, :func:`speech_offsets`) and
+    ``o_c`` the listener's :func:`motion_onset_strength`. ``motions``: one (T, D) array or a
+    list (clips pooled); ``triggers``: frames, or one list per clip. ``scale``: per-channel
+    velocity scales (the harness uses the ground truth's, so every model is weighed alike).
+    Compare to the true tau (synthetic: ``events["tau"]``); |delay - tau| is the error (lower
+    is better). Variant: ours. On the synthetic ground truth it lands within one frame of
+    tau (post-phrase blinks and nods peak a little later than their onsets).
+    Degenerate: a motionless listener (or no triggers) has an all-zero cross-correlation and a
+    delay defined as 0 (no reaction delay recovered).
+    """
+    max_lag = int(round(fps)) if max_lag is None else int(max_lag)
+    lags, cc = delay_cross_correlation(motions, triggers, max_lag, scale)
+    if not np.any(cc > 0):
+        return 0.0
+    return float(lags[int(np.argmax(cc))])
+
+
+# ---------------------------------------------------------------- event detectors and event F1
+
+#: Detected event kinds and the ground-truth reaction kinds (synthetic event log) each matches.
+EVENT_KINDS: dict[str, tuple[str, ...]] = {
+    "smile": ("smile",),
+    "concern": ("concern",),
+    "brow_raise": ("brow_raise", "brow_flash"),
+    "nod": ("nod",),
+    "blink": ("blink",),
+}
+
+
+@dataclass(frozen=True)
+class RiseDetector:
+    """An onset is the first frame of a run of rising frames that rises by at least ``min_rise``.
+
+    The channel signal (mean of ``channels``) is smoothed with a Gaussian of ``smooth`` frames,
+    differenced; a run is consecutive frames with ``d[t] > min_speed``; its rise is
+    ``s[end] - s[start]``; the onset is the run's first frame, moved to the first frame within
+    3 ``smooth`` frames where the *unsmoothed* signal rises faster than ``min_speed`` (smoothing
+    starts a rise early). ``fall``: the rise must be undone by at least this fraction within
+    ``fall_within_s`` (nods go down and back up). Onsets closer than ``refractory_s`` to the
+    previous kept one are merged into it.
+    """
+
+    channels: tuple[str, ...]
+    min_rise: float
+    min_speed: float
+    smooth: float = 1.0
+    refractory_s: float = 0.5
+    fall: float = 0.0
+    fall_within_s: float = 0.0
+
+
+#: Detectors on arkit58 channel names, designed from the synthetic listener process
+#: (``realm.data.synth.listener_motion``): smile = mouthSmile L/R (amplitude 0.2-1 over a
+#: 250 ms ramp); concern = mouthFrown L/R (0.13-0.6 over 400 ms); brow raise = browOuterUp L/R
+#: (questions 0.18-0.7 over 200 ms, brow flashes 0.12-0.28 over 100 ms); nod = head pitch dip
+#: (0.024-0.17 rad, 0.5-0.7 s per cycle, then back; second cycles merge into the first);
+#: blink = eyeBlink L/R (0.9-1 over 75-100 ms).
+DETECTORS: dict[str, RiseDetector] = {
+    "smile": RiseDetector(("mouthSmileLeft", "mouthSmileRight"), 0.08, 0.005),
+    "concern": RiseDetector(("mouthFrownLeft", "mouthFrownRight"), 0.06, 0.004),
+    "brow_raise": RiseDetector(("browOuterUpLeft", "browOuterUpRight"), 0.06, 0.005),
+    "nod": RiseDetector(("rotation.pitch",), 0.025, 0.0025, smooth=1.5, refractory_s=0.8, fall=0.5, fall_within_s=0.7),
+    "blink": RiseDetector(("eyeBlinkLeft", "eyeBlinkRight"), 0.35, 0.05, smooth=0.0, refractory_s=0.25),
+}
+
+
+def _rise_onsets(sig: np.ndarray, det: RiseDetector, fps: float) -> list[int]:
+    from scipy.ndimage import gaussian_filter1d
+
+    raw = np.asarray(sig, np.float64)
+    if len(raw) < 2:
+        return []
+    s = gaussian_filter1d(raw, det.smooth, mode="nearest") if det.smooth > 0 else raw
+    up = np.diff(s) > det.min_speed
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], up.astype(np.int8), [0]])))
+    raw_up = np.diff(raw) > det.min_speed
+    reach = int(math.ceil(3 * det.smooth))
+    onsets: list[int] = []
+    for a, b in zip(edges[::2], edges[1::2], strict=True):
+        rise = s[b] - s[a]
+        if rise < det.min_rise:
+            continue
+        if det.fall > 0:
+            after = s[b : b + 1 + int(round(det.fall_within_s * fps))]
+            if s[b] - after.min() < det.fall * rise:
+                continue
+        hits = np.flatnonzero(raw_up[a : a + reach + 1])  # smoothing starts a rise early: undo that
+        a = int(a + hits[0]) if len(hits) else int(a)
+        if onsets and a - onsets[-1] < det.refractory_s * fps:
+            continue
+        onsets.append(a)
+    return onsets
+
+
+def detect_events(motion: np.ndarray, spec: str | MotionSpec = "arkit58", fps: float = 30.0,
+                  kinds: Sequence[str] | None = None) -> list[dict]:  # fmt: skip
+    """Listener events in one clip's (T, D) motion: ``[{"kind", "frame"}]`` sorted by frame.
+
+    Detectors (:data:`DETECTORS`) read named channels, so they need a spec with ARKit
+    blendshape names (arkit58); kinds whose channels the spec lacks are skipped.
+    """
+    spec = get_spec(spec)
+    x = np.asarray(motion, np.float64)
+    out = []
+    for kind in kinds or DETECTORS:
+        det = DETECTORS[kind]
+        try:
+            cols = [spec.channel(c) for c in det.channels]
+        except KeyError:
+            continue
+        for f in _rise_onsets(x[:, cols].mean(1), det, fps):
+            out.append({"kind": kind, "frame": f})
+    return sorted(out, key=lambda e: (e["frame"], e["kind"]))
+
+
+def prf(tp: int, fp: int, fn: int) -> dict:
+    """Precision, recall, F1 with the conventions for empty lists.
+
+    ``P = tp / (tp + fp)``, ``R = tp / (tp + fn)``, ``F1 = 2PR / (P + R)``. Nothing to find and
+    nothing found: P = R = F1 = 1. Otherwise an empty denominator gives 0 (no detections: P = 0;
+    no ground-truth events: R = 0), and P + R = 0 gives F1 = 0. Never NaN.
+    """
+    if tp + fp + fn == 0:
+        return {"precision": 1.0, "recall": 1.0, "f1": 1.0, "tp": 0, "fp": 0, "fn": 0}
+    p = tp / (tp + fp) if tp + fp else 0.0
+    r = tp / (tp + fn) if tp + fn else 0.0
+    f = 2 * p * r / (p + r) if p + r > 0 else 0.0
+    return {"precision": p, "recall": r, "f1": f, "tp": int(tp), "fp": int(fp), "fn": int(fn)}
+
+
+def match_events(detected: Sequence[int], truth: Sequence[int], tolerance: float,
+                 ignore: Sequence[int] = ()) -> tuple[int, int, int]:  # fmt: skip
+    """One-to-one matching of detected to true frames within ``tolerance`` frames: (tp, fp, fn).
+
+    Pairs are matched greedily by increasing time distance. Unmatched detections within the
+    tolerance of an ``ignore`` frame (a true event that is not visible, e.g. a smile that only
+    prolongs one already shown) count neither as hits nor as false alarms.
+    """
+    det = sorted(int(d) for d in detected)
+    tru = sorted(int(t) for t in truth)
+    pairs = sorted((abs(d - t), i, j) for i, d in enumerate(det) for j, t in enumerate(tru) if abs(d - t) <= tolerance)
+    used_d, used_t = set(), set()
+    for _, i, j in pairs:
+        if i not in used_d and j not in used_t:
+            used_d.add(i)
+            used_t.add(j)
+    tp = len(used_d)
+    fp = sum(1 for i, d in enumerate(det) if i not in used_d and not any(abs(d - g) <= tolerance for g in ignore))
+    return tp, fp, len(tru) - len(used_t)
+
+
+def event_f1(motions, reactions, spec: str | MotionSpec = "arkit58", fps: float = 30.0,
+             tolerance_s: float = 0.5, kinds: Sequence[str] | None = None) -> dict:  # fmt: skip
+    """Event F1 (ours): listener events detected in motion vs the ground-truth reaction log; higher is better.
+
+    ``motions``: one (T, D) array or a list of clips; ``reactions``: the clip's
+    ``events["reactions"]`` (or one list per clip). Events are detected by
+    :func:`detect_events` (smile onset, concern, brow raise, nod, blink on arkit58 channels)
+    and matched one-to-one to true reactions of the corresponding kinds (:data:`EVENT_KINDS`;
+    brow raises match questions' brow raises and accents' brow flashes) within ``±tolerance_s``
+    (0.5 s). True reactions with ``visible_onset`` false are not required and not penalised.
+    Counts are summed over clips; returns ``{"precision", "recall", "f1", "tp", "fp", "fn",
+    "per_kind": {kind: {...}}}`` (overall = micro average over kinds). Empty lists: see :func:`prf`.
+    """
+    if isinstance(motions, np.ndarray) and motions.ndim == 2:
+        motions, reactions = [motions], [reactions]
+    kinds = list(kinds or EVENT_KINDS)
+    tol = tolerance_s * fps
+    counts = {k: [0, 0, 0] for k in kinds}
+    for x, log in zip(motions, reactions, strict=True):
+        found = detect_events(x, spec, fps, kinds)
+        for k in kinds:
+            truth = [r["frame"] for r in log or [] if r["kind"] in EVENT_KINDS[k] and r.get("visible_onset", True)]
+            hidden = [r["frame"] for r in log or [] if r["kind"] in EVENT_KINDS[k] and not r.get("visible_onset", True)]
+            tp, fp, fn = match_events([e["frame"] for e in found if e["kind"] == k], truth, tol, hidden)
+            counts[k][0] += tp
+            counts[k][1] += fp
+            counts[k][2] += fn
+    total = np.sum(list(counts.values()), axis=0) if counts else np.zeros(3, int)
+    out = prf(*(int(v) for v in total))
+    out["per_kind"] = {k: prf(*c) for k, c in counts.items()}
+    return out
+
+
+# ---------------------------------------------------------------- identity fidelity
+
+
+def style_stats(clips: Sequence[np.ndarray], spec: str | MotionSpec, fps: float = 30.0) -> dict:
+    """Style statistics of one listener identity's motion (a list of (T, D) clips).
+
+    ``rest``: per-channel median over all frames (the resting expression and head pose;
+    reactions are sparse, so the median sits at rest); ``expressivity``: mean over expression
+    channels and clips of the temporal std; ``blink_rate``: blinks per minute found by the blink
+    detector (None when the spec has no eyeBlink channels).
+    """
+    spec = get_spec(spec)
+    if not len(clips):
+        raise ValueError("no clips")
+    allx = np.concatenate([_as2d(c) for c in clips])
+    exp = spec.indices("expression")
+    expr = float(np.mean([_as2d(c)[:, exp].std(axis=0).mean() if len(exp) else 0.0 for c in clips]))
+    blink = None
+    try:
+        [spec.channel(c) for c in DETECTORS["blink"].channels]
+        n = sum(len(detect_events(c, spec, fps, ["blink"])) for c in clips)
+        blink = 60.0 * n / (len(allx) / fps)
+    except KeyError:
+        pass
+    return {"rest": np.median(allx, axis=0), "expressivity": expr, "blink_rate": blink}
+
+
+def identity_fidelity(generated: Sequence[np.ndarray], target: Sequence[np.ndarray],
+                      spec: str | MotionSpec, fps: float = 30.0) -> dict:  # fmt: skip
+    """Identity fidelity (ours): style distances between generated motion and the identity's real motion.
+
+    ``generated``: clips generated for one listener identity; ``target``: that identity's real
+    clips. Returns (lower is better unless said):
+
+    * ``rest_exp_l1``: ``mean_d |rest_gen - rest_target|`` over expression channels (resting offsets);
+    * ``rest_pose_l1``: the same over pose channels;
+    * ``expressivity_ratio``: expressivity_gen / expressivity_target (closer to 1 is better) and
+      ``expressivity_err = |ln((e_gen + 1e-6) / (e_target + 1e-6))|`` (0 when both are frozen);
+    * ``blink_rate_err``: |blinks per minute gen - target| (None without eyeBlink channels).
+
+    Blocks: expression and pose (rest), expression (expressivity), eyeBlink (blink rate).
+    """
+    spec = get_spec(spec)
+    g, t = style_stats(generated, spec, fps), style_stats(target, spec, fps)
+    exp, pose = spec.indices("expression"), spec.indices("pose")
+    diff = np.abs(g["rest"] - t["rest"])
+    eps = 1e-6
+    out = {
+        "rest_exp_l1": float(diff[exp].mean()) if len(exp) else 0.0,
+        "rest_pose_l1": float(diff[pose].mean()) if len(pose) else 0.0,
+        "expressivity_ratio": (g["expressivity"] + eps) / (t["expressivity"] + eps),
+        "expressivity_err": abs(math.log((g["expressivity"] + eps) / (t["expressivity"] + eps))),
+        "blink_rate_gen": g["blink_rate"],
+        "blink_rate_target": t["blink_rate"],
+        "blink_rate_err": None if g["blink_rate"] is None else abs(g["blink_rate"] - t["blink_rate"]),
+    }
+    return out
+
+
+# ---------------------------------------------------------------- FRSyn (REACT)
+
+
+def _pcc_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-column Pearson correlation of (n, D) arrays; a constant column gives 0."""
+    a = a - a.mean(0)
+    b = b - b.mean(0)
+    den = np.sqrt((a * a).sum(0) * (b * b).sum(0))
+    ok = den > 1e-12
+    out = np.zeros(a.shape[1])
+    out[ok] = (a[:, ok] * b[:, ok]).sum(0) / den[ok]
+    return np.clip(out, -1, 1)
+
+
+def tlcc_peak_lag(pred: np.ndarray, speaker: np.ndarray, fps: float = 30.0, seconds: float = 2.0) -> int:
+    """Lag (frames) of the peak time-lagged cross-correlation of ``pred`` with ``speaker`` (REACT TLCC).
+
+    For each lag ``l`` in ``[-(seconds*fps - 1), seconds*fps - 1]``: the mean over dimensions of
+    the PCC of ``pred[t + l, d]`` with ``speaker[t, d]`` (positive ``l``: the listener follows);
+    the peak lag is the argmax. Constant dimensions correlate 0; ties (e.g. a constant listener,
+    whose correlations are all 0) go to the smallest |lag| (REACT's code would see NaN there).
+    """
+    p, s = _cut(pred, speaker)
+    L = max(0, int(seconds * fps - 1))
+    T = len(p)
+    lags = np.arange(-L, L + 1)
+    r = np.zeros(len(lags))
+    for i, lag in enumerate(lags):
+        if T - abs(lag) < 2:
+            continue
+        if lag >= 0:
+            r[i] = _pcc_columns(p[lag:], s[: T - lag]).mean()
+        else:
+            r[i] = _pcc_columns(p[: T + lag], s[-lag:]).mean()
+    ties = np.flatnonzero(r >= r.max() - 1e-12)
+    return int(lags[ties[np.argmin(np.abs(lags[ties]))]])
+
+
+def frsyn(pred: np.ndarray, speaker: np.ndarray, fps: float = 30.0, seconds: float = 2.0,
+          window: int | None = None) -> float:  # fmt: skip
+    """FRSyn (REACT): ``|peak lag|`` (frames) of the time-lagged cross-correlation with the speaker.
+
+    :func:`tlcc_peak_lag` over lags of ±2 s (REACT: ``range(-(2 fps - 1), 2 fps)``, per-dimension
+    PCC averaged over dimensions), listener block vs the same block of the speaker. REACT's code
+    correlates whole sequences (``window=None``, the default); ``window`` (frames) instead takes
+    the mean |peak lag| over half-overlapping windows. Set value: mean over clips (and samples).
+    REACT reads lower as better; a real listener reacts *late*, so we report it →GT (the
+    ground truth's own FRSyn beside it). Blocks: exp, pose.
+    """
+    p, s = _cut(pred, speaker)
+    if window is None or window >= len(p):
+        return float(abs(tlcc_peak_lag(p, s, fps, seconds)))
+    hop = max(1, window // 2)
+    lags = [abs(tlcc_peak_lag(p[a : a + window], s[a : a + window], fps, seconds))
+            for a in range(0, len(p) - window + 1, hop)]  # fmt: skip
+    return float(np.mean(lags))
+
+
+def frsyn_per_clip(preds, speakers, fps: float = 30.0, seconds: float = 2.0) -> float:
+    """``mean_c FRSyn(pred_c, speaker_c)``; →GT. See :func:`frsyn`."""
+    return mean_over_clips(frsyn, preds, speakers, fps=fps, seconds=seconds)
+
+
+# ============================================================ the harness's one call
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    key: str
+    label: str  # column header
+    direction: str  # "lower", "higher", "gt" (closer to the ground truth's own value)
+    variant: str  # whose definition
+    block: str  # exp, pose, rotation, translation, all
+    reference: bool = False  # meaningful on the ground truth itself (shown in the GT row)
+
+
+def _registry() -> dict[str, MetricInfo]:
+    out: dict[str, MetricInfo] = {}
+
+    def add(key, label, direction, variant, block, reference=False):
+        out[key] = MetricInfo(key, label, direction, variant, block, reference)
+
+    for b in ("exp", "pose"):
+        add(f"l1_{b}", f"L1 {b}", "lower", "ours: per clip, mean over clips", b)
+        add(f"mse_{b}", f"MSE {b}", "lower", "DIM/DualTalk/LM-Listener: per clip, mean over clips", b)
+        add(f"fd_{b}", f"FD {b}", "lower", "DIM/REALM/LM-Listener: per clip, mean over clips (1/N cov)", b)
+        add(f"fd_pooled_{b}", f"FD pooled {b}", "lower", "pooled over all test frames", b)
+        add(f"fd_delta_{b}", f"FD_delta {b}", "lower", "REALM FD on first differences, whole clips, mean", b)
+        add(f"p_fd_{b}", f"P-FD {b}", "lower", "DIM/LM-Listener: FD of [speaker; listener] per clip, mean", b)
+        add(f"var_{b}", f"Var {b}", "gt", "LM-Listener: per-clip mean per-dim temporal variance", b, True)
+        add(f"var_pooled_{b}", f"Var pooled {b}", "gt", "DIM: variance of all pooled values", b, True)
+        add(f"diversity_{b}", f"Div {b}", "gt", "LM-Listener: 30 random frame pairs (10 if T<=30)", b, True)
+        add(f"sid_{b}", f"SID {b}", "gt", f"DIM: our k-means, k={SID_K[b]}, on pooled GT; bits", b, True)
+        add(f"rpcc_{b}", f"rPCC {b}", "lower", "DIM/REALM: pooled over clips, flattened values", b)
+        add(f"rpcc_clip_{b}", f"rPCC/clip {b}", "lower", "DualTalk: per clip, mean over clips", b)
+        add(f"sts_{b}", f"STS {b}", "lower", "DualTalk: per clip, mean over clips (timestep 0.1)", b)
+        add(f"sts_pooled_{b}", f"STS pooled {b}", "lower", "DIM: over all clips (boundaries left out)", b)
+        add(f"frsyn_{b}", f"FRSyn {b}", "gt", "REACT TLCC |peak lag| over ±2 s, frames", b, True)
+    add("vico_l1_exp", "ViCo L1 exp", "lower", "ViCo ExpFD (an L1)", "expression")
+    add("vico_l1_angle", "ViCo L1 angle", "lower", "ViCo AngleFD (an L1)", "rotation")
+    add("vico_l1_trans", "ViCo L1 trans", "lower", "ViCo TransFD (an L1)", "translation")
+    add("delay", "delay (frames)", "gt", "ours: peak lag of trigger/motion-onset cross-correlation", "all", True)
+    add("delay_err", "delay err", "lower", "ours: |delay - true tau| (frames)", "all", True)
+    add("event_f1", "event F1", "higher", "ours: smile/concern/brow/nod/blink within ±0.5 s", "all", True)
+    add("event_precision", "event P", "higher", "ours", "all", True)
+    add("event_recall", "event R", "higher", "ours", "all", True)
+    for k in EVENT_KINDS:
+        add(f"event_f1_{k}", f"F1 {k}", "higher", "ours", "all", True)
+    add("id_rest_exp", "id rest exp", "lower", "ours: |resting offsets| per identity, mean", "exp")
+    add("id_rest_pose", "id rest pose", "lower", "ours", "pose")
+    add("id_expressivity", "id expressivity", "lower", "ours: |ln(std ratio)| per identity, mean", "exp")
+    add("id_blink_rate", "id blink/min", "lower", "ours: |blink rate difference| per identity, mean", "exp")
+    return out
+
+
+METRICS: dict[str, MetricInfo] = _registry()
+
+_KIND = {"exp": "expression", "pose": "pose"}
+
+
+def block_columns(spec: str | MotionSpec, block: str) -> np.ndarray:
+    """Columns of ``block``: ``"exp"``/``"expression"`` or ``"pose"`` (every block of that kind), or a block name."""
+    spec = get_spec(spec)
+    kind = _KIND.get(block, block)
+    if kind in ("expression", "pose"):
+        return spec.indices(kind)
+    b = spec.block(block)
+    return np.arange(b.start, b.stop)
+
+
+@dataclass
+class Reference:
+    """What every model's scores share, computed once from the ground truth: k-means, scales."""
+
+    centers: dict[str, np.ndarray] = field(default_factory=dict)
+    velocity_scale: np.ndarray | None = None
+
+
+def make_reference(gts: Sequence[np.ndarray], spec: str | MotionSpec, seed: int = 0) -> Reference:
+    """The ground truth's k-means centers per block (SID) and velocity scales (reaction delay)."""
+    spec = get_spec(spec)
+    ref = Reference(velocity_scale=velocity_scale(gts))
+    with single_thread_blas():
+        for b in ("exp", "pose"):
+            cols = block_columns(spec, b)
+            if len(cols):
+                ref.centers[b] = kmeans(np.concatenate([_as2d(g)[:, cols] for g in gts]), SID_K[b], seed=seed)
+    return ref
+
+
+def _speaker_cols(speaker_spec: str | MotionSpec | None, spec: MotionSpec, block: str, width: int):
+    try:
+        cols = block_columns(speaker_spec or spec, block)
+    except KeyError:
+        return None
+    return cols if len(cols) == width else None
+
+
+def evaluate_clip_set(
+    gts: Sequence[np.ndarray],
+    preds: Sequence[np.ndarray],
+    spec: str | MotionSpec,
+    speakers: Sequence[np.ndarray] | None = None,
+    events: Sequence[dict | None] | None = None,
+    speaker_spec: str | MotionSpec | None = None,
+    listener_ids: Sequence[str] | None = None,
+    triggers: Sequence[Sequence[int]] | None = None,
+    tau: float | None = None,
+    fps: float | None = None,
+    seed: int = 0,
+    reference: Reference | None = None,
+) -> dict[str, float | None]:
+    """Every metric of DESIGN section 9 for one set of predictions: ``{metric key: value or None}``.
+
+    ``gts``/``preds``: full-frame (T, D) arrays in ``spec``, one per clip (one sample per clip;
+    the harness calls this once per sample index and aggregates mean ± std). ``speakers``:
+    speaker motion per clip (in ``speaker_spec``, default ``spec``) for P-FD, rPCC and FRSyn.
+    ``events``: synthetic event logs per clip (triggers, reactions, tau) for the reaction
+    metrics; real data can pass ``triggers`` (e.g. :func:`speech_offsets`) and ``tau`` instead.
+    ``listener_ids`` groups clips by identity for identity fidelity (the target is that
+    identity's ground truth among ``gts``). ``reference`` reuses the ground truth's k-means and
+    scales (:func:`make_reference`). Keys and meanings: :data:`METRICS`.
+    """
+    with single_thread_blas():
+        return _evaluate_clip_set(gts, preds, spec, speakers, events, speaker_spec, listener_ids, triggers, tau,
+                                  fps, seed, reference)  # fmt: skip
+
+
+def _evaluate_clip_set(gts, preds, spec, speakers, events, speaker_spec, listener_ids, triggers, tau, fps, seed,
+                       reference) -> dict[str, float | None]:  # fmt: skip
+    spec = get_spec(spec)
+    _check_sets(gts, preds)
+    fps = float(fps or spec.fps)
+    gts = [_as2d(g) for g in gts]
+    preds = [_as2d(p) for p in preds]
+    pairs = [_cut(g, p) for g, p in zip(gts, preds, strict=True)]
+    gts, preds = [g for g, _ in pairs], [p for _, p in pairs]
+    ref = reference or make_reference(gts, spec, seed)
+    out: dict[str, float | None] = dict.fromkeys(METRICS)
+    have_speaker = speakers is not None and all(s is not None for s in speakers)
+    for b in ("exp", "pose"):
+        cols = block_columns(spec, b)
+        if not len(cols):
+            continue
+        G = [g[:, cols] for g in gts]
+        P = [p[:, cols] for p in preds]
+        out[f"l1_{b}"] = mean_over_clips(l1, G, P)
+        out[f"mse_{b}"] = mean_over_clips(mse, G, P)
+        out[f"fd_{b}"] = fd_per_clip(G, P)
+        out[f"fd_pooled_{b}"] = fd_pooled(G, P)
+        out[f"fd_delta_{b}"] = fd_delta_per_clip(G, P)
+        out[f"var_{b}"] = var_per_clip(P)
+        out[f"var_pooled_{b}"] = var_pooled(P)
+        out[f"diversity_{b}"] = diversity_per_clip(P, seed=seed)
+        out[f"sid_{b}"] = sid(G, P, centers=ref.centers.get(b), k=SID_K[b], seed=seed)
+        out[f"sts_{b}"] = sts_per_clip(G, P)
+        out[f"sts_pooled_{b}"] = sts_pooled(G, P)
+        scols = _speaker_cols(speaker_spec, spec, b, len(cols)) if have_speaker else None
+        if scols is not None:
+            S = [np.asarray(s, np.float64)[:, scols] for s in speakers]
+            out[f"p_fd_{b}"] = p_fd_per_clip(G, P, S)
+            out[f"rpcc_{b}"] = rpcc_pooled(G, P, S)
+            out[f"rpcc_clip_{b}"] = rpcc_per_clip(G, P, S)
+            out[f"frsyn_{b}"] = frsyn_per_clip(P, S, fps=fps)
+    out["vico_l1_exp"] = _mean_or_none([vico_l1_exp(g, p, spec) for g, p in pairs])
+    out["vico_l1_angle"] = _mean_or_none([vico_l1_angle(g, p, spec) for g, p in pairs])
+    out["vico_l1_trans"] = _mean_or_none([vico_l1_trans(g, p, spec) for g, p in pairs])
+    # reaction metrics
+    if triggers is None and events is not None and all(e for e in events):
+        triggers = [trigger_frames(e) for e in events]
+    if tau is None and events is not None and all(e and "tau" in e for e in events):
+        tau = float(np.mean([e["tau"] for e in events]))
+    if triggers is not None and any(len(t) for t in triggers):
+        out["delay"] = reaction_delay(preds, triggers, fps=fps, scale=ref.velocity_scale)
+        if tau is not None:
+            out["delay_err"] = abs(out["delay"] - tau)
+    if events is not None and all(e and "reactions" in e for e in events) and _has_detectors(spec):
+        ev = event_f1(preds, [e["reactions"] for e in events], spec, fps)
+        out["event_f1"], out["event_precision"], out["event_recall"] = ev["f1"], ev["precision"], ev["recall"]
+        for k, v in ev["per_kind"].items():
+            out[f"event_f1_{k}"] = v["f1"]
+    if listener_ids is not None:
+        rows = []
+        for lid in sorted(set(listener_ids)):
+            idx = [i for i, x in enumerate(listener_ids) if x == lid]
+            rows.append(identity_fidelity([preds[i] for i in idx], [gts[i] for i in idx], spec, fps))
+        out["id_rest_exp"] = float(np.mean([r["rest_exp_l1"] for r in rows]))
+        out["id_rest_pose"] = float(np.mean([r["rest_pose_l1"] for r in rows]))
+        out["id_expressivity"] = float(np.mean([r["expressivity_err"] for r in rows]))
+        out["id_blink_rate"] = _mean_or_none([r["blink_rate_err"] for r in rows])
+    return out
+
+
+def _has_detectors(spec: MotionSpec) -> bool:
+    try:
+        spec.channel("mouthSmileLeft")
+        return True
+    except KeyError:
+        return False
+
+
+def _mean_or_none(values) -> float | None:
+    if not values or any(v is None for v in values):
+        return None
+    return float(np.mean(values))

@@ -1,0 +1,460 @@
+"""Benchmark harness (DESIGN sections 9 and 10): models x one dataset split -> tables and plots.
+
+    from realm.eval import evaluate
+    res = evaluate({"realm": "runs/realm", "mirror": "runs/mirror"}, "data/synth", split="test",
+                   samples=3, out="results/synth-test")
+
+Every model loads with :func:`realm.generate.load` (or is passed loaded) and shares one
+interface: ``generate(audio, first_frame, samples, seed, speaker=, words=) -> (N, T, D)``.
+For each clip of the split, each model generates from the clip's audio with frame 0 of the
+ground truth as its first frame (``first_frame="gt"``), and every metric of
+:mod:`realm.metrics` is computed per block.
+
+Rows of the table:
+
+* one per model: stochastic models draw ``samples`` samples per clip; the metrics are computed
+  on each sample set (sample s of every clip) and reported as **mean ± std over samples**;
+  deterministic models draw one;
+* ``GT resample`` (the floor, DESIGN 5.4): the dataset's second listener realisation of each
+  clip scored against the first, the best any model can do; "n/a" when the data has one;
+* ``ground truth``: the ground truth's own value of the metrics that describe motion alone
+  (variance, diversity, SID, FRSyn, delay, event F1 of the detectors): columns marked →GT are
+  read against it;
+* ``<model> (oracle)``: per clip the sample closest to the ground truth in L1, the
+  best-of-N number DIM's code reports; shown for reference, **never the headline**.
+
+Outputs (written atomically: the directory appears complete or not at all): ``results.json``
+(every number, mean and std, with the command, date, dataset, split and samples),
+``results.csv`` (one line per row and metric), ``results.md`` (tables; best model value per
+column in bold) and ``plots/metrics.png``, ``plots/trajectories_<clip>.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from realm.errors import RealmInputError
+from realm.io import atomic_dir, atomic_path, write_json
+from realm.metrics import METRICS, evaluate_clip_set, l1, make_reference, single_thread_blas
+from realm.motion import get_spec
+
+log = logging.getLogger(__name__)
+
+ARROWS = {"lower": "↓", "higher": "↑", "gt": "→GT"}
+FLOOR = "GT resample"
+REFERENCE = "ground truth"
+
+#: Table groups of results.md: (title, metric keys).
+GROUPS = (
+    ("Expression (accuracy and distribution)", [k for k, m in METRICS.items() if m.block == "exp" and not k.startswith("id_")]),
+    ("Pose (accuracy and distribution)", [k for k, m in METRICS.items() if m.block == "pose" and not k.startswith("id_")]),
+    ("ViCo's \"FD\" (an L1)", ["vico_l1_exp", "vico_l1_angle", "vico_l1_trans"]),
+    ("Reactions and identity (ours)", [k for k in METRICS if k.startswith(("delay", "event_", "id_"))]),
+)  # fmt: skip
+
+#: Metrics drawn in plots/metrics.png.
+HEADLINE = ("l1_exp", "fd_exp", "fd_delta_exp", "p_fd_exp", "rpcc_exp", "var_exp",
+            "l1_pose", "fd_pose", "p_fd_pose", "rpcc_pose", "delay_err", "event_f1")  # fmt: skip
+
+
+@dataclass
+class Row:
+    name: str
+    kind: str  # model | oracle | floor | reference
+    samples: int = 1
+    metrics: dict[str, dict] = field(default_factory=dict)  # key -> {"mean", "std"}
+    note: str = ""
+    info: dict = field(default_factory=dict)
+
+
+def load_models(models: dict) -> dict:
+    """``{name: loaded model}`` from ``{name: run directory or loaded model}``."""
+    from realm.generate import load
+
+    out = {}
+    for name, m in models.items():
+        out[name] = load(m) if isinstance(m, str | Path) else m
+    return out
+
+
+def aggregate(per_sample: list[dict]) -> dict[str, dict]:
+    """Mean and std (population, over samples) of each metric; None where any sample lacks it."""
+    out = {}
+    for k in METRICS:
+        vals = [d.get(k) for d in per_sample]
+        if not vals or any(v is None for v in vals):
+            out[k] = {"mean": None, "std": None}
+        else:
+            out[k] = {"mean": float(np.mean(vals)), "std": float(np.std(vals))}
+    return out
+
+
+def evaluate(
+    models: dict,
+    data: str | Path,
+    split: str = "test",
+    samples: int = 3,
+    seed: int = 0,
+    max_clips: int | None = None,
+    out: str | Path | None = None,
+    first_frame: str = "gt",
+    force: bool = False,
+    oracle: bool = True,
+    plots: bool = True,
+    plot_clips: int = 2,
+    progress: Callable[[int, int, str], None] | None = None,
+    command: str | None = None,
+) -> dict:
+    """Score ``models`` on the ``split`` clips of dataset ``data``; write results to ``out``.
+
+    ``models``: ``{name: run directory or loaded model}``. ``samples``: samples per clip for
+    stochastic models (deterministic models draw one). ``first_frame``: ``"gt"`` starts every
+    model at the ground truth's frame 0, ``"mean"`` at the model's default. ``out``: a new or
+    empty directory (a non-empty one needs ``force=True``); ``None`` writes nothing.
+    ``progress(done, total, what)`` is called as generation advances. Returns the content of
+    ``results.json``.
+    """
+    from realm.data import detect_format, load_any
+
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    if first_frame not in ("gt", "mean"):
+        raise ValueError(f"first_frame must be 'gt' or 'mean', got {first_frame!r}")
+    if not models:
+        raise ValueError("no models to evaluate")
+    out = Path(out) if out is not None else None
+    if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise FileExistsError(f"{out}: exists and is not empty (use --force to overwrite)")
+    data = Path(data)
+    clips = sorted(load_any(data, splits=split), key=lambda c: c.clip_id)
+    if not clips:
+        raise RealmInputError(data, f"no clips in split {split!r}")
+    if max_clips is not None:
+        clips = clips[: max(1, int(max_clips))]
+    spec = get_spec(clips[0].spec)
+    fps = float(clips[0].fps)
+    loaded = load_models(models)
+    for name, m in loaded.items():
+        if m.spec.name != spec.name:
+            raise RealmInputError(data, f"model {name!r} generates {m.spec.name} but the data is {spec.name}")
+        if abs(float(m.fps) - fps) > 1e-6:
+            raise RealmInputError(data, f"model {name!r} runs at {m.fps} fps but the data is {fps} fps")
+    for c in clips:
+        if c.audio_path is None:
+            raise RealmInputError(c.source or data, f"clip {c.clip_id}: no speaker audio, models cannot run")
+
+    gts = [c.listener for c in clips]
+    kw = _context(clips)
+    ref = make_reference(gts, spec, seed)
+    rows: list[Row] = []
+    preds_of: dict[str, list[np.ndarray]] = {}
+    total, done = len(loaded) * len(clips), 0
+    for name, m in loaded.items():
+        n = samples if getattr(m, "stochastic", False) else 1
+        t0 = time.time()
+        preds = []
+        for c in clips:
+            if progress:
+                progress(done, total, f"{name}: {c.clip_id}")
+            p = m.generate(
+                str(c.audio_path), first_frame=c.listener[0] if first_frame == "gt" else None, samples=n, seed=seed,
+                speaker=c.speaker, words=c.words,
+            )  # fmt: skip
+            p = np.asarray(p, np.float32)
+            if p.ndim == 2:
+                p = p[None]
+            if not np.all(np.isfinite(p)):
+                raise RealmInputError(None, f"model {name!r} produced NaN/inf for clip {c.clip_id}")
+            preds.append(p)
+            done += 1
+        seconds = time.time() - t0
+        if progress:
+            progress(done, total, f"{name}: scoring")
+        preds_of[name] = preds
+        per_sample = [evaluate_clip_set(gts, [p[s] for p in preds], spec, reference=ref, seed=seed, fps=fps, **kw)
+                      for s in range(n)]  # fmt: skip
+        info = {"model": str(models[name]) if isinstance(models[name], str | Path) else type(m).__name__,
+                "type": getattr(m, "name", type(m).__name__), "stochastic": bool(getattr(m, "stochastic", False)),
+                "extractor": getattr(m, "extractor", None), "generation_seconds": round(seconds, 3)}  # fmt: skip
+        rows.append(Row(name, "model", n, aggregate(per_sample), info=info))
+        if oracle and n > 1:
+            with single_thread_blas():
+                best = [p[int(np.argmin([l1(g, s) for s in p]))] for g, p in zip(gts, preds, strict=True)]
+            rows.append(Row(f"{name} (oracle)", "oracle", n,
+                            aggregate([evaluate_clip_set(gts, best, spec, reference=ref, seed=seed, fps=fps, **kw)]),
+                            note=f"per clip the best of {n} samples by L1 to the ground truth; not a headline number"))  # fmt: skip
+    if all(c.samples().shape[0] >= 2 for c in clips):
+        second = [c.samples()[1] for c in clips]
+        rows.append(Row(FLOOR, "floor", 1, aggregate([evaluate_clip_set(gts, second, spec, reference=ref, seed=seed,
+                                                                          fps=fps, **kw)]),
+                        note="a second listener realisation of each clip vs the first: the best reachable"))  # fmt: skip
+    else:
+        rows.append(Row(FLOOR, "floor", 0, aggregate([{}]), note="n/a: the dataset has one listener realisation per clip"))
+    own = evaluate_clip_set(gts, gts, spec, reference=ref, seed=seed, fps=fps, **kw)
+    rows.append(Row(REFERENCE, "reference", 1,
+                    aggregate([{k: (v if METRICS[k].reference else None) for k, v in own.items()}]),
+                    note="the ground truth's own values of the metrics that describe motion alone (→GT columns)"))  # fmt: skip
+
+    result = {
+        "command": command or _call_string(models, data, split, samples, seed, max_clips, first_frame),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "dataset": {"path": str(data), "format": detect_format(data), **_meta(data)},
+        "split": split,
+        "samples": samples,
+        "seed": seed,
+        "first_frame": first_frame,
+        "spec": spec.name,
+        "fps": fps,
+        "n_clips": len(clips),
+        "clips": [c.clip_id for c in clips],
+        "tau": kw.get("tau"),
+        "metrics": {k: {"label": m.label, "direction": m.direction, "variant": m.variant, "block": m.block}
+                    for k, m in METRICS.items()},  # fmt: skip
+        "rows": {r.name: {"kind": r.kind, "samples": r.samples, "note": r.note, **r.info, "metrics": r.metrics}
+                 for r in rows},  # fmt: skip
+    }
+    if out is not None:
+        with atomic_dir(out, force=True) as tmp:
+            write_json(tmp / "results.json", result)
+            _write_csv(tmp / "results.csv", rows)
+            with atomic_path(tmp / "results.md") as p:
+                p.write_text(markdown(result))
+            if plots:
+                (tmp / "plots").mkdir()
+                _plot_metrics(tmp / "plots" / "metrics.png", rows)
+                for c, i in zip(clips[:plot_clips], range(plot_clips), strict=False):
+                    _plot_trajectories(tmp / "plots" / f"trajectories_{c.clip_id}.png", c, spec,
+                                       {name: p[i][0] for name, p in preds_of.items()})  # fmt: skip
+        log.info("wrote %s", out)
+    return result
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _context(clips) -> dict:
+    """Speaker motion, event logs, identities and triggers of the clips, as evaluate_clip_set wants them."""
+    kw: dict = {"listener_ids": [c.listener_id or "?" for c in clips]}
+    if all(c.speaker is not None for c in clips):
+        kw["speakers"] = [c.speaker for c in clips]
+        kw["speaker_spec"] = clips[0].speaker_spec or clips[0].spec
+    if all(c.events for c in clips):
+        kw["events"] = [c.events for c in clips]
+        kw["tau"] = float(np.mean([c.events.get("tau", math.nan) for c in clips]))
+        if not math.isfinite(kw["tau"]):
+            kw["tau"] = None
+    else:  # real data: speech offsets of the speaker's audio are the triggers
+        from realm.audio import load_audio
+        from realm.metrics import speech_offsets
+
+        kw["triggers"] = [speech_offsets(load_audio(c.audio_path), fps=c.fps) for c in clips]
+    return kw
+
+
+def _meta(data: Path) -> dict:
+    from realm.data.clip import read_meta
+
+    meta = read_meta(data)
+    return {k: meta[k] for k in ("generator", "config", "spec", "source") if k in meta}
+
+
+def _call_string(models, data, split, samples, seed, max_clips, first_frame) -> str:
+    ms = ", ".join(f"{k!r}: {str(v)!r}" if isinstance(v, str | Path) else f"{k!r}: <{type(v).__name__}>"
+                   for k, v in models.items())  # fmt: skip
+    return (f"realm.eval.evaluate({{{ms}}}, {str(data)!r}, split={split!r}, samples={samples}, seed={seed}, "
+            f"max_clips={max_clips}, first_frame={first_frame!r})")  # fmt: skip
+
+
+def _fmt(v: float | None, std: float | None = None, with_std: bool = False) -> str:
+    if v is None:
+        return "n/a"
+    s = f"{v:.4g}"
+    if with_std and std is not None:
+        s += f" ± {std:.2g}"
+    return s
+
+
+def best_per_column(result: dict, keys) -> dict[str, list[str]]:
+    """The model rows with the best mean per metric (↓ min, ↑ max, →GT closest to the ground truth).
+
+    Ties are all best; when every model ties, none is.
+    """
+    rows = result["rows"]
+    gt = rows.get(REFERENCE, {}).get("metrics", {})
+    out = {}
+    for k in keys:
+        d = result["metrics"][k]["direction"]
+        cand = {n: r["metrics"][k]["mean"] for n, r in rows.items() if r["kind"] == "model" and r["metrics"][k]["mean"] is not None}
+        target = gt.get(k, {}).get("mean")
+        if not cand or (d == "gt" and target is None):
+            out[k] = []
+            continue
+        score = {n: v if d == "lower" else -v if d == "higher" else abs(v - target) for n, v in cand.items()}
+        top = min(score.values())
+        winners = [n for n, v in score.items() if v <= top + 1e-12 * max(1.0, abs(top))]
+        out[k] = winners if len(winners) < len(cand) or len(cand) == 1 else []  # a tie of all says nothing
+    return out
+
+
+def markdown(result: dict) -> str:
+    """results.md: one table per metric group, mean ± std over samples, best model value in bold."""
+    rows = result["rows"]
+    lines = [
+        f"# Benchmark: {result['dataset']['path']} ({result['split']}, {result['n_clips']} clips, {result['spec']})",
+        "",
+        f"Command: `{result['command']}`  ",
+        f"Date: {result['date']}  ",
+        f"Stochastic models: mean ± std over {result['samples']} samples per clip; deterministic: one.  ",
+        "↓ lower is better, ↑ higher is better, →GT closer to the *ground truth* row is better. "
+        f"**Bold**: best model per column. *{FLOOR}* is the floor (a second listener realisation); "
+        "*(oracle)* rows are best-of-N and never the headline.",
+        "",
+    ]
+    if result.get("tau") is not None:
+        lines += [f"True reaction delay tau = {result['tau']:g} frames.", ""]
+    for title, keys in GROUPS:
+        keys = [k for k in keys if any(r["metrics"][k]["mean"] is not None for r in rows.values())]
+        if not keys:
+            continue
+        best = best_per_column(result, keys)
+        lines += [f"## {title}", ""]
+        heads = [f"{result['metrics'][k]['label']} {ARROWS[result['metrics'][k]['direction']]}" for k in keys]
+        lines.append("| model | " + " | ".join(heads) + " |")
+        lines.append("|---|" + "---:|" * len(keys))
+        for name, r in rows.items():
+            label = {"floor": f"*{name}* (floor)", "reference": f"*{name}*", "oracle": f"*{name}*"}.get(r["kind"], name)
+            cells = []
+            for k in keys:
+                m = r["metrics"][k]
+                cell = _fmt(m["mean"], m["std"], with_std=r["kind"] == "model" and r["samples"] > 1)
+                if r["kind"] == "reference" and m["mean"] is None:
+                    cell = "—"
+                if name in best.get(k, []) and m["mean"] is not None:
+                    cell = f"**{cell}**"
+                cells.append(cell)
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## Rows", ""]
+    for name, r in rows.items():
+        extra = f" ({r['note']})" if r.get("note") else ""
+        src = f" `{r['model']}`" if r.get("model") else ""
+        lines.append(f"- **{name}**{src}: {r['kind']}, {r['samples']} sample(s){extra}")
+    lines += ["", "## Metric variants", ""]
+    for k, m in result["metrics"].items():
+        lines.append(f"- `{k}` ({m['label']}, {ARROWS[m['direction']]}): {m['variant']}")
+    return "\n".join(lines) + "\n"
+
+
+def _write_csv(path: Path, rows: list[Row]) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["row", "kind", "samples", "metric", "label", "direction", "mean", "std"])
+            for r in rows:
+                for k, m in METRICS.items():
+                    v = r.metrics[k]
+                    w.writerow([r.name, r.kind, r.samples, k, m.label, m.direction,
+                                "" if v["mean"] is None else repr(v["mean"]), "" if v["std"] is None else repr(v["std"])])  # fmt: skip
+
+
+# ---------------------------------------------------------------- plots
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot_metrics(path: Path, rows: list[Row]) -> None:
+    plt = _pyplot()
+    keys = [k for k in HEADLINE if any(r.metrics[k]["mean"] is not None for r in rows)]
+    if not keys:
+        return
+    ncol = 4
+    nrow = math.ceil(len(keys) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4 * ncol, 3 * nrow), squeeze=False)
+    shown = [r for r in rows if r.kind != "reference"]
+    ref = next((r for r in rows if r.kind == "reference"), None)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, k in zip(axes.flat, keys, strict=False):
+        vals = [r.metrics[k]["mean"] for r in shown]
+        errs = [r.metrics[k]["std"] or 0.0 for r in shown]
+        xs = np.arange(len(shown))
+        bars = ax.bar(xs, [v if v is not None else 0.0 for v in vals], yerr=errs, capsize=3,
+                      color=[colors[i % len(colors)] for i in range(len(shown))])  # fmt: skip
+        for b, r, v in zip(bars, shown, vals, strict=True):
+            if r.kind in ("floor", "oracle"):
+                b.set_hatch("//")
+                b.set_alpha(0.6)
+            if v is None:
+                b.set_alpha(0.0)
+        m = METRICS[k]
+        if m.direction == "gt" and ref is not None and ref.metrics[k]["mean"] is not None:
+            ax.axhline(ref.metrics[k]["mean"], color="k", ls="--", lw=1, label="ground truth")
+            ax.legend(fontsize=7)
+        ax.set_title(f"{m.label} {ARROWS[m.direction]}", fontsize=9)
+        ax.set_xticks(xs)
+        ax.set_xticklabels([r.name for r in shown], rotation=30, ha="right", fontsize=7)
+    for ax in list(axes.flat)[len(keys) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def trajectory_channels(spec) -> list[tuple[str, int]]:
+    """(label, column) of the channels drawn per clip: three expression channels, pitch and yaw."""
+    chans: list[tuple[str, int]] = []
+    for name in ("mouthSmileLeft", "eyeBlinkLeft", "browInnerUp"):
+        try:
+            chans.append((name, spec.channel(name)))
+        except KeyError:
+            pass
+    if not chans:
+        exp = spec.indices("expression")
+        chans += [(f"expression[{i}]", int(c)) for i, c in enumerate(exp[:3])]
+    for axis in ("pitch", "yaw"):
+        try:
+            chans.append((f"head {axis}", spec.channel(f"rotation.{axis}")))
+        except KeyError:
+            pass
+    return chans
+
+
+def _plot_trajectories(path: Path, clip, spec, preds: dict[str, np.ndarray]) -> None:
+    plt = _pyplot()
+    chans = trajectory_channels(spec)
+    fig, axes = plt.subplots(len(chans), 1, figsize=(12, 1.8 * len(chans)), sharex=True, squeeze=False)
+    t = np.arange(clip.n_frames) / clip.fps
+    samples = clip.samples()
+    for ax, (label, col) in zip(axes[:, 0], chans, strict=True):
+        ax.plot(t, clip.listener[:, col], color="k", lw=1.4, label="ground truth")
+        if samples.shape[0] > 1:
+            ax.plot(t, samples[1][:, col], color="0.6", lw=1, ls="--", label=FLOOR)
+        for name, p in preds.items():
+            n = min(len(p), len(t))
+            ax.plot(t[:n], p[:n, col], lw=1, label=name)
+        ax.set_ylabel(label, fontsize=8)
+    if clip.events:
+        for tr in clip.events.get("triggers", []):
+            for ax in axes[:, 0]:
+                ax.axvline(tr["frame"] / clip.fps, color="tab:red", alpha=0.15, lw=0.8)
+    axes[0, 0].legend(fontsize=7, ncol=4, loc="upper right")
+    axes[0, 0].set_title(f"{clip.clip_id} ({clip.listener_id}); red lines: speaker triggers", fontsize=9)
+    axes[-1, 0].set_xlabel("time (s)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

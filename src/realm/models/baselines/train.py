@@ -1,0 +1,205 @@
+"""Fit or train a baseline and export it as a run directory (``realm train NAME``).
+
+Non-parametric baselines (static mean, random clip, mirror, nearest neighbour) fit in one pass
+over the training split. Neural baselines train with Lightning exactly as REALM does: the same
+windows (``realm.train.prepare_data``), checkpoints selected on the ``val`` loss (never on
+``test``), ``resume`` from ``lightning/last.ckpt``, accelerator / devices / strategy passed
+through. A run directory holds::
+
+    RUN/config.json  model.safetensors  stats.npz  feature_stats.npz   (the exported model)
+    RUN/lightning/last.ckpt, best.ckpt                                 (neural baselines: resume state)
+    RUN/logs/                                                          (TensorBoard + CSV)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from realm.data.clip import read_meta
+from realm.errors import RealmInputError
+from realm.models.baselines import BASELINES
+from realm.models.baselines.base import Baseline, export
+from realm.train import TrainConfig, prepare_data
+
+log = logging.getLogger(__name__)
+
+
+def baseline_class(name: str) -> type[Baseline]:
+    if name not in BASELINES:
+        raise KeyError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
+    return BASELINES[name].load_class()
+
+
+def baseline_train_config(name: str, **overrides) -> TrainConfig:
+    """TrainConfig with the baseline's recipe defaults (its paper's, where it has one), then ``overrides``."""
+    cls = baseline_class(name)
+    names = {f.name for f in fields(TrainConfig)}
+    base = {k: v for k, v in cls.train_defaults.items() if k in names}
+    return TrainConfig(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def make_model(name: str, data, model_cfg: dict | None = None) -> Baseline:
+    """The baseline's model with its data-dependent config fields filled from ``data`` (a ``Prepared``)."""
+    cls = baseline_class(name)
+    clips = data.train.clips
+    with_speaker = all(c.speaker is not None for c in clips)
+    speaker_dim = clips[0].speaker.shape[1] if with_speaker else 0
+    cfg = cls.Config.from_dict(dict(model_cfg or {}))
+    cfg.spec, cfg.audio_dim = data.spec, data.audio_dim
+    cfg.speaker_dim, cfg.speaker_spec = speaker_dim, (clips[0].speaker_spec or data.spec) if with_speaker else ""
+    if cls.uses_speaker and not with_speaker:
+        if name == "mirror":
+            raise RealmInputError(clips[0].source or "data", "the mirror baseline needs speaker motion; this dataset has none")
+        log.warning("%s: the dataset has no speaker motion; the model reads zeros (the mean speaker) instead", name)
+    cls.configure(cfg, data)
+    model = cls(cfg)
+    model.set_speaker_stats(clips)
+    return model
+
+
+# ---------------------------------------------------------------- Lightning module for the neural baselines
+
+
+class BaselineTask(L.LightningModule):
+    def __init__(self, name: str, model_cfg: dict, train_cfg: dict):
+        super().__init__()
+        self.save_hyperparameters()
+        cls = baseline_class(name)
+        self.model = cls(cls.Config.from_dict(model_cfg))
+        self.cfg = TrainConfig.from_dict(train_cfg)
+
+    def _progress(self) -> float:
+        total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
+        return self.global_step / max(1, total)
+
+    def training_step(self, batch, batch_idx):
+        out = self.model.loss(batch, progress=self._progress())
+        B = len(batch["mask"])
+        self.log_dict({f"train/{k}": v for k, v in out.items() if k != "loss"}, batch_size=B)
+        self.log("loss", out["loss"], prog_bar=True, batch_size=B)
+        return out["loss"]
+
+    def validation_step(self, batch, batch_idx):
+        out = self.model.loss(batch, progress=1.0)  # the inference mode of the model
+        B = len(batch["mask"])
+        self.log("val/loss", out["loss"], prog_bar=True, batch_size=B, sync_dist=True)
+
+    def configure_optimizers(self):
+        c, m = self.cfg, self.model.config
+        opt = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        step = getattr(m, "lr_step_epochs", 0)
+        if not step:
+            return opt
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=step, gamma=getattr(m, "lr_gamma", 0.5))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def train_baseline(
+    name: str,
+    cfg: TrainConfig,
+    out: str | Path,
+    model_cfg: dict | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    command: str | None = None,
+) -> dict:
+    """Fit (non-parametric) or train (neural, Lightning) baseline ``name``; export it to ``out``.
+
+    ``model_cfg`` overrides fields of the baseline's config dataclass (e.g. ``{"hidden": 128}``).
+    Returns a summary dict (steps, seconds, best val loss for neural baselines).
+    """
+    cls = baseline_class(name)
+    out = Path(out)
+    launched_rank = int(os.environ.get("LOCAL_RANK", 0)) + int(os.environ.get("NODE_RANK", 0))
+    if launched_rank == 0 and out.exists() and any(out.iterdir()) and not resume:
+        raise FileExistsError(f"{out}: run directory exists and is not empty (use --resume to continue it)")
+    out.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    prep = prepare_data(cfg)
+    if resume and (out / "train_state.json").exists():
+        saved = json.loads((out / "train_state.json").read_text()).get("model")
+        if saved and model_cfg and any(saved.get(k) != v for k, v in model_cfg.items()):
+            log.warning("resuming with the saved model config (command-line model options ignored)")
+        model_cfg = saved or model_cfg
+    model = make_model(name, prep, model_cfg)
+    extra = {
+        "train": _jsonable(asdict(cfg)), "command": command or " ".join(sys.argv), "selected_on": "val",
+        "data_config": read_meta(cfg.data).get("config", {}), "baseline": name,
+    }  # fmt: skip
+    t0 = time.time()
+    if not cls.trainable:
+        model.fit_data(prep)
+        results = {"fit": {"seconds": round(time.time() - t0, 1), "train_clips": len(prep.train.clips)}}
+        export(out, model.eval(), prep.stats, prep.feature_stats, cfg.extractor, {**extra, "results": results})
+        return results
+    (out / "train_state.json").write_text(json.dumps({"model": model.config.to_dict(), "train": extra["train"]}, indent=1))
+    return _fit_neural(name, model, prep, cfg, out, resume, progress, extra, t0)
+
+
+def _fit_neural(name, model, prep, cfg, out, resume, progress, extra, t0) -> dict:
+    from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    loader_kw = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
+    train_ds, val_ds = model.wrap_dataset(prep.train), model.wrap_dataset(prep.val)
+    train_dl = DataLoader(train_ds, shuffle=True, drop_last=len(train_ds) > cfg.batch_size, **loader_kw)
+    val_dl = DataLoader(val_ds, shuffle=False, **loader_kw)
+    task = BaselineTask(name, model.config.to_dict(), _jsonable(asdict(cfg)))
+    task.model.load_state_dict(model.state_dict())  # the speaker statistics fitted on train
+    ckdir = out / "lightning"
+    ckpt = ModelCheckpoint(dirpath=ckdir, filename="best", monitor="val/loss", mode="min", save_top_k=1, save_last=True)
+    from realm.train import _devices
+
+    trainer = L.Trainer(
+        max_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        accelerator=cfg.accelerator,
+        devices=_devices(cfg.devices),
+        # staged models (VQ-VAE, then the token model) leave one part without gradients at a time
+        strategy="ddp_find_unused_parameters_true" if model.staged and cfg.strategy == "ddp" else cfg.strategy,
+        num_nodes=cfg.num_nodes,
+        precision=cfg.precision,
+        callbacks=[ckpt] + ([RichProgressBar()] if progress else []),
+        logger=[
+            TensorBoardLogger(out / "logs", name=name, version=""),
+            CSVLogger(out / "logs", name=name, version=""),
+        ],
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        log_every_n_steps=max(1, min(50, len(train_dl))),
+        val_check_interval=cfg.max_steps if 0 < cfg.max_steps < len(train_dl) else None,  # a short budget still validates
+        num_sanity_val_steps=0,
+    )
+    last = ckdir / "last.ckpt"
+    trainer.fit(task, train_dl, val_dl, ckpt_path=str(last) if resume and last.exists() else None)
+    best = ckpt.best_model_path or str(last)
+    score = ckpt.best_model_score
+    results = {
+        "train": {
+            "best_checkpoint": best, "val/loss": float(score) if score is not None else None,
+            "epochs": trainer.current_epoch, "steps": trainer.global_step, "seconds": round(time.time() - t0, 1),
+            "world_size": trainer.world_size,
+        }
+    }  # fmt: skip
+    if trainer.global_rank == 0:
+        sd = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+        model.load_state_dict({k[len("model.") :]: v for k, v in sd.items() if k.startswith("model.")})
+        export(out, model.eval(), prep.stats, prep.feature_stats, cfg.extractor, {**extra, "results": results})
+    return results
+
+
+def _jsonable(d: dict) -> dict:
+    return json.loads(json.dumps(d, default=list))

@@ -1,0 +1,147 @@
+"""`realm bench`: a tiny benchmark end to end, its resumption, its time budget and its reading."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from realm.bench import BenchConfig, _plan_steps, prepare_benchmark_data, reading, run_bench
+from realm.cli import app
+from realm.eval import FLOOR
+
+TINY_REALM = dict(d_model=32, ff_dim=64, refine_dim=32, refine_ff=64)
+
+
+def tiny(root, **kw):
+    """Six 6-8 s formant clips, prosody features, a tiny REALM, one thread (fast on a busy machine)."""
+    base = dict(
+        out=str(root / "run"), doc=str(root / "docs" / "benchmark.md"), data=str(root / "data"), hours=0.01,
+        backend="formant", synth={"clip_seconds": [6.0, 8.0], "split_fractions": [0.5, 0.1, 0.2, 0.2]}, workers=1,
+        models=["realm", "static_mean", "mirror"], extractor="prosody", batch_size=8, max_steps=2,
+        train={"clip_stride": 32, "val_stride": 64}, model_overrides={"realm": TINY_REALM}, samples=2, max_clips=2,
+        accelerator="cpu", devices="1", threads=1, command="realm bench --pytest",
+    )  # fmt: skip
+    return BenchConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("REALM_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        seen = []
+        res = run_bench(tiny(root), progress=lambda step, done, total: seen.append(step))
+    return root, res, seen
+
+
+def test_bench_writes_the_document_with_both_tables_the_floor_and_a_reading(bench):
+    root, res, seen = bench
+    doc = (root / "docs" / "benchmark.md").read_text()
+    assert "realm bench --pytest" in doc  # the exact command
+    for part in ("## Dataset", "## Models and training", "## Reading", "## Split `test`", "## Split `ood`",
+                 f"*{FLOOR}* (floor)", "realm (oracle)", "Recovered reaction delay", "Distance to the floor",
+                 "FD_delta exp: REALM", "Machine:", "torch"):  # fmt: skip
+        assert part in doc, part
+    assert doc.count(f"*{FLOOR}* (floor)") >= 4  # expression and pose tables of both splits
+    assert "## Metric variants" in doc and doc.count("## Metric variants") == 1
+    for split in ("test", "ood"):
+        sentences = res["reading"][split]
+        assert sentences[0].startswith("REALM is"), sentences[0]
+        assert any("true tau = 8" in s for s in sentences)
+    assert set(res["models"]) == {"realm", "static_mean", "mirror"}
+    r = res["models"]["realm"]
+    assert r["stage1"]["steps"] == 2 and r["stage2"]["steps"] == 4  # stage 2: generator + discriminator steps
+    assert res["models"]["static_mean"]["fit"]["train_clips"] == 3
+    assert res["dataset"]["splits"]["test"]["clips"] == 1 and res["dataset"]["realisations"] == 2
+    saved = json.loads((root / "run" / "bench.json").read_text())
+    assert BenchConfig.from_dict(saved) == tiny(root)
+    assert (root / "run" / "bench_results.json").exists()
+    for split in ("test", "ood"):
+        assert (root / "run" / "eval" / split / "results.json").exists()
+    assert any(s.startswith("train realm") for s in seen) and "evaluate ood" in seen and "synthesise data" in seen
+
+
+def test_a_second_run_reuses_the_data_and_the_trained_models(bench, tmp_path, monkeypatch):
+    root, _, _ = bench
+    monkeypatch.setenv("REALM_CACHE", str(root / "cache2"))
+    weights = {m: root / "run" / "models" / m / "model.safetensors" for m in ("realm", "static_mean", "mirror")}
+    before = {m: p.stat().st_mtime_ns for m, p in weights.items()}
+    res = run_bench(tiny(root, doc=str(tmp_path / "again.md")))
+    assert {m: p.stat().st_mtime_ns for m, p in weights.items()} == before  # nothing retrained
+    assert all(r["reused"] for r in res["models"].values())
+    assert res["dataset"]["reused"]
+    assert "(earlier run)" in (tmp_path / "again.md").read_text()
+
+
+def test_other_data_settings_in_the_same_directory_are_refused(bench):
+    root, _, _ = bench
+    with pytest.raises(ValueError, match="differs in hours"):
+        prepare_benchmark_data(tiny(root, hours=0.02), lambda *a: None)
+
+
+def test_the_time_budget_is_calibrated_into_steps(bench, tmp_path, monkeypatch):
+    root, _, _ = bench
+    monkeypatch.setenv("REALM_CACHE", str(root / "cache3"))
+    cfg = tiny(root, out=str(tmp_path / "run"), doc=str(tmp_path / "b.md"), models=["no_refine", "lstm"],
+               max_steps=0, minutes_per_model=0.05, model_overrides={"realm": TINY_REALM, "lstm": {"hidden": 16}},
+               splits=["test"])  # fmt: skip
+    res = run_bench(cfg)
+    r, b = res["models"]["no_refine"], res["models"]["lstm"]
+    assert r["budget_s"] == pytest.approx(3.0) and r["calibration"]["stage1_step_s"] > 0
+    assert r["stage1"]["steps"] == r["plan"]["stage1_steps"] >= 1 and "stage2" not in r
+    assert b["calibration"]["step_s"] > 0 and b["train"]["steps"] >= 1
+    assert "Split `ood`" not in (tmp_path / "b.md").read_text()
+
+
+def test_plan_steps_rounds_to_whole_epochs_past_one():
+    assert _plan_steps(5.0, 1.0, per_epoch=10) == 5  # less than an epoch: as many as fit
+    assert _plan_steps(25.0, 1.0, per_epoch=10) == 20  # 2.5 epochs: 2 (3 would overrun by 20 %)
+    assert _plan_steps(29.0, 1.0, per_epoch=10) == 30  # nearest, within 10 % of the budget
+    assert _plan_steps(0.0, 1.0, per_epoch=10) == 1
+
+
+def _result(rows, tau=8.0):
+    metrics = {k: {"label": k.replace("_", " ")} for k in
+               ("fd_exp", "fd_pose", "p_fd_exp", "p_fd_pose", "rpcc_exp", "rpcc_pose", "fd_delta_exp", "fd_delta_pose",
+                "l1_exp", "delay", "delay_err")}  # fmt: skip
+    out = {"tau": tau, "metrics": metrics, "rows": {}}
+    for name, (kind, stochastic, vals) in rows.items():
+        m = {k: {"mean": vals.get(k, vals.get("*")), "std": 0.0} for k in metrics}
+        out["rows"][name] = {"kind": kind, "stochastic": stochastic, "samples": 1, "metrics": m}
+    return out
+
+
+def test_reading_is_computed_from_the_numbers():
+    res = _result({
+        "realm": ("model", True, {"*": 1.0, "fd_pose": 3.0, "delay": 8.4, "delay_err": 0.4}),
+        "lstm": ("model", False, {"*": 2.0, "fd_pose": 2.5}),
+        "mirror": ("model", False, {"*": 4.0, "fd_delta_exp": 0.5}),
+        FLOOR: ("floor", False, {"*": 0.5, "delay": 8.0}),
+    })  # fmt: skip
+    lines = reading(res, {})
+    assert "**not** ahead" in lines[0] and "fd pose (REALM 3; as good or better: lstm 2.5)" in lines[0]
+    assert "within 1 frame" in lines[1] and "not within" not in lines[1]
+    assert any(s.startswith("fd delta exp: REALM 1 vs") and "lower than 1 of 2" in s for s in lines)
+    assert any("Distance to the floor" in s and "fd exp 1 vs 0.5 (+0.5, 2x)" in s for s in lines)
+    res["rows"]["realm"]["metrics"]["fd_pose"]["mean"] = 1.0
+    assert reading(res, {})[0] == (
+        "REALM is ahead of every baseline (lstm, mirror) on fd exp, fd pose, p fd exp, p fd pose, rpcc exp, rpcc pose."
+    )
+    assert reading(_result({"lstm": ("model", False, {"*": 1.0})}), {}) == [
+        "REALM was not among the models of this run: nothing to read."
+    ]
+
+
+def test_cli_bench_without_realm(tmp_path):
+    r = CliRunner().invoke(app, [
+        "bench", "--out", str(tmp_path / "run"), "--doc", str(tmp_path / "bench.md"), "--hours", "0.01",
+        "--backend", "formant", "--workers", "1", "--models", "static_mean,mirror", "--extractor", "prosody",
+        "--samples", "1", "--max-clips", "1", "--threads", "1",
+    ])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    doc = (tmp_path / "bench.md").read_text()
+    assert "```\nrealm " in doc  # the command line (sys.argv: pytest's under CliRunner)
+    assert "| static_mean |" in doc and "| mirror |" in doc and "| realm |" not in doc
+    assert "REALM was not among the models" in doc
+    r = CliRunner().invoke(app, ["bench", "--out", str(tmp_path / "run"), "--models", "nope"])
+    assert r.exit_code == 2 and "unknown model" in r.output

@@ -1,0 +1,129 @@
+"""The benchmark harness and the `realm eval` command on a tiny synthetic set and a tiny REALM."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import realm
+from realm.cli import app
+from realm.data.synth import SynthConfig, generate
+from realm.eval import FLOOR, REFERENCE, evaluate
+from realm.metrics import METRICS
+from realm.models.realm import REALM, REALMConfig
+from realm.motion import NormStats
+from realm.train import export
+
+SMALL = dict(spec="arkit58", audio_dim=80, d_model=32, ff_dim=64, refine_dim=32, refine_ff=64)
+
+
+def make_run(root):
+    """A small random REALM checkpoint (logmel) whose refinement is not the identity (as in test_generate)."""
+    torch.manual_seed(0)
+    model = REALM(REALMConfig(**SMALL))
+    torch.nn.init.normal_(model.refinement.out.weight, std=0.05)
+    rng = np.random.default_rng(0)
+    stats = NormStats(rng.uniform(0, 0.3, 58).astype(np.float32), rng.uniform(0.01, 0.1, 58).astype(np.float32), "arkit58")
+    fstats = NormStats(rng.normal(-5, 1, 80).astype(np.float32), rng.uniform(1, 3, 80).astype(np.float32), "logmel")
+    export(root, model, (stats, fstats), "logmel", {"stage": 2})
+    return root
+
+
+def tiny_set(root, listener_samples=2):
+    """Six 6-8 s clips (formant speech), two of them in the test split."""
+    cfg = SynthConfig(hours=0.01, seed=0, backend="formant", clip_seconds=(6.0, 8.0),
+                      listener_samples=listener_samples, split_fractions=(0.5, 0.1, 0.3, 0.1))  # fmt: skip
+    generate(cfg, root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    return tiny_set(root / "data"), make_run(root / "run")
+
+
+class StaticMean:
+    """A deterministic stand-in with the shared model interface (the training mean, held)."""
+
+    name, stochastic, extractor, fps = "static", False, "none", 30.0
+
+    def __init__(self, spec, mean):
+        self.spec, self.mean = spec, mean
+
+    def generate(self, audio, first_frame=None, history=None, samples=1, seed=0, features=None, clamp=True,
+                 speaker=None, words=None):  # fmt: skip
+        T = len(speaker)
+        return np.repeat(self.mean[None, None], T, axis=1).repeat(samples, axis=0)
+
+
+def test_evaluate_writes_tables_plots_and_the_floor(bench, tmp_path):
+    data, run = bench
+    lis = realm.load(run)
+    out = tmp_path / "res"
+    res = evaluate({"realm": run, "static": StaticMean(lis.spec, lis.stats.mean)}, data, split="test", samples=2,
+                   out=out, command="pytest")  # fmt: skip
+    for f in ("results.json", "results.csv", "results.md", "plots/metrics.png"):
+        assert (out / f).exists(), f
+    assert len(list((out / "plots").glob("trajectories_*.png"))) == 2
+    assert set(res["rows"]) == {"realm", "realm (oracle)", "static", FLOOR, REFERENCE}
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["command"] == "pytest" and saved["split"] == "test" and saved["samples"] == 2
+    assert saved["n_clips"] == 2 and saved["dataset"]["format"] == "realm" and saved["tau"] == 8
+    assert saved["rows"]["realm"]["samples"] == 2 and saved["rows"]["static"]["samples"] == 1
+    for name, row in saved["rows"].items():
+        for k, v in row["metrics"].items():
+            assert v["mean"] is None or np.isfinite(v["mean"]), (name, k)
+    realm_row = saved["rows"]["realm"]["metrics"]
+    for k in ("l1_exp", "fd_exp", "fd_delta_exp", "p_fd_pose", "rpcc_exp", "sid_exp", "delay_err", "event_f1"):
+        assert realm_row[k]["mean"] is not None and realm_row[k]["std"] >= 0, k
+    floor = saved["rows"][FLOOR]["metrics"]
+    assert floor["l1_exp"]["mean"] > 0 and floor["event_f1"]["mean"] > 0
+    # the oracle is never worse than the mean of the samples on the L1 it selects by
+    assert saved["rows"]["realm (oracle)"]["metrics"]["l1_exp"]["mean"] <= realm_row["l1_exp"]["mean"] + 1e-3
+    assert saved["rows"][REFERENCE]["metrics"]["l1_exp"]["mean"] is None  # GT vs itself is not shown
+    md = (out / "results.md").read_text()
+    assert f"*{FLOOR}* (floor)" in md and "→GT" in md and "↓" in md and "**" in md and "± " in md
+    assert md.count("| model |") == 4
+    lines = (out / "results.csv").read_text().splitlines()
+    assert lines[0].startswith("row,kind,samples,metric") and len(lines) == 1 + 5 * len(METRICS)
+    with pytest.raises(FileExistsError, match="not empty"):
+        evaluate({"realm": run}, data, out=out)
+    evaluate({"realm": run}, data, out=out, force=True, samples=1, plots=False, max_clips=1)
+    assert json.loads((out / "results.json").read_text())["n_clips"] == 1 and not (out / "plots").exists()
+
+
+def test_floor_is_na_with_one_realisation_and_specs_must_match(bench, tmp_path):
+    _, run = bench
+    data = tiny_set(tmp_path / "one", listener_samples=1)
+    res = evaluate({"realm": run}, data, samples=1, out=None, max_clips=1)
+    assert res["rows"][FLOOR]["note"].startswith("n/a")
+    assert all(v["mean"] is None for v in res["rows"][FLOOR]["metrics"].values())
+    assert "realm (oracle)" not in res["rows"]  # one sample: no best-of-N row
+
+    class Flame(StaticMean):
+        pass
+
+    from realm.errors import RealmInputError
+    from realm.motion import get_spec
+
+    with pytest.raises(RealmInputError, match="generates flame56"):
+        evaluate({"x": Flame(get_spec("flame56"), np.zeros(56, np.float32))}, data, out=None)
+
+
+def test_eval_command(bench, tmp_path):
+    data, run = bench
+    out = tmp_path / "cli"
+    args = ["eval", "--data", str(data), "--model", f"realm={run}", "--samples", "2", "--out", str(out),
+            "--max-clips", "1"]  # fmt: skip
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert (out / "results.md").exists() and "results.md" in r.output
+    assert json.loads((out / "results.json").read_text())["command"].startswith("realm ")
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2 and "--force" in r.output
+    assert CliRunner().invoke(app, args + ["--force"]).exit_code == 0
+    r = CliRunner().invoke(app, ["eval", "--data", str(data), "--model", "=", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "NAME=PATH" in r.output
