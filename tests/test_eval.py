@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 import realm
@@ -12,23 +11,7 @@ from realm.cli import app
 from realm.data.synth import SynthConfig, generate
 from realm.eval import FLOOR, REFERENCE, evaluate
 from realm.metrics import METRICS
-from realm.models.realm import REALM, REALMConfig
-from realm.motion import NormStats
-from realm.train import export
-
-SMALL = dict(spec="arkit58", audio_dim=80, d_model=32, ff_dim=64, refine_dim=32, refine_ff=64)
-
-
-def make_run(root):
-    """A small random REALM checkpoint (logmel) whose refinement is not the identity (as in test_generate)."""
-    torch.manual_seed(0)
-    model = REALM(REALMConfig(**SMALL))
-    torch.nn.init.normal_(model.refinement.out.weight, std=0.05)
-    rng = np.random.default_rng(0)
-    stats = NormStats(rng.uniform(0, 0.3, 58).astype(np.float32), rng.uniform(0.01, 0.1, 58).astype(np.float32), "arkit58")
-    fstats = NormStats(rng.normal(-5, 1, 80).astype(np.float32), rng.uniform(1, 3, 80).astype(np.float32), "logmel")
-    export(root, model, (stats, fstats), "logmel", {"stage": 2})
-    return root
+from tests.test_generate import make_run  # a small random REALM checkpoint (logmel)
 
 
 def tiny_set(root, listener_samples=2):

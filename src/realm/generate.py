@@ -38,10 +38,13 @@ CHECKPOINT_FILES = ("config.json", "model.safetensors", "stats.npz", "feature_st
 
 
 @dataclass
-class Listener:
-    """A trained listener model with everything it needs to run on raw audio."""
+class RunModel:
+    """A loaded run directory: the model with everything it needs to run on raw audio.
 
-    model: REALM
+    Shared by REALM (:class:`Listener`) and the baselines (``BaselineListener``).
+    """
+
+    model: torch.nn.Module
     stats: NormStats
     feature_stats: NormStats
     extractor: str
@@ -56,6 +59,19 @@ class Listener:
     def fps(self) -> float:
         return float(self.config.get("fps", 30.0))
 
+    def features(self, audio) -> np.ndarray:
+        """Normalised (T, A) features of a file path or a 16 kHz waveform."""
+        from realm.audio import extract
+
+        return self.feature_stats.apply(extract(audio, self.extractor))
+
+
+@dataclass
+class Listener(RunModel):
+    """A trained REALM with everything it needs to run on raw audio."""
+
+    model: REALM
+
     @property
     def name(self) -> str:
         return "realm"
@@ -64,12 +80,6 @@ class Listener:
     def stochastic(self) -> bool:
         """True when samples differ (refinement noise), so evaluation draws several."""
         return self.model.refinement is not None
-
-    def features(self, audio) -> np.ndarray:
-        """Normalised (T, A) features of a file path or a 16 kHz waveform."""
-        from realm.audio import extract
-
-        return self.feature_stats.apply(extract(audio, self.extractor))
 
     def _start(self, first_frame, history):
         """Normalised frame 0 (1, D) and/or history (1, K, D) tensors from raw motion arrays."""

@@ -315,12 +315,14 @@ class REALMTask(L.LightningModule):
 # ---------------------------------------------------------------- run directory: export and load
 
 
-def export(run: Path, model: REALM, prepared_or_stats, extractor: str, extra: dict) -> None:
-    """Write the model as safetensors weights + JSON config + normalisation stats (atomically)."""
+def export(run: Path, model, prepared_or_stats, extractor: str, extra: dict, model_type: str = "realm") -> None:
+    """Write a model (REALM or a baseline: ``model_type``) as safetensors weights + JSON config +
+    normalisation stats, each file atomically."""
     from safetensors.torch import save_file
 
     from realm.io import atomic_path, write_json
 
+    run = Path(run)
     run.mkdir(parents=True, exist_ok=True)
     stats, fstats = prepared_or_stats
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -329,7 +331,7 @@ def export(run: Path, model: REALM, prepared_or_stats, extractor: str, extra: di
     stats.save(run / "stats.npz")
     fstats.save(run / "feature_stats.npz")
     config = {
-        "model_type": "realm",
+        "model_type": model_type,
         "model": model.config.to_dict(),
         "spec": model.spec.name,
         "fps": model.spec.fps,

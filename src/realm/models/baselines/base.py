@@ -32,6 +32,7 @@ from torch import nn
 
 from realm.data.clip import LENGTH_TOLERANCE_FRAMES
 from realm.errors import RealmInputError
+from realm.generate import RunModel
 from realm.motion import NormStats, get_spec
 
 log = logging.getLogger(__name__)
@@ -214,7 +215,7 @@ def top_p_sample(logits: torch.Tensor, temperature: float, top_p: float, generat
 
 
 @dataclass
-class BaselineListener:
+class BaselineListener(RunModel):
     """A trained or fitted baseline with everything it needs to run on raw audio.
 
     Same interface as :class:`realm.generate.Listener`: ``generate``, ``features``, ``spec``,
@@ -222,19 +223,6 @@ class BaselineListener:
     """
 
     model: Baseline
-    stats: NormStats
-    feature_stats: NormStats
-    extractor: str
-    config: dict
-    path: Path
-
-    @property
-    def spec(self):
-        return self.model.spec
-
-    @property
-    def fps(self) -> float:
-        return float(self.config.get("fps", 30.0))
 
     @property
     def name(self) -> str:
@@ -243,12 +231,6 @@ class BaselineListener:
     @property
     def stochastic(self) -> bool:
         return self.model.stochastic
-
-    def features(self, audio) -> np.ndarray:
-        """Normalised (T, A) features of a file path or a 16 kHz waveform."""
-        from realm.audio import extract
-
-        return self.feature_stats.apply(extract(audio, self.extractor))
 
     def _first(self, first_frame, history) -> torch.Tensor:
         D = self.spec.dim
@@ -335,27 +317,10 @@ class BaselineListener:
 
 
 def export(run: Path, model: Baseline, stats: NormStats, feature_stats: NormStats, extractor: str, extra: dict) -> None:
-    """Write a baseline as safetensors + JSON config + normalisation stats (each file atomically)."""
-    from safetensors.torch import save_file
+    """Write a baseline in REALM's run-directory format (:func:`realm.train.export`)."""
+    from realm.train import export as export_run
 
-    from realm.io import atomic_path, write_json
-
-    run = Path(run)
-    run.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(run / "model.safetensors") as tmp:
-        save_file(state, str(tmp))
-    stats.save(run / "stats.npz")
-    feature_stats.save(run / "feature_stats.npz")
-    config = {
-        **extra,
-        "model_type": model.name,
-        "model": model.config.to_dict(),
-        "spec": model.spec.name,
-        "fps": model.spec.fps,
-        "feature_extractor": extractor,
-    }
-    write_json(run / "config.json", config)
+    export_run(run, model, (stats, feature_stats), extractor, extra, model_type=model.name)
 
 
 def load(run: str | Path) -> BaselineListener:
