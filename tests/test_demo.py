@@ -34,6 +34,11 @@ def test_demo_job_scores_realm_against_baselines_and_the_floor(tmp_path):
     for p in res["outputs"]["test"]:
         with np.load(p) as d:
             assert d["listener"].shape[0] == 2 and d["listener"].shape[1:] == d["gt"].shape[1:]
+    # a short rendered clip, plots and the HTML report that collects them
+    page = Path(res["outputs"]["report"]).read_text()
+    assert Path(res["outputs"]["video"]).stat().st_size > 10_000 and len(res["outputs"]["plots"]) == 3
+    assert "<table" in page and '<video controls preload="metadata" src="media/' in page
+    assert page.count("data:image/png;base64,") == 3
 
 
 @pytest.mark.parametrize("seed", [0, 1])

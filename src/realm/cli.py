@@ -324,22 +324,44 @@ def generate_cmd(
     first_frame: Path = typer.Option(None, "--first-frame", help="Motion file whose (last) frame starts the listener."),
     history: Path = typer.Option(None, "--history", help="Motion file of the listener's recent frames."),
     samples: int = typer.Option(1, help="Number of stochastic samples."),
-    seed: int = typer.Option(0, help="Seed of the refinement noise."),
+    seed: int = typer.Option(0, help="Seed of the refinement noise / token sampling."),
     no_refine: bool = typer.Option(False, "--no-refine", help="Coarse motion only."),
     no_clamp: bool = typer.Option(False, "--no-clamp", help="Raw model output (values may leave the spec's ranges)."),
+    transcript: Path = typer.Option(None, "--transcript", help="Words JSON [{word, start, end}] (models that read words; default: offline ASR)."),
+    identity_ref: Path = typer.Option(None, "--identity-ref", help="Motion (>= 2 s) of the listener whose style to decode in (mmlm)."),
+    temperature: float = typer.Option(None, help="Token sampling temperature, 0 = greedy (mmlm; default: the model's)."),
+    top_p: float = typer.Option(None, "--top-p", help="Nucleus sampling mass (mmlm)."),
+    greedy: bool = typer.Option(False, "--greedy", help="Greedy token decoding (= --temperature 0)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
 ):
     """Generate listener motion for an audio file with a trained checkpoint."""
     import realm
     from realm.generate import generate_file, read_motion
 
+    if out_path.exists() and not force:
+        raise FileExistsError(f"{out_path}: exists (use --force to overwrite)")
     listener = realm.load(checkpoint)
     spec = listener.spec.name
     ff = read_motion(first_frame, spec)[-1] if first_frame else None
     hist = read_motion(history, spec) if history else None
+    kw = {}
+    if identity_ref is not None:
+        kw["identity_ref"] = read_motion(identity_ref, spec)
+    if greedy or temperature is not None:
+        kw["temperature"] = 0.0 if greedy else temperature
+    if top_p is not None:
+        kw["top_p"] = top_p
+    words = None
+    if getattr(listener.model, "uses_words", False):
+        from realm.asr import words_for
+
+        with console.status("reading words" if transcript else "transcribing the speech (offline ASR)"):
+            words = words_for(audio, transcript=transcript)
+    elif transcript is not None:
+        console.print(f"note: {listener.name if hasattr(listener, 'name') else 'REALM'} does not read words; --transcript ignored")
     with console.status("generating"):
         motion = generate_file(listener, audio, out_path, force=force, first_frame=ff, history=hist,
-                               samples=samples, seed=seed, refine=not no_refine, clamp=not no_clamp)  # fmt: skip
+                               samples=samples, seed=seed, refine=not no_refine, clamp=not no_clamp, words=words, **kw)  # fmt: skip
     n, T, D = motion.shape
     out.print(f"{out_path}: {n} sample(s) x {T} frames x {D} ({spec}, {listener.fps:g} fps, {T / listener.fps:.2f} s)")
 
@@ -380,6 +402,10 @@ def demo_cmd(
     out.print(f"outputs in {out_dir}/: held-out set {res['synth_dir']}, motion {', '.join(res['outputs']['test'])}"
               + (f", speech {res['outputs']['speech']}" if "speech" in res["outputs"] else "")
               + f", metrics {out_dir}/demo_metrics.json  ({time.time() - t0:.0f} s)")  # fmt: skip
+    if "video" in res["outputs"]:
+        out.print(f"video: {res['outputs']['video']}")
+    if "report" in res["outputs"]:
+        out.print(f"report: {res['outputs']['report']} (open it in a browser)")
 
 
 # ---------------------------------------------------------------- realm bench
@@ -503,6 +529,13 @@ def eval_cmd(
         t.add_row(name + (" (floor)" if name == FLOOR else ""), *cells)
     out.print(t)
     out.print(f"all metrics: {out_dir}/results.md, {out_dir}/results.json, {out_dir}/results.csv; plots in {out_dir}/plots/")
+
+
+# ---------------------------------------------------------------- other areas
+# Each area keeps its commands in its own module, which registers them on `app` (or on a
+# sub-app) when imported; they import `app`, `train_app`, `_friendly`, `_progress` from here.
+
+from realm import cli_embody, cli_lm, cli_render  # noqa: E402,F401
 
 
 def run() -> None:  # pragma: no cover - entry point helper

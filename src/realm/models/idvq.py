@@ -54,8 +54,10 @@ Choices (ours):
 - Loss: SmoothL1(recon) + 0.5 SmoothL1(velocity) + 0.02 commitment, over all channels (T2M-GPT,
   LM-Listener).
 
-The Lightning training (``realm train idvq``) and ``realm generate --identity-ref`` are not wired yet;
-:func:`fit_tiny` is a plain PyTorch loop for tests and experiments.
+Training runs through the model harness as ``realm train idvq`` (:class:`realm.models.mmlm.IDVQRun`:
+Lightning, references from other clips of the same listener id, checkpoint selected on val); the
+multimodal-LM listener (:mod:`realm.models.mmlm`) decodes its tokens with it (``realm generate
+--identity-ref``). :func:`fit_tiny` is a plain PyTorch loop for tests and experiments.
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ space (z-scores); the caller de-normalises.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -341,6 +343,46 @@ class REALM(nn.Module):
         if refine and self.refinement is not None:  # refine whole windows, as streaming does
             motion = self.refine(aux["padded"], aux["padded_audio"])[:, : motion.shape[1]]
         return motion, aux
+
+    # -- introspection -------------------------------------------------------------
+    @contextmanager
+    def record_internals(self) -> Iterator[dict[str, list[torch.Tensor]]]:
+        """Record the gate and the fusion's cross-attention of every window run inside the block.
+
+            with model.record_internals() as rec:
+                model.rollout(audio, frame0)
+            rec["alpha"]      # one (B, K, 1) tensor per window: the reactive gate's values
+            rec["attention"]  # one (B, heads, K, W) tensor per window: shifted-ALiBi cross-attention
+
+        Forward hooks only: outputs are unchanged. The attention weights are recomputed from the
+        same inputs with ``need_weights=True`` (the decoder layer itself does not ask for them).
+        """
+        rec: dict[str, list[torch.Tensor]] = {"alpha": [], "attention": []}
+        attn = self.fusion.layer.multihead_attn
+        busy = [False]
+
+        def on_attention(module, args, kwargs):
+            if busy[0]:
+                return None
+            busy[0] = True
+            try:
+                _, w = module(*args[:3], attn_mask=kwargs.get("attn_mask"), key_padding_mask=kwargs.get("key_padding_mask"),
+                              need_weights=True, average_attn_weights=False)  # fmt: skip
+                rec["attention"].append(w.detach().clone())
+            finally:
+                busy[0] = False
+            return None
+
+        def on_gate(module, args, output):
+            rec["alpha"].append(output.detach().clone())
+
+        handles = [attn.register_forward_pre_hook(on_attention, with_kwargs=True),
+                   self.decoder.gate.register_forward_hook(on_gate)]  # fmt: skip
+        try:
+            yield rec
+        finally:
+            for h in handles:
+                h.remove()
 
     def param_counts(self) -> dict[str, int]:
         n = lambda m: sum(p.numel() for p in m.parameters()) if m is not None else 0  # noqa: E731

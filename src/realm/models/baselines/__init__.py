@@ -38,7 +38,8 @@ class BaselineInfo:
     trained: bool = False  # trained by gradient descent (Lightning); else fitted in one pass
 
     def load_class(self):
-        return getattr(importlib.import_module(f"realm.models.baselines.{self.module}"), self.cls)
+        module = self.module if "." in self.module else f"realm.models.baselines.{self.module}"
+        return getattr(importlib.import_module(module), self.cls)
 
 
 BASELINES: dict[str, BaselineInfo] = {
@@ -53,6 +54,15 @@ BASELINES: dict[str, BaselineInfo] = {
         BaselineInfo("l2l", "l2l", "Learning2Listen", "Learning2Listen: motion VQ-VAE (8 frames/token) + cross-modal token predictor (stochastic)", True),
         BaselineInfo("lm_listener", "lmlistener", "LMListener", "LM-Listener: motion VQ-VAE + GPT over interleaved word and motion tokens", True),
     )
+}  # fmt: skip
+
+#: Every model that trains, loads and generates through this harness: the baselines, and our
+#: multimodal-LM listener with its identity-disentangled tokenizer (seed 2, ``realm.models.mmlm``).
+#: REALM has its own two-stage trainer (``realm.train``).
+MODELS: dict[str, BaselineInfo] = {
+    **BASELINES,
+    "mmlm": BaselineInfo("mmlm", "realm.models.mmlm", "MMLM", "multimodal-LM listener: words + acoustics + emotion -> IDVQ motion tokens", True),
+    "idvq": BaselineInfo("idvq", "realm.models.mmlm", "IDVQRun", "identity-disentangled motion VQ-VAE (IN encoder, AdaIN decoder)", True),
 }  # fmt: skip
 
 
@@ -77,4 +87,4 @@ def baseline_train_config(name, **overrides):
     return _cfg(name, **overrides)
 
 
-__all__ = ["BASELINES", "BaselineInfo", "load", "train_baseline", "baseline_train_config"]
+__all__ = ["BASELINES", "MODELS", "BaselineInfo", "load", "train_baseline", "baseline_train_config"]

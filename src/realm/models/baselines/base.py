@@ -77,7 +77,10 @@ class Baseline(nn.Module):
     stochastic: ClassVar[bool] = False  # samples differ
     trainable: ClassVar[bool] = False  # trained by gradient descent (Lightning) rather than fitted
     uses_speaker: ClassVar[bool] = False  # reads the speaker's motion
+    uses_words: ClassVar[bool] = False  # reads the speaker's words (transcript or offline ASR)
     staged: ClassVar[bool] = False  # trains its parts one after the other (DDP must allow unused parameters)
+    #: extra keyword options :meth:`sample` accepts (``identity_ref``, ``history``, ``temperature``, ``top_p``)
+    sample_options: ClassVar[frozenset] = frozenset()
     #: training recipe defaults (TrainConfig fields) of the baseline's paper, or ours where it has none
     train_defaults: ClassVar[dict] = {}
 
@@ -242,6 +245,13 @@ class BaselineListener(RunModel):
             first = self.stats.mean
         return torch.from_numpy(self.stats.apply(first.astype(np.float32)))[None]  # (1, D)
 
+    def _motion(self, x, what: str) -> torch.Tensor | None:
+        """Listener motion (T, D) -> normalised (1, T, D), checked against the spec; None stays None."""
+        if x is None:
+            return None
+        x = self.spec.validate(np.asarray(x, np.float32), what)
+        return torch.from_numpy(self.stats.apply(x).astype(np.float32))[None]
+
     def _speaker(self, speaker, T: int) -> torch.Tensor | None:
         """Raw speaker motion (1, T, Ds) checked against the model, or None."""
         m = self.model
@@ -288,6 +298,9 @@ class BaselineListener(RunModel):
         words: list | None = None,
         refine: bool = True,
         refine_window: int = 128,
+        identity_ref: np.ndarray | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
     ) -> np.ndarray:
         """Listener motion (samples, T, D), de-normalised, for ``audio`` (path or 16 kHz waveform).
 
@@ -297,6 +310,9 @@ class BaselineListener(RunModel):
         it. ``speaker`` (T, Ds) is the speaker's raw motion (mirror, LSTM, ListenFormer, L2L),
         ``words`` (list of :class:`realm.data.clip.Word`) the speaker's words (LM-Listener).
         ``refine`` and ``refine_window`` are REALM's options, accepted and ignored.
+        ``identity_ref`` (Tr >= 60, D) motion of the target listener (the mmlm decodes in its style;
+        else from ``history`` when it is >= 2 s), ``temperature`` (0 = greedy) and ``top_p``: token sampling
+        of the models that have it (mmlm); the others reject them.
         """
         if samples < 1:
             raise ValueError("samples must be >= 1")
@@ -308,7 +324,15 @@ class BaselineListener(RunModel):
             )
         T = feats.shape[0]
         a = torch.from_numpy(np.ascontiguousarray(feats, np.float32))[None]  # (1, T, A)
-        z = self.model.sample(a, self._first(first_frame, history), self._speaker(speaker, T), words, samples, seed)
+        opts = {"identity_ref": identity_ref, "temperature": temperature, "top_p": top_p}
+        given = {k for k, v in opts.items() if v is not None}
+        if given - self.model.sample_options:
+            raise ValueError(f"{self.name} does not take {', '.join(sorted(given - self.model.sample_options))}")
+        kw = {k: v for k, v in opts.items() if k in self.model.sample_options}
+        if "identity_ref" in self.model.sample_options:
+            kw["identity_ref"] = self._motion(identity_ref, "identity_ref")
+            kw["history"] = self._motion(history, "history")
+        z = self.model.sample(a, self._first(first_frame, history), self._speaker(speaker, T), words, samples, seed, **kw)
         out = self.stats.invert(z.float().numpy()).astype(np.float32)  # (samples, T, D)
         return self.spec.clamp(out) if clamp else out
 
@@ -327,7 +351,7 @@ def load(run: str | Path) -> BaselineListener:
     """Load a baseline run directory; every problem is a :class:`RealmInputError` naming the file."""
     from safetensors.torch import load_file
 
-    from realm.models.baselines import BASELINES
+    from realm.models.baselines import MODELS
 
     run = Path(run)
     if not run.is_dir():
@@ -341,9 +365,9 @@ def load(run: str | Path) -> BaselineListener:
         kind = config["model_type"]
     except (ValueError, KeyError, TypeError) as e:
         raise RealmInputError(cpath, f"invalid checkpoint config ({type(e).__name__}: {e})") from None
-    if kind not in BASELINES:
-        raise RealmInputError(cpath, f"unsupported model type {kind!r} (known: realm, {', '.join(BASELINES)})")
-    cls = BASELINES[kind].load_class()
+    if kind not in MODELS:
+        raise RealmInputError(cpath, f"unsupported model type {kind!r} (known: realm, {', '.join(MODELS)})")
+    cls = MODELS[kind].load_class()
     try:
         mcfg = cls.Config.from_dict(config["model"])
         model = cls(mcfg)

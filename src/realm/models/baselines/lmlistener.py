@@ -211,6 +211,7 @@ class LMListener(Baseline):
     Config = LMListenerConfig
     trainable = True
     staged = True  # VQ-VAE first, then the token model
+    uses_words = True
     train_defaults = dict(lr=2e-4, weight_decay=0.0, epochs=100, batch_size=32, clip_len=256, clip_stride=32)
 
     # vocabulary layout: [motion codes | BOS | word tokens (0 = <unk>) ...]

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from realm.data.clip import read_meta
 from realm.errors import RealmInputError
-from realm.models.baselines import BASELINES
+from realm.models.baselines import MODELS
 from realm.models.baselines.base import Baseline, export
 from realm.train import TrainConfig, prepare_data
 
@@ -35,9 +35,9 @@ log = logging.getLogger(__name__)
 
 
 def baseline_class(name: str) -> type[Baseline]:
-    if name not in BASELINES:
-        raise KeyError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
-    return BASELINES[name].load_class()
+    if name not in MODELS:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    return MODELS[name].load_class()
 
 
 def baseline_train_config(name: str, **overrides) -> TrainConfig:
@@ -71,11 +71,11 @@ def make_model(name: str, data, model_cfg: dict | None = None) -> Baseline:
 
 
 class BaselineTask(L.LightningModule):
-    def __init__(self, name: str, model_cfg: dict, train_cfg: dict):
+    def __init__(self, name: str, model_cfg: dict, train_cfg: dict, model: Baseline | None = None):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["model"])
         cls = baseline_class(name)
-        self.model = cls(cls.Config.from_dict(model_cfg))
+        self.model = model if model is not None else cls(cls.Config.from_dict(model_cfg))
         self.cfg = TrainConfig.from_dict(train_cfg)
 
     def _progress(self) -> float:
@@ -96,7 +96,8 @@ class BaselineTask(L.LightningModule):
 
     def configure_optimizers(self):
         c, m = self.cfg, self.model.config
-        opt = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        params = [p for p in self.model.parameters() if p.requires_grad]  # frozen parts (a pretrained LM) stay out
+        opt = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
         step = getattr(m, "lr_step_epochs", 0)
         if not step:
             return opt
@@ -140,8 +141,8 @@ def train_baseline(
         "data_config": read_meta(cfg.data).get("config", {}), "baseline": name,
     }  # fmt: skip
     t0 = time.time()
+    model.fit_data(prep)  # non-parametric baselines: everything; neural models: what they need before training
     if not cls.trainable:
-        model.fit_data(prep)
         results = {"fit": {"seconds": round(time.time() - t0, 1), "train_clips": len(prep.train.clips)}}
         export(out, model.eval(), prep.stats, prep.feature_stats, cfg.extractor, {**extra, "results": results})
         return results
@@ -157,8 +158,7 @@ def _fit_neural(name, model, prep, cfg, out, resume, progress, extra, t0) -> dic
     train_ds, val_ds = model.wrap_dataset(prep.train), model.wrap_dataset(prep.val)
     train_dl = DataLoader(train_ds, shuffle=True, drop_last=len(train_ds) > cfg.batch_size, **loader_kw)
     val_dl = DataLoader(val_ds, shuffle=False, **loader_kw)
-    task = BaselineTask(name, model.config.to_dict(), _jsonable(asdict(cfg)))
-    task.model.load_state_dict(model.state_dict())  # the speaker statistics fitted on train
+    task = BaselineTask(name, model.config.to_dict(), _jsonable(asdict(cfg)), model=model)  # with what fit_data set
     ckdir = out / "lightning"
     ckpt = ModelCheckpoint(dirpath=ckdir, filename="best", monitor="val/loss", mode="min", save_top_k=1, save_last=True)
     from realm.train import _devices

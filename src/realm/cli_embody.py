@@ -1,0 +1,149 @@
+"""CLI commands of one area: `realm export`, `realm embody ...`: robot profiles, retargeting, simulation, exports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from realm.cli import _friendly, _progress, app, console, out, train_app  # noqa: F401
+
+embody_app = typer.Typer(
+    help="Robot embodiment: profiles, retargeting maps, simulation (docs/embodiment.md).",
+    no_args_is_help=True,
+)
+app.add_typer(embody_app, name="embody")
+
+
+@app.command("export")
+@_friendly
+def export_cmd(
+    motion: Path = typer.Option(
+        ..., "--motion", help="Listener motion (.npz from `realm generate`, or .npy)."
+    ),
+    fmt: str = typer.Option(..., "--format", help="ameca-jsonl | ros2-trajectory | livelink-csv | bvh."),
+    out_path: Path = typer.Option(..., "--out", help="File to write (ros2-trajectory: .yaml or .json)."),
+    profile: str = typer.Option("ameca", help="Robot profile: ameca, neck3 or a profile YAML path."),
+    rate: float = typer.Option(30.0, help="Output rate in Hz (ameca-jsonl: 20-60)."),
+    map_path: Path = typer.Option(
+        None, "--map", help="Linear map to arkit58 for vico70/flame56 motion (embody fit-map)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
+):
+    """Export motion for a robot or an avatar: retargeted, resampled and passed through the safety layer."""
+    from realm.embodiment.export import export_motion
+
+    s = export_motion(motion, fmt, out_path, profile=profile, rate=rate, map_path=map_path, force=force)
+    who = f", profile {s['profile']}" if s["profile"] else ""
+    out.print(
+        f"wrote {s['frames']} frames ({s['duration_s']:.2f} s at {s['rate']:g} Hz, {s['spec']}{who}) to {s['out']}"
+    )
+
+
+@embody_app.command("fit-map")
+@_friendly
+def fit_map_cmd(
+    source: Path = typer.Option(..., "--source", help="Motion in the source space (e.g. vico70, flame56)."),
+    target: Path = typer.Option(..., "--target", help="The same frames in arkit58."),
+    out_path: Path = typer.Option(..., "--out", help="Map file to write (.npz)."),
+    ridge: float = typer.Option(1e-3, help="Ridge penalty, relative to the mean input variance."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing map file."),
+):
+    """Fit a linear map from a motion space to arkit58 on paired frames (ridge least squares)."""
+    import numpy as np
+
+    from realm.embodiment.retarget import ARKIT, fit_linear_map, spec_of
+    from realm.errors import RealmInputError
+    from realm.generate import read_motion
+    from realm.motion import SPECS
+
+    if out_path.exists() and not force:
+        raise FileExistsError(f"{out_path}: exists (use --force to overwrite)")
+    x, y = read_motion(source), read_motion(target)
+    src_spec, tgt_spec = spec_of(source, x), spec_of(target, y)
+    SPECS[src_spec].validate(x, source)
+    SPECS[tgt_spec].validate(y, target)
+    if tgt_spec != ARKIT:
+        raise RealmInputError(target, f"target must be arkit58 motion, got {tgt_spec}")
+    if len(x) != len(y):
+        raise RealmInputError(target, f"{len(y)} frames, but the source has {len(x)} (frames must be paired)")
+    m = fit_linear_map(x, y, ridge=ridge, source=src_spec)
+    m.save(out_path, force=force)
+    rmse = float(np.sqrt(np.mean((m.apply(x) - y) ** 2)))
+    out.print(f"fitted {src_spec} -> arkit58 on {len(x)} paired frames: RMSE {rmse:.4f}; wrote {out_path}")
+
+
+@embody_app.command("profile")
+@_friendly
+def profile_cmd(name: str = typer.Argument("ameca", help="ameca, neck3 or a profile YAML path.")):
+    """Show a robot profile's controls, limits and rates (and validate a profile file)."""
+    from rich.table import Table
+
+    from realm.embodiment.profile import load_profile
+
+    p = load_profile(name)
+    t = Table(title=f"{p.name}: {p.n} controls, {p.rate_hz:g} Hz, lag {p.lag_s:g} s, delay {p.delay_s:g} s")
+    for col in ("control", "kind", "unit", "lo", "hi", "neutral", "max vel", "max acc"):
+        t.add_column(
+            col, justify="left" if col in ("control", "kind", "unit") else "right", no_wrap=col == "control"
+        )
+    for c in p.controls:
+        t.add_row(c.name, c.kind, c.unit, *(f"{v:g}" for v in (c.lo, c.hi, c.neutral, c.max_vel, c.max_acc)))
+    out.print(t)
+    if p.coupled_limits:
+        out.print("coupled limits: " + ", ".join(f"{c.control} by {c.by}" for c in p.coupled_limits))
+
+
+# ---------------------------------------------------------------- realm embody sim (physical simulation)
+
+
+@embody_app.command("sim")
+@_friendly
+def sim_cmd(
+    motion: Path = typer.Option(
+        ..., "--motion", help="Listener motion (.npz from `realm generate`, or .npy)."
+    ),
+    profile: str = typer.Option("ameca", help="Robot profile: ameca, neck3 or a profile YAML path."),
+    out_dir: Path = typer.Option(
+        ..., "--out", help="Directory to write (metrics.json, tracking.png, model.xml, ...)."
+    ),
+    rate: float = typer.Option(None, help="Command rate in Hz (default: the profile's rate_hz)."),
+    no_safety: bool = typer.Option(False, "--no-safety", help="Simulate the raw retargeted commands."),
+    map_path: Path = typer.Option(
+        None, "--map", help="Linear map to arkit58 for vico70/flame56 motion (embody fit-map)."
+    ),
+    render: bool = typer.Option(
+        False, "--render", help="Also render the simulated head (needs EGL or OSMesa)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
+):
+    """Retarget motion onto a robot profile and follow it with a MuJoCo model of the robot (no GL needed).
+
+    Writes metrics.json (tracking RMSE, lag, limit and rate saturation, jerk; per control and
+    overall), tracking.png (command vs simulated), model.xml (the generated MJCF) and
+    trajectories.npz.
+    """
+    from realm.embodiment.sim import render_frames, simulate_motion_file
+
+    if rate is not None and not (0 < rate <= 1000):
+        raise ValueError(f"--rate must be in (0, 1000] Hz, got {rate}")
+    m = simulate_motion_file(motion, out_dir, profile=profile, rate=rate, safety=not no_safety,
+                             map_path=map_path, force=force)  # fmt: skip
+    o = m["overall"]
+
+    def num(v, fmt: str) -> str:
+        return "n/a" if v is None else format(v, fmt)
+
+    out.print(
+        f"{m['profile']}: {m['frames']} frames at {m['fps']:g} Hz ({m['duration_s']:.1f} s), safety "
+        f"{'on' if m['safety_applied'] else 'OFF'}: RMSE {num(o['rmse_deg'], '.2f')} deg / "
+        f"{num(o['rmse_face'], '.3f')} face, lag {num(o['lag_ms'], '.0f')} ms, limit saturation "
+        f"{o['limit_saturation_pct']:.1f} %, rate saturation {o['rate_saturation_pct']:.1f} %, "
+        f"jerk {o['jerk_ms_norm']:.3g} (range/s^3)^2; wrote {out_dir}"
+    )
+    if render:
+        why = render_frames(profile, out_dir / "trajectories.npz", out_dir / "frames.npy")
+        if why is None:
+            out.print(f"rendered the simulated head to {out_dir / 'frames.npy'} and {out_dir / 'frames.png'}")
+        else:
+            console.print(f"rendering skipped: no working EGL/OSMesa ({why})", highlight=False)

@@ -1,0 +1,176 @@
+"""The multimodal-LM listener (DESIGN 8): context builder, word conditioning, training through the harness,
+checkpoints with the IDVQ tokenizer, identity control at generation, the SmolLM2 backbone (slow)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import realm
+from realm.cli import app
+from realm.data import load_any
+from realm.errors import RealmInputError
+from realm.models.baselines import baseline_train_config, train_baseline
+from realm.models.mmlm import FRAMES_PER_TOKEN, MMLM, MMLMConfig, build_context
+
+TINY_VQ = {"width": 32, "code_dim": 32, "codes": 16, "depth": 1, "id_width": 16, "id_dim": 16}
+TINY = {"vq": TINY_VQ, "ref_frames": 64, "dim": 32, "layers": 1, "heads": 2, "audio_hidden": 16}
+TRAIN = dict(extractor="prosody", batch_size=8, epochs=1, max_steps=4, clip_len=32, clip_stride=16, val_stride=32,
+             accelerator="cpu", devices="1")  # fmt: skip
+
+
+# ---------------------------------------------------------------- the context builder
+
+
+def test_word_precedes_token_exactly_when_it_ends_before_the_tokens_first_frame():
+    # token j's first frame is 8 j: a word ending at frame 7 precedes token 1, one ending at 8 does not
+    ends = [7, 8, 0, 23, 16]
+    got = build_context(4, ends)
+    assert got == [("slot", 0), ("word", 2), ("word", 0), ("slot", 1), ("word", 1), ("slot", 2),
+                   ("word", 4), ("word", 3), ("slot", 3)]  # fmt: skip
+    # a word ending before the window (negative end) comes before slot 0; one at the last token's frame is unheard
+    assert build_context(2, [-30, 8]) == [("word", 0), ("slot", 0), ("slot", 1)]
+    # a window starting at token 5: slot j predicts token 5 + j, first frame 40 + 8 j (ends stay absolute here)
+    assert build_context(2, [39, 40, 47, 48], first_token=5) == [("word", 0), ("slot", 0), ("word", 1), ("word", 2), ("slot", 1)]
+
+
+# ---------------------------------------------------------------- words reach the prediction
+
+
+def test_tiny_lm_learns_a_word_triggered_token():
+    """Token j is 1 when the word "yes" ended before token j's first frame (in the window), else 0:
+    only the word context can tell; the tiny backbone must learn it."""
+    torch.manual_seed(0)
+    cfg = MMLMConfig(spec="arkit58", audio_dim=4, vocab=["yes", "no"], emotions=["neutral"], dim=32, layers=2, heads=2,
+                     audio_hidden=8, dropout=0.0, vq=TINY_VQ)  # fmt: skip
+    m = MMLM(cfg)
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    n, B = 6, 16
+
+    def batch():
+        ends = torch.randint(0, FRAMES_PER_TOKEN * n, (B,), generator=g)
+        which = torch.randint(0, 2, (B,), generator=g)  # 1 = "yes", 2 = "no"
+        words = [[[int(w)]] for w in which + 1]
+        tgt = ((ends[:, None] < FRAMES_PER_TOKEN * torch.arange(n)) & (which[:, None] == 0)).long()
+        return words, [[int(e)] for e in ends], tgt
+
+    audio = torch.zeros(B, n * FRAMES_PER_TOKEN, 4)
+    slots = torch.full((B, n), m.start)
+    for _ in range(150):
+        words, ends, tgt = batch()
+        x, pos, real = m.sequence(slots, m.slot_features(audio, n), words, ends)
+        loss = torch.nn.functional.cross_entropy(m.logits(x, real, pos).reshape(-1, 16), tgt.reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    m.eval()
+    words, ends, tgt = batch()
+    with torch.no_grad():
+        x, pos, real = m.sequence(slots, m.slot_features(audio, n), words, ends)
+        acc = (m.logits(x, real, pos).argmax(-1) == tgt).float().mean()
+    assert acc > 0.95, float(acc)
+
+
+# ---------------------------------------------------------------- training, checkpoints, generation
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory):
+    from realm.data.synth import SynthConfig, generate
+
+    out = tmp_path_factory.mktemp("mm") / "ds"
+    generate(SynthConfig(hours=0.012, seed=0, backend="formant", listener_samples=2, clip_seconds=(6.0, 8.0)), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(ds, tmp_path_factory):
+    root = tmp_path_factory.mktemp("mmruns")
+    train_baseline("idvq", baseline_train_config("idvq", data=str(ds), **TRAIN), root / "idvq",
+                   model_cfg={"vq": TINY_VQ, "ref_frames": 64}, progress=False)  # fmt: skip
+    train_baseline("mmlm", baseline_train_config("mmlm", data=str(ds), **TRAIN), root / "mmlm", model_cfg=TINY, progress=False)
+    return root
+
+
+def test_mmlm_run_directory_and_generation(runs, ds):
+    cfg = json.loads((runs / "mmlm" / "config.json").read_text())
+    assert cfg["model_type"] == "mmlm" and cfg["model"]["backbone"] == "tiny" and cfg["selected_on"] == "val"
+    assert cfg["model"]["emotions"] and cfg["model"]["vocab"]
+    listener = realm.load(runs / "mmlm")
+    clip = load_any(ds, splits="test")[0]
+    greedy = listener.generate(clip.audio_path, words=clip.words, samples=2)
+    assert greedy.shape == (2, clip.n_frames, 58) and np.allclose(greedy[0], greedy[1])
+    hot = listener.generate(clip.audio_path, words=clip.words, samples=2, temperature=1.5, top_p=1.0, seed=3)
+    assert not np.allclose(hot[0], hot[1])
+    again = listener.generate(clip.audio_path, words=clip.words, samples=2, temperature=1.5, top_p=1.0, seed=3)
+    np.testing.assert_array_equal(hot, again)  # seeded
+
+
+def test_identity_ref_changes_the_style_not_the_tokens(runs, ds):
+    listener = realm.load(runs / "mmlm")
+    clip = load_any(ds, splits="test")[0]
+    train = load_any(ds, splits="train")
+    a = listener.generate(clip.audio_path, words=clip.words, identity_ref=train[0].listener)
+    b = listener.generate(clip.audio_path, words=clip.words, identity_ref=train[-1].listener)
+    assert a.shape == b.shape and not np.allclose(a, b)
+    with pytest.raises(RealmInputError, match="identity_ref"):
+        listener.generate(clip.audio_path, identity_ref=np.zeros((80, 12), np.float32))
+    with pytest.raises(ValueError, match="60 frames"):
+        listener.generate(clip.audio_path, identity_ref=train[0].listener[:30])
+    with pytest.raises(ValueError, match="idvq does not take temperature"):
+        realm.load(runs / "idvq").generate(clip.audio_path, temperature=0.0)  # options a model lacks are an error
+
+
+def test_mmlm_on_a_trained_tokenizer_keeps_it_frozen(runs, ds, tmp_path):
+    from safetensors.torch import load_file
+
+    train_baseline("mmlm", baseline_train_config("mmlm", data=str(ds), **TRAIN), tmp_path / "m2",
+                   model_cfg={**TINY, "vq_run": str(runs / "idvq")}, progress=False)  # fmt: skip
+    vq = {k: v for k, v in load_file(str(runs / "idvq" / "model.safetensors")).items() if k.startswith("vq.")}
+    mm = load_file(str(tmp_path / "m2" / "model.safetensors"))
+    for k, v in vq.items():
+        torch.testing.assert_close(mm[k], v)  # the LM trained on exactly the tokenizer it was given
+
+
+def test_cli_train_generate_restyle(runs, ds, tmp_path):
+    r = CliRunner()
+    clip = load_any(ds, splits="test")[0]
+    words = tmp_path / "words.json"
+    words.write_text(json.dumps([w.to_dict() for w in clip.words]))
+    ref = tmp_path / "ref.npy"
+    np.save(ref, load_any(ds, splits="train")[1].listener)
+    out = tmp_path / "g.npz"
+    res = r.invoke(app, ["generate", "-c", str(runs / "mmlm"), "-a", str(clip.audio_path), "--transcript", str(words),
+                         "--identity-ref", str(ref), "--greedy", "-o", str(out)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert np.load(out)["listener"].shape == (1, clip.n_frames, 58)
+    res = r.invoke(app, ["restyle", "-c", str(runs / "idvq"), "-m", str(out), "--identity-ref", str(ref), "-o", str(tmp_path / "r.npz")])
+    assert res.exit_code == 0, res.output
+    assert np.load(tmp_path / "r.npz")["listener"].shape == (1, clip.n_frames, 58)
+    res = r.invoke(app, ["generate", "-c", str(runs / "idvq"), "-a", str(clip.audio_path), "-o", str(tmp_path / "x.npz")])
+    assert res.exit_code == 2 and "not a listener" in res.output
+    res = r.invoke(app, ["train", "mmlm", "--data", str(ds), "--out", str(tmp_path / "cli"), "--vq", str(runs / "idvq"),
+                         "--max-steps", "2", "--clip-len", "32", "--batch-size", "8", "--accelerator", "cpu", "--devices", "1",
+                         "--set", "dim=32", "--set", "layers=1", "--set", "heads=2", "--set", "ref_frames=64"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "cli" / "config.json").read_text())["model"]["vq_run"] == str((runs / "idvq").resolve())
+
+
+@pytest.mark.slow
+def test_smollm2_backbone_loads_offline_and_trains_one_step(ds, tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = baseline_train_config("mmlm", data=str(ds), **{**TRAIN, "max_steps": 1, "batch_size": 2})
+    res = train_baseline("mmlm", cfg, tmp_path / "smol", model_cfg={**TINY, "backbone": "smollm2", "vq_fraction": 0.0},
+                         progress=False)  # fmt: skip
+    assert res["train"]["steps"] == 1
+    from safetensors.torch import load_file
+
+    keys = load_file(str(tmp_path / "smol" / "model.safetensors")).keys()
+    assert any("lora" in k for k in keys) and not any(k.endswith("embed_tokens.weight") for k in keys)
+    listener = realm.load(tmp_path / "smol")  # the frozen base weights come back from the package
+    clip = load_any(ds, splits="test")[0]
+    assert listener.generate(clip.audio_path, words=clip.words[:3]).shape == (1, clip.n_frames, 58)
