@@ -23,3 +23,14 @@ def synth_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth") / "ds"
     generate(SynthConfig(hours=0.03, seed=0, backend="formant", listener_samples=2), out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_synth(tmp_path_factory):
+    """A tiny synthetic dataset (formant speech, 7 clips of 6-8 s: 4 train, 1 val, 1 test, 1 ood) for
+    tests that train models; read-only."""
+    from realm.data.synth import SynthConfig, generate
+
+    out = tmp_path_factory.mktemp("tiny") / "ds"
+    generate(SynthConfig(hours=0.012, seed=0, backend="formant", listener_samples=2, clip_seconds=(6.0, 8.0)), out)
+    return out

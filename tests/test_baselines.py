@@ -34,13 +34,8 @@ def tiny_cfg(data, name, **kw):
 
 
 @pytest.fixture(scope="module")
-def ds(tmp_path_factory):
-    """A tiny synthetic dataset (formant speech, 7 clips of 6-8 s: 4 train, 1 val, 1 test, 1 ood)."""
-    from realm.data.synth import SynthConfig, generate
-
-    out = tmp_path_factory.mktemp("bl") / "ds"
-    generate(SynthConfig(hours=0.012, seed=0, backend="formant", listener_samples=2, clip_seconds=(6.0, 8.0)), out)
-    return out
+def ds(tiny_synth):
+    return tiny_synth
 
 
 @pytest.fixture(scope="module")

@@ -78,12 +78,8 @@ def test_tiny_lm_learns_a_word_triggered_token():
 
 
 @pytest.fixture(scope="module")
-def ds(tmp_path_factory):
-    from realm.data.synth import SynthConfig, generate
-
-    out = tmp_path_factory.mktemp("mm") / "ds"
-    generate(SynthConfig(hours=0.012, seed=0, backend="formant", listener_samples=2, clip_seconds=(6.0, 8.0)), out)
-    return out
+def ds(tiny_synth):
+    return tiny_synth
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ Steps (each one resumes: rerun the same command after an interruption):
    parallelism aside) is reused, one with another config is an error.
 2. **Models.** REALM, its ablations (``tau0``: tau = 0, plain one-sided ALiBi; ``no_gate``;
    ``no_refine``: coarse only; ``audio_only``: no listener history; ``history_only``: no audio)
-   and every baseline of :data:`realm.models.baselines.BASELINES`, each trained into
+   every baseline of :data:`realm.models.baselines.BASELINES` and the multimodal-LM listener
+   (:data:`LM_VARIANTS`: ``mmlm`` tiny backbone, ``mmlm_smollm2``), each trained into
    ``OUT/models/<name>/`` with the same feature extractor and a fixed **wall-clock budget**
    (``minutes_per_model``; REALM splits its training time 75 % stage 1 / 25 % stage 2). The
    budget becomes a step count: a short calibration run times the model's real training steps
@@ -45,7 +46,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from realm.io import atomic_path, write_json
-from realm.models.baselines import BASELINES
+from realm.models.baselines import BASELINES, MODELS
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,22 @@ RECORD = "bench_train.json"
 SYNTH_IGNORED = ("workers",)  # generator fields that do not change the data
 
 
+#: The multimodal-LM listener (seed 2) in its two backbones: bench name -> (harness model, config fields, what).
+LM_VARIANTS: dict[str, tuple[str, dict, str]] = {
+    "mmlm": ("mmlm", {"backbone": "tiny"}, "multimodal-LM listener, small transformer from scratch (seed 2)"),
+    "mmlm_smollm2": ("mmlm", {"backbone": "smollm2"}, "multimodal-LM listener, SmolLM2-135M + LoRA (seed 2)"),
+}
+
+
 def default_models() -> list[str]:
-    return list(REALM_VARIANTS) + list(BASELINES)
+    return list(REALM_VARIANTS) + list(BASELINES) + list(LM_VARIANTS)
+
+
+def harness_model(name: str) -> tuple[str, dict]:
+    """(model of the harness, config fields it implies) of a bench model that is not a REALM variant."""
+    if name in LM_VARIANTS:
+        return LM_VARIANTS[name][0], dict(LM_VARIANTS[name][1])
+    return name, {}
 
 
 @dataclass
@@ -103,7 +118,7 @@ class BenchConfig:
     command: str = ""  # the command line recorded in the document ("" : this config's repr)
 
     def __post_init__(self):
-        unknown = [m for m in self.models if m not in REALM_VARIANTS and m not in BASELINES]
+        unknown = [m for m in self.models if m not in REALM_VARIANTS and m not in BASELINES and m not in LM_VARIANTS]
         if unknown:
             raise ValueError(f"unknown model(s) {unknown}; known: {', '.join(default_models())}")
         if not self.models:
@@ -270,7 +285,7 @@ def _model_fields(name: str, cfg: BenchConfig) -> dict:
         own = cfg.model_overrides.get(name, {}) if name != "realm" else {}
         return {"audio_context": _audio_context(cfg), **cfg.model_overrides.get("realm", {}), **own,
                 **REALM_VARIANTS[name][0]}  # fmt: skip
-    return dict(cfg.model_overrides.get(name, {}))
+    return {**harness_model(name)[1], **cfg.model_overrides.get(name, {})}
 
 
 def _batch_size(recipe: int, cfg: BenchConfig) -> int:
@@ -286,7 +301,7 @@ def _train_config(name: str, cfg: BenchConfig, data: Path):
     else:
         from realm.models.baselines import baseline_train_config
 
-        base = baseline_train_config(name, **{**common, **cfg.train})
+        base = baseline_train_config(harness_model(name)[0], **{**common, **cfg.train})
     if "batch_size" not in cfg.train:
         base.batch_size = _batch_size(base.batch_size, cfg)
     return base
@@ -408,22 +423,24 @@ def _train_baseline(name, cfg: BenchConfig, tcfg, mdir: Path, key: dict, command
     from realm.models.baselines import train_baseline
 
     t_start = time.time()
-    info = BASELINES[name]
+    model_name = harness_model(name)[0]
+    info = MODELS[model_name]
+    what = LM_VARIANTS[name][2] if name in LM_VARIANTS else info.summary
     budget = _budget(cfg)
-    rec = {"key": key, "model": name, "kind": "baseline", "what": info.summary, "complete": False,
+    rec = {"key": key, "model": name, "kind": "baseline" if name in BASELINES else "ours", "what": what, "complete": False,
            "budget_s": (None if cfg.max_steps > 0 else budget) if info.trained else None,
            "batch_size": tcfg.batch_size if info.trained else None, "extractor": tcfg.extractor}  # fmt: skip
-    overrides = cfg.model_overrides.get(name) or None
+    overrides = _model_fields(name, cfg) or None
     if info.trained:
         if cfg.max_steps > 0:
             rec["plan"] = {"steps": cfg.max_steps}
         else:
-            cal = calibrate_baseline(name, tcfg, overrides, seconds=min(20.0, max(2.0, 0.08 * budget)))
+            cal = calibrate_baseline(model_name, tcfg, overrides, seconds=min(20.0, max(2.0, 0.08 * budget)))
             left = budget - (time.time() - t_start) - (cal["prep_s"] + 2.0)
             rec["calibration"] = cal
             rec["plan"] = {"steps": _plan_steps(0.9 * max(left, 0.0), cal["step_s"], cal["batches_per_epoch"])}
         tcfg.max_steps = rec["plan"]["steps"]
-    res = train_baseline(name, tcfg, mdir, model_cfg=overrides, progress=False, command=command)
+    res = train_baseline(model_name, tcfg, mdir, model_cfg=overrides, progress=False, command=command)
     rec["train" if info.trained else "fit"] = _stage_summary(res.get("train") or res.get("fit") or {})
     rec["seconds"] = round(time.time() - t_start, 1)
     rec["complete"] = True
@@ -517,8 +534,7 @@ def calibrate_baseline(name: str, tcfg, model_cfg: dict | None, seconds: float =
     prep_s = time.time() - t0
     model = make_model(name, prep, model_cfg)
     dl = _loader(model.wrap_dataset(prep.train), tcfg)
-    task = BaselineTask(name, model.config.to_dict(), _jsonable(asdict(tcfg)))
-    task.model.load_state_dict(model.state_dict())
+    task = BaselineTask(name, model.config.to_dict(), _jsonable(asdict(tcfg)), model=model)
     # max_steps of the calibration trainer = its batches, so a staged model's progress covers its stages
     step = _time_steps(task, dl, tcfg, max_batches, seconds)
     return {"prep_s": round(prep_s, 2), "batches_per_epoch": len(dl), "step_s": step, "seconds": round(time.time() - t0, 2)}
