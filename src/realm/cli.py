@@ -68,6 +68,17 @@ def _progress() -> Progress:
     )  # fmt: skip
 
 
+# Options every training command shares (Lightning runtime, seed, resume).
+SEED = typer.Option(23456, help="Random seed.")
+ACCELERATOR = typer.Option("auto", help="Lightning accelerator: auto | cpu | gpu ...")
+DEVICES = typer.Option("auto", help="Lightning devices: auto, a count, or a list like 0,1.")
+STRATEGY = typer.Option("auto", help="Lightning strategy: auto | ddp | ddp_spawn | fsdp ...")
+NUM_NODES = typer.Option(1, "--num-nodes", help="Machines (Lightning num_nodes).")
+PRECISION = typer.Option("32-true", help="Lightning precision, e.g. bf16-mixed on GPUs.")
+NUM_WORKERS = typer.Option(0, "--num-workers", help="DataLoader worker processes.")
+RESUME = typer.Option(False, "--resume", help="Continue a run from its last checkpoint(s).")
+
+
 # ---------------------------------------------------------------- realm data ...
 
 
@@ -199,14 +210,14 @@ def train_realm_cmd(
     no_history: bool = typer.Option(False, "--no-history", help="Ablation: audio-only (no listener history)."),
     no_audio: bool = typer.Option(False, "--no-audio", help="Ablation: history-only ('deaf')."),
     no_refinement: bool = typer.Option(False, "--no-refinement", help="Ablation: coarse model only (no stage 2)."),
-    seed: int = typer.Option(23456),
-    accelerator: str = typer.Option("auto", help="Lightning accelerator: auto | cpu | gpu ..."),
-    devices: str = typer.Option("auto", help="Lightning devices: auto, a count, or a list like 0,1."),
-    strategy: str = typer.Option("auto", help="Lightning strategy: auto | ddp | ddp_spawn | fsdp ..."),
-    num_nodes: int = typer.Option(1, "--num-nodes"),
-    precision: str = typer.Option("32-true", help="Lightning precision, e.g. bf16-mixed on GPUs."),
-    num_workers: int = typer.Option(0, "--num-workers", help="DataLoader worker processes."),
-    resume: bool = typer.Option(False, "--resume", help="Continue a run from its last checkpoints."),
+    seed: int = SEED,
+    accelerator: str = ACCELERATOR,
+    devices: str = DEVICES,
+    strategy: str = STRATEGY,
+    num_nodes: int = NUM_NODES,
+    precision: str = PRECISION,
+    num_workers: int = NUM_WORKERS,
+    resume: bool = RESUME,
 ):
     """Train REALM: stage 1 (coarse) then stage 2 (refinement); checkpoints selected on val."""
     from realm.models.realm import REALMConfig
@@ -266,14 +277,14 @@ def _add_baseline_command(name: str, summary: str, trained: bool) -> None:
         clip_len: int = typer.Option(None, "--clip-len", help="Frames per training window (default: the paper's recipe)."),
         clip_stride: int = typer.Option(None, "--clip-stride", help="Stride between training windows."),
         sets: list[str] = typer.Option([], "--set", help="Model config override FIELD=VALUE (JSON value), repeatable."),
-        seed: int = typer.Option(23456),
-        accelerator: str = typer.Option("auto", help="Lightning accelerator: auto | cpu | gpu ..."),
-        devices: str = typer.Option("auto", help="Lightning devices: auto, a count, or a list like 0,1."),
-        strategy: str = typer.Option("auto", help="Lightning strategy: auto | ddp | ddp_spawn | fsdp ..."),
-        num_nodes: int = typer.Option(1, "--num-nodes"),
-        precision: str = typer.Option("32-true", help="Lightning precision, e.g. bf16-mixed on GPUs."),
-        num_workers: int = typer.Option(0, "--num-workers", help="DataLoader worker processes."),
-        resume: bool = typer.Option(False, "--resume", help="Continue a run from its last checkpoint."),
+        seed: int = SEED,
+        accelerator: str = ACCELERATOR,
+        devices: str = DEVICES,
+        strategy: str = STRATEGY,
+        num_nodes: int = NUM_NODES,
+        precision: str = PRECISION,
+        num_workers: int = NUM_WORKERS,
+        resume: bool = RESUME,
     ):
         from realm.models.baselines import baseline_train_config, train_baseline
 
@@ -430,8 +441,8 @@ def bench_cmd(
     audio_context: int = typer.Option(-1, "--audio-context", help="REALM audio context frames (-1: 16 for frame-local features, 0 for whisper)."),
     samples: int = typer.Option(3, help="Samples per clip for stochastic models."),
     max_clips: int = typer.Option(None, "--max-clips", help="Score only the first N clips of each split."),
-    accelerator: str = typer.Option("auto", help="Lightning accelerator: auto | cpu | gpu ..."),
-    devices: str = typer.Option("auto", help="Lightning devices: auto, a count, or a list like 0,1."),
+    accelerator: str = ACCELERATOR,
+    devices: str = DEVICES,
     threads: int = typer.Option(0, help="torch CPU threads (0: torch's default; 1 is fastest on a busy machine)."),
 ):
     """The whole benchmark: data, REALM + ablations + baselines on a fixed budget, test and ood, one document."""

@@ -5,7 +5,22 @@ from pathlib import Path
 
 import typer
 
-from realm.cli import _friendly, _progress, app, console, out, train_app  # noqa: F401
+from realm.cli import (
+    ACCELERATOR,
+    DEVICES,
+    NUM_NODES,
+    NUM_WORKERS,
+    PRECISION,
+    RESUME,
+    SEED,
+    STRATEGY,
+    _friendly,
+    _progress,
+    app,
+    console,
+    out,
+    train_app,
+)  # noqa: F401
 
 # ---------------------------------------------------------------- words and speaker emotion (realm asr, realm train emotion)
 
@@ -125,14 +140,14 @@ def train_idvq_cmd(
     sets: list[str] = typer.Option(
         [], "--set", help="IDVQ config override FIELD=VALUE (JSON value), repeatable."
     ),
-    seed: int = typer.Option(23456),
-    accelerator: str = typer.Option("auto", help="Lightning accelerator: auto | cpu | gpu ..."),
-    devices: str = typer.Option("auto", help="Lightning devices: auto, a count, or a list like 0,1."),
-    strategy: str = typer.Option("auto", help="Lightning strategy: auto | ddp | ..."),
-    num_nodes: int = typer.Option(1, "--num-nodes"),
-    precision: str = typer.Option("32-true", help="Lightning precision."),
-    num_workers: int = typer.Option(0, "--num-workers", help="DataLoader worker processes."),
-    resume: bool = typer.Option(False, "--resume", help="Continue a run from its last checkpoint."),
+    seed: int = SEED,
+    accelerator: str = ACCELERATOR,
+    devices: str = DEVICES,
+    strategy: str = STRATEGY,
+    num_nodes: int = NUM_NODES,
+    precision: str = PRECISION,
+    num_workers: int = NUM_WORKERS,
+    resume: bool = RESUME,
 ):
     """Train the identity-disentangled motion VQ-VAE (IN encoder, AdaIN decoder); checkpoint selected on val."""
     from realm.cli import _parse_sets, _quiet_lightning
@@ -182,14 +197,14 @@ def train_mmlm_cmd(
     sets: list[str] = typer.Option(
         [], "--set", help="MMLM config override FIELD=VALUE (JSON value), repeatable."
     ),
-    seed: int = typer.Option(23456),
-    accelerator: str = typer.Option("auto", help="Lightning accelerator: auto | cpu | gpu ..."),
-    devices: str = typer.Option("auto", help="Lightning devices: auto, a count, or a list like 0,1."),
-    strategy: str = typer.Option("auto", help="Lightning strategy: auto | ddp | ..."),
-    num_nodes: int = typer.Option(1, "--num-nodes"),
-    precision: str = typer.Option("32-true", help="Lightning precision, e.g. bf16-mixed on GPUs."),
-    num_workers: int = typer.Option(0, "--num-workers", help="DataLoader worker processes."),
-    resume: bool = typer.Option(False, "--resume", help="Continue a run from its last checkpoint."),
+    seed: int = SEED,
+    accelerator: str = ACCELERATOR,
+    devices: str = DEVICES,
+    strategy: str = STRATEGY,
+    num_nodes: int = NUM_NODES,
+    precision: str = PRECISION,
+    num_workers: int = NUM_WORKERS,
+    resume: bool = RESUME,
 ):
     """Train the multimodal-LM listener (words + acoustics + speaker emotion -> IDVQ motion tokens)."""
     from realm.cli import _parse_sets, _quiet_lightning

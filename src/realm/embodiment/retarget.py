@@ -143,18 +143,23 @@ def fit_linear_map(
     return LinearMap(W, my - mx @ W, source, target, ridge)
 
 
+def _npz_entry(path: Path, key: str):
+    """Entry ``key`` of a motion ``.npz`` as a Python scalar or string; None when absent or unreadable."""
+    if path.suffix != ".npz":
+        return None
+    try:
+        with np.load(path) as d:
+            return d[key].item() if key in d.files else None
+    except Exception:
+        return None
+
+
 def spec_of(path: str | Path, x: np.ndarray) -> str:
     """The motion spec of a file: its ``spec`` entry when it has one, else the unique spec of its width."""
     path = Path(path)
-    if path.suffix == ".npz":
-        try:
-            with np.load(path) as d:
-                if "spec" in d.files:
-                    name = str(d["spec"])
-                    if name in SPECS:
-                        return name
-        except Exception:
-            pass
+    name = _npz_entry(path, "spec")
+    if name is not None and str(name) in SPECS:
+        return str(name)
     matches = [name for name, s in SPECS.items() if s.dim == x.shape[-1]]
     if len(matches) != 1:
         raise RealmInputError(path, f"cannot tell the motion spec of width {x.shape[-1]} (known: "
@@ -164,14 +169,9 @@ def spec_of(path: str | Path, x: np.ndarray) -> str:
 
 def fps_of(path: str | Path, default: float = 30.0) -> float:
     """The ``fps`` entry of a motion ``.npz`` (``default`` otherwise)."""
-    path = Path(path)
-    if path.suffix == ".npz":
-        try:
-            with np.load(path) as d:
-                if "fps" in d.files:
-                    fps = float(d["fps"])
-                    if np.isfinite(fps) and fps > 0:
-                        return fps
-        except Exception:
-            pass
-    return default
+    fps = _npz_entry(Path(path), "fps")
+    try:
+        fps = float(fps)
+    except (TypeError, ValueError):
+        return default
+    return fps if np.isfinite(fps) and fps > 0 else default
