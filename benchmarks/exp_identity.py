@@ -50,21 +50,10 @@ def _tokens(run, motion: np.ndarray) -> torch.Tensor:
 
 
 def _mmlm_tokens(mm, clip) -> torch.Tensor:
-    """The tokens mmlm generates (greedy) for a clip's audio and words, captured from its decoder."""
-    captured = {}
-    vq = mm.model.vq
-    original = vq.decode
-
-    def spy(tokens, ref=None, length=None):
-        captured["tokens"] = tokens
-        return original(tokens, ref, length)
-
-    vq.decode = spy
-    try:
-        mm.generate(clip.audio_path, words=clip.words)
-    finally:
-        vq.decode = original
-    return captured["tokens"]
+    """The tokens (1, n) the mmlm generates (greedy) for a clip's audio and words."""
+    a = torch.from_numpy(np.asarray(mm.features(clip.audio_path), np.float32))[None]
+    with torch.inference_mode():
+        return mm.model.generate_tokens(a, clip.words)
 
 
 def fidelity(gen: dict, real: dict, spec) -> dict:

@@ -36,6 +36,33 @@ def test_word_precedes_token_exactly_when_it_ends_before_the_tokens_first_frame(
     assert build_context(2, [39, 40, 47, 48], first_token=5) == [("word", 0), ("slot", 0), ("word", 1), ("word", 2), ("slot", 1)]
 
 
+def test_generation_places_words_as_training_does_in_later_windows():
+    """Generation slides a window of W slots; in a window starting at token j0 > 0 a word must still come
+    right before the first token whose first frame is after its end (as in training), not earlier."""
+    from realm.data.clip import Word
+
+    torch.manual_seed(0)
+    cfg = MMLMConfig(spec="arkit58", audio_dim=4, vocab=["yes"], emotions=["neutral"], dim=16, layers=1, heads=2,
+                     audio_hidden=8, window_tokens=4, vq=TINY_VQ)  # fmt: skip
+    m = MMLM(cfg).eval()
+    end_frame = 163  # inside token 20 (frames 160..167): the word belongs before token 21
+    seen = []
+    original = m.sequence
+
+    def spy(slots_in, cond, words, ends, first_token=0):
+        x, pos, real = original(slots_in, cond, words, ends, first_token)
+        if int(real.sum()) > pos.shape[1]:  # the word is in this window
+            word_pos = next(p for p in range(int(real.sum())) if p not in pos[0].tolist())
+            first_slot_after = next(k for k, p in enumerate(pos[0].tolist()) if p > word_pos)
+            seen.append(first_token + first_slot_after)
+        return x, pos, real
+
+    m.sequence = spy
+    with torch.no_grad():
+        m.generate_tokens(torch.zeros(1, 8 * 24, 4), [Word("yes", 5.0, (end_frame + 0.5) / 30)])
+    assert seen and set(seen) == {21}, seen  # every window that holds the word puts it before token 21
+
+
 # ---------------------------------------------------------------- words reach the prediction
 
 

@@ -369,7 +369,7 @@ def generate_cmd(
         with console.status("reading words" if transcript else "transcribing the speech (offline ASR)"):
             words = words_for(audio, transcript=transcript)
     elif transcript is not None:
-        console.print(f"note: {listener.name if hasattr(listener, 'name') else 'REALM'} does not read words; --transcript ignored")
+        console.print(f"note: {getattr(listener, 'name', 'REALM')} does not read words; --transcript ignored")
     with console.status("generating"):
         motion = generate_file(listener, audio, out_path, force=force, first_frame=ff, history=hist,
                                samples=samples, seed=seed, refine=not no_refine, clamp=not no_clamp, words=words, **kw)  # fmt: skip

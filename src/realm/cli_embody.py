@@ -52,17 +52,14 @@ def fit_map_cmd(
     """Fit a linear map from a motion space to arkit58 on paired frames (ridge least squares)."""
     import numpy as np
 
-    from realm.embodiment.retarget import ARKIT, fit_linear_map, spec_of
+    from realm.embodiment.retarget import ARKIT, fit_linear_map
     from realm.errors import RealmInputError
-    from realm.generate import read_motion
-    from realm.motion import SPECS
+    from realm.generate import load_motion_file
 
     if out_path.exists() and not force:
         raise FileExistsError(f"{out_path}: exists (use --force to overwrite)")
-    x, y = read_motion(source), read_motion(target)
-    src_spec, tgt_spec = spec_of(source, x), spec_of(target, y)
-    SPECS[src_spec].validate(x, source)
-    SPECS[tgt_spec].validate(y, target)
+    xs, ys = load_motion_file(source), load_motion_file(target)
+    x, y, src_spec, tgt_spec = xs.motion[0], ys.motion[0], xs.spec.name, ys.spec.name
     if tgt_spec != ARKIT:
         raise RealmInputError(target, f"target must be arkit58 motion, got {tgt_spec}")
     if len(x) != len(y):

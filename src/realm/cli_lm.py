@@ -155,7 +155,8 @@ def train_idvq_cmd(
     from realm.models.mmlm import IDVQRunConfig
 
     _quiet_lightning()
-    cfg = _train_opts(data, "prosody", epochs, batch_size, max_steps, lr, clip_len, clip_stride, seed, accelerator,
+    # the tokenizer reads no audio; the harness still prepares features: logmel is the cheapest (and usually cached)
+    cfg = _train_opts(data, "logmel", epochs, batch_size, max_steps, lr, clip_len, clip_stride, seed, accelerator,
                       devices, strategy, num_nodes, precision, num_workers, "idvq")  # fmt: skip
     vq = {**IDVQRunConfig().vq, **_parse_sets(sets)}
     if plain:
@@ -176,7 +177,7 @@ def train_mmlm_cmd(
         None, "--vq", help="A `realm train idvq` run to use as the (frozen) tokenizer."
     ),
     extractor: str = typer.Option(
-        "prosody", "--extractor", "-e", help="Acoustic features: prosody | logmel | vico45 | whisper"
+        "logmel", "--extractor", "-e", help="Acoustic features: logmel | prosody | vico45 | whisper"
     ),
     lora_r: int = typer.Option(
         8, "--lora-r", help="LoRA rank of the smollm2 backbone (0: full fine-tuning)."

@@ -32,7 +32,7 @@ import torch
 from realm.audio import SAMPLE_RATE, get_extractor, load_audio, n_frames, n_samples_for
 from realm.errors import RealmInputError
 from realm.models.realm import REALM, REALMConfig
-from realm.motion import NormStats, get_spec
+from realm.motion import SPECS, MotionSpec, NormStats, get_spec
 
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "stats.npz", "feature_stats.npz")
 
@@ -319,21 +319,67 @@ def generate_file(
     return motion
 
 
-def read_motion(path: str | Path, spec: str | None = None) -> np.ndarray:
-    """A (T, D) motion array from a .npz (key ``listener``, first realisation) or .npy file."""
+def _read_motion_arrays(path: str | Path) -> tuple[np.ndarray, str | None, float | None]:
+    """One read of a motion file: the raw float32 array (key ``listener`` of a .npz, or its first array;
+    or a .npy) and the file's ``spec`` and ``fps`` entries (None when absent)."""
     path = Path(path)
     if not path.exists():
         raise RealmInputError(path, "motion file not found")
+    spec = fps = None
     try:
         if path.suffix == ".npy":
             x = np.load(path)
         else:
             with np.load(path) as d:
-                key = "listener" if "listener" in d else d.files[0]
-                x = d[key]
+                x = d["listener" if "listener" in d else d.files[0]]
+                spec = str(d["spec"]) if "spec" in d.files else None
+                fps = float(d["fps"]) if "fps" in d.files else None
     except Exception as e:
         raise RealmInputError(path, f"unreadable motion file ({type(e).__name__})") from None
-    x = np.asarray(x, np.float32)
+    return np.asarray(x, np.float32), spec, fps
+
+
+@dataclass
+class MotionFile:
+    """A motion file with its spec and frame rate: ``motion`` (N, T, D), one row per realisation."""
+
+    motion: np.ndarray
+    spec: MotionSpec
+    fps: float
+    path: Path
+
+
+def load_motion_file(path: str | Path, spec: str | None = None) -> MotionFile:
+    """Read a motion .npz/.npy once. The spec is ``spec``, else the file's ``spec`` entry, else the one
+    built-in spec of the frames' width; every realisation is validated against it; ``fps`` is the file's
+    entry when it is a positive number, else the spec's."""
+    path = Path(path)
+    x, file_spec, fps = _read_motion_arrays(path)
+    if x.ndim == 1:
+        x = x[None]
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim != 3:
+        raise RealmInputError(path, f"motion must be (T, D) or (N, T, D), got shape {x.shape}")
+    chosen = spec or file_spec
+    if chosen and chosen not in SPECS:
+        raise RealmInputError(path, f"unknown motion spec {chosen!r}; known: {sorted(SPECS)}")
+    if not chosen:
+        widths = [name for name, sp in SPECS.items() if sp.dim == x.shape[-1]]
+        if len(widths) != 1:
+            known = ", ".join(f"{n} ({sp.dim})" for n, sp in SPECS.items())
+            raise RealmInputError(path, f"cannot tell the motion spec of {x.shape[-1]}-wide frames (known: {known}); pass a spec")
+        chosen = widths[0]
+    sp = get_spec(chosen)
+    for k in range(x.shape[0]):
+        sp.validate(x[k], path)
+    ok = fps is not None and np.isfinite(fps) and fps > 0
+    return MotionFile(x, sp, float(fps) if ok else float(sp.fps), path)
+
+
+def read_motion(path: str | Path, spec: str | None = None) -> np.ndarray:
+    """A (T, D) motion array from a .npz (key ``listener``, first realisation) or .npy file."""
+    x, _, _ = _read_motion_arrays(path)
     while x.ndim > 2:
         x = x[0]
     if x.ndim == 1:

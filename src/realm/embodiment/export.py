@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from realm.embodiment.profile import RobotProfile, load_profile
-from realm.embodiment.retarget import ARKIT, LinearMap, fps_of, retarget, spec_of
+from realm.embodiment.retarget import ARKIT, LinearMap, retarget
 from realm.embodiment.safety import SafetyLayer
 from realm.errors import RealmInputError
 from realm.io import atomic_path
@@ -390,7 +390,7 @@ def export_motion(
     map_path: str | Path | None = None, force: bool = False,
 ) -> dict:  # fmt: skip
     """Read a motion file, export it as ``fmt`` to ``out``; returns a short summary."""
-    from realm.generate import read_motion
+    from realm.generate import load_motion_file
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; formats: {', '.join(FORMATS)}")
@@ -401,10 +401,8 @@ def export_motion(
     out = Path(out)
     if out.exists() and not force:
         raise FileExistsError(f"{out}: exists (use --force to overwrite)")
-    x = read_motion(motion_path)
-    spec = spec_of(motion_path, x)
-    SPECS[spec].validate(x, motion_path)
-    fps = fps_of(motion_path, SPECS[spec].fps)
+    mf = load_motion_file(motion_path)
+    x, spec, fps = mf.motion[0], mf.spec.name, mf.fps
     lmap = LinearMap.load(map_path) if map_path is not None else None
     robot = fmt != "livelink-csv"
     p = prepare(x, fps, rate, profile if robot else None, spec=spec, linear_map=lmap)

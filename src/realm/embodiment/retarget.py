@@ -141,37 +141,3 @@ def fit_linear_map(
     lam = ridge * max(float(np.trace(gram)) / gram.shape[0], 1e-12)
     W = np.linalg.solve(gram + lam * np.eye(gram.shape[0]), xc.T @ yc)
     return LinearMap(W, my - mx @ W, source, target, ridge)
-
-
-def _npz_entry(path: Path, key: str):
-    """Entry ``key`` of a motion ``.npz`` as a Python scalar or string; None when absent or unreadable."""
-    if path.suffix != ".npz":
-        return None
-    try:
-        with np.load(path) as d:
-            return d[key].item() if key in d.files else None
-    except Exception:
-        return None
-
-
-def spec_of(path: str | Path, x: np.ndarray) -> str:
-    """The motion spec of a file: its ``spec`` entry when it has one, else the unique spec of its width."""
-    path = Path(path)
-    name = _npz_entry(path, "spec")
-    if name is not None and str(name) in SPECS:
-        return str(name)
-    matches = [name for name, s in SPECS.items() if s.dim == x.shape[-1]]
-    if len(matches) != 1:
-        raise RealmInputError(path, f"cannot tell the motion spec of width {x.shape[-1]} (known: "
-                              + ", ".join(f"{n} {s.dim}" for n, s in SPECS.items()) + ")")  # fmt: skip
-    return matches[0]
-
-
-def fps_of(path: str | Path, default: float = 30.0) -> float:
-    """The ``fps`` entry of a motion ``.npz`` (``default`` otherwise)."""
-    fps = _npz_entry(Path(path), "fps")
-    try:
-        fps = float(fps)
-    except (TypeError, ValueError):
-        return default
-    return fps if np.isfinite(fps) and fps > 0 else default

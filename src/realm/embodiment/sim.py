@@ -497,18 +497,15 @@ def simulate_motion_file(
 ) -> dict:  # fmt: skip
     """Read a motion file, retarget it (through the safety layer unless ``safety=False``), simulate
     it and write the outputs of :func:`write_sim` to ``out_dir``; returns the metrics."""
-    from realm.embodiment.retarget import LinearMap, fps_of, spec_of
-    from realm.generate import read_motion
-    from realm.motion import SPECS
+    from realm.embodiment.retarget import LinearMap
+    from realm.generate import load_motion_file
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
         raise FileExistsError(f"{out_dir}: exists (use --force to overwrite)")
     profile = load_profile(profile)
-    x = read_motion(motion_path)
-    spec = spec_of(motion_path, x)
-    SPECS[spec].validate(x, motion_path)
-    fps = fps_of(motion_path, SPECS[spec].fps)
+    mf = load_motion_file(motion_path)
+    x, spec, fps = mf.motion[0], mf.spec.name, mf.fps
     lmap = LinearMap.load(map_path) if map_path is not None else None
     cmd, rate = commands_from_motion(x, fps, profile, rate, spec=spec, linear_map=lmap, safety=safety)
     run = simulate(profile, cmd, rate)

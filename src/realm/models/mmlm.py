@@ -55,9 +55,9 @@ from einops import rearrange
 from torch import nn
 from torch.utils.data import Dataset
 
+from realm.asr import normalise_word
 from realm.emotion import IGNORE, EmotionConfig, EmotionNet, clip_label_names, clip_labels
 from realm.models.baselines.base import Baseline, BaselineConfig, seeded, top_p_sample
-from realm.models.baselines.lmlistener import normalise_word
 from realm.models.idvq import IDVQ, IDVQConfig
 
 log = logging.getLogger(__name__)
@@ -343,22 +343,24 @@ class MMLM(Baseline):
         """Assemble the LM inputs.
 
         slots_in (B, n) input codes of the slots (previous motion token or ``start``), cond (B, n, H),
-        ``words[b]`` the backbone token ids of each word of sample b, ``word_ends[b]`` their end frames
-        relative to the window start. Returns inputs (B, L, H), the position of each slot (B, n), and a
-        padding mask (B, L) (True = real).
+        ``words[b]`` the backbone token ids of each word of sample b, ``word_ends[b]`` their end frames, with
+        frame 0 = the first frame of motion token 0; slot j predicts token ``first_token + j`` (training:
+        frames relative to the window start and ``first_token`` 0). Returns inputs (B, L, H), the position
+        of each slot (B, n), and a padding mask (B, L) (True = real).
         """
         B, n = slots_in.shape
         slot_x = self.code_emb(slots_in) + cond  # (B, n, H)
         rows, slot_pos = [], []
         for b in range(B):
-            parts, pos, length = [], [], 0
-            for kind, i in build_context(n, word_ends[b], first_token):
+            order = build_context(n, word_ends[b], first_token)
+            flat = [t for kind, i in order if kind == "word" for t in words[b][i]]
+            wemb = self.backbone.embed_words(torch.tensor(flat, dtype=torch.long, device=slot_x.device)) if flat else None
+            parts, pos, length, k = [], [], 0, 0  # length: sequence position; k: word tokens used of wemb
+            for kind, i in order:
                 if kind == "word":
-                    ids = words[b][i]
-                    if not ids:
-                        continue
-                    parts.append(self.backbone.embed_words(torch.tensor(ids, device=slot_x.device)))
-                    length += len(ids)
+                    m = len(words[b][i])
+                    parts.append(wemb[k : k + m])  # (m, H): one embedding call per row, sliced
+                    k, length = k + m, length + m
                 else:
                     pos.append(length)
                     parts.append(slot_x[b, i : i + 1])
@@ -433,6 +435,13 @@ class MMLM(Baseline):
     # -- generation
     def sample(self, audio, first, speaker=None, words=None, samples=1, seed=0, identity_ref=None, history=None,
                temperature=None, top_p=None):  # fmt: skip
+        T = audio.shape[1]
+        ref = self._reference(identity_ref, history)
+        tokens = self.generate_tokens(audio, words, samples, seed, temperature, top_p)  # (samples, n)
+        return torch.cat([self.vq.decode(t[None], ref, T) for t in tokens])
+
+    def generate_tokens(self, audio, words=None, samples=1, seed=0, temperature=None, top_p=None) -> torch.Tensor:
+        """Motion tokens (samples, ceil(T / 8)) for normalised audio features (1, T, A) and ``words``."""
         c, f = self.config, FRAMES_PER_TOKEN
         temperature = c.temperature if temperature is None else temperature
         top_p = c.top_p if top_p is None else top_p
@@ -443,8 +452,7 @@ class MMLM(Baseline):
         cond = self.slot_features(a, n)  # (1, n, H)
         fps, W = self.spec.fps, c.window_tokens
         ids = [self.word_token_ids(w.word) for w in words or []]
-        ends = [word_end_frame(w.end, fps) for w in words or []]
-        ref = self._reference(identity_ref, history)
+        ends = [word_end_frame(w.end, fps) for w in words or []]  # frames from the start of the audio = token 0
         out = []
         for s in range(samples):
             g = seeded(seed, s)
@@ -454,11 +462,11 @@ class MMLM(Baseline):
                 keep = [i for i, e in enumerate(ends) if -c.word_context_s * fps <= e - f * j0 < f * j]
                 prev = torch.tensor([[self.start if j0 == 0 else tokens[j0 - 1]] + tokens[j0:j]])
                 x, pos, real = self.sequence(prev, cond[:, j0 : j + 1], [[ids[i] for i in keep]],
-                                             [[ends[i] - f * j0 for i in keep]], first_token=j0)  # fmt: skip
+                                             [[ends[i] for i in keep]], first_token=j0)  # fmt: skip
                 logits = self.logits(x, real, pos)[:, -1]  # (1, K)
                 tokens.append(int(top_p_sample(logits, temperature, top_p, g)[0]))
-            out.append(self.vq.decode(torch.tensor([tokens]), ref, T)[0])
-        return torch.stack(out)
+            out.append(tokens)
+        return torch.tensor(out)
 
     def _reference(self, identity_ref, history) -> torch.Tensor:
         """(1, Tr, D) normalised AdaIN reference: identity_ref, else history >= 2 s, else the default."""

@@ -32,7 +32,7 @@ from realm.audio import SAMPLE_RATE, load_audio
 from realm.data.clip import Word
 from realm.errors import RealmInputError
 from realm.io import atomic_path
-from realm.motion import SPECS, MotionSpec, get_spec
+from realm.motion import MotionSpec, get_spec
 from realm.render.face import draw_face
 
 #: Output size of one panel (pixels); drawing happens at SUPERSAMPLE times this.
@@ -74,46 +74,17 @@ class Track:
         return int(np.clip(round(t * self.fps), 0, len(self.motion) - 1))
 
 
-def infer_spec(dim: int, source: str | Path = "<array>") -> MotionSpec:
-    """The built-in spec with ``dim`` dimensions (each built-in spec has a distinct width)."""
-    for spec in SPECS.values():
-        if spec.dim == dim:
-            return spec
-    known = ", ".join(f"{s.name} ({s.dim})" for s in SPECS.values())
-    raise RealmInputError(source, f"cannot tell the motion spec of {dim}-wide frames (known: {known}); pass a spec")
-
-
 def load_track(name: str, path: str | Path, spec: str | None = None, sample: int = 0) -> Track:
     """A :class:`Track` from a generated .npz (``listener`` (N, T, D), ``spec``, ``fps``) or a .npy file.
 
     ``sample`` picks the realisation of an (N, T, D) array; ``spec`` overrides the file's spec.
     """
-    path = Path(path)
-    if not path.exists():
-        raise RealmInputError(path, "motion file not found")
-    fps, file_spec = 30.0, None
-    try:
-        if path.suffix == ".npy":
-            x = np.load(path)
-        else:
-            with np.load(path) as d:
-                x = d["listener"] if "listener" in d else d[d.files[0]]
-                file_spec = str(d["spec"]) if "spec" in d else None
-                fps = float(d["fps"]) if "fps" in d else fps
-    except (OSError, ValueError, KeyError, IndexError) as e:
-        raise RealmInputError(path, f"unreadable motion file ({type(e).__name__})") from None
-    x = np.asarray(x, np.float32)
-    if x.ndim == 3:
-        if not 0 <= sample < x.shape[0]:
-            raise RealmInputError(path, f"sample {sample} requested but the file holds {x.shape[0]}")
-        x = x[sample]
-    if x.ndim != 2:
-        raise RealmInputError(path, f"motion must be (T, D) or (N, T, D), got shape {x.shape}")
-    chosen = spec or file_spec
-    s = get_spec(chosen) if chosen in SPECS else infer_spec(x.shape[1], path)
-    if chosen and chosen not in SPECS:
-        raise RealmInputError(path, f"unknown motion spec {chosen!r}; known: {sorted(SPECS)}")
-    return Track(name, s.validate(x, path), s, fps)
+    from realm.generate import load_motion_file
+
+    mf = load_motion_file(path, spec)
+    if not 0 <= sample < mf.motion.shape[0]:
+        raise RealmInputError(path, f"sample {sample} requested but the file holds {mf.motion.shape[0]}")
+    return Track(name, mf.motion[sample], mf.spec, mf.fps)
 
 
 def load_words(words: str | Path | Sequence | None) -> list[Word]:

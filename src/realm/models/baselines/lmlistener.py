@@ -26,7 +26,6 @@ the decoded teacher-forced argmax tokens, comparable across the two stages.
 from __future__ import annotations
 
 import logging
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -37,6 +36,7 @@ from einops import rearrange
 from torch import nn
 from torch.utils.data import Dataset
 
+from realm.asr import normalise_word
 from realm.models.baselines.base import Baseline, BaselineConfig
 
 log = logging.getLogger(__name__)
@@ -68,10 +68,6 @@ class LMListenerConfig(BaselineConfig):
     vocab: list = field(default_factory=list)  # words of the training transcripts, set by fit
     # training (ours): fraction of the steps that train the VQ-VAE before the LM
     vq_fraction: float = 0.5
-
-
-def normalise_word(w: str) -> str:
-    return re.sub(r"[^\w']+", "", w.lower())
 
 
 # ---------------------------------------------------------------- 1. motion VQ-VAE
