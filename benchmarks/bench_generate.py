@@ -25,8 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def worker(checkpoint: str, threads: int, seconds: float) -> dict:
     import torch
+    from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(threads)
+    threadpool_limits(limits=threads)  # BLAS/OpenMP pools too (numpy's matmuls in feature extraction)
     import realm
     from realm.audio import extract, get_extractor, load_audio
 

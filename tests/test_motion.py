@@ -98,3 +98,12 @@ def test_norm_stats_floor_each_block_at_a_tenth_of_its_largest_std():
     plain = NormStats.fit(x, "arkit58", block_floor=0)
     assert plain.std[blink] == pytest.approx(x[:, blink].std(), rel=1e-5)  # plain z-scores on request
     assert NormStats.fit(x).std[blink] == pytest.approx(x[:, blink].std(), rel=1e-5)  # no spec: no blocks
+
+
+def test_every_spec_names_each_dimension_once():
+    for name, spec in SPECS.items():
+        names = spec.names
+        assert len(names) == spec.dim == len(set(names)), name
+    assert SPECS["arkit58"].names[:2] == ["eyeBlinkLeft", "eyeLookDownLeft"]
+    v = SPECS["vico70"]
+    assert v.names[v.channel("rotation.yaw")] == "rotation.yaw" and v.names[0] == "expression.0"

@@ -546,7 +546,7 @@ def eval_cmd(
 # Each area keeps its commands in its own module, which registers them on `app` (or on a
 # sub-app) when imported; they import `app`, `train_app`, `_friendly`, `_progress` from here.
 
-from realm import cli_embody, cli_lm, cli_render  # noqa: E402,F401
+from realm import cli_embody, cli_lm, cli_render, cli_serve  # noqa: E402,F401
 
 
 def run() -> None:  # pragma: no cover - entry point helper

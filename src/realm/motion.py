@@ -105,6 +105,19 @@ class MotionSpec:
     def has(self, name: str) -> bool:
         return name in self._index
 
+    @property
+    def names(self) -> list[str]:
+        """A name per dimension: ``channel_names`` when the spec has them, else ``block.axis`` for
+        rotation/translation and ``block.k`` for the rest (e.g. ``expression.0``)."""
+        if self.channel_names is not None:
+            return list(self.channel_names)
+        axes = {"rotation": ("pitch", "yaw", "roll"), "translation": ("x", "y", "z")}
+        out = []
+        for name, size in self.blocks:
+            ax = axes.get(name, ())
+            out += [f"{name}.{ax[k]}" if len(ax) == size else f"{name}.{k}" for k in range(size)]
+        return out
+
     def take(self, x: np.ndarray, name: str) -> np.ndarray:
         """The columns of block ``name`` from ``x`` (..., dim)."""
         return x[..., self.block(name).slice]

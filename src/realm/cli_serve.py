@@ -1,0 +1,105 @@
+"""CLI commands of one area: `realm serve` (live WebSocket server) and `realm listen` (its client)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from realm.cli import _friendly, app, console, out
+
+
+@app.command("serve")
+@_friendly
+def serve_cmd(
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="REALM run with streaming features (logmel, vico45, prosody)."),
+    profile: str = typer.Option(None, help="Robot profile (ameca, neck3 or a YAML path): adds safe robot controls to each frame."),
+    map_path: Path = typer.Option(None, "--map", help="Linear map to arkit58 when the checkpoint's spec is not arkit58."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind (loopback by default; 0.0.0.0 exposes the server)."),
+    port: int = typer.Option(8765, help="TCP port (0: any free port)."),
+    max_clients: int = typer.Option(32, "--max-clients", help="Connections served at once; more are refused (1013)."),
+    queue_frames: int = typer.Option(90, "--queue-frames", help="Outgoing frames kept per client; older ones are dropped."),
+    max_chunk_s: float = typer.Option(1.0, "--max-chunk-s", help="Largest audio message, in seconds."),
+    workers: int = typer.Option(2, help="Model threads shared by all clients."),
+):
+    """Serve listener frames (and robot controls) over WebSocket to live audio streams (docs/serving.md)."""
+    import asyncio
+    import signal
+
+    import realm
+    from realm.serve import ListenerServer, ServerConfig
+
+    linear_map = None
+    if map_path is not None:
+        from realm.embodiment.retarget import LinearMap
+
+        linear_map = LinearMap.load(map_path)
+    cfg = ServerConfig(host=host, port=port, max_clients=max_clients, queue_frames=queue_frames,
+                       max_chunk_s=max_chunk_s, workers=workers)  # fmt: skip
+    server = ListenerServer(realm.load(checkpoint), profile=profile, linear_map=linear_map, config=cfg)
+
+    async def main():
+        await server.start()
+        sp = server.listener.spec
+        out.print(
+            f"serving {checkpoint} ({sp.name}, {server.listener.fps:g} fps"
+            + (f", robot profile {server.profile.name}" if server.profile else "")
+            + f") on {server.url}; algorithmic latency {1e3 * server.latency_s:.0f} ms; Ctrl-C stops"
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        n = len(server.sessions)
+        await server.close()
+        t = server.totals
+        out.print(f"stopped ({n} clients closed); served {t['clients']} clients, {t['frames']} frames, {t['dropped']} dropped")
+
+    try:
+        asyncio.run(main())
+    except OSError as e:  # port in use, bad interface
+        raise ValueError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
+@app.command("listen")
+@_friendly
+def listen_cmd(
+    server: str = typer.Option("ws://127.0.0.1:8765", "--server", help="WebSocket URL of `realm serve`."),
+    audio: Path = typer.Option(..., "--audio", "-a", help="Speaker audio (any format; sent as 16 kHz 16-bit PCM)."),
+    out_path: Path = typer.Option(None, "--out", "-o", help="Write what came back (.npz: listener, spec, fps, controls, latency_s)."),
+    realtime: bool = typer.Option(False, "--realtime", help="Send at real-time pace (default: as fast as possible)."),
+    chunk_ms: float = typer.Option(100.0, "--chunk-ms", help="Audio per message, in ms."),
+    seed: int = typer.Option(0, help="Seed of the refinement noise."),
+    pace: str = typer.Option("asap", help="Server pacing of frames: asap | realtime (each frame at its play time)."),
+    late_ms: float = typer.Option(100.0, "--late-ms", help="A frame counts as late when it arrives this long after its chunk was sent."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
+):
+    """Stream an audio file to `realm serve`, record the frames and print latency statistics."""
+    from realm.audio import load_audio
+    from realm.serve import listen, save_listen
+
+    if out_path is not None and out_path.exists() and not force:
+        raise FileExistsError(f"{out_path}: exists (use --force to overwrite)")
+    y = load_audio(audio)
+    with console.status(f"streaming {len(y) / 16000:.1f} s of audio to {server}" + (" at real-time pace" if realtime else "")):
+        from websockets.exceptions import WebSocketException
+
+        try:
+            r = listen(server, y, realtime=realtime, chunk_ms=chunk_ms, options={"seed": seed, "pace": pace})
+        except (OSError, WebSocketException) as e:
+            raise ValueError(f"{server}: cannot connect or connection lost ({getattr(e, 'strerror', None) or e})") from None
+    for err in r.errors:
+        console.print(f"[yellow]server error[/yellow] {err.get('code')}: {err.get('message')}")
+    s = r.stats(late_ms)
+    out.print(
+        f"{s['frames']}/{s['expected']} frames ({r.ready['spec']}, {r.ready['fps']:g} fps); "
+        f"dropped {s['dropped']}, missing {s['missing']}, late (> {late_ms:g} ms) {s['late']}"
+    )
+    out.print(
+        f"latency chunk sent -> frame received: p50 {s['p50_ms']:.1f} ms, p95 {s['p95_ms']:.1f} ms, "
+        f"max {s['max_ms']:.1f} ms (on top of the model's algorithmic latency {s['algorithmic_latency_ms']:.0f} ms)"
+    )
+    if out_path is not None:
+        save_listen(r, out_path, audio=str(audio), force=force)
+        out.print(f"wrote {out_path}")
