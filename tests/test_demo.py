@@ -16,7 +16,8 @@ CKPT = Path(__file__).resolve().parents[1] / "checkpoints" / "realm-demo"
 def test_the_committed_checkpoint_loads_and_says_how_it_was_made():
     lis = realm.load(CKPT)
     c = lis.config
-    assert c["spec"] == "arkit58" and c["feature_extractor"] == "whisper" and c["stage"] == 2
+    assert c["spec"] == "arkit58" and c["feature_extractor"] == "logmel" and c["stage"] == 2
+    assert c["model"]["audio_context"] == 16  # local features need the context (docs/realm.md)
     assert c["selected_on"] == "val" and c["command"].startswith("realm train realm")
     assert c["data_config"]["backend"] == "piper"
     counts = lis.model.param_counts()
@@ -51,3 +52,14 @@ def test_demo_checkpoint_motion_is_plausible_on_real_speech(seed):
     np.testing.assert_array_equal(m, lis.spec.clamp(raw))  # clamping is the only difference
     assert np.abs(raw[:, 52:55]).max() < 0.6  # head rotation within +-35 degrees
     assert np.abs(np.diff(raw, axis=0)).mean() > 0  # it moves
+
+
+def test_demo_checkpoint_streams_what_it_generates_offline():
+    from realm.audio import load_audio
+
+    lis = realm.load(CKPT)
+    y = load_audio(JFK)[: 16000 * 4]
+    offline = lis.generate(y, seed=3, refine_window=16)[0]
+    st = lis.streamer(seed=3)
+    streamed = np.concatenate([st.push(y[k : k + 1234]) for k in range(0, len(y), 1234)] + [st.flush()])
+    np.testing.assert_allclose(streamed, offline, atol=1e-5)

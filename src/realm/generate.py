@@ -33,6 +33,7 @@ from realm.audio import SAMPLE_RATE, get_extractor, load_audio, n_frames, n_samp
 from realm.errors import RealmInputError
 from realm.models.realm import REALM, REALMConfig
 from realm.motion import SPECS, MotionSpec, NormStats, get_spec
+from realm.threads import single_thread_blas
 
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "stats.npz", "feature_stats.npz")
 
@@ -224,7 +225,8 @@ class Streamer:
         g0 = max(0, (self._frame_sample(first) - self.ex.context) // block * block)
         end = total if final else min(total, self._frame_sample((w + 1) * W) + self.ex.context)
         seg = self.buf[g0 - self.offset : end - self.offset]
-        feats = self.ex(seg)  # frames from global frame t0
+        with single_thread_blas():  # a small filterbank product: BLAS threads only add latency
+            feats = self.ex(seg)  # frames from global frame t0
         t0 = round(g0 * self.listener.fps / SAMPLE_RATE)
         f = self.listener.feature_stats.apply(feats[first - t0 : min((w + 1) * W, n_frames(total)) - t0])
         ctx = torch.zeros(1, C + W, f.shape[1])  # [w W - C, (w + 1) W): zeros before the start and past the end

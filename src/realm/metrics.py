@@ -36,7 +36,6 @@ Conventions used throughout:
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -44,24 +43,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from realm.motion import MotionSpec, get_spec
+from realm.threads import single_thread_blas  # noqa: F401  (part of this module's API)
 
 # ============================================================ basics
-
-
-def single_thread_blas():
-    """Context: BLAS limited to one thread while metrics run (when ``threadpoolctl`` is installed).
-
-    The matrices here are small (at most a few hundred dimensions); a multi-threaded BLAS spends
-    far longer synchronising its threads than computing, badly so on a loaded machine (a 104 x 104
-    ``eigh`` measured 200x slower with OpenBLAS threads than with one). Without ``threadpoolctl``
-    this does nothing.
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # optional
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
-
 
 
 def sqrtm_psd_trace(s1: np.ndarray, s2: np.ndarray) -> float:
