@@ -124,3 +124,25 @@ def test_generate_command(run_dir, tmp_path):
     r = CliRunner().invoke(app, ["generate", "-c", str(run_dir), "-a", str(JFK), "-o", str(tmp_path / "x.npz"),
                                  "--first-frame", str(tmp_path / "w.npy")])  # fmt: skip
     assert r.exit_code == 2 and "wrong coefficient width 57" in r.output
+
+
+@pytest.fixture(scope="module")
+def anchor_run_dir(tmp_path_factory):
+    extra = dict(audio_context=16, identity_anchor=True, zero_init_heads=False)  # random heads: the anchor matters
+    return make_run(tmp_path_factory.mktemp("ckpt") / "anchor", **extra)
+
+
+def test_identity_anchor_is_saved_and_streams_like_offline(anchor_run_dir):
+    lis = realm.load(anchor_run_dir)
+    assert lis.model.config.identity_anchor
+    y = load_audio(JFK)[: int(16000 * 3.1)]
+    f0 = lis.stats.mean + 0.05
+    offline = lis.generate(y, first_frame=f0, seed=2, refine_window=16)[0]
+    s = lis.streamer(first_frame=f0, seed=2)
+    streamed = np.concatenate([s.push(y[i : i + 3000]) for i in range(0, len(y), 3000)] + [s.flush()])
+    np.testing.assert_allclose(streamed, offline, atol=1e-5)
+    hist = np.tile(f0, (20, 1))
+    via_history = lis.generate(y, history=hist, seed=2, refine_window=16)[0]
+    s = lis.streamer(history=hist, seed=2)
+    streamed = np.concatenate([s.push(y[i : i + 3000]) for i in range(0, len(y), 3000)] + [s.flush()])
+    np.testing.assert_allclose(streamed, via_history, atol=1e-5)

@@ -105,3 +105,28 @@ def test_a_fresh_model_holds_its_start_frame():
         out, _ = m(torch.randn(1, 40, 20), history=hist)
     assert torch.allclose(out, hist[:, -1:].expand(-1, 40, -1))
     assert REALM(REALMConfig(spec="arkit58", zero_init_heads=False)).decoder.heads["expression"].weight.abs().sum() > 0
+
+
+def test_identity_anchor_adds_one_memory_token_read_for_the_whole_rollout():
+    torch.manual_seed(0)
+    cfg = dict(spec="arkit58", audio_dim=80, d_model=32, ff_dim=64, zero_init_heads=False)
+    plain, anchored = REALM(REALMConfig(**cfg)).eval(), REALM(REALMConfig(**cfg, identity_anchor=True)).eval()
+    assert sum(p.numel() for p in anchored.parameters()) - sum(p.numel() for p in plain.parameters()) == 32
+    audio, hist = torch.randn(2, 16, 80), torch.randn(2, 16, 58)
+    a, b = torch.randn(2, 58), torch.randn(2, 58)
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="anchor"):
+            anchored.step(audio, hist)
+        ya, _ = anchored.step(audio, hist, anchor=a)
+        yb, _ = anchored.step(audio, hist, anchor=b)
+        assert not torch.allclose(ya, yb)  # same history, another anchor: another window
+        # a rollout keeps the start frame as the anchor: the last window still depends on it
+        frame0 = torch.randn(2, 58)
+        long = torch.randn(2, 160, 80)
+        y1, _ = anchored.rollout(long, frame0=frame0)
+        anchored_step = anchored.step
+        seen = []
+        anchored.step = lambda *args: seen.append(args[3]) or anchored_step(*args)
+        anchored.rollout(long, frame0=frame0)
+    assert len(seen) == 10 and all(torch.equal(s, frame0) for s in seen)
+    assert y1.shape == (2, 160, 58)

@@ -89,6 +89,36 @@ def test_server_output_equals_the_offline_streamer(listener, speech):
     assert set(np.unique(r.chunk)) <= set(range(-1, 30)) and (r.chunk >= 0).sum() > 0
     assert np.all(np.isfinite(r.latency_s)) and np.all(r.latency_s >= 0)
     assert r.end["frames"] == 90 and r.end["chunks"] == 30 and r.end["audio_s"] == pytest.approx(3.0)
+    assert 0 < r.end["compute_ms_p50"] <= r.end["compute_ms_p95"]
+
+
+def test_a_server_error_ends_only_that_session(listener, speech):
+    async def scenario():
+        server = await started(listener)
+        run_model = server._run_model
+
+        def failing(streamer, safety, start, audio):  # a model failure on one client's chunk
+            if audio is not None and len(audio) == 1234:
+                raise RuntimeError("boom")
+            return run_model(streamer, safety, start, audio)
+
+        server._run_model = failing
+        try:
+            good = asyncio.create_task(listen_async(server.url, speech, realtime=True, chunk_ms=100))
+            async with connect(server.url) as bad:
+                await bad.send(json.dumps({"type": "start"}))
+                await recv_json(bad, "ready")
+                await bad.send(encode_pcm16(speech[:1234]))
+                err = await recv_json(bad, "error")
+                with pytest.raises(ConnectionClosed) as e:
+                    await bad.recv()
+            return err, e.value.rcvd.code, await good
+        finally:
+            await server.close()
+
+    err, code, r = run(scenario())
+    assert err["code"] == "internal" and "boom" in err["message"] and code == 1011
+    assert r.missing == 0 and r.end["dropped"] == 0
 
 
 def test_several_clients_each_with_their_own_state(listener, speech):

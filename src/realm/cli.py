@@ -207,6 +207,7 @@ def train_realm_cmd(
     tau: int = typer.Option(8, help="Reaction delay of the shifted ALiBi (0: plain ALiBi)."),
     audio_context: int = typer.Option(0, "--audio-context", help="Frames of audio before each window the encoder reads (0: as the authors; use 16 with local features like logmel)."),
     no_gate: bool = typer.Option(False, "--no-gate", help="Ablation: no reactive gate."),
+    anchor: bool = typer.Option(False, "--anchor", help="Our option: keep the start frame in the decoder's memory (identity anchor against drift)."),
     no_history: bool = typer.Option(False, "--no-history", help="Ablation: audio-only (no listener history)."),
     no_audio: bool = typer.Option(False, "--no-audio", help="Ablation: history-only ('deaf')."),
     no_refinement: bool = typer.Option(False, "--no-refinement", help="Ablation: coarse model only (no stage 2)."),
@@ -230,7 +231,7 @@ def train_realm_cmd(
         strategy=strategy, num_nodes=num_nodes, precision=precision, num_workers=num_workers,
     )  # fmt: skip
     mcfg = REALMConfig(
-        tau=tau, audio_context=audio_context, use_gate=not no_gate, use_history=not no_history, use_audio=not no_audio,
+        tau=tau, audio_context=audio_context, identity_anchor=anchor, use_gate=not no_gate, use_history=not no_history, use_audio=not no_audio,
         use_refinement=not no_refinement,
     )  # fmt: skip
     command = "realm " + " ".join(sys.argv[1:])

@@ -236,7 +236,7 @@ class Streamer:
         enc = self.model.encode_window(ctx)
         if self.hist is None:
             self.hist, _ = self.model.start(a, self.f0, self.history)
-        motion, _ = self.model.step(a, self.hist, enc)
+        motion, _ = self.model.step(a, self.hist, enc, self.model.anchor_frame(self.f0, self.history))
         if w == 0 and self.history is None:
             motion[:, 0] = self.f0  # frame 0 is kept exactly, as offline
         self.hist = torch.cat([self.hist, motion], dim=1)[:, -self.K :]

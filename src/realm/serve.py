@@ -14,7 +14,8 @@ One connection is one listener. Protocol version 1 (docs/serving.md has the full
   - ``{"type": "start", ...options}``: begin a stream; answered by ``{"type": "ready", ...}``
     (fps, spec and value names, control names, window, algorithmic latency, limits).
   - ``{"type": "stop"}``: end the stream; the server sends the remaining frames, then
-    ``{"type": "end", "frames", "dropped", "late", "chunks", "audio_s"}``. A new ``start`` may follow.
+    ``{"type": "end", "frames", "dropped", "late", "chunks", "audio_s", "compute_ms_p50", "compute_ms_p95"}``.
+    A new ``start`` may follow.
 
   Options: ``sample_rate`` (must be 16000), ``encoding`` (``pcm_s16le``), ``channels`` (1),
   ``seed`` and ``sample`` (refinement noise, as ``realm generate``), ``refine`` (bool),
@@ -173,7 +174,7 @@ class Session:
     first_audio: float | None = None  # loop time of the first audio message
     queue: deque = field(default_factory=deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
-    compute_s: list = field(default_factory=list)  # model seconds per audio message that produced frames
+    compute_s: deque = field(default_factory=lambda: deque(maxlen=1024))  # seconds per model call that made frames
 
 
 class ListenerServer:
@@ -289,6 +290,11 @@ class ListenerServer:
 
             if not isinstance(e, ConnectionClosed):
                 log.exception("client %d: unexpected error", s.id)
+                try:  # tell the client, then end only this session
+                    await ws.send(_error("internal", f"server error: {type(e).__name__}: {e}"))
+                    await ws.close(1011, "internal error")
+                except Exception:
+                    pass
         finally:
             sender.cancel()
             self.sessions.pop(s.id, None)
@@ -321,8 +327,10 @@ class ListenerServer:
             frames = await self._compute(s, None)
             self._emit(s, frames, chunk=-1)
             s.streaming = False
+            ms = 1e3 * np.array(s.compute_s) if s.compute_s else np.full(1, np.nan)
             end = {"type": "end", "frames": s.frames, "dropped": s.dropped, "late": s.late,
-                   "chunks": s.chunks, "audio_s": s.samples / SAMPLE_RATE}  # fmt: skip
+                   "chunks": s.chunks, "audio_s": s.samples / SAMPLE_RATE,
+                   "compute_ms_p50": float(np.median(ms)), "compute_ms_p95": float(np.percentile(ms, 95))}  # fmt: skip
             self._put(s, _Item(json.dumps(end)))
         else:
             raise ProtocolError("unknown_type", f"unknown message type {kind!r}; use config, start or stop")
@@ -356,7 +364,7 @@ class ListenerServer:
             s.safety = SafetyLayer(self.profile, rate_hz=self.listener.fps)
         s.streaming, s.chunks, s.samples, s.frames, s.dropped, s.late = True, 0, 0, 0, 0, 0
         s.first_audio = None
-        s.compute_s = []
+        s.compute_s.clear()
 
     def _ready(self, s: Session) -> dict:
         spec = self.listener.spec

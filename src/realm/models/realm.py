@@ -4,6 +4,7 @@
     listener history H (K frames) ──► Linear ──► ReactiveFusion (shifted ALiBi cross-attn) ──► F
                                                       ReactiveGate: alpha = sigmoid(MLP(F))
     memory = [(1 - alpha) * PE(Linear(H)) ; alpha * F]          (2W tokens)
+             [ ; Linear(start frame) + anchor embedding ]       (our option identity_anchor: +1 token)
     W learned queries ──► CoarseDecoder (causal) ──► LSTM ──► delta heads per block ──► deltas
     motion of the window = last history frame + cumsum(deltas)           (per block)
     ...autoregressive over non-overlapping W-frame windows; the first window's history is the
@@ -55,6 +56,10 @@ class REALMConfig:
     zero_init_heads: bool = True  # our deviation: the delta heads start at 0 ("hold the last
     #   frame"), so early random deltas, summed over the rollout, do not swamp the optimiser's
     #   statistics; with default init a tiny model needed ~5x more steps to learn a reaction
+    identity_anchor: bool = False  # our option: the frame generation starts from stays in the
+    #   decoder's memory as one more token for the whole rollout, so the listener's identity
+    #   (resting face) is not lost once the K-frame history is all the model's own output
+    #   (docs/benchmark.md, "identity drift"). False = the authors' model.
     refine_dim: int = 128
     refine_ff: int = 256
     refine_block: str = "expression"
@@ -153,14 +158,16 @@ class CoarseDecoder(nn.Module):
             "causal", torch.triu(torch.full((c.window, c.window), float("-inf")), diagonal=1), persistent=False
         )
         self.lstm = nn.LSTM(c.d_model, c.d_model, batch_first=True)
+        if c.identity_anchor:  # marks the anchor token apart from the history tokens
+            self.anchor_embed = nn.Parameter(torch.randn(1, 1, c.d_model) * 0.02)
         self.heads = nn.ModuleDict({name: nn.Linear(c.d_model, size) for name, size in spec.blocks})
         if c.zero_init_heads:
             for head in self.heads.values():
                 nn.init.zeros_(head.weight)
                 nn.init.zeros_(head.bias)
 
-    def forward(self, fused: torch.Tensor, history: torch.Tensor):
-        # fused (B, K, d), history (B, K, D) -> deltas (B, W, D), alpha (B, K, 1)
+    def forward(self, fused: torch.Tensor, history: torch.Tensor, anchor: torch.Tensor | None = None):
+        # fused (B, K, d), history (B, K, D), anchor (B, D) -> deltas (B, W, D), alpha (B, K, 1)
         B = fused.shape[0]
         hist = self.pe(self.motion_proj(history))
         if self.c.use_gate:
@@ -169,6 +176,10 @@ class CoarseDecoder(nn.Module):
         else:
             alpha = torch.ones(B, fused.shape[1], 1, device=fused.device)
             memory = torch.cat([hist, fused], dim=1)
+        if self.c.identity_anchor:
+            if anchor is None:
+                raise ValueError("a model with identity_anchor needs the anchor frame (the frame generation starts from)")
+            memory = torch.cat([memory, self.motion_proj(anchor).unsqueeze(1) + self.anchor_embed], dim=1)  # (B, 2K + 1, d)
         q = self.pe(self.queries.expand(B, -1, -1))
         x = self.decoder(tgt=q, memory=memory, tgt_mask=self.causal)
         x, _ = self.lstm(x)
@@ -256,12 +267,14 @@ class REALM(nn.Module):
         ctx = ctx.permute(0, 1, 3, 2).reshape(B * (T // W), C + W, A)
         return self.encode_window(ctx).reshape(B, T // W, W, -1)
 
-    def step(self, audio: torch.Tensor, history: torch.Tensor, audio_enc: torch.Tensor | None = None):
+    def step(self, audio: torch.Tensor, history: torch.Tensor, audio_enc: torch.Tensor | None = None,
+             anchor: torch.Tensor | None = None):  # fmt: skip
         """Predict one window. audio (B, W, A), history (B, K, D) -> motion (B, W, D), alpha (B, K, 1).
 
         The window's motion is the last history frame plus the cumulative sum of the deltas.
         ``audio_enc`` (B, W, d) may hold the window's precomputed encoding (it must, when the
-        model reads audio context before the window).
+        model reads audio context before the window). ``anchor`` (B, D): the frame the rollout
+        started from (:meth:`anchor_frame`), read only by models with ``identity_anchor``.
         """
         c = self.config
         if audio_enc is None:
@@ -270,7 +283,7 @@ class REALM(nn.Module):
             audio_enc = self.encode_window(audio)
         seen = history if c.use_history else torch.zeros_like(history)
         fused = self.fusion(audio_enc, seen)  # (B, K, d)
-        deltas, alpha = self.decoder(fused, seen)  # (B, W, D)
+        deltas, alpha = self.decoder(fused, seen, anchor)  # (B, W, D)
         return history[:, -1:] + torch.cumsum(deltas, dim=1), alpha
 
     def bootstrap(self, frame0: torch.Tensor, audio0: torch.Tensor):
@@ -290,6 +303,12 @@ class REALM(nn.Module):
         guide = guide.clone()
         guide[:, :, self.rot] = (1 - s) * rot0.unsqueeze(1) + s * waypoint.unsqueeze(1)
         return guide, waypoint
+
+    @staticmethod
+    def anchor_frame(frame0: torch.Tensor | None, history: torch.Tensor | None) -> torch.Tensor:
+        """The identity anchor (B, D): the frame generation starts from (``frame0``, else the last
+        frame of a real ``history``), as in training, where it is each clip's frame 0."""
+        return history[:, -1] if history is not None else frame0
 
     def start(self, audio0: torch.Tensor, frame0: torch.Tensor | None = None, history: torch.Tensor | None = None):
         """History for the first window: the bootstrap guide from ``frame0`` (B, D), or the last K
@@ -313,10 +332,11 @@ class REALM(nn.Module):
         n_win = max(1, math.ceil(T / W))
         audio = F.pad(audio, (0, 0, 0, n_win * W - T))  # zero-pad the last window
         hist, waypoint = self.start(audio[:, :W], frame0, history)
+        anchor = self.anchor_frame(frame0, history)
         enc = self.encode_audio(audio)  # (B, n_win, W, d)
         frames, alphas, bounds = [], [], []
         for w in range(n_win):
-            window, alpha = self.step(audio[:, w * W : (w + 1) * W], hist, enc[:, w])
+            window, alpha = self.step(audio[:, w * W : (w + 1) * W], hist, enc[:, w], anchor)
             if w == 0 and history is None:
                 window = torch.cat([frame0.unsqueeze(1), window[:, 1:]], dim=1)  # anchor frame 0
             bounds.append((hist[:, -2:], window[:, :2]))
