@@ -234,10 +234,28 @@ class ListenerServer:
         # filterbank's matmul): with many clients that spinning cost 6x the model's own CPU time.
         self._limits = threadpool_limits(limits=self.config.torch_threads)
         limit = self.config.max_chunk_bytes + 4096  # the WebSocket frame limit: larger messages close the connection
+        await self._warm_up()
         self._server = await serve(self._handle, self.config.host, self.config.port, max_size=limit, max_queue=4)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("listening on ws://%s:%d", self.config.host, self.port)
         return self
+
+    async def _warm_up(self) -> None:
+        """Run one stream per worker before accepting clients: the first model call of a thread
+        pays for lazy initialisation (1-2 s measured), which would otherwise land on the first client."""
+        loop = asyncio.get_running_loop()
+
+        def one():
+            safety = None
+            if self.profile is not None:
+                from realm.embodiment.safety import SafetyLayer
+
+                safety = SafetyLayer(self.profile, rate_hz=self.listener.fps)
+            streamer = self.listener.streamer()
+            self._run_model(streamer, safety, 0, np.zeros(SAMPLE_RATE, np.float32))
+            self._run_model(streamer, safety, 0, None)
+
+        await asyncio.gather(*[loop.run_in_executor(self.executor, one) for _ in range(self.config.workers)])
 
     @property
     def url(self) -> str:
