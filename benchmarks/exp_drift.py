@@ -48,12 +48,11 @@ def main() -> None:
     names = [f"{a:g}-{b:g} s" if b else f"{a:g} s-end" for a, b in SEGMENTS]
     print("| model | " + " | ".join(names) + " |")
     print("|---|" + "---:|" * len(names))
-    pop_rows = []
+    rests = [np.median(c.samples()[0][:, ex], axis=0) for c in test]  # each listener's resting expression
     for name, m in models.items():
         rows = []
-        for c in test:
+        for c, rest in zip(test, rests, strict=True):
             gt = c.samples()[0]
-            rest = np.median(gt[:, ex], axis=0)
             p = np.asarray(m.generate(str(c.audio_path), first_frame=gt[0], samples=1, seed=args.seed,
                                       speaker=c.speaker, words=c.words))  # fmt: skip
             p = p[0] if p.ndim == 3 else p
@@ -62,10 +61,9 @@ def main() -> None:
                 seg = p[int(a * fps) : None if b is None else int(b * fps), ex]
                 row.append(float(np.abs(np.median(seg, axis=0) - rest).mean()) if len(seg) else np.nan)
             rows.append(row)
-            if len(pop_rows) < len(test):
-                pop_rows.append([float(np.abs(population - rest).mean())] * len(SEGMENTS))
         print(f"| {name} | " + " | ".join(f"{v:.4f}" for v in np.nanmean(rows, axis=0)) + " |", flush=True)
-    print("| *population mean expression* | " + " | ".join(f"{v:.4f}" for v in np.mean(pop_rows, axis=0)) + " |")
+    pop = float(np.mean([np.abs(population - rest).mean() for rest in rests]))
+    print("| *population mean expression* | " + " | ".join([f"{pop:.4f}"] * len(SEGMENTS)) + " |")
 
 
 if __name__ == "__main__":

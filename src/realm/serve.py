@@ -220,6 +220,7 @@ class ListenerServer:
         self.totals = {"clients": 0, "frames": 0, "dropped": 0, "refused": 0}
         self._next_id = 0
         self._server = None
+        self._limits = None  # the BLAS/OpenMP thread limits held while serving
         self.port: int | None = None
         self.latency_s = listener.streamer().latency_s
 
@@ -230,8 +231,9 @@ class ListenerServer:
         from threadpoolctl import threadpool_limits
         from websockets.asyncio.server import serve
 
-        # BLAS/OpenMP pools sized for the whole machine busy-wait after each small call (the mel
-        # filterbank's matmul): with many clients that spinning cost 6x the model's own CPU time.
+        # BLAS/OpenMP pools sized for the whole machine busy-wait after each small call (the
+        # streamer already extracts features under one BLAS thread; this covers the rest, e.g.
+        # retargeting): before these limits, spinning cost 6x the model's own CPU time per client.
         self._limits = threadpool_limits(limits=self.config.torch_threads)
         limit = self.config.max_chunk_bytes + 4096  # the WebSocket frame limit: larger messages close the connection
         await self._warm_up()
@@ -246,12 +248,7 @@ class ListenerServer:
         loop = asyncio.get_running_loop()
 
         def one():
-            safety = None
-            if self.profile is not None:
-                from realm.embodiment.safety import SafetyLayer
-
-                safety = SafetyLayer(self.profile, rate_hz=self.listener.fps)
-            streamer = self.listener.streamer()
+            streamer, safety = self.listener.streamer(), self._new_safety()
             self._run_model(streamer, safety, 0, np.zeros(SAMPLE_RATE, np.float32))
             self._run_model(streamer, safety, 0, None)
 
@@ -268,7 +265,7 @@ class ListenerServer:
             await self._server.wait_closed()
             self._server = None
         self.executor.shutdown(wait=True, cancel_futures=True)
-        if getattr(self, "_limits", None) is not None:
+        if self._limits is not None:
             self._limits.restore_original_limits()
             self._limits = None
 
@@ -375,14 +372,18 @@ class ListenerServer:
     def _begin(self, s: Session) -> None:
         o = s.options
         s.streamer = self.listener.streamer(seed=o["seed"], sample=o["sample"], refine=o["refine"])
-        s.safety = None
-        if self.profile is not None:
-            from realm.embodiment.safety import SafetyLayer
-
-            s.safety = SafetyLayer(self.profile, rate_hz=self.listener.fps)
+        s.safety = self._new_safety()
         s.streaming, s.chunks, s.samples, s.frames, s.dropped, s.late = True, 0, 0, 0, 0, 0
         s.first_audio = None
         s.compute_s.clear()
+
+    def _new_safety(self):
+        """A fresh safety layer at the frame rate (neutral, ramping in), or None without a profile."""
+        if self.profile is None:
+            return None
+        from realm.embodiment.safety import SafetyLayer
+
+        return SafetyLayer(self.profile, rate_hz=self.listener.fps)
 
     def _ready(self, s: Session) -> dict:
         spec = self.listener.spec
