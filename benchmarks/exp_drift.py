@@ -19,8 +19,6 @@ import argparse
 
 import numpy as np
 
-SEGMENTS = ((0.0, 3.0), (3.0, 8.0), (8.0, None))
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -32,6 +30,7 @@ def main() -> None:
 
     from realm.data import load_any
     from realm.eval import load_models
+    from realm.metrics import DRIFT_SEGMENTS, rest_drift
     from realm.motion import get_spec
 
     clips = load_any(args.data)
@@ -45,7 +44,7 @@ def main() -> None:
     print(f"# python benchmarks/exp_drift.py --data {args.data} --split {args.split} "
           + " ".join(f"-m {m}" for m in args.model))  # fmt: skip
     print(f"# {len(test)} clips; error = mean |median generated expression - listener's rest| per segment\n")
-    names = [f"{a:g}-{b:g} s" if b else f"{a:g} s-end" for a, b in SEGMENTS]
+    names = [f"{a:g}-{b:g} s" if b else f"{a:g} s-end" for a, b in DRIFT_SEGMENTS]
     print("| model | " + " | ".join(names) + " |")
     print("|---|" + "---:|" * len(names))
     rests = [np.median(c.samples()[0][:, ex], axis=0) for c in test]  # each listener's resting expression
@@ -56,14 +55,10 @@ def main() -> None:
             p = np.asarray(m.generate(str(c.audio_path), first_frame=gt[0], samples=1, seed=args.seed,
                                       speaker=c.speaker, words=c.words))  # fmt: skip
             p = p[0] if p.ndim == 3 else p
-            row = []
-            for a, b in SEGMENTS:
-                seg = p[int(a * fps) : None if b is None else int(b * fps), ex]
-                row.append(float(np.abs(np.median(seg, axis=0) - rest).mean()) if len(seg) else np.nan)
-            rows.append(row)
+            rows.append(rest_drift(p[:, ex], rest, fps))
         print(f"| {name} | " + " | ".join(f"{v:.4f}" for v in np.nanmean(rows, axis=0)) + " |", flush=True)
     pop = float(np.mean([np.abs(population - rest).mean() for rest in rests]))
-    print("| *population mean expression* | " + " | ".join([f"{pop:.4f}"] * len(SEGMENTS)) + " |")
+    print("| *population mean expression* | " + " | ".join([f"{pop:.4f}"] * len(DRIFT_SEGMENTS)) + " |")
 
 
 if __name__ == "__main__":

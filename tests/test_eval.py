@@ -51,7 +51,10 @@ def test_evaluate_writes_tables_plots_and_the_floor(bench, tmp_path):
     for f in ("results.json", "results.csv", "results.md", "plots/metrics.png"):
         assert (out / f).exists(), f
     assert len(list((out / "plots").glob("trajectories_*.png"))) == 2
-    assert set(res["rows"]) == {"realm", "realm (oracle)", "static", FLOOR, REFERENCE}
+    assert set(res["rows"]) == {"realm", "realm (coarse)", "realm (oracle)", "static", FLOOR, REFERENCE}
+    coarse = res["rows"]["realm (coarse)"]  # REALM before its refinement: one deterministic sample
+    assert coarse["samples"] == 1 and coarse["refine"] is False and not coarse["stochastic"]
+    assert coarse["metrics"]["blink_rate"]["mean"] is not None and coarse["metrics"]["fd_cov_exp"]["mean"] >= 0
     saved = json.loads((out / "results.json").read_text())
     assert saved["command"] == "pytest" and saved["split"] == "test" and saved["samples"] == 2
     assert saved["n_clips"] == 2 and saved["dataset"]["format"] == "realm" and saved["tau"] == 8
@@ -69,9 +72,9 @@ def test_evaluate_writes_tables_plots_and_the_floor(bench, tmp_path):
     assert saved["rows"][REFERENCE]["metrics"]["l1_exp"]["mean"] is None  # GT vs itself is not shown
     md = (out / "results.md").read_text()
     assert f"*{FLOOR}* (floor)" in md and "→GT" in md and "↓" in md and "**" in md and "± " in md
-    assert md.count("| model |") == 4
+    assert md.count("| model |") == 5
     lines = (out / "results.csv").read_text().splitlines()
-    assert lines[0].startswith("row,kind,samples,metric") and len(lines) == 1 + 5 * len(METRICS)
+    assert lines[0].startswith("row,kind,samples,metric") and len(lines) == 1 + 6 * len(METRICS)
     with pytest.raises(FileExistsError, match="not empty"):
         evaluate({"realm": run}, data, out=out)
     evaluate({"realm": run}, data, out=out, force=True, samples=1, plots=False, max_clips=1)
@@ -81,7 +84,8 @@ def test_evaluate_writes_tables_plots_and_the_floor(bench, tmp_path):
 def test_floor_is_na_with_one_realisation_and_specs_must_match(bench, tmp_path):
     _, run = bench
     data = tiny_set(tmp_path / "one", listener_samples=1)
-    res = evaluate({"realm": run}, data, samples=1, out=None, max_clips=1)
+    res = evaluate({"realm": run}, data, samples=1, out=None, max_clips=1, coarse_rows=False)
+    assert "realm (coarse)" not in res["rows"]
     assert res["rows"][FLOOR]["note"].startswith("n/a")
     assert all(v["mean"] is None for v in res["rows"][FLOOR]["metrics"].values())
     assert "realm (oracle)" not in res["rows"]  # one sample: no best-of-N row

@@ -81,7 +81,7 @@ def test_corrupt_or_mismatched_checkpoints_give_clear_errors(run_dir, tmp_path):
 def test_streaming_gives_the_offline_frames(run_dir, chunk):
     lis = realm.load(run_dir)
     y = load_audio(JFK)[: int(16000 * 4.3)]
-    offline = lis.generate(y, seed=3, refine_window=lis.model.config.window)[0]
+    offline = lis.generate(y, seed=3)[0]
     s = lis.streamer(seed=3)
     got = [s.push(y[i : i + chunk]) for i in range(0, len(y), chunk)]
     got.append(s.flush())
@@ -94,7 +94,7 @@ def test_streaming_gives_the_offline_frames(run_dir, chunk):
 def test_streaming_with_audio_context_gives_the_offline_frames(context_run_dir):
     lis = realm.load(context_run_dir)
     y = load_audio(JFK)[: int(16000 * 3.1)]
-    offline = lis.generate(y, seed=2, refine_window=16)[0]
+    offline = lis.generate(y, seed=2)[0]
     s = lis.streamer(seed=2)
     streamed = np.concatenate([s.push(y[i : i + 2000]) for i in range(0, len(y), 2000)] + [s.flush()])
     np.testing.assert_allclose(streamed, offline, atol=1e-5)
@@ -137,12 +137,12 @@ def test_identity_anchor_is_saved_and_streams_like_offline(anchor_run_dir):
     assert lis.model.config.identity_anchor
     y = load_audio(JFK)[: int(16000 * 3.1)]
     f0 = lis.stats.mean + 0.05
-    offline = lis.generate(y, first_frame=f0, seed=2, refine_window=16)[0]
+    offline = lis.generate(y, first_frame=f0, seed=2)[0]
     s = lis.streamer(first_frame=f0, seed=2)
     streamed = np.concatenate([s.push(y[i : i + 3000]) for i in range(0, len(y), 3000)] + [s.flush()])
     np.testing.assert_allclose(streamed, offline, atol=1e-5)
     hist = np.tile(f0, (20, 1))
-    via_history = lis.generate(y, history=hist, seed=2, refine_window=16)[0]
+    via_history = lis.generate(y, history=hist, seed=2)[0]
     s = lis.streamer(history=hist, seed=2)
     streamed = np.concatenate([s.push(y[i : i + 3000]) for i in range(0, len(y), 3000)] + [s.flush()])
     np.testing.assert_allclose(streamed, via_history, atol=1e-5)

@@ -217,6 +217,20 @@ def test_reaction_delay_recovers_a_known_shift(shift):
     assert lags[np.argmax(cc)] == shift and len(lags) == 61
 
 
+def test_reaction_delay_sees_through_frame_level_jitter():
+    """Weak reactions under jitter on every channel (a quiet model plus its refinement's detail):
+    the rectified increments of the raw motion are noise; the smoothed motion keeps the delay."""
+    triggers = list(range(20, 1800, 60))
+    found = {1.0: 0, 0.0: 0}
+    for seed in range(10):
+        motion = 0.05 * smile_motion(1830, [t + 8 for t in triggers])
+        motion[:, :52] += np.random.default_rng(seed).normal(0, 0.003, (1830, 52))
+        scale = M.velocity_scale([motion])
+        for smooth in found:
+            found[smooth] += abs(M.reaction_delay(motion, triggers, scale=scale, smooth=smooth) - 8) <= 1
+    assert found[1.0] == 10 and found[0.0] <= 3  # smooth=0: the earlier definition
+
+
 def test_reaction_delay_degenerate_and_on_the_synthetic_ground_truth(synth_clips):
     assert M.reaction_delay(np.zeros((100, 58)), [10, 50]) == 0.0  # a motionless listener
     assert M.reaction_delay(np.zeros((1, 58)), [0]) == 0.0
@@ -351,3 +365,103 @@ def test_evaluate_clip_set_degenerate_inputs_are_defined():
     assert r["rpcc_exp"] == 0.0 and r["p_fd_exp"] == 0.0 and r["event_f1"] is None  # no event log
     flame = M.evaluate_clip_set([np.zeros((10, 56))], [np.ones((10, 56))], "flame56")
     assert flame["vico_l1_trans"] is None and flame["vico_l1_exp"] == 1.0 and flame["p_fd_exp"] is None
+
+
+# ---------------------------------------------------------------- behaviour: FD terms, variance ratio, blinks, drift
+
+
+def test_fd_terms_split_the_frechet_distance():
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 1, (400, 3))
+    mean_term, cov_term = M.frechet_terms(x, x + np.array([0.3, 0.0, -0.4]))
+    assert mean_term == pytest.approx(0.25) and cov_term == pytest.approx(0.0, abs=1e-9)  # a pure offset
+    mean_term, cov_term = M.frechet_terms(x, 2 * (x - x.mean(0)) + x.mean(0))
+    assert mean_term == pytest.approx(0.0, abs=1e-12)
+    assert cov_term == pytest.approx(np.trace(np.cov(x, rowvar=False, bias=True)))  # tr(S + 4S - 2*2S) = tr(S)
+    y = rng.normal(0.5, 2, (300, 3))
+    assert sum(M.frechet_terms(x, y)) == pytest.approx(M.frechet_distance(x, y))
+    gts, preds = [x[:200], x[200:]], [y[:150], y[150:]]
+    m, c = M.fd_terms_per_clip(gts, preds)
+    assert m + c == pytest.approx(M.fd_per_clip(gts, preds))
+
+
+def test_variance_ratio_reads_too_quiet_and_too_busy():
+    rng = np.random.default_rng(4)
+    gts = [rng.normal(0.3, 0.1, (100, 5)) for _ in range(3)]
+    quiet = [0.5 * (g - g.mean(0)) + g.mean(0) for g in gts]
+    assert M.var_ratio(gts, quiet) == pytest.approx(0.25)
+    assert M.var_ratio(gts, [2 * g for g in gts]) == pytest.approx(4.0)
+    assert M.var_ratio(gts, gts) == pytest.approx(1.0)
+    frozen = [np.zeros((10, 5))]
+    assert M.var_ratio(frozen, frozen) == 0.0 and M.var_ratio(frozen, [np.eye(10, 5)]) == math.inf
+
+
+def blinking(T: int, starts_s, dur_s: float = 0.17, amp: float = 0.95) -> np.ndarray:
+    m = np.zeros((T, 58))
+    for s in starts_s:
+        p = amp * pulse(T, s, dur_s)
+        for ch in ("eyeBlinkLeft", "eyeBlinkRight"):
+            m[:, CH(ch)] = np.maximum(m[:, CH(ch)], p)
+    return m
+
+
+def test_the_one_blink_definition():
+    m = blinking(300, [1.0, 4.0, 7.0])
+    found = M.detect_blinks(m, SPEC)
+    assert [b["frame"] for b in found] == [e["frame"] for e in M.detect_events(m, SPEC, kinds=["blink"])] == [30, 120, 210]
+    for b in found:
+        assert 0.85 <= b["peak"] <= 0.95 and 0.13 <= b["duration_s"] <= 0.2  # a 170 ms sin^2 pulse
+    assert M.blink_rate([m], SPEC) == pytest.approx(3 / (10 / 60))
+    pair = blinking(300, [1.0, 1.33])  # two blinks 330 ms apart: two of 170 ms, not one of 500 ms
+    found = M.detect_blinks(pair, SPEC)
+    assert [b["frame"] for b in found] == [30, 40] and all(b["duration_s"] <= 0.2 for b in found)
+    shut = np.zeros((300, 58))  # eyes that close and stay shut are not blinking
+    shut[90:, CH("eyeBlinkLeft")] = shut[90:, CH("eyeBlinkRight")] = np.minimum(1.0, np.arange(210) / 3)
+    assert M.detect_blinks(shut, SPEC) == []
+    slow = blinking(300, [1.0], dur_s=1.5)  # a slow 1.5 s closure rises too slowly to be a blink
+    assert M.detect_blinks(slow, SPEC) == []
+    faint = blinking(300, [1.0], amp=0.3)  # below the 0.35 rise
+    assert M.detect_blinks(faint, SPEC) == [] and M.blink_rate([faint], SPEC) == 0.0
+    assert M.blink_rate([np.zeros((30, 56))], "flame56") is None  # no eyelids in FLAME's 50 expressions
+
+
+def test_rest_drift_per_segment_and_per_window():
+    rest = np.full(4, 0.2)
+    x = np.tile(rest, (600, 1))  # 20 s at rest, then the face leaves it after 8 s
+    x[240:] += 0.05
+    d = M.rest_drift(x, rest, fps=30)
+    assert d.shape == (3,) and d[0] == pytest.approx(0.0) and d[1] == pytest.approx(0.0) and d[2] == pytest.approx(0.05)
+    spikes = x.copy()
+    spikes[10:14] += 1.0  # a short reaction does not move the resting face
+    assert M.rest_drift(spikes, rest)[0] == pytest.approx(0.0)
+    per_window = M.rest_drift(x, rest, fps=30, window_s=5.0)
+    np.testing.assert_allclose(per_window, [0, 0, 0.05, 0.05], atol=1e-12)
+    short = M.rest_drift(x[:60], rest)  # a 2 s clip has no 3-8 s or 8 s-end segment
+    assert short[0] == pytest.approx(0.0) and np.isnan(short[1:]).all()
+
+
+def test_evaluate_clip_set_reports_behaviour(synth_clips):
+    gts = [c.listener for c in synth_clips]
+    kw = dict(events=[c.events for c in synth_clips])
+    same = M.evaluate_clip_set(gts, gts, SPEC, **kw)
+    assert same["var_ratio_exp"] == pytest.approx(1.0) and same["fd_mean_exp"] == 0.0
+    assert same["fd_cov_exp"] == pytest.approx(0.0, abs=1e-9)
+    assert same["blink_rate"] == pytest.approx(M.blink_rate(gts, SPEC)) and same["blink_rate"] > 5
+    assert same["drift_0_3"] < 0.01 and same["drift_8_end"] < 0.01
+    late = [g + np.r_[np.zeros(30 * 8), np.full(len(g) - 30 * 8, 0.1)][:, None] * (np.arange(58) < 52) for g in gts]
+    moved = M.evaluate_clip_set(gts, late, SPEC, **kw)
+    assert moved["drift_0_3"] < 0.01 and moved["drift_8_end"] == pytest.approx(same["drift_8_end"] + 0.1, abs=0.01)
+    assert moved["fd_mean_exp"] > 0 and moved["fd_mean_exp"] + moved["fd_cov_exp"] == pytest.approx(moved["fd_exp"])
+
+
+def test_seam_ratio_sees_window_edges():
+    rng = np.random.default_rng(0)
+    smooth = np.cumsum(rng.normal(0, 0.01, (160, 3)), axis=0)
+    assert 0.6 < M.seam_ratio(smooth) < 1.5
+    steps = smooth.copy()
+    for k in range(16, 160, 16):
+        steps[k:] += 0.05  # a jump at every window edge
+    assert M.seam_ratio(steps) > 3
+    assert M.seam_ratio(np.zeros((40, 2))) == 1.0
+    with pytest.raises(ValueError, match="more than 32"):
+        M.seam_ratio(smooth[:30])

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from realm.models.alibi import alibi_slopes, shifted_alibi_bias
 from realm.models.realm import REALM, REALMConfig
@@ -61,7 +62,7 @@ def test_refinement_starts_as_identity_and_follows_its_noise_seed():
     with torch.no_grad():
         assert torch.equal(m.refine(motion, audio), motion)  # zero-initialised residual
         torch.nn.init.normal_(m.refinement.out.weight, std=0.05)
-        noise = lambda s: torch.randn(1, 128, 40, generator=torch.Generator().manual_seed(s))  # noqa: E731
+        noise = lambda s: torch.randn(1, m.refinement.noise_dim, 40, generator=torch.Generator().manual_seed(s))  # noqa: E731
         a, b, c = m.refine(motion, audio, noise(1)), m.refine(motion, audio, noise(1)), m.refine(motion, audio, noise(2))
     assert torch.equal(a, b) and not torch.allclose(a, c)
     pose = m.spec.indices("pose")
@@ -130,3 +131,135 @@ def test_identity_anchor_adds_one_memory_token_read_for_the_whole_rollout():
         anchored.rollout(long, frame0=frame0)
     assert len(seen) == 10 and all(torch.equal(s, frame0) for s in seen)
     assert y1.shape == (2, 160, 58)
+
+
+def _busy_refinement(**kw) -> REALM:
+    """A small REALM whose refinement is not the identity (random residual output)."""
+    torch.manual_seed(0)
+    m = REALM(REALMConfig(spec="arkit58", audio_dim=16, d_model=32, ff_dim=64, refine_dim=32, refine_ff=64, **kw)).eval()
+    torch.nn.init.normal_(m.refinement.out.weight, std=0.1)
+    return m
+
+
+def test_causal_refinement_reads_its_context_and_nothing_else():
+    m = _busy_refinement(refine_context=8)
+    R = m.refine_context
+    # the larger of the detail's (convs 4, squeeze 7, attention 8, out conv 2) and the blink's
+    # (convs 4, hazard 20, refractory 8, template 11) receptive fields
+    assert R == max(4 + 7 + 8 + 2, 4 + 20 + 8 + 11) and m.refinement.context == R
+    assert _busy_refinement().refine_context == 4 + 31 + 32 + 2  # the default: the detail's, 69
+    T, t0 = 120, 60
+    exp, audio, noise = torch.randn(1, T, 58), torch.randn(1, T, 16), torch.randn(1, m.refinement.noise_dim, T)
+    changed_exp, changed_audio, changed_noise = exp.clone(), audio.clone(), noise.clone()
+    changed_exp[:, t0] += 1.0
+    changed_audio[:, t0] += 1.0
+    changed_noise[:, :, t0] += 1.0
+    with torch.no_grad():
+        base = m.refine(exp, audio, noise)
+        for out in (m.refine(changed_exp, audio, noise), m.refine(exp, changed_audio, noise),
+                    m.refine(exp, audio, changed_noise)):  # fmt: skip
+            diff = (out - base).abs().amax(dim=(0, 2))
+            assert diff[:t0].max() == 0  # nothing before the change: causal
+            assert diff[t0] > 0  # the frame itself
+            assert diff[t0 + R + 1 :].max() == 0  # nothing beyond the receptive field
+    # the authors' mode: same parameters, bidirectional over the whole sequence
+    whole = REALM(REALMConfig(spec="arkit58", audio_dim=16, d_model=32, ff_dim=64, refine_dim=32, refine_ff=64,
+                              refine_mode="whole"))  # fmt: skip
+    assert {k: v.shape for k, v in whole.state_dict().items()} == {k: v.shape for k, v in m.state_dict().items()}
+    whole.load_state_dict(m.state_dict())
+    whole.eval()
+    with torch.no_grad():
+        diff = (whole.refine(changed_exp, audio, noise) - whole.refine(exp, audio, noise)).abs().amax(dim=(0, 2))
+    assert diff[:t0].max() > 0 and whole.refine_context == 0
+
+
+def test_refining_a_sequence_does_not_depend_on_its_chunking():
+    from realm.models.realm import RefineStream, SequenceNoise, refine_sequence
+
+    m = _busy_refinement(refine_context=8)
+    coarse, audio = torch.randn(1, 203, 58), torch.randn(1, 203, 16)
+    with torch.no_grad():
+        whole = refine_sequence(m, coarse, audio, seed=4, sample=1, chunk=512)
+        assert torch.allclose(whole, refine_sequence(m, coarse, audio, seed=4, sample=1, chunk=7), atol=1e-5)
+        rs = RefineStream(m, seed=4, sample=1)
+        pushed = torch.cat([rs.push(coarse[:, a : a + 16], audio[:, a : a + 16]) for a in range(0, 203, 16)], dim=1)
+        assert torch.allclose(whole, pushed, atol=1e-5)
+        assert not torch.allclose(whole, refine_sequence(m, coarse, audio, seed=4, sample=2))
+    noise = SequenceNoise(32, seed=4, sample=1)
+    assert torch.equal(noise(10, 40)[..., 5:], noise(15, 40)) and torch.equal(noise(-20, 3)[..., 20:], noise(0, 3))
+
+
+def test_first_window_integrates_from_frame_zero_or_from_the_guide():
+    torch.manual_seed(0)
+    kw = dict(spec="arkit58", audio_dim=16, d_model=32, ff_dim=64)
+    audio, f0 = torch.randn(1, 32, 16), torch.zeros(1, 58)
+    with torch.no_grad():
+        authors = REALM(REALMConfig(first_window="frame0", **kw)).eval()
+        torch.nn.init.normal_(authors.waypoint[2].weight, std=1.0)  # a waypoint away from frame 0
+        out, aux = authors(audio, f0, refine=False)
+        assert torch.equal(out[:, :16], f0.unsqueeze(1).expand(-1, 16, -1))  # untrained deltas are 0: frame 0 held
+        guide = REALM(REALMConfig(first_window="guide", **kw)).eval()
+        guide.load_state_dict(authors.state_dict())
+        out2, _ = guide(audio, f0, refine=False)
+    rot = authors.spec.block("rotation").slice
+    assert torch.allclose(out2[0, 1:16, rot], aux["waypoint"].expand(15, -1))  # jumps to the waypoint at frame 1
+    assert REALMConfig.from_dict({}).first_window == "guide" and REALMConfig.from_dict({}).refine_mode == "whole"
+    assert REALMConfig().first_window == "frame0" and REALMConfig().refine_mode == "causal"
+    with pytest.raises(ValueError, match="refine_mode"):
+        REALMConfig(refine_mode="both")
+
+
+def test_fast_events_are_drawn_from_their_noise_and_average_to_nothing():
+    """A blink: candidates where Phi(eps_t) < p_t, an onset at a candidate with no other in the 8
+    frames before it, a template drawn after it, minus the onset's probability q_t."""
+    m = _busy_refinement()
+    assert m.events == ["blink"] and m.refinement.noise_dim == 32 + 1 and m.config.event_refractory == 9
+    assert REALM(REALMConfig(spec="vico70", audio_dim=16, d_model=32, ff_dim=64)).events == []  # no eyelids
+    ref = m.refinement
+    blink = torch.zeros(ref.template.weight.shape)
+    blink[m.spec.channel("eyeBlinkLeft"), 0] = torch.tensor([0.0, 0.0, 1.0, 2.0, 2.0, 1.0] + [0.0] * 6).flip(0)
+    col = m.spec.channel("eyeBlinkLeft")
+    with torch.no_grad():
+        ref.template.weight.copy_(blink)
+        ref.hazard[-1].bias.fill_(-2.0)  # p about 12 % a frame: candidates often fall within 8 frames
+        T = 300
+        exp, audio = torch.randn(1, T, 58), torch.randn(1, T, 16)
+        noise = torch.randn(1, ref.noise_dim, T)
+        given = torch.zeros(1, T, 1)
+        given[0, 100] = 1.0
+        out, parts = m.refine(exp, audio, noise, events=given, parts=True)
+        p = parts["hazard"][0, :, 0]
+        q = torch.stack([p[t] * torch.prod(1 - p[max(0, t - 8) : t]) for t in range(T)])  # by hand
+        assert torch.allclose(torch.sigmoid(parts["onset_logit"][0, :, 0]), q, atol=1e-5)
+        expected = F.conv1d(F.pad((given[0, :, 0] - q)[None, None], (11, 0)), blink[col : col + 1, :, :])[0, 0]
+        assert torch.allclose(parts["events"][0, :, col], expected, atol=1e-5)  # the template after the onset
+        assert parts["events"][0, 103, col] > 1.5  # two frames of the rise after frame 100, minus q
+        # drawn: an onset at each candidate that has no candidate in the 8 frames before it
+        drawn, parts = m.refine(exp, audio, noise, parts=True)
+        cand = (0.5 * (1 + torch.erf(noise[0, -1] / 2**0.5)) < p).float()
+        z = torch.stack([cand[t] * (cand[max(0, t - 8) : t].sum() == 0) for t in range(T)]).float()
+        assert 0 < z.sum() < cand.sum()  # some candidates fell in a refractory period
+        gaps = torch.diff(torch.nonzero(z)[:, 0])
+        assert gaps.min() >= 9
+        expected = F.conv1d(F.pad((z - q)[None, None], (11, 0)), blink[col : col + 1, :, :])[0, 0]
+        assert torch.allclose(parts["events"][0, :, col], expected, atol=1e-5)
+        # averaged over noise draws the event term vanishes: detail, not an offset
+        mean = torch.stack([m.refine(exp, audio, parts=True)[1]["events"][0, :, col] for _ in range(400)]).mean(0)
+    assert mean.abs().mean() < 0.05 and parts["events"][0, :, col].abs().mean() > 0.1
+
+
+@pytest.mark.parametrize("mode", ["causal", "whole"])
+def test_odd_detail_has_no_offset_and_needs_the_noise(mode):
+    """detail="odd": N(eps) - N(-eps) over 2, so opposite noise draws average to the input exactly."""
+    m = _busy_refinement(refine_mode=mode, refine_events=())
+    torch.nn.init.normal_(m.refinement.out.bias, std=0.1)  # an offset the free detail would add
+    exp, audio = torch.randn(2, 40, 58), torch.randn(2, 40, 16)
+    noise = torch.randn(2, m.refinement.noise_dim, 40)
+    with torch.no_grad():
+        plus, minus = m.refine(exp, audio, noise), m.refine(exp, audio, -noise)
+        assert torch.allclose(plus + minus, 2 * exp, atol=1e-5)  # no offset, whatever the weights
+        assert (plus - exp).abs().mean() > 1e-3  # and detail where there is noise
+        assert torch.allclose(m.refine(exp, audio, torch.zeros_like(noise)), exp, atol=1e-6)
+        free = _busy_refinement(refine_mode=mode, refine_events=(), detail="free")
+        torch.nn.init.normal_(free.refinement.out.bias, std=0.1)
+        assert (free.refine(exp, audio, torch.zeros_like(noise)) - exp).abs().mean() > 1e-2  # the authors' can

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 import realm
 from realm.models.realm import REALMConfig
@@ -21,7 +22,10 @@ def cfg(data, **kw):
 def test_two_stages_export_a_loadable_model_selected_on_val(synth_dir, tmp_path):
     res = train_realm(cfg(synth_dir), REALMConfig(**TINY), tmp_path / "run", progress=False)
     assert set(res) == {"stage1", "stage2"}
-    assert res["stage1"]["val/loss"] is not None and res["stage2"]["val/fd_delta"] is not None
+    assert res["stage1"]["val/loss"] is not None and res["stage2"]["val/select"] is not None
+    coarse = res["stage2"]["coarse_val"]
+    assert set(coarse["coarse"]) == {"fd_exp", "fd_delta_exp", "blink_rate"} and coarse["gt_blink_rate"] >= 0
+    assert {"val/fd_exp", "val/fd_delta", "val/select"} <= set(res["stage2"]["last_val"])
     conf = json.loads((tmp_path / "run/config.json").read_text())
     assert conf["stage"] == 2 and conf["selected_on"] == "val" and conf["feature_extractor"] == "prosody"
     assert conf["spec"] == "arkit58" and conf["model"]["audio_dim"] == 4
@@ -54,3 +58,46 @@ def test_resume_an_interrupted_stage_from_its_last_checkpoint(synth_dir, tmp_pat
     (run / "train_state.json").write_text(json.dumps(state))
     res = train_realm(cfg(synth_dir, stages=(1,), max_steps=4), REALMConfig(**TINY), run, resume=True, progress=False)
     assert res["stage1"]["steps"] == 4  # continued from step 2, not from 0
+
+
+def test_stage2_retrains_the_refinement_of_another_run(synth_dir, tmp_path):
+    """--init RUN --stages 2: the coarse model and stats of RUN, a new refinement (ours or the authors')."""
+    first = tmp_path / "first"
+    train_realm(cfg(synth_dir, stages=(1,)), REALMConfig(**TINY, tau=4), first, progress=False)
+    old = realm.load(first)
+    for kw, mode in ((dict(), "causal"), (dict(stage2_rollout="window", stage2_select="fd_delta", d_gate=0.0), "whole")):
+        run = tmp_path / mode
+        res = train_realm(cfg(synth_dir, stages=(2,), init=str(first), **kw),
+                          REALMConfig(**TINY, refine_mode=mode), run, progress=False)  # fmt: skip
+        assert set(res) == {"stage2"}
+        new = realm.load(run)
+        assert new.model.config.tau == 4 and new.model.config.refine_mode == mode  # coarse from --init
+        init = json.loads((run / "config.json").read_text())["init"]  # provenance of the coarse model
+        assert init["path"] == str(first) and set(init["results"]) == {"stage1"}
+        np.testing.assert_array_equal(new.stats.mean, old.stats.mean)
+        for k, v in old.model.state_dict().items():
+            if not k.startswith("refinement."):
+                assert torch.equal(v, new.model.state_dict()[k]), k
+        clip_audio = next((synth_dir / "audio").glob("test_*.wav"))
+        assert np.array_equal(old.generate(clip_audio, refine=False), new.generate(clip_audio, refine=False))
+    with pytest.raises(ValueError, match="prosody"):
+        train_realm(cfg(synth_dir, stages=(2,), init=str(first), extractor="logmel"), REALMConfig(**TINY),
+                    tmp_path / "bad", progress=False)  # fmt: skip
+
+
+def test_stage2_items_are_what_generation_refines():
+    """A stage-2 training item: the refinement's context frames, then the scored frames."""
+    from realm.train import CoarseClip, CoarseSegments
+
+    T, D, A = 50, 58, 4
+    c = CoarseClip(np.arange(T * D, dtype=np.float32).reshape(T, D), np.ones((T, A), np.float32),
+                   -np.arange(T * D, dtype=np.float32).reshape(T, D))  # fmt: skip
+    ds = CoarseSegments([c], length=20, context=7, stride=10)
+    assert len(ds) == 4  # starts 0, 10, 20, 30
+    first, last = ds[0], ds[3]
+    assert first["coarse"].shape == (27, D) and first["audio"].shape == (27, A)
+    assert torch.equal(first["coarse"][:7], torch.from_numpy(c.coarse[[0] * 7]))  # before frame 0: frame 0 held
+    assert first["audio"][:7].abs().sum() == 0 and first["audio"][7:].min() == 1  # and silence
+    assert first["mask"].tolist() == [False] * 8 + [True] * 19  # frame 0 is given, never scored
+    assert torch.equal(last["coarse"], torch.from_numpy(c.coarse[23:50]))
+    assert last["mask"].tolist() == [False] * 7 + [True] * 20

@@ -391,7 +391,7 @@ def _train_realm_variant(name, cfg: BenchConfig, tcfg, mdir: Path, key: dict, ol
             rec["plan"] = {"stage1_steps": cfg.max_steps, "stage2_batches": cfg.max_steps if refine else 0}
         else:
             cal = calibrate_realm(tcfg, REALMConfig(**fields_), refine, seconds=min(20.0, max(2.0, 0.08 * budget)))
-            left = budget - (time.time() - t_start) - (2 if refine else 1) * (cal["prep_s"] + 2.0)
+            left = budget - (time.time() - t_start) - (2 if refine else 1) * (cal["prep_s"] + 2.0) - cal.get("rollout_s", 0.0)
             train_s = 0.9 * max(left, 0.0)
             s1 = train_s * (cfg.stage1_fraction if refine else 1.0)
             rec["calibration"] = cal
@@ -505,7 +505,7 @@ def calibrate_realm(tcfg, mcfg, refine: bool, seconds: float = 10.0, max_batches
     """Seconds per stage-1 and stage-2 batch of REALM ``mcfg`` on ``tcfg``'s data (weights untrained)."""
     import torch
 
-    from realm.train import REALMTask, _jsonable, prepare_data
+    from realm.train import CoarseSegments, REALMTask, _jsonable, coarse_rollouts, prepare_data
 
     t0 = time.time()
     prep = prepare_data(tcfg)
@@ -518,7 +518,15 @@ def calibrate_realm(tcfg, mcfg, refine: bool, seconds: float = 10.0, max_batches
     out["stage1_step_s"] = _time_steps(REALMTask(mcfg.to_dict(), _jsonable(asdict(tcfg)), 1), dl, tcfg, max_batches, share)
     if refine:
         task = REALMTask(mcfg.to_dict(), _jsonable(asdict(tcfg)), 2)
-        out["stage2_step_s"] = _time_steps(task, dl, tcfg, max_batches, share, opt_steps_per_batch=2)
+        dl2 = dl
+        if tcfg.stage2_rollout == "clip":  # stage 2 first rolls the coarse model over every clip: time a few
+            t1 = time.time()
+            few = coarse_rollouts(task.model, prep.train, max_clips=2)
+            done = sum(len(c.coarse) for c in few)
+            frames = sum(c.n_frames * c.samples().shape[0] for c in prep.train.clips)
+            out["rollout_s"] = round((time.time() - t1) * frames / max(1, done), 2)
+            dl2 = _loader(CoarseSegments(few, tcfg.clip_len, task.model.refine_context, tcfg.clip_stride), tcfg)
+        out["stage2_step_s"] = _time_steps(task, dl2, tcfg, max_batches, share, opt_steps_per_batch=2)
     torch.set_rng_state(rng)
     out["seconds"] = round(time.time() - t0, 2)
     return out
@@ -696,7 +704,10 @@ def _training_table(trained: dict) -> list[str]:
             if s2 is not None:
                 planned2 = 2 * plan["stage2_batches"] if plan.get("stage2_batches") else None
                 steps += f"; stage 2: {s2.get('steps', '?')} (G + D){_planned(s2.get('steps'), planned2)}"
-            val = f"loss {_g(s1.get('val/loss'))}" + (f"; FD_delta {_g(s2.get('val/fd_delta'))}" if s2 else "")
+            if s2 and "val/select" in s2:
+                val = f"loss {_g(s1.get('val/loss'))}; stage-2 score {_g(s2.get('val/select'))}"
+            else:
+                val = f"loss {_g(s1.get('val/loss'))}" + (f"; FD_delta {_g(s2.get('val/fd_delta'))}" if s2 else "")
         elif "train" in r:
             st = [f"{cal['step_s']:.3g}"] if "step_s" in cal else []
             steps = f"{r['train'].get('steps', '?')}{_planned(r['train'].get('steps'), r.get('plan', {}).get('steps'))}"

@@ -211,6 +211,9 @@ def train_realm_cmd(
     no_history: bool = typer.Option(False, "--no-history", help="Ablation: audio-only (no listener history)."),
     no_audio: bool = typer.Option(False, "--no-audio", help="Ablation: history-only ('deaf')."),
     no_refinement: bool = typer.Option(False, "--no-refinement", help="Ablation: coarse model only (no stage 2)."),
+    init: Path = typer.Option(None, "--init", help="Start from this REALM run's weights and stats (with --stages 2: retrain its refinement)."),
+    stages: str = typer.Option("1,2", "--stages", help="Stages to run: 1,2 | 1 | 2."),
+    sets: list[str] = typer.Option([], "--set", help="Any REALMConfig or TrainConfig field, FIELD=VALUE (JSON value), repeatable; e.g. --set refine_mode=\"whole\"."),
     seed: int = SEED,
     accelerator: str = ACCELERATOR,
     devices: str = DEVICES,
@@ -225,15 +228,29 @@ def train_realm_cmd(
     from realm.train import TrainConfig, train_realm
 
     _quiet_lightning()
-    cfg = TrainConfig(
-        data=str(data), extractor=extractor, epochs=epochs, stage2_epochs=stage2_epochs, batch_size=batch_size,
-        max_steps=max_steps, lr=lr, clip_stride=clip_stride, seed=seed, accelerator=accelerator, devices=devices,
-        strategy=strategy, num_nodes=num_nodes, precision=precision, num_workers=num_workers,
-    )  # fmt: skip
-    mcfg = REALMConfig(
-        tau=tau, audio_context=audio_context, identity_anchor=anchor, use_gate=not no_gate, use_history=not no_history, use_audio=not no_audio,
-        use_refinement=not no_refinement,
-    )  # fmt: skip
+    from dataclasses import fields
+
+    try:
+        stage_list = tuple(int(x) for x in stages.split(","))
+    except ValueError:
+        stage_list = ()
+    if not stage_list or any(x not in (1, 2) for x in stage_list):
+        raise ValueError(f"--stages {stages!r}: expected 1,2 or 1 or 2")
+    overrides = _parse_sets(sets)
+    train_fields, model_fields = {f.name for f in fields(TrainConfig)}, {f.name for f in fields(REALMConfig)}
+    unknown = sorted(set(overrides) - train_fields - model_fields)
+    if unknown:
+        raise ValueError(f"--set {unknown[0]}: not a REALMConfig or TrainConfig field")
+    cfg = TrainConfig(**{
+        **dict(data=str(data), extractor=extractor, epochs=epochs, stage2_epochs=stage2_epochs, batch_size=batch_size,
+               max_steps=max_steps, lr=lr, clip_stride=clip_stride, seed=seed, accelerator=accelerator, devices=devices,
+               strategy=strategy, num_nodes=num_nodes, precision=precision, num_workers=num_workers,
+               stages=stage_list, init=str(init) if init else ""),
+        **{k: (tuple(v) if isinstance(v, list) else v) for k, v in overrides.items() if k in train_fields}})  # fmt: skip
+    mcfg = REALMConfig(**{
+        **dict(tau=tau, audio_context=audio_context, identity_anchor=anchor, use_gate=not no_gate,
+               use_history=not no_history, use_audio=not no_audio, use_refinement=not no_refinement),
+        **{k: v for k, v in overrides.items() if k in model_fields}})  # fmt: skip
     command = "realm " + " ".join(sys.argv[1:])
     results = train_realm(cfg, mcfg, out_dir, resume=resume, command=command)
     for stage, r in results.items():
@@ -503,6 +520,7 @@ def eval_cmd(
     seed: int = typer.Option(0, help="Seed of the models' sampling and of the metrics' random draws."),
     max_clips: int = typer.Option(None, "--max-clips", help="Score only the first N clips of the split."),
     first_frame: str = typer.Option("gt", "--first-frame", help="gt: start from the ground truth's frame 0 | mean."),
+    coarse_rows: bool = typer.Option(True, "--coarse-rows/--no-coarse-rows", help="Also score REALM before its refinement, as '<name> (coarse)'."),
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty output directory."),
 ):
     """Score models on a dataset split with every metric of DESIGN section 9 (tables and plots)."""
@@ -524,19 +542,17 @@ def eval_cmd(
     with _progress() as p:
         task = p.add_task("generating", total=None)
         res = evaluate(models, data, split=split, samples=samples, seed=seed, max_clips=max_clips, out=out_dir,
-                       first_frame=first_frame, force=force, command=command,
+                       first_frame=first_frame, force=force, command=command, coarse_rows=coarse_rows,
                        progress=lambda i, n, what: p.update(task, completed=i, total=n, description=what))  # fmt: skip
-    keys = ("l1_exp", "fd_exp", "fd_delta_exp", "p_fd_exp", "rpcc_exp", "l1_pose", "delay_err", "event_f1")
+    keys = ("l1_exp", "fd_exp", "fd_delta_exp", "var_ratio_exp", "l1_pose", "delay_err", "event_f1", "blink_rate")
     t = Table(title=f"{data} (split {split}, {res['n_clips']} clips; mean ± std over {samples} samples)")
     t.add_column("model")
     for k in keys:
         m = res["metrics"][k]
         t.add_column(m["label"] + {"lower": " ↓", "higher": " ↑"}.get(m["direction"], ""), justify="right")
-    for name, row in res["rows"].items():
-        if row["kind"] == "reference":
-            continue
+    for name, row in res["rows"].items():  # the ground truth row holds the targets of the →GT columns
         std = row["kind"] == "model" and row["samples"] > 1
-        cells = [("n/a" if v["mean"] is None else f"{v['mean']:.4g}" + (f" ± {v['std']:.2g}" if std else ""))
+        cells = [(("—" if row["kind"] == "reference" else "n/a") if v["mean"] is None else f"{v['mean']:.4g}" + (f" ± {v['std']:.2g}" if std else ""))
                  for v in (row["metrics"][k] for k in keys)]  # fmt: skip
         t.add_row(name + (" (floor)" if name == FLOOR else ""), *cells)
     out.print(t)

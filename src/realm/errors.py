@@ -16,3 +16,12 @@ class RealmInputError(ValueError):
         self.source = str(source) if source is not None else None
         self.problem = problem
         super().__init__(f"{self.source}: {problem}" if self.source else problem)
+
+
+def check_choices(obj, **choices: tuple) -> None:
+    """Raise ``ValueError`` naming the first field of ``obj`` whose value is not one of its choices
+    (config dataclasses' ``__post_init__``: ``check_choices(self, mode=("a", "b"))``)."""
+    for name, allowed in choices.items():
+        value = getattr(obj, name)
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")

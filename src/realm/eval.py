@@ -55,15 +55,18 @@ REFERENCE = "ground truth"
 
 #: Table groups of results.md: (title, metric keys).
 GROUPS = (
-    ("Expression (accuracy and distribution)", [k for k, m in METRICS.items() if m.block == "exp" and not k.startswith("id_")]),
+    ("Expression (accuracy and distribution)", [k for k, m in METRICS.items()
+                                                if m.block == "exp" and not k.startswith(("id_", "blink", "drift_"))]),
     ("Pose (accuracy and distribution)", [k for k, m in METRICS.items() if m.block == "pose" and not k.startswith("id_")]),
     ("ViCo's \"FD\" (an L1)", ["vico_l1_exp", "vico_l1_angle", "vico_l1_trans"]),
+    ("Behaviour (ours): blinks and rest drift", [k for k in METRICS if k.startswith(("blink", "drift_"))]),
     ("Reactions and identity (ours)", [k for k in METRICS if k.startswith(("delay", "event_", "id_"))]),
 )  # fmt: skip
 
 #: Metrics drawn in plots/metrics.png.
-HEADLINE = ("l1_exp", "fd_exp", "fd_delta_exp", "p_fd_exp", "rpcc_exp", "var_exp",
-            "l1_pose", "fd_pose", "p_fd_pose", "rpcc_pose", "delay_err", "event_f1")  # fmt: skip
+HEADLINE = ("l1_exp", "fd_exp", "fd_delta_exp", "p_fd_exp", "rpcc_exp", "var_ratio_exp",
+            "l1_pose", "fd_pose", "p_fd_pose", "rpcc_pose", "delay_err", "event_f1",
+            "blink_rate", "drift_8_end")  # fmt: skip
 
 
 @dataclass
@@ -109,6 +112,7 @@ def evaluate(
     first_frame: str = "gt",
     force: bool = False,
     oracle: bool = True,
+    coarse_rows: bool = True,
     plots: bool = True,
     plot_clips: int = 2,
     progress: Callable[[int, int, str], None] | None = None,
@@ -120,6 +124,9 @@ def evaluate(
     stochastic models (deterministic models draw one). ``first_frame``: ``"gt"`` starts every
     model at the ground truth's frame 0, ``"mean"`` at the model's default. ``out``: a new or
     empty directory (a non-empty one needs ``force=True``); ``None`` writes nothing.
+    ``coarse_rows``: REALM models with a refinement also get a ``<name> (coarse)`` row, their
+    stage-1 output before refinement (``generate(refine=False)``), so that what the refinement
+    adds or breaks is one row apart.
     ``progress(done, total, what)`` is called as generation advances. Returns the content of
     ``results.json``.
     """
@@ -157,9 +164,14 @@ def evaluate(
     ref = make_reference(gts, spec, seed)
     rows: list[Row] = []
     preds_of: dict[str, list[np.ndarray]] = {}
-    total, done = len(loaded) * len(clips), 0
-    for name, m in loaded.items():
-        n = samples if getattr(m, "stochastic", False) else 1
+    done = 0
+    runs = [(name, m, {}) for name, m in loaded.items()]
+    if coarse_rows:  # REALM before its refinement, one row apart
+        runs = [r for name, m, kw_ in runs
+                for r in [(name, m, kw_)] + ([(f"{name} (coarse)", m, {"refine": False})] if _refines(m) else [])]  # fmt: skip
+    total = len(runs) * len(clips)
+    for name, m, gen_kw in runs:
+        n = samples if getattr(m, "stochastic", False) and gen_kw.get("refine", True) else 1
         t0 = time.time()
         preds = []
         for c in clips:
@@ -167,7 +179,7 @@ def evaluate(
                 progress(done, total, f"{name}: {c.clip_id}")
             p = m.generate(
                 str(c.audio_path), first_frame=c.listener[0] if first_frame == "gt" else None, samples=n, seed=seed,
-                speaker=c.speaker, words=c.words,
+                speaker=c.speaker, words=c.words, **gen_kw,
             )  # fmt: skip
             p = np.asarray(p, np.float32)
             if p.ndim == 2:
@@ -182,8 +194,9 @@ def evaluate(
         preds_of[name] = preds
         per_sample = [evaluate_clip_set(gts, [p[s] for p in preds], spec, reference=ref, seed=seed, fps=fps, **kw)
                       for s in range(n)]  # fmt: skip
-        info = {"model": str(models[name]) if isinstance(models[name], str | Path) else type(m).__name__,
-                "type": getattr(m, "name", type(m).__name__), "stochastic": bool(getattr(m, "stochastic", False)),
+        src = models[next(k for k, v in loaded.items() if v is m)]
+        info = {"model": str(src) if isinstance(src, str | Path) else type(m).__name__,
+                "type": getattr(m, "name", type(m).__name__), "stochastic": bool(getattr(m, "stochastic", False)) and gen_kw.get("refine", True), **gen_kw,
                 "extractor": getattr(m, "extractor", None), "generation_seconds": round(seconds, 3)}  # fmt: skip
         rows.append(Row(name, "model", n, aggregate(per_sample), info=info))
         if oracle and n > 1:
@@ -239,6 +252,11 @@ def evaluate(
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _refines(model) -> bool:
+    """A REALM whose output goes through a refinement (stage 2)."""
+    return getattr(getattr(model, "model", None), "refinement", None) is not None and getattr(model, "name", "") == "realm"
 
 
 def _context(clips) -> dict:

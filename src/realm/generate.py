@@ -4,20 +4,24 @@
     listener = realm.load("runs/demo")                     # a run directory or a committed checkpoint
     motion = listener.generate("speech.wav", samples=3)    # (3, T, D) in the checkpoint's spec, 30 fps
 
-REALM's coarse stage is deterministic; its samples differ through the refinement's noise.
-Refinement runs on consecutive chunks of ``refine_window`` frames (default 128, the training
-clip length); chunk ``c`` of sample ``s`` draws its noise from the seed ``(seed, s, c)``, so
-results are reproducible and do not depend on how the audio arrived.
+REALM's coarse stage is deterministic; its samples differ through the refinement's noise, a
+function of the absolute frame (:class:`SequenceNoise`: frames [16 b, 16 b + 16) of sample ``s``
+draw from the seed ``(seed, s, b)``), so results are reproducible and do not depend on how the
+audio arrived. Offline and streaming generation refine through one computation,
+:class:`RefineStream`: with the default causal refinement (``refine_mode="causal"``) a frame is
+refined from the ``model.refine_context`` frames before it, and streaming gives the offline frames
+exactly (tested to 1e-5). The authors' whole-sequence refinement (``refine_mode="whole"``) refines
+the whole clip at once offline (chunks of ``refine_chunk`` frames beyond that) and, when streamed,
+each window with ``refine_context`` frames of left context only (an approximation).
 
 Streaming (:class:`Streamer`): push 16 kHz audio chunks of any size; frames come out one
 window (W = 16 frames) at a time, as soon as the audio of the window plus the feature
 extractor's context has arrived. **Algorithmic latency**: the first frame of a window is
 emitted W / fps + context / 16000 s after its audio starts (533 ms + 25 ms with ``logmel``;
 + 100 ms with ``vico45`` or ``prosody``); the last frame of a window 1 / fps + context later.
-Compute per window is measured by ``benchmarks/bench_generate.py``. With the same seed and
-``refine_window = W`` for the offline call, streaming gives the same frames as offline
-generation (tested). Whisper features come from a bidirectional encoder over 30 s and
-cannot be streamed exactly, so a whisper checkpoint refuses to stream.
+The causal refinement adds no latency. Compute per window is measured by
+``benchmarks/bench_generate.py``. Whisper features come from a bidirectional encoder over 30 s
+and cannot be streamed exactly, so a whisper checkpoint refuses to stream.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import torch
 
 from realm.audio import SAMPLE_RATE, get_extractor, load_audio, n_frames, n_samples_for
 from realm.errors import RealmInputError
-from realm.models.realm import REALM, REALMConfig
+from realm.models.realm import REALM, REALMConfig, RefineStream, refine_sequence
 from realm.motion import SPECS, MotionSpec, NormStats, get_spec
 from realm.threads import single_thread_blas
 
@@ -103,7 +107,6 @@ class Listener(RunModel):
         samples: int = 1,
         seed: int = 0,
         refine: bool = True,
-        refine_window: int = 128,
         features: np.ndarray | None = None,
         clamp: bool = True,
         speaker: np.ndarray | None = None,
@@ -128,30 +131,13 @@ class Listener(RunModel):
         for s in range(samples):
             m = coarse
             if refine and self.model.refinement is not None:  # whole windows, then cut to T
-                m = refine_chunks(self.model, aux["padded"], aux["padded_audio"], seed, s, refine_window)[:, :T]
+                m = refine_sequence(self.model, aux["padded"], aux["padded_audio"], seed, s)[:, :T]
             outs.append(self.stats.invert(m[0].numpy()))
         out = np.stack(outs).astype(np.float32)
         return self.spec.clamp(out) if clamp else out
 
     def streamer(self, **kw) -> Streamer:
         return Streamer(self, **kw)
-
-
-def _noise_generator(seed: int, sample: int, chunk: int) -> torch.Generator:
-    g = torch.Generator()
-    g.manual_seed(int(np.random.SeedSequence([seed, sample, chunk]).generate_state(1)[0]))
-    return g
-
-
-def refine_chunks(model: REALM, coarse, audio, seed: int, sample: int, window: int, first_chunk: int = 0):
-    """Refine (1, T, D) motion chunk by chunk; chunk c uses the noise of seed (seed, sample, c)."""
-    out = []
-    h = model.config.refine_dim
-    for k, start in enumerate(range(0, coarse.shape[1], window)):
-        m, a = coarse[:, start : start + window], audio[:, start : start + window]
-        noise = torch.randn(1, h, m.shape[1], generator=_noise_generator(seed, sample, first_chunk + k))
-        out.append(model.refine(m, a, noise))
-    return torch.cat(out, dim=1)
 
 
 class Streamer:
@@ -176,6 +162,7 @@ class Streamer:
         self.f0, self.history = listener._start(first_frame, history)
         self.hist = None  # the model's K-frame history, set by the first window
         self.seed, self.sample, self.refine, self.clamp = seed, sample, refine, clamp
+        self.refiner = RefineStream(self.model, seed, sample)
         self.buf = np.zeros(0, np.float32)
         self.offset = 0  # global index of buf[0]
         self.window = 0  # next window to produce
@@ -236,12 +223,13 @@ class Streamer:
         enc = self.model.encode_window(ctx)
         if self.hist is None:
             self.hist, _ = self.model.start(a, self.f0, self.history)
-        motion, _ = self.model.step(a, self.hist, enc, self.model.anchor_frame(self.f0, self.history))
+        base = self.model.first_base(self.f0, self.history) if w == 0 else None
+        motion, _ = self.model.step(a, self.hist, enc, self.model.anchor_frame(self.f0, self.history), base)
         if w == 0 and self.history is None:
             motion[:, 0] = self.f0  # frame 0 is kept exactly, as offline
         self.hist = torch.cat([self.hist, motion], dim=1)[:, -self.K :]
         if self.refine and self.model.refinement is not None:
-            motion = refine_chunks(self.model, motion, a, self.seed, self.sample, W, first_chunk=w)
+            motion = self.refiner.push(motion, a)
         self.window += 1
         keep = max(0, self._frame_sample(max(0, self.window * W - C)) - self.ex.context - 2 * block)
         if keep > self.offset:  # drop audio no later window needs
@@ -278,7 +266,7 @@ def load(run: str | Path) -> Listener:
             raise RealmInputError(run / name, "missing checkpoint file (is this a realm run directory?)")
     try:
         config = json.loads((run / "config.json").read_text())
-        mcfg = REALMConfig(**config["model"])
+        mcfg = REALMConfig.from_dict(config["model"])
     except (ValueError, KeyError, TypeError) as e:
         raise RealmInputError(run / "config.json", f"invalid checkpoint config ({e})") from None
     if config.get("model_type", "realm") != "realm":

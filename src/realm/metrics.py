@@ -84,6 +84,23 @@ def _check_sets(*sets) -> None:
         raise ValueError("no clips to score")
 
 
+def frechet_terms(x: np.ndarray, y: np.ndarray, *, ddof: int = 0) -> tuple[float, float]:
+    """The two terms of the Frechet distance of samples x (N, D) and y (M, D): ``(mean term,
+    covariance term)`` = ``(|mu_x - mu_y|^2, tr(S_x + S_y - 2 (S_x S_y)^(1/2)))``.
+
+    The mean term says where a model sits (an offset, a drifting rest); the covariance term how it
+    moves (too quiet, too busy, the wrong channels). Both are >= 0 and sum to
+    :func:`frechet_distance`.
+    """
+    x = np.asarray(x, np.float64).reshape(len(x), -1)
+    y = np.asarray(y, np.float64).reshape(len(y), -1)
+    mx, my = x.mean(0), y.mean(0)
+    sx = _cov(x, ddof)
+    sy = _cov(y, ddof)
+    cov = float(np.trace(sx) + np.trace(sy) - 2 * sqrtm_psd_trace(sx, sy))
+    return float(((mx - my) ** 2).sum()), max(cov, 0.0)
+
+
 def frechet_distance(x: np.ndarray, y: np.ndarray, *, ddof: int = 0) -> float:
     """Frechet distance between Gaussians fitted to samples x (N, D) and y (M, D).
 
@@ -92,15 +109,10 @@ def frechet_distance(x: np.ndarray, y: np.ndarray, *, ddof: int = 0) -> float:
     ``ddof=1`` gives the unbiased estimate that DIM, REALM and LM-Listener use (``np.cov``;
     the difference is a factor N/(N-1) on the covariances); it falls back to 1/N for N < 2.
     The trace of the matrix square root comes from :func:`sqrtm_psd_trace` (no complex parts,
-    no NaN for singular covariances). Set-level variants: :func:`fd_per_clip`, :func:`fd_pooled`.
+    no NaN for singular covariances). The two terms apart: :func:`frechet_terms`. Set-level
+    variants: :func:`fd_per_clip`, :func:`fd_pooled`.
     """
-    x = np.asarray(x, np.float64).reshape(len(x), -1)
-    y = np.asarray(y, np.float64).reshape(len(y), -1)
-    mx, my = x.mean(0), y.mean(0)
-    sx = _cov(x, ddof)
-    sy = _cov(y, ddof)
-    fd = float(((mx - my) ** 2).sum() + np.trace(sx) + np.trace(sy) - 2 * sqrtm_psd_trace(sx, sy))
-    return max(fd, 0.0)
+    return sum(frechet_terms(x, y, ddof=ddof))
 
 
 def _cov(x: np.ndarray, ddof: int) -> np.ndarray:
@@ -162,6 +174,16 @@ def fd_per_clip(gts: Sequence[np.ndarray], preds: Sequence[np.ndarray], ddof: in
     return mean_over_clips(frechet_distance, gts, preds, ddof=ddof)
 
 
+def fd_terms_per_clip(gts: Sequence[np.ndarray], preds: Sequence[np.ndarray], ddof: int = 0) -> tuple[float, float]:
+    """:func:`fd_per_clip` split into its two terms: ``(mean_c |mu_gt,c - mu_pred,c|^2,
+    mean_c tr(S_gt,c + S_pred,c - 2 (S_gt,c S_pred,c)^(1/2)))``; both lower is better, and they
+    sum to ``fd_per_clip``. Variant: ours (the decomposition of the DIM/REALM/LM-Listener FD).
+    """
+    _check_sets(gts, preds)
+    terms = np.array([frechet_terms(g, p, ddof=ddof) for g, p in zip(gts, preds, strict=True)])
+    return float(terms[:, 0].mean()), float(terms[:, 1].mean())
+
+
 def fd_pooled(gts: Sequence[np.ndarray], preds: Sequence[np.ndarray]) -> float:
     """FD between the pooled frames of all ground-truth clips and all predicted clips; lower is better.
 
@@ -210,6 +232,23 @@ def var_per_clip(clips: Sequence[np.ndarray]) -> float:
     if not len(clips):
         raise ValueError("no clips to score")
     return float(np.mean([var_clip(c) for c in clips]))
+
+
+def var_ratio(gts: Sequence[np.ndarray], preds: Sequence[np.ndarray]) -> float:
+    """Variance ratio: ``mean_c tr(S_pred,c) / mean_c tr(S_gt,c)``; closer to 1 is better.
+
+    ``tr(S)`` of a clip is the sum over dimensions of its temporal variance (1/T), so this is
+    :func:`var_per_clip` of the predictions over that of the ground truth: how much a model
+    moves against the listener it replaces (below 1: too quiet, the mean-seeking failure; above:
+    too busy). Variant: ours. A frozen ground truth (ratio undefined) gives 0 for a frozen
+    prediction and inf otherwise. Blocks: exp, pose.
+    """
+    _check_sets(gts, preds)
+    g = var_per_clip(list(gts))
+    p = var_per_clip([_cut(gt, pr)[1] for gt, pr in zip(gts, preds, strict=True)])
+    if g <= 0:
+        return 0.0 if p <= 0 else math.inf
+    return p / g
 
 
 def var_pooled(clips: Sequence[np.ndarray]) -> float:
@@ -477,17 +516,31 @@ def vico_l1_trans(gt: np.ndarray, pred: np.ndarray, spec: str | MotionSpec) -> f
 # ============================================================ 9.3 reaction metrics (ours)
 
 
-def motion_onset_strength(x: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:
+#: Gaussian smoothing (frames) of the motion before :func:`motion_onset_strength` takes its
+#: velocity. Frame-level jitter (the data's own, and a refinement's detail) otherwise turns the
+#: rectified increments into noise: on the demo data the refined listener's delay read 12 / 11 /
+#: 28 frames for three samples unsmoothed, 8 / 8 / 9 with sigma 1, where the ground truth's reads
+#: 9 unsmoothed and 8 (= tau) with sigma 1 (docs/realm.md, "Stage 2"). 0 = the earlier definition.
+ONSET_SMOOTH = 1.0
+
+
+def motion_onset_strength(x: np.ndarray, scale: np.ndarray | None = None, smooth: float = ONSET_SMOOTH) -> np.ndarray:
     """Per-frame onset strength of motion (T,): where movement *starts* or speeds up.
 
-    Motion energy ``e[t] = sum_d |x[t+1, d] - x[t, d]| / s_d`` (forward difference: a movement
-    that leaves frame t is attributed to t; ``e[T-1] = 0``), with per-channel scales ``s_d``
-    (default: the channel's own velocity std; channels that never move count 0), then the
-    half-wave rectified increase ``o[t] = max(0, e[t] - e[t-1])``, ``o[0] = 0``.
+    The motion is first smoothed by a zero-phase Gaussian of ``smooth`` frames (no lag; removes
+    frame-level jitter, :data:`ONSET_SMOOTH`). Motion energy
+    ``e[t] = sum_d |x[t+1, d] - x[t, d]| / s_d`` (forward difference: a movement that leaves
+    frame t is attributed to t; ``e[T-1] = 0``), with per-channel scales ``s_d`` (default: the
+    channel's own velocity std; channels that never move count 0), then the half-wave rectified
+    increase ``o[t] = max(0, e[t] - e[t-1])``, ``o[0] = 0``.
     """
     x = _as2d(x)
     if len(x) < 2:
         return np.zeros(len(x))
+    if smooth > 0:
+        from scipy.ndimage import gaussian_filter1d
+
+        x = gaussian_filter1d(np.asarray(x, np.float64), smooth, axis=0, mode="nearest")
     d = np.abs(np.diff(x, axis=0))
     s = d.std(axis=0) if scale is None else np.asarray(scale, np.float64)
     w = np.where(s > 1e-12, 1.0 / np.where(s > 1e-12, s, 1.0), 0.0)
@@ -549,7 +602,8 @@ def speech_offsets(audio: np.ndarray, fps: float = 30.0, sr: int = 16000, min_pa
     return out
 
 
-def delay_cross_correlation(motions, triggers, max_lag: int = 30, scale: np.ndarray | None = None):
+def delay_cross_correlation(motions, triggers, max_lag: int = 30, scale: np.ndarray | None = None,
+                            smooth: float = ONSET_SMOOTH):  # fmt: skip
     """Lags ``-max_lag..max_lag`` and the cross-correlation ``c[l] = sum_c sum_t s_c[t] o_c[t + l]``.
 
     ``s_c`` is clip c's trigger impulse train and ``o_c`` its listener's
@@ -562,7 +616,7 @@ def delay_cross_correlation(motions, triggers, max_lag: int = 30, scale: np.ndar
     lags = np.arange(-max_lag, max_lag + 1)
     cc = np.zeros(len(lags))
     for x, frames in zip(motions, triggers, strict=True):
-        o = motion_onset_strength(x, scale)
+        o = motion_onset_strength(x, scale, smooth)
         s = impulse_train(frames, len(o))
         if s.sum() == 0 or len(o) < 2:
             continue
@@ -575,7 +629,7 @@ def delay_cross_correlation(motions, triggers, max_lag: int = 30, scale: np.ndar
 
 
 def reaction_delay(motions, triggers, fps: float = 30.0, max_lag: int | None = None,
-                   scale: np.ndarray | None = None) -> float:  # fmt: skip
+                   scale: np.ndarray | None = None, smooth: float = ONSET_SMOOTH) -> float:  # fmt: skip
     """Reaction delay (frames): the lag of the peak of the trigger / listener-motion cross-correlation.
 
     ``argmax_l sum_c sum_t s_c[t] o_c[t + l]`` over ``l`` in ``[-max_lag, max_lag]`` (default
@@ -586,12 +640,13 @@ def reaction_delay(motions, triggers, fps: float = 30.0, max_lag: int | None = N
     velocity scales (the harness uses the ground truth's, so every model is weighed alike).
     Compare to the true tau (synthetic: ``events["tau"]``); |delay - tau| is the error (lower
     is better). Variant: ours. On the synthetic ground truth it lands within one frame of
-    tau (post-phrase blinks and nods peak a little later than their onsets).
+    tau (post-phrase blinks and nods peak a little later than their onsets). ``smooth``: see
+    :data:`ONSET_SMOOTH` (until 2026-11-28 the motion was not smoothed: ``smooth=0``).
     Degenerate: a motionless listener (or no triggers) has an all-zero cross-correlation and a
     delay defined as 0 (no reaction delay recovered).
     """
     max_lag = int(round(fps)) if max_lag is None else int(max_lag)
-    lags, cc = delay_cross_correlation(motions, triggers, max_lag, scale)
+    lags, cc = delay_cross_correlation(motions, triggers, max_lag, scale, smooth)
     if not np.any(cc > 0):
         return 0.0
     return float(lags[int(np.argmax(cc))])
@@ -636,13 +691,20 @@ class RiseDetector:
 #: 250 ms ramp); concern = mouthFrown L/R (0.13-0.6 over 400 ms); brow raise = browOuterUp L/R
 #: (questions 0.18-0.7 over 200 ms, brow flashes 0.12-0.28 over 100 ms); nod = head pitch dip
 #: (0.024-0.17 rad, 0.5-0.7 s per cycle, then back; second cycles merge into the first);
-#: blink = eyeBlink L/R (0.9-1 over 75-100 ms).
+#: blink = eyeBlink L/R (0.9-1 over 75-100 ms, back down within 100 ms).
+#:
+#: **The blink** (one definition for every blink number of the project: event F1, blink rate,
+#: identity fidelity, the refinement's tests): the mean of eyeBlinkLeft and eyeBlinkRight rises
+#: by at least 0.35 over consecutive frames that each rise by more than 0.05, and falls back by
+#: at least half of that rise within 0.5 s after the rise ends (eyes that close and stay shut are
+#: not blinking); onsets closer than 0.25 s are one blink. The onset frame is the blink's frame.
 DETECTORS: dict[str, RiseDetector] = {
     "smile": RiseDetector(("mouthSmileLeft", "mouthSmileRight"), 0.08, 0.005),
     "concern": RiseDetector(("mouthFrownLeft", "mouthFrownRight"), 0.06, 0.004),
     "brow_raise": RiseDetector(("browOuterUpLeft", "browOuterUpRight"), 0.06, 0.005),
     "nod": RiseDetector(("rotation.pitch",), 0.025, 0.0025, smooth=1.5, refractory_s=0.8, fall=0.5, fall_within_s=0.7),
-    "blink": RiseDetector(("eyeBlinkLeft", "eyeBlinkRight"), 0.35, 0.05, smooth=0.0, refractory_s=0.25),
+    "blink": RiseDetector(("eyeBlinkLeft", "eyeBlinkRight"), 0.35, 0.05, smooth=0.0, refractory_s=0.25,
+                          fall=0.5, fall_within_s=0.5),
 }
 
 
@@ -693,6 +755,108 @@ def detect_events(motion: np.ndarray, spec: str | MotionSpec = "arkit58", fps: f
         for f in _rise_onsets(x[:, cols].mean(1), det, fps):
             out.append({"kind": kind, "frame": f})
     return sorted(out, key=lambda e: (e["frame"], e["kind"]))
+
+
+def detect_blinks(motion: np.ndarray, spec: str | MotionSpec = "arkit58", fps: float = 30.0) -> list[dict]:
+    """Blinks of one clip's (T, D) motion (the blink definition of :data:`DETECTORS`), each as
+    ``{"frame": onset, "peak": the eyelids' largest closure within 0.5 s before they are half
+    reopened (a second blink right after is not this one's), "duration_s": from the onset until the
+    eyelids are 90 % reopened (back below base + 0.1 x (peak - base))}``.
+    A synthetic 150-200 ms blink measures 130-200 ms. Raises ``KeyError`` when the spec has no
+    eyeBlink channels."""
+    spec = get_spec(spec)
+    det = DETECTORS["blink"]
+    sig = np.asarray(motion, np.float64)[:, [spec.channel(c) for c in det.channels]].mean(1)
+    out = []
+    reach = int(round(0.5 * fps))
+    for f in _rise_onsets(sig, det, fps):
+        base = sig[max(0, f - 1)]
+        seg = sig[f : f + reach + 1]
+        top = np.maximum.accumulate(seg)  # the peak is this blink's: before the lids half reopen
+        reopened = np.flatnonzero((seg < base + 0.5 * (top - base)) & (top > base))
+        p = f + int(np.argmax(seg[: max(1, reopened[0]) if len(reopened) else len(seg)]))
+        back = np.flatnonzero(sig[p:] < base + 0.1 * (sig[p] - base))
+        end = p + (int(back[0]) if len(back) else len(sig) - p)
+        out.append({"frame": int(f), "peak": float(sig[p]), "duration_s": (end - f) / fps})
+    return out
+
+
+def event_onsets(motion: np.ndarray, spec: str | MotionSpec, events: Sequence[str], fps: float = 30.0) -> np.ndarray:
+    """(T, K) indicator of the onsets of fast ``events`` (names of ``realm.motion.FAST_EVENTS``:
+    "blink", by :func:`detect_blinks`) in one clip's (T, D) motion: the labels a refinement with
+    fast events learns its hazard from."""
+    found = {"blink": lambda m: [b["frame"] for b in detect_blinks(m, spec, fps)]}
+    out = np.zeros((len(motion), len(events)), np.float32)
+    for k, name in enumerate(events):
+        if name not in found:
+            raise ValueError(f"no detector for the fast event {name!r}")
+        out[found[name](motion), k] = 1.0
+    return out
+
+
+def blink_rate(clips: Sequence[np.ndarray], spec: str | MotionSpec = "arkit58", fps: float = 30.0) -> float | None:
+    """Blinks per minute over a set of (T, D) clips: ``60 * sum_c n_blinks_c / (sum_c T_c / fps)``
+    (:func:`detect_blinks`); closer to the ground truth's rate is better. None when the spec has
+    no eyeBlink channels. Variant: ours."""
+    spec = get_spec(spec)
+    try:
+        n = sum(len(detect_blinks(c, spec, fps)) for c in clips)
+    except KeyError:
+        return None
+    frames = sum(len(c) for c in clips)
+    return 60.0 * n / (frames / fps) if frames else 0.0
+
+
+# ---------------------------------------------------------------- rest drift
+
+#: Time segments (seconds; None = the end) of the rest-drift metric: the start, the middle of a
+#: 128-frame training clip's horizon and beyond it, and the rest of the clip.
+DRIFT_SEGMENTS: tuple[tuple[float, float | None], ...] = ((0.0, 3.0), (3.0, 8.0), (8.0, None))
+
+
+def rest_drift(motion: np.ndarray, rest: np.ndarray, fps: float = 30.0,
+               segments: Sequence[tuple[float, float | None]] = DRIFT_SEGMENTS,
+               window_s: float | None = None) -> np.ndarray:  # fmt: skip
+    """Rest drift of one clip: per time segment, how far the motion's resting face is from ``rest``.
+
+    ``drift[k] = mean_d |median_{t in segment k} x[t, d] - rest[d]|`` for (T, D) ``motion`` and
+    (D,) ``rest`` (the listener's resting face, e.g. the median of the ground truth over the whole
+    clip; pass the columns to compare, e.g. the expression). The median ignores sparse reactions,
+    so a model that keeps the listener's face stays flat across segments and one that forgets it
+    climbs. ``segments``: (start, end) in seconds (end None = the end of the clip);
+    ``window_s``: consecutive windows of that many seconds instead (long inputs: drift per
+    minute of an hour). A segment with no frames gives NaN. Lower is better. Variant: ours.
+    """
+    x = _as2d(motion)
+    rest = np.asarray(rest, np.float64).reshape(-1)
+    T = len(x)
+    if window_s is not None:
+        step = max(1, int(round(window_s * fps)))
+        bounds = [(a, min(T, a + step)) for a in range(0, T, step)]
+    else:
+        bounds = [(int(round(a * fps)), T if b is None else min(T, int(round(b * fps)))) for a, b in segments]
+    out = np.full(len(bounds), np.nan)
+    for k, (a, b) in enumerate(bounds):
+        if b > a:
+            out[k] = float(np.abs(np.median(x[a:b], axis=0) - rest).mean())
+    return out
+
+
+def seam_ratio(motion: np.ndarray, window: int = 16, offset: int = 0) -> float:
+    """How visible the edges of ``window``-frame generation steps are: the mean frame-to-frame jump
+    ``mean_d |x[t] - x[t-1]|`` across window edges (``t = offset + k * window``, k >= 1) over the
+    mean jump everywhere else. 1: no seam; a model that restarts at every window edge gives more.
+    Variant: ours (a diagnostic of windowed and streamed generation). A motionless clip gives 1."""
+    x = _as2d(motion)
+    if len(x) < 2 * window + 1:
+        raise ValueError(f"seam_ratio needs more than {2 * window} frames, got {len(x)}")
+    jump = np.abs(np.diff(x, axis=0)).mean(1)  # jump[t - 1] = |x[t] - x[t-1]|
+    t = np.arange(1, len(x))
+    edge = (t - offset) % window == 0
+    inner = float(jump[~edge].mean())
+    if inner <= 1e-12:
+        return 1.0 if float(jump[edge].mean()) <= 1e-12 else math.inf
+    return float(jump[edge].mean()) / inner
 
 
 def prf(tp: int, fp: int, fn: int) -> dict:
@@ -772,8 +936,8 @@ def style_stats(clips: Sequence[np.ndarray], spec: str | MotionSpec, fps: float 
 
     ``rest``: per-channel median over all frames (the resting expression and head pose;
     reactions are sparse, so the median sits at rest); ``expressivity``: mean over expression
-    channels and clips of the temporal std; ``blink_rate``: blinks per minute found by the blink
-    detector (None when the spec has no eyeBlink channels).
+    channels and clips of the temporal std; ``blink_rate``: blinks per minute (:func:`blink_rate`,
+    the project's one blink definition; None when the spec has no eyeBlink channels).
     """
     spec = get_spec(spec)
     if not len(clips):
@@ -781,13 +945,7 @@ def style_stats(clips: Sequence[np.ndarray], spec: str | MotionSpec, fps: float 
     allx = np.concatenate([_as2d(c) for c in clips])
     exp = spec.indices("expression")
     expr = float(np.mean([_as2d(c)[:, exp].std(axis=0).mean() if len(exp) else 0.0 for c in clips]))
-    blink = None
-    try:
-        [spec.channel(c) for c in DETECTORS["blink"].channels]
-        n = sum(len(detect_events(c, spec, fps, ["blink"])) for c in clips)
-        blink = 60.0 * n / (len(allx) / fps)
-    except KeyError:
-        pass
+    blink = blink_rate([_as2d(c) for c in clips], spec, fps)
     return {"rest": np.median(allx, axis=0), "expressivity": expr, "blink_rate": blink}
 
 
@@ -909,10 +1067,13 @@ def _registry() -> dict[str, MetricInfo]:
         add(f"l1_{b}", f"L1 {b}", "lower", "ours: per clip, mean over clips", b)
         add(f"mse_{b}", f"MSE {b}", "lower", "DIM/DualTalk/LM-Listener: per clip, mean over clips", b)
         add(f"fd_{b}", f"FD {b}", "lower", "DIM/REALM/LM-Listener: per clip, mean over clips (1/N cov)", b)
+        add(f"fd_mean_{b}", f"FD mean term {b}", "lower", "ours: |mu_gt - mu_pred|^2 of FD per clip, mean", b)
+        add(f"fd_cov_{b}", f"FD cov term {b}", "lower", "ours: tr(S_gt + S_pred - 2 (S_gt S_pred)^1/2) per clip, mean", b)
         add(f"fd_pooled_{b}", f"FD pooled {b}", "lower", "pooled over all test frames", b)
         add(f"fd_delta_{b}", f"FD_delta {b}", "lower", "REALM FD on first differences, whole clips, mean", b)
         add(f"p_fd_{b}", f"P-FD {b}", "lower", "DIM/LM-Listener: FD of [speaker; listener] per clip, mean", b)
         add(f"var_{b}", f"Var {b}", "gt", "LM-Listener: per-clip mean per-dim temporal variance", b, True)
+        add(f"var_ratio_{b}", f"Var ratio {b}", "gt", "ours: mean_c tr(S_pred) / mean_c tr(S_gt); GT = 1", b, True)
         add(f"var_pooled_{b}", f"Var pooled {b}", "gt", "DIM: variance of all pooled values", b, True)
         add(f"diversity_{b}", f"Div {b}", "gt", "LM-Listener: 30 random frame pairs (10 if T<=30)", b, True)
         add(f"sid_{b}", f"SID {b}", "gt", f"DIM: our k-means, k={SID_K[b]}, on pooled GT; bits", b, True)
@@ -931,12 +1092,19 @@ def _registry() -> dict[str, MetricInfo]:
     add("event_recall", "event R", "higher", "ours", "all", True)
     for k in EVENT_KINDS:
         add(f"event_f1_{k}", f"F1 {k}", "higher", "ours", "all", True)
+    add("blink_rate", "blinks/min", "gt", "ours: blinks per minute (the one blink definition, detect_blinks)", "exp", True)
+    for key, label in DRIFT_KEYS:
+        add(key, label, "lower", "ours: mean_d |median of the segment - GT median of the clip|, exp, mean over clips",
+            "exp", True)  # fmt: skip
     add("id_rest_exp", "id rest exp", "lower", "ours: |resting offsets| per identity, mean", "exp")
     add("id_rest_pose", "id rest pose", "lower", "ours", "pose")
     add("id_expressivity", "id expressivity", "lower", "ours: |ln(std ratio)| per identity, mean", "exp")
     add("id_blink_rate", "id blink/min", "lower", "ours: |blink rate difference| per identity, mean", "exp")
     return out
 
+
+#: Metric keys and labels of the rest-drift segments (:data:`DRIFT_SEGMENTS`).
+DRIFT_KEYS = (("drift_0_3", "drift 0-3 s"), ("drift_3_8", "drift 3-8 s"), ("drift_8_end", "drift 8 s-end"))
 
 METRICS: dict[str, MetricInfo] = _registry()
 
@@ -1032,9 +1200,11 @@ def _evaluate_clip_set(gts, preds, spec, speakers, events, speaker_spec, listene
         out[f"l1_{b}"] = mean_over_clips(l1, G, P)
         out[f"mse_{b}"] = mean_over_clips(mse, G, P)
         out[f"fd_{b}"] = fd_per_clip(G, P)
+        out[f"fd_mean_{b}"], out[f"fd_cov_{b}"] = fd_terms_per_clip(G, P)
         out[f"fd_pooled_{b}"] = fd_pooled(G, P)
         out[f"fd_delta_{b}"] = fd_delta_per_clip(G, P)
         out[f"var_{b}"] = var_per_clip(P)
+        out[f"var_ratio_{b}"] = var_ratio(G, P)
         out[f"var_pooled_{b}"] = var_pooled(P)
         out[f"diversity_{b}"] = diversity_per_clip(P, seed=seed)
         out[f"sid_{b}"] = sid(G, P, centers=ref.centers.get(b), k=SID_K[b], seed=seed)
@@ -1047,6 +1217,13 @@ def _evaluate_clip_set(gts, preds, spec, speakers, events, speaker_spec, listene
             out[f"rpcc_{b}"] = rpcc_pooled(G, P, S)
             out[f"rpcc_clip_{b}"] = rpcc_per_clip(G, P, S)
             out[f"frsyn_{b}"] = frsyn_per_clip(P, S, fps=fps)
+    out["blink_rate"] = blink_rate(preds, spec, fps)
+    exp = block_columns(spec, "exp")
+    if len(exp):
+        drift = np.array([rest_drift(p[:, exp], np.median(g[:, exp], axis=0), fps) for g, p in pairs])
+        for k, (key, _) in enumerate(DRIFT_KEYS):
+            col = drift[:, k][np.isfinite(drift[:, k])]
+            out[key] = float(col.mean()) if len(col) else None
     out["vico_l1_exp"] = _mean_or_none([vico_l1_exp(g, p, spec) for g, p in pairs])
     out["vico_l1_angle"] = _mean_or_none([vico_l1_angle(g, p, spec) for g, p in pairs])
     out["vico_l1_trans"] = _mean_or_none([vico_l1_trans(g, p, spec) for g, p in pairs])

@@ -198,6 +198,25 @@ def get_spec(name: str | MotionSpec) -> MotionSpec:
 # ---------------------------------------------------------------- conversions
 
 
+#: Fast listener events a model can sample as discrete events, and the channels that show them.
+#: The detectors that find them in motion are in :mod:`realm.metrics` (one definition each).
+FAST_EVENTS: dict[str, tuple[str, ...]] = {"blink": ("eyeBlinkLeft", "eyeBlinkRight")}
+
+
+def event_channels(spec: MotionSpec, events) -> list[str]:
+    """The events of ``events`` whose channels ``spec`` has (arkit58: blink; vico70: none)."""
+    out = []
+    for name in events:
+        if name not in FAST_EVENTS:
+            raise ValueError(f"unknown fast event {name!r}; known: {sorted(FAST_EVENTS)}")
+        try:
+            [spec.channel(ch) for ch in FAST_EVENTS[name]]
+        except KeyError:
+            continue
+        out.append(name)
+    return out
+
+
 def vico73_to_vico70(x: np.ndarray) -> np.ndarray:
     """(…, 73) angle|exp|trans|crop -> (…, 70) exp|angle|trans. The crop block is dropped."""
     s73 = SPECS["vico73"]

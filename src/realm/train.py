@@ -8,13 +8,20 @@ REALM trains in two stages (DESIGN section 7):
   ``L_mse = MSE_exp + 5 MSE_rot + MSE_trans`` (rotation axes weighted 2, 2, 1), all in
   normalised space, masked by valid length, frame 0 excluded. AdamW 2e-3, weight decay 1e-4,
   cosine schedule with 10 % linear warm-up per iteration.
-* **Stage 2** (refinement, coarse frozen): L1 on the expression + 0.5 x adversarial (soft
-  labels: real U(0.9, 1), fake U(0, 0.1)); generator AdamW 2e-3, discriminator AdamW 5e-4
-  with betas (0.5, 0.999).
+* **Stage 2** (refinement, coarse frozen), as the authors train it: L1 on the expression +
+  0.5 x adversarial (soft labels: real U(0.9, 1), fake U(0, 0.1)); generator AdamW 2e-3 with
+  weight decay 1e-4, discriminator AdamW 5e-4 with betas (0.5, 0.999), both on 10 % warm-up +
+  cosine schedules; the discriminator is stepped only while its loss is above 0.3 (``d_gate``).
+  Our changes, each a field of :class:`TrainConfig` (docs/realm.md says why):
+  ``stage2_rollout="clip"`` trains on segments of whole-clip coarse rollouts, computed once
+  (the coarse model is frozen and deterministic), with the refinement's causal context in front,
+  exactly as generation refines them; ``w_mean`` keeps the noise-averaged refinement on its
+  coarse input (no offset: the noise adds detail around the coarse motion);
+  ``stage2_select="behaviour"`` selects on val FD exp + FD_delta exp + blink-rate error, each
+  divided by the coarse model's value.
 
-Checkpoints are selected on ``val`` (stage 1: the validation loss; stage 2: the Frechet
-distance of expression velocities, FD_delta, computed on whole windows) and never on
-``test``. A run directory holds::
+Checkpoints are selected on ``val`` (stage 1: the validation loss; stage 2: see above) and
+never on ``test``. A run directory holds::
 
     RUN/config.json  model.safetensors  stats.npz  feature_stats.npz   (the exported model)
     RUN/lightning/stage{1,2}/last.ckpt, best.ckpt                       (resume state)
@@ -40,8 +47,9 @@ from torch.utils.data import DataLoader
 
 from realm.data.clip import read_meta
 from realm.data.windows import WindowDataset, clip_features
-from realm.metrics import frechet_distance
-from realm.models.realm import REALM, REALMConfig
+from realm.errors import check_choices
+from realm.metrics import blink_rate, block_columns, event_onsets, fd_delta_per_clip, fd_per_clip
+from realm.models.realm import REALM, REALMConfig, refine_prefix, refine_sequence
 from realm.motion import NormStats
 
 log = logging.getLogger(__name__)
@@ -61,8 +69,18 @@ class TrainConfig:
     warmup: float = 0.1
     stage2_epochs: int = 50
     lr_g: float = 2e-3
+    weight_decay_g: float = 1e-4  # the authors' generator weight decay
     lr_d: float = 5e-4
     betas_d: tuple[float, float] = (0.5, 0.999)
+    d_gate: float = 0.3  # the discriminator is stepped only while its loss is above this (the
+    #   authors'); 0: every batch
+    stage2_rollout: str = "clip"  # "clip" (ours): segments of whole-clip coarse rollouts, as long
+    #   as the clips generation refines, with the refinement's context in front; "window" (the
+    #   authors'): a 128-frame rollout from each training window's frame 0
+    stage2_select: str = "behaviour"  # "behaviour" (ours): val FD exp / coarse + FD_delta exp /
+    #   coarse + blink-rate error / coarse; "fd_delta": val FD_delta exp alone
+    init: str = ""  # a run directory to start from (its weights and normalisation stats); with
+    #   stages (2,), the refinement is retrained on that run's coarse model
     seed: int = 23456
     # loss weights
     w_rot: float = 5.0
@@ -74,8 +92,17 @@ class TrainConfig:
     w_gate: float = 0.01
     w_l1: float = 1.0
     w_adv: float = 0.5
+    w_event: float = 1.0  # ours: weight of the fast events' hazard loss (binary cross-entropy of
+    #   the onset hazard against the ground truth's onsets; models with refine_events)
+    w_detail: float = 10.0  # ours: weight of |running median (0.5 s) of refined - coarse|^2: the
+    #   refinement adds detail (what a 0.5 s median removes), never an offset or a drift
+    d_input: str = "detail"  # "detail" (ours): the discriminator sees the expression minus its
+    #   0.5 s running median, so it judges fast detail only, which is all the refinement may change;
+    #   "expression" (the authors'): the expression itself
+    w_mean: float = 0.0  # ours, measured and off: |E_noise[refined] - coarse|^2 from two draws
     # runtime
     max_steps: int = -1  # per stage; -1: run the epochs
+    val_every: int = 0  # validate (and maybe keep a checkpoint) every this many batches; 0: per epoch
     num_workers: int = 0
     accelerator: str = "auto"
     devices: str = "auto"
@@ -83,6 +110,10 @@ class TrainConfig:
     num_nodes: int = 1
     precision: str = "32-true"
     stages: tuple[int, ...] = (1, 2)
+
+    def __post_init__(self):
+        check_choices(self, stage2_rollout=("clip", "window"), d_input=("detail", "expression"),
+                      stage2_select=("behaviour", "fd_delta"))  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -104,8 +135,11 @@ class Prepared:
     audio_dim: int
 
 
-def prepare_data(cfg: TrainConfig, progress=None) -> Prepared:
-    """Clips, features (cached), normalisation stats (train split only) and windows for train / val."""
+def prepare_data(cfg: TrainConfig, progress=None, stats: tuple[NormStats, NormStats] | None = None) -> Prepared:
+    """Clips, features (cached), normalisation stats (train split only) and windows for train / val.
+
+    ``stats``: (motion stats, feature stats) to use instead of fitting them (a run started from
+    another run's weights must keep that run's normalisation)."""
     from realm.data import load_any
 
     root = Path(cfg.data)
@@ -118,14 +152,146 @@ def prepare_data(cfg: TrainConfig, progress=None) -> Prepared:
     spec = train_clips[0].spec
     # Fitted here on the train split (every realisation), whatever stats file the dataset holds,
     # so every run uses the current normalisation rule (per-channel z-scores, block-floored).
-    stats = NormStats.fit([c.samples().reshape(-1, c.listener.shape[1]) for c in train_clips], spec)
     train_feats = clip_features(train_clips, cfg.extractor, progress=progress)
     val_feats = clip_features(val_clips, cfg.extractor)
-    feature_stats = NormStats.fit(train_feats, cfg.extractor)
+    if stats is not None:
+        stats, feature_stats = stats
+    else:
+        stats = NormStats.fit([c.samples().reshape(-1, c.listener.shape[1]) for c in train_clips], spec)
+        feature_stats = NormStats.fit(train_feats, cfg.extractor)
     kw = dict(stats=stats, length=cfg.clip_len, history=0, feature_stats=feature_stats)
     train = WindowDataset(train_clips, train_feats, stride=cfg.clip_stride, sample="random", seed=cfg.seed, **kw)
     val = WindowDataset(val_clips, val_feats, stride=cfg.val_stride, sample="first", **kw)
     return Prepared(train, val, stats, feature_stats, spec, train_feats[0].shape[1])
+
+
+# ---------------------------------------------------------------- stage 2: whole-clip coarse rollouts
+
+
+@dataclass
+class CoarseClip:
+    """One listener realisation of a clip, normalised: its coarse rollout from the realisation's
+    frame 0 (as generation starts), its features and the ground truth, all (T, .) float32."""
+
+    coarse: np.ndarray
+    audio: np.ndarray
+    motion: np.ndarray
+    events: np.ndarray | None = None  # (T, K) onsets of the model's fast events in the ground truth
+
+
+@torch.no_grad()
+def coarse_rollouts(model: REALM, ds: WindowDataset, all_samples: bool = True, max_clips: int | None = None) -> list[CoarseClip]:
+    """The frozen coarse model's rollout over every whole clip of ``ds`` (each listener
+    realisation, or only the first), from the realisation's ground-truth frame 0."""
+    was = model.training
+    model.eval()
+    out = []
+    for c, f in list(zip(ds.clips, ds.features, strict=True))[:max_clips]:
+        audio = ds.feature_stats.apply(f).astype(np.float32)
+        S = c.samples() if all_samples else c.samples()[:1]
+        gt = np.stack([ds.stats.apply(m) for m in S]).astype(np.float32)  # (K, T, D)
+        a = torch.from_numpy(audio)[None].expand(len(gt), -1, -1)
+        coarse, _ = model.rollout(a, frame0=torch.from_numpy(gt[:, 0]))
+        ev = [event_onsets(m, model.spec, model.events, model.spec.fps) if model.events else None for m in S]
+        out += [CoarseClip(coarse[k].numpy(), audio, gt[k], ev[k]) for k in range(len(gt))]
+    model.train(was)
+    return out
+
+
+class CoarseSegments(torch.utils.data.Dataset):
+    """Stage-2 training items from whole-clip rollouts: ``length`` scored frames [s, s + length)
+    with ``context`` frames before them, exactly what the refinement reads when it generates them.
+
+    Before frame 0 come the frames generation puts there (:func:`realm.models.realm.refine_prefix`:
+    coarse frame 0 held, silent audio). Items: ``coarse``, ``audio``, ``motion`` (context +
+    length, .), ``mask`` (True on scored frames: real, inside [s, s + length), not frame 0) and,
+    for a model with fast events, ``events`` (the ground truth's onsets).
+    """
+
+    def __init__(self, clips: list[CoarseClip], length: int, context: int, stride: int):
+        self.clips, self.L, self.R = clips, length, max(0, context)
+        self.index = [(i, s) for i, c in enumerate(clips) for s in range(0, max(1, len(c.coarse) - length + 1), stride)]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:
+        ci, s = self.index[i]
+        c, L, R = self.clips[ci], self.L, self.R
+        T = len(c.coarse)
+        idx = np.arange(s - R, s + L)
+        inside = (idx >= 0) & (idx < T)
+        take = np.clip(idx, 0, T - 1)  # before 0: frame 0 held; past the end: the last frame held
+        audio = c.audio[take] * inside[:, None]  # silence outside the clip
+        mask = inside & (idx >= max(s, 1))
+        item = {"coarse": torch.from_numpy(c.coarse[take]), "audio": torch.from_numpy(audio.astype(np.float32)),
+                "motion": torch.from_numpy(c.motion[take]), "mask": torch.from_numpy(mask)}  # fmt: skip
+        if c.events is not None:  # no onsets outside the clip
+            item["events"] = torch.from_numpy((c.events[take] * inside[:, None]).astype(np.float32))
+        return item
+
+
+class WholeClips(torch.utils.data.Dataset):
+    """Stage-2 validation: one whole clip per item (batch size 1)."""
+
+    def __init__(self, clips: list[CoarseClip]):
+        self.clips = clips
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, i: int) -> dict:
+        c = self.clips[i]
+        return {"coarse": torch.from_numpy(c.coarse), "audio": torch.from_numpy(c.audio),
+                "motion": torch.from_numpy(c.motion), "mask": torch.ones(len(c.coarse), dtype=torch.bool)}  # fmt: skip
+
+
+@torch.no_grad()
+def init_events(model: REALM, clips: list[CoarseClip]) -> dict[str, float]:
+    """Start the fast events where the data puts them: each event's template at its onset-triggered
+    average of the residual ``motion - coarse`` (the least-squares filter for sparse onsets) and its
+    hazard at the data's onset rate. Returns the onsets per frame of each event."""
+    ref = model.refinement
+    if ref is None or not ref.n_events:
+        return {}
+    k, e = ref.event_k, model.exp
+    rates = {}
+    for j, name in enumerate(model.events):
+        windows, frames = [], 0
+        for c in clips:
+            res = c.motion[:, e] - c.coarse[:, e]
+            frames += len(res)
+            for t in np.flatnonzero(c.events[:, j]):
+                w = res[t : t + k]
+                if len(w) == k:
+                    windows.append(w)
+        rate = max(len(windows), 1) / max(frames, 1)
+        rates[name] = rate
+        if windows:  # weight[:, j, k - 1 - d] is the template d frames after the onset (on the event's channels)
+            avg = torch.from_numpy(np.mean(windows, axis=0).T[:, ::-1].copy())
+            ref.template.weight[:, j, :] = avg * ref.event_mask[:, j]
+        ref.hazard[-1].bias[j] = math.log(rate / (1 - rate))
+    return rates
+
+
+def refinement_scores(refined: list[np.ndarray], gt: list[np.ndarray], spec, fps: float) -> dict[str, float]:
+    """What stage 2 is selected on, for de-normalised whole clips (T, D): FD exp (per clip, mean),
+    FD_delta exp (per clip, mean) and blinks per minute (the project's blink definition)."""
+    e = block_columns(spec, "exp")
+    G, P = [g[:, e] for g in gt], [p[:, e] for p in refined]
+    rate = blink_rate(refined, spec, fps)
+    return {"fd_exp": fd_per_clip(G, P), "fd_delta_exp": fd_delta_per_clip(G, P),
+            "blink_rate": float("nan") if rate is None else rate}  # fmt: skip
+
+
+def selection_score(scores: dict, coarse: dict, gt_blink_rate: float) -> float:
+    """``FD exp / FD exp_coarse + FD_delta exp / FD_delta exp_coarse + |blinks - GT| / |blinks_coarse - GT|``:
+    each term 1 for a refinement that changes nothing, lower is better (denominators floored at
+    1e-9 and 1 blink per minute; a spec without eyeBlink channels drops the blink term)."""
+    out = scores["fd_exp"] / max(coarse["fd_exp"], 1e-9) + scores["fd_delta_exp"] / max(coarse["fd_delta_exp"], 1e-9)
+    if math.isfinite(scores["blink_rate"]) and math.isfinite(gt_blink_rate):
+        out += abs(scores["blink_rate"] - gt_blink_rate) / max(abs(coarse["blink_rate"] - gt_blink_rate), 1.0)
+    return float(out)
 
 
 # ---------------------------------------------------------------- losses
@@ -192,6 +358,31 @@ class REALMLoss:
 # ---------------------------------------------------------------- Lightning module
 
 
+#: Frames of the running median that separates detail from slow motion (0.5 s at 30 fps): a
+#: blink (150-200 ms) passes as detail, a smile or a head turn does not.
+DETAIL_MEDIAN = 15
+
+
+def running_median(x: torch.Tensor, w: int = DETAIL_MEDIAN) -> torch.Tensor:
+    """Centred running median over ``w`` frames (odd; edges replicated) of x (B, T, C)."""
+    r = w // 2
+    xp = F.pad(x.transpose(1, 2), (r, r), mode="replicate")  # (B, C, T + 2r)
+    return xp.unfold(2, w, 1).median(dim=-1).values.transpose(1, 2)
+
+
+def warmup_cosine(opt: torch.optim.Optimizer, total: int, warmup: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup`` x ``total`` steps, then cosine to 0 at ``total`` (per iteration)."""
+    total = max(1, int(total))
+    warm = max(1, int(warmup * total))
+
+    def schedule(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+
+
 class REALMTask(L.LightningModule):
     def __init__(self, model_cfg: dict, train_cfg: dict, stage: int = 1):
         super().__init__()
@@ -216,6 +407,10 @@ class REALMTask(L.LightningModule):
                 p.requires_grad_(False)
             for p in self.model.refinement.parameters():
                 p.requires_grad_(True)
+        # stage-2 validation, set by train_realm: motion stats (to score de-normalised clips) and
+        # the coarse model's own scores on val (what the selection divides by)
+        self.stats: NormStats | None = None
+        self.val_reference: dict | None = None
         self._val: list = []
 
     # -- stage 1
@@ -224,50 +419,89 @@ class REALMTask(L.LightningModule):
         return self.loss(motion, batch["motion"], batch["mask"], aux)
 
     # -- stage 2
-    def _coarse(self, batch):
+    def _stage2_batch(self, batch) -> dict:
+        """A stage-2 batch with ``coarse`` (B, R + L, D): as it comes (``stage2_rollout="clip"``), or
+        the authors' rollout of the window from its frame 0, with the refinement's context frames
+        (frame 0 held, silence) in front; ``events`` (B, R + L, K): the ground truth's onsets of the
+        model's fast events."""
+        if "coarse" in batch:
+            return batch
         self.model.eval()  # the frozen coarse model runs deterministically
         with torch.no_grad():
             coarse, _ = self.model.rollout(batch["audio"], frame0=batch["motion"][:, 0])
         self.model.refinement.train(self.training)
-        return coarse
+        R = self.model.refine_context
+        c, a = refine_prefix(coarse, batch["audio"], R)
+        m, _ = refine_prefix(batch["motion"], batch["audio"][..., :0], R)
+        mask = batch["mask"].clone()
+        mask[:, 0] = False  # frame 0 is given, never scored
+        out = {"coarse": c, "audio": a, "motion": m, "mask": torch.cat([mask.new_zeros(len(mask), R), mask], 1)}
+        if self.model.events and self.stats is not None:
+            raw = [self.stats.invert(x.cpu().numpy()) for x in batch["motion"]]
+            ev = np.stack([event_onsets(x, self.model.spec, self.model.events, self.model.spec.fps) for x in raw])
+            out["events"] = F.pad(torch.from_numpy(ev), (0, 0, R, 0)).to(c.device)
+        return out
 
-    def _l1_exp(self, refined, batch):
-        e = self.model.exp
-        m = batch["mask"].float().clone()
-        m[:, 0] = 0
-        err = (refined[..., e] - batch["motion"][..., e]).abs().mean(-1)
-        return (err * m).sum() / m.sum().clamp(min=1)
+    def _masked_mean(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # x (B, T), mask (B, T)
+        m = mask.float()
+        return (x * m).sum() / m.sum().clamp(min=1)
 
-    def training_step(self, batch, batch_idx):
-        if self.stage == 1:
-            out = self._stage1(batch)
-            self.log_dict({f"train/{k}": v for k, v in out.items()}, prog_bar=False, batch_size=len(batch["mask"]))
-            self.log("loss", out["loss"], prog_bar=True, batch_size=len(batch["mask"]))
-            return out["loss"]
+    def _stage2_step(self, batch) -> dict[str, torch.Tensor]:
         opt_g, opt_d = self.optimizers()
-        coarse = self._coarse(batch)
-        refined = self.model.refine(coarse, batch["audio"])
-        e = self.model.exp
-        real, fake = batch["motion"][..., e], refined[..., e]
+        b = self._stage2_batch(batch)
+        c, a, gt, mask = b["coarse"], b["audio"], b["motion"], b["mask"]
+        e, L, cfg = self.model.exp, self.cfg.clip_len, self.cfg
+        # fast events at the ground truth's onsets (teacher forcing); the noise does the rest
+        refined, parts = self.model.refine(c, a, events=b.get("events"), parts=True)  # (B, R + L, D)
+        logit, event_term = parts["onset_logit"], parts["events"]
+        real, fake = gt[:, -L:, e], refined[:, -L:, e]
+        if cfg.d_input == "detail":  # what the refinement may change: the fast detail
+            real, fake = real - running_median(real), fake - running_median(fake)
         B = real.shape[0]
-        # discriminator: soft labels
+        # discriminator, soft labels; stepped only while its loss is above d_gate (the authors')
         d_loss = F.binary_cross_entropy_with_logits(
             self.disc(real), torch.empty(B, device=real.device).uniform_(0.9, 1.0)
         ) + F.binary_cross_entropy_with_logits(
             self.disc(fake.detach()), torch.empty(B, device=real.device).uniform_(0.0, 0.1)
         )
-        opt_d.zero_grad()
-        self.manual_backward(d_loss)
+        d_seen = self.trainer.strategy.reduce(d_loss.detach(), reduce_op="mean")  # every rank decides alike
+        d_on = bool(d_seen > cfg.d_gate)
+        opt_d.zero_grad()  # also clears what the generator's adversarial term left in D
+        if d_on:
+            self.manual_backward(d_loss)
         opt_d.step()
         # generator (the refinement)
-        l1 = self._l1_exp(refined, batch)
-        adv = F.binary_cross_entropy_with_logits(self.disc(fake), torch.ones(B, device=real.device))
-        g_loss = self.cfg.w_l1 * l1 + self.cfg.w_adv * adv
+        out = {"l1_exp": self._masked_mean((refined[..., e] - gt[..., e]).abs().mean(-1), mask)}
+        out["adv"] = F.binary_cross_entropy_with_logits(self.disc(fake), torch.ones(B, device=real.device))
+        g_loss = cfg.w_l1 * out["l1_exp"] + cfg.w_adv * out["adv"]
+        if cfg.w_detail > 0:  # the slow part (a 0.5 s running median) of the noise's detail stays 0
+            detail = refined[..., e] - c[..., e] - (0 if event_term is None else event_term)
+            slow = running_median(detail)  # (the events' term has zero mean by construction)
+            out["offset"] = self._masked_mean(slow.pow(2).mean(-1), mask)
+            g_loss = g_loss + cfg.w_detail * out["offset"]
+        if logit is not None and cfg.w_event > 0 and "events" in b:
+            bce = F.binary_cross_entropy_with_logits(logit, b["events"].to(logit.dtype), reduction="none").mean(-1)
+            out["event_bce"] = self._masked_mean(bce, mask)
+            g_loss = g_loss + cfg.w_event * out["event_bce"]
+        if cfg.w_mean > 0:  # (r1 - c)(r2 - c) for two noise draws: an unbiased |E r - c|^2
+            r1, r2 = self.model.refine(c, a), self.model.refine(c, a)
+            prod = ((r1[..., e] - c[..., e]) * (r2[..., e] - c[..., e])).mean(-1)
+            out["mean_offset"] = self._masked_mean(prod, mask)
+            g_loss = g_loss + cfg.w_mean * out["mean_offset"]
         opt_g.zero_grad()
         self.manual_backward(g_loss)
         opt_g.step()
-        self.log_dict({"train/l1_exp": l1, "train/adv": adv, "train/d_loss": d_loss}, batch_size=B)
-        self.log("loss", g_loss, prog_bar=True, batch_size=B)
+        for sched in self.lr_schedulers():
+            sched.step()
+        out.update(d_loss=d_loss.detach(), d_on=torch.tensor(float(d_on)), loss=g_loss.detach())
+        return out
+
+    def training_step(self, batch, batch_idx):
+        B = len(batch["mask"])
+        out = self._stage1(batch) if self.stage == 1 else self._stage2_step(batch)
+        self.log_dict({f"train/{k}": v for k, v in out.items()}, prog_bar=False, batch_size=B)
+        self.log("loss", out["loss"], prog_bar=True, batch_size=B)
+        return out["loss"] if self.stage == 1 else None
 
     def validation_step(self, batch, batch_idx):
         B = len(batch["mask"])
@@ -276,40 +510,35 @@ class REALMTask(L.LightningModule):
             self.log("val/loss", out["loss"], prog_bar=True, batch_size=B, sync_dist=True)
             self.log("val/mse", out["mse"], batch_size=B, sync_dist=True)
             return
-        coarse = self._coarse(batch)
-        torch.manual_seed(batch_idx)  # the same noise at every validation
-        refined = self.model.refine(coarse, batch["audio"])
-        self.log("val/l1_exp", self._l1_exp(refined, batch), batch_size=B, sync_dist=True)
-        e, mask = self.model.exp, batch["mask"]
-        for i in range(B):
-            n = int(mask[i].sum())
-            self._val.append((np.diff(batch["motion"][i, :n, e].cpu().numpy(), axis=0),
-                              np.diff(refined[i, :n, e].cpu().numpy(), axis=0)))  # fmt: skip
+        for i in range(B):  # whole clips, refined exactly as generation refines them (seed 0)
+            n = int(batch["mask"][i].sum())
+            refined = refine_sequence(self.model, batch["coarse"][i : i + 1, :n], batch["audio"][i : i + 1, :n])
+            self._val.append((self.stats.invert(batch["motion"][i, :n].cpu().numpy()),
+                              self.stats.invert(refined[0].cpu().numpy())))  # fmt: skip
 
     def on_validation_epoch_end(self):
         if self.stage == 2 and self._val:
-            gt = np.concatenate([g for g, _ in self._val])
-            pr = np.concatenate([p for _, p in self._val])
-            self.log("val/fd_delta", frechet_distance(gt, pr), prog_bar=True, sync_dist=True)
+            sc = refinement_scores([p for _, p in self._val], [g for g, _ in self._val], self.model.spec, self.model.spec.fps)
+            self.log("val/fd_exp", sc["fd_exp"], sync_dist=True)
+            self.log("val/fd_delta", sc["fd_delta_exp"], prog_bar=True, sync_dist=True)
+            if math.isfinite(sc["blink_rate"]):
+                self.log("val/blink_rate", sc["blink_rate"], sync_dist=True)
+            if self.val_reference is not None:
+                ref = self.val_reference
+                self.log("val/select", selection_score(sc, ref["coarse"], ref["gt_blink_rate"]), prog_bar=True, sync_dist=True)
         self._val = []
 
     def configure_optimizers(self):
         c = self.cfg
+        total = self.trainer.estimated_stepping_batches
         if self.stage == 2:
-            opt_g = torch.optim.AdamW(self.model.refinement.parameters(), lr=c.lr_g)
+            if self.trainer.max_steps > 0:  # stage 2 counts two optimizer steps (G and D) per batch
+                total = max(1, total // 2)
+            opt_g = torch.optim.AdamW(self.model.refinement.parameters(), lr=c.lr_g, weight_decay=c.weight_decay_g)
             opt_d = torch.optim.AdamW(self.disc.parameters(), lr=c.lr_d, betas=tuple(c.betas_d))
-            return [opt_g, opt_d]
+            return [opt_g, opt_d], [warmup_cosine(opt_g, total, c.warmup), warmup_cosine(opt_d, total, c.warmup)]
         opt = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
-        total = max(1, self.trainer.estimated_stepping_batches)
-        warm = max(1, int(c.warmup * total))
-
-        def schedule(step: int) -> float:  # linear warm-up, then cosine to 0, per iteration
-            if step < warm:
-                return (step + 1) / warm
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": warmup_cosine(opt, total, c.warmup), "interval": "step"}}
 
 
 # ---------------------------------------------------------------- run directory: export and load
@@ -341,6 +570,49 @@ def export(run: Path, model, prepared_or_stats, extractor: str, extra: dict, mod
     write_json(run / "config.json", config)
 
 
+#: REALMConfig fields of the refinement: the ones a run started from another run (``init``) takes
+#: from the command instead of from that run, since stage 2 retrains the refinement.
+REFINE_FIELDS = ("use_refinement", "refine_dim", "refine_ff", "refine_block", "refine_mode", "refine_context",
+                 "refine_chunk", "refine_events", "event_template", "event_refractory", "detail")  # fmt: skip
+
+
+def _from_init(cfg: TrainConfig, model_cfg: REALMConfig) -> tuple[REALMConfig, dict, tuple[NormStats, NormStats]]:
+    """Model config, weights and stats of ``cfg.init``: its coarse model as it is, the refinement
+    fields from ``model_cfg``; refinement weights are kept only when stage 2 is not retrained."""
+    from realm.generate import Listener, load
+
+    lis = load(cfg.init)
+    if not isinstance(lis, Listener):
+        raise ValueError(f"{cfg.init}: --init needs a REALM run, not a {lis.name!r} run")
+    if lis.extractor != cfg.extractor:
+        raise ValueError(f"{cfg.init}: the run uses {lis.extractor!r} features, the command {cfg.extractor!r}")
+    ours = model_cfg.to_dict()
+    mcfg = REALMConfig(**{**lis.model.config.to_dict(), **{k: ours[k] for k in REFINE_FIELDS}})
+    state = {k: v for k, v in lis.model.state_dict().items() if not (2 in cfg.stages and k.startswith("refinement."))}
+    return mcfg, state, (lis.stats, lis.feature_stats)
+
+
+def _stage2_data(task: REALMTask, prep: Prepared, cfg: TrainConfig):
+    """Stage-2 train and val datasets, and the coarse model's own val scores (set on ``task``)."""
+    val = coarse_rollouts(task.model, prep.val, all_samples=False)
+    if cfg.stage2_rollout == "clip":
+        clips = coarse_rollouts(task.model, prep.train)
+        train = CoarseSegments(clips, cfg.clip_len, task.model.refine_context, cfg.clip_stride)
+    else:
+        clips = coarse_rollouts(task.model, prep.train, max_clips=8) if task.model.events else []  # event inits
+        train = prep.train
+    rates = init_events(task.model, clips)
+    spec, fps = task.model.spec, task.model.spec.fps
+    gt = [prep.stats.invert(c.motion) for c in val]
+    rate = blink_rate(gt, spec, fps)
+    task.stats = prep.stats
+    task.val_reference = {"coarse": refinement_scores([prep.stats.invert(c.coarse) for c in val], gt, spec, fps),
+                          "gt_blink_rate": float("nan") if rate is None else rate}  # fmt: skip
+    log.info("stage 2: %d training items, event onsets per frame %s, coarse model on val: %s", len(train), rates,
+             task.val_reference)  # fmt: skip
+    return train, WholeClips(val)
+
+
 def train_realm(
     cfg: TrainConfig,
     model_cfg: REALMConfig,
@@ -349,14 +621,21 @@ def train_realm(
     progress: bool = True,
     command: str | None = None,
 ) -> dict:
-    """Fit stage 1 then stage 2 (as ``cfg.stages`` says); export the best-on-val model to ``out``."""
+    """Fit stage 1 then stage 2 (as ``cfg.stages`` says); export the best-on-val model to ``out``.
+
+    With ``cfg.init`` the run starts from another run's weights and normalisation: ``stages=(2,)``
+    retrains the refinement on that run's coarse model (whose architecture fields are kept).
+    """
     out = Path(out)
     launched_rank = int(os.environ.get("LOCAL_RANK", 0)) + int(os.environ.get("NODE_RANK", 0))
     if launched_rank == 0 and out.exists() and any(out.iterdir()) and not resume:  # ranks > 0 join rank 0's run
         raise FileExistsError(f"{out}: run directory exists and is not empty (use --resume to continue it)")
+    init_state = init_stats = None
+    if cfg.init:
+        model_cfg, init_state, init_stats = _from_init(cfg, model_cfg)
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    prep = prepare_data(cfg)
+    prep = prepare_data(cfg, stats=init_stats)
     model_cfg.spec, model_cfg.audio_dim = prep.spec, prep.audio_dim
     state_path = out / "train_state.json"
     state = json.loads(state_path.read_text()) if resume and state_path.exists() else {"done": []}
@@ -367,8 +646,6 @@ def train_realm(
             model_cfg = REALMConfig(**saved)
     state.update({"model": model_cfg.to_dict(), "train": _jsonable(asdict(cfg))})
     loader_kw = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
-    train_dl = DataLoader(prep.train, shuffle=True, drop_last=len(prep.train) > cfg.batch_size, **loader_kw)
-    val_dl = DataLoader(prep.val, shuffle=False, **loader_kw)
     from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -378,18 +655,27 @@ def train_realm(
         if stage == 2 and not model_cfg.use_refinement:
             continue
         ckdir = out / "lightning" / f"stage{stage}"
-        monitor = "val/loss" if stage == 1 else "val/fd_delta"
+        monitor = "val/loss" if stage == 1 else ("val/select" if cfg.stage2_select == "behaviour" else "val/fd_delta")
         if stage in state["done"]:
             prev_best = state.get(f"best{stage}")
             log.info("stage %d already done (%s)", stage, prev_best)
             continue
         task = REALMTask(model_cfg.to_dict(), _jsonable(asdict(cfg)), stage)
-        if stage == 2:
-            best1 = prev_best or state.get("best1")
-            if best1 is None:
-                raise FileNotFoundError(f"{out}: stage 2 needs a finished stage 1 (no best stage-1 checkpoint)")
+        best1 = prev_best or state.get("best1")
+        if stage == 2 and best1 is not None:
             sd = torch.load(best1, map_location="cpu", weights_only=False)["state_dict"]
             task.load_state_dict({k: v for k, v in sd.items() if k.startswith("model.")}, strict=False)
+        elif init_state is not None:
+            task.model.load_state_dict(init_state, strict=False)
+        elif stage == 2:
+            raise FileNotFoundError(f"{out}: stage 2 needs a finished stage 1 (no best stage-1 checkpoint; or use --init RUN)")
+        if stage == 1:
+            train_ds, val_ds, val_kw = prep.train, prep.val, loader_kw
+        else:
+            train_ds, val_ds = _stage2_data(task, prep, cfg)
+            val_kw = {**loader_kw, "batch_size": 1}  # whole clips of different lengths
+        train_dl = DataLoader(train_ds, shuffle=True, drop_last=len(train_ds) > cfg.batch_size, **loader_kw)
+        val_dl = DataLoader(val_ds, shuffle=False, **val_kw)
         ckpt = ModelCheckpoint(
             dirpath=ckdir, filename="best", monitor=monitor, mode="min", save_top_k=1, save_last=True
         )
@@ -413,7 +699,8 @@ def train_realm(
             enable_model_summary=False,
             log_every_n_steps=max(1, min(50, len(train_dl))),
             # a step budget shorter than an epoch still ends with a validation
-            val_check_interval=cfg.max_steps if 0 < cfg.max_steps < len(train_dl) else None,
+            val_check_interval=(min(cfg.val_every, len(train_dl)) if cfg.val_every > 0
+                                else cfg.max_steps if 0 < cfg.max_steps < len(train_dl) else None),  # fmt: skip
             num_sanity_val_steps=0,
             deterministic=False,
         )
@@ -429,7 +716,10 @@ def train_realm(
             "best_checkpoint": best, monitor: float(score) if score is not None else None,
             "epochs": trainer.current_epoch, "steps": trainer.global_step, "seconds": round(time.time() - t0, 1),
             "world_size": trainer.world_size,
+            "last_val": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")},
         }  # fmt: skip
+        if stage == 2:
+            results["stage2"]["coarse_val"] = task.val_reference
         state[f"best{stage}"] = best
         state["done"].append(stage)
         state_path.write_text(json.dumps(state, indent=1))
@@ -446,6 +736,9 @@ def _export_best(out, best, model_cfg, prep, cfg, stage, results, command):
         "command": command or " ".join(sys.argv), "selected_on": "val",
         "data_config": read_meta(cfg.data).get("config", {}),
     }  # fmt: skip
+    if cfg.init:  # provenance of the weights this run started from (its stage 1, with --stages 2)
+        init = json.loads((Path(cfg.init) / "config.json").read_text())
+        extra["init"] = {"path": str(cfg.init), **{k: init.get(k) for k in ("command", "results", "init")}}
     export(out, model, (prep.stats, prep.feature_stats), cfg.extractor, extra)
 
 

@@ -11,6 +11,11 @@
        bootstrap guide: frame 0 held, head rotation interpolated to a predicted waypoint.
     Refinement (stage 2): expression + audio-modulated noise ──► SE ──► transformer ──►
        zero-initialised residual (starts as the identity). Pose is never refined.
+       refine_mode "causal" (ours, default): causal convolutions, SE over the last
+       refine_context frames, attention to the last refine_context frames, so frame t depends on
+       frames [t - R, t] only (R = Refinement.context): streams exactly, no window seams.
+       refine_mode "whole" (the authors'): centred convolutions, SE and attention over the whole
+       sequence (inference.py refines the whole generated sequence at once).
 
 Facts from the authors' code (lipzh5/REALM) and DESIGN section 7: W = K = 16, d = 128, 4 heads,
 FF 512, tau = 8, ~2.29 M parameters (coarse) / 2.86 M (with refinement) at 768-d audio and
@@ -25,12 +30,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from realm.errors import check_choices
 from realm.models.alibi import shifted_alibi_bias
-from realm.motion import MotionSpec, get_spec
+from realm.motion import FAST_EVENTS, MotionSpec, event_channels, get_spec
 
 
 @dataclass
@@ -60,12 +67,50 @@ class REALMConfig:
     #   decoder's memory as one more token for the whole rollout, so the listener's identity
     #   (resting face) is not lost once the K-frame history is all the model's own output
     #   (docs/benchmark.md, "identity drift"). False = the authors' model.
+    first_window: str = "frame0"  # "frame0": the first window's deltas are integrated from frame 0
+    #   (the authors'); "guide": from the bootstrap guide's last frame (our checkpoints before
+    #   2026-11-28), which made head rotation jump between frames 0 and 1
     refine_dim: int = 128
     refine_ff: int = 256
     refine_block: str = "expression"
+    refine_mode: str = "causal"  # "causal" (ours): frame t of the refinement reads frames
+    #   [t - Refinement.context, t] only, so streaming equals offline and window edges leave no
+    #   seam; "whole" (the authors'): bidirectional over the whole sequence (docs/realm.md)
+    refine_context: int = 32  # causal mode: frames the SE squeeze and the attention look back
+    refine_chunk: int = 2048  # whole mode: sequences longer than this are refined in independent
+    #   chunks of this many frames (attention memory grows with the square of the length)
+    refine_events: tuple[str, ...] = ("blink",)  # ours: fast events the refinement samples as
+    #   discrete events (a learned hazard, an onset drawn from the noise, a learned template), where
+    #   the spec has their channels (realm.motion.FAST_EVENTS); () = the authors' refinement
+    event_template: int = 12  # frames an event's learned template lasts (12 = 400 ms)
+    event_refractory: int = 9  # an onset is dropped when another candidate onset fell in the
+    #   frames before it (9 = 300 ms, the shortest gap between a person's blinks); 0 = none
+    detail: str = "odd"  # "odd" (ours): the noise detail is an odd function of the noise,
+    #   (N(eps) - N(-eps)) / 2, so its mean over the noise is 0 by construction (no offset, and
+    #   nothing without the noise); "free" (the authors'): N(eps), which our runs learned to make
+    #   deterministic (the same with the noise at 0) and late (docs/realm.md, "Stage 2")
+
+    def __post_init__(self):
+        check_choices(self, first_window=("frame0", "guide"), refine_mode=("causal", "whole"), detail=("odd", "free"))
+        if self.refine_context < 1 or self.refine_chunk < 1 or self.event_template < 1:
+            raise ValueError("refine_context, refine_chunk and event_template must be >= 1")
+        if not 0 <= self.event_refractory <= 30:
+            raise ValueError(f"event_refractory must be 0..30 frames, got {self.event_refractory}")
+        self.refine_events = tuple(self.refine_events)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> REALMConfig:
+        """A config saved with a checkpoint. Fields it lacks take the value that checkpoints of
+        that time were trained with (:data:`LEGACY_DEFAULTS`), not today's default."""
+        return cls(**{**LEGACY_DEFAULTS, **d})
+
+
+#: What a saved config without the field meant: the behaviour its checkpoint was trained with.
+LEGACY_DEFAULTS = {"first_window": "guide", "refine_mode": "whole", "refine_events": (), "detail": "free",
+                   "event_refractory": 0}
 
 
 # ---------------------------------------------------------------- building blocks
@@ -186,33 +231,156 @@ class CoarseDecoder(nn.Module):
         return torch.cat([head(x) for head in self.heads.values()], dim=-1), alpha
 
 
-class Refinement(nn.Module):
-    """Audio-modulated noise injection for high-frequency expression detail (stage 2)."""
+class CausalConv1d(nn.Conv1d):
+    """Conv1d that pads only on the left: output frame t reads input frames [t - (k - 1) d, t]."""
 
-    def __init__(self, c: REALMConfig, exp_dim: int):
+    def __init__(self, c_in: int, c_out: int, k: int, dilation: int = 1):
+        super().__init__(c_in, c_out, k, padding=0, dilation=dilation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T) -> (B, C', T)
+        return super().forward(F.pad(x, ((self.kernel_size[0] - 1) * self.dilation[0], 0)))
+
+
+def banded_causal_mask(T: int, span: int, device=None) -> torch.Tensor:
+    """(T, T) additive mask: query t may attend keys [t - span, t], -inf elsewhere."""
+    i = torch.arange(T, device=device).view(-1, 1)
+    j = torch.arange(T, device=device).view(1, -1)
+    allowed = (j <= i) & (j >= i - span)
+    return torch.zeros(T, T, device=device).masked_fill(~allowed, float("-inf"))
+
+
+class Refinement(nn.Module):
+    """Audio-modulated noise injection for high-frequency expression detail (stage 2).
+
+    ``mode="whole"`` is the authors' module (k3 convolutions centred, squeeze over the whole
+    sequence, unmasked attention). ``mode="causal"`` (ours) has the same layers and parameter
+    shapes, made causal: left-padded convolutions, the squeeze a mean over the last ``context``
+    frames, attention to the last ``context`` frames. Frame t then depends on input frames
+    [t - :attr:`context`, t] only, whatever the sequence around it.
+
+    **Detail.** ``N(eps)`` = audio-modulated noise -> channel attention -> self-attention ->
+    output convolution. ``detail="free"`` (the authors') adds ``N(eps)``; ``detail="odd"`` (ours)
+    adds ``(N(eps) - N(-eps)) / 2``, an odd function of the Gaussian noise: its mean over the noise
+    is 0 whatever the weights, so it cannot become an offset or a deterministic, noise-ignoring
+    signal, which is what the free detail became in our runs.
+
+    **Fast events** (ours, ``n_events`` > 0, e.g. blinks). Noise through convolutions and
+    attention makes micro-motion, but a rare, all-or-nothing event at a random time (a blink) is
+    not what a generator trained on it learns to make of Gaussian noise (docs/realm.md, "Stage 2").
+    So each event has a hazard ``p_t = sigmoid(head(features))`` (the chance it starts at frame t,
+    read from the coarse motion and the audio), an onset ``z_t = 1[Phi(eps_t) < p_t]`` drawn from an
+    extra noise channel, and a learned template (a causal convolution, ``event_template`` frames)
+    that draws it on its own channels (a blink on the eyelids). The refinement adds
+    ``template * (z - p)``: the noise-averaged event term is 0, so events are detail around the
+    coarse motion, which holds their expected value, not an offset. Training passes the ground
+    truth's onsets as ``events``.
+    """
+
+    def __init__(self, c: REALMConfig, exp_dim: int, n_events: int = 0, event_mask: torch.Tensor | None = None):
         super().__init__()
         h = c.refine_dim
-        self.local = nn.Sequential(
-            nn.Conv1d(exp_dim, h, 3, padding=1), nn.GELU(), nn.Conv1d(h, h, 3, padding=1), nn.GELU()
-        )
-        self.modulator = nn.Sequential(nn.Conv1d(c.audio_dim, h, 3, padding=1), nn.GELU(), nn.Conv1d(h, 2 * h, 1))
+        self.causal, self.span, self.n_events = c.refine_mode == "causal", c.refine_context, n_events
+        self.odd = c.detail == "odd"
+        conv = ((lambda i, o, k=3, d=1: CausalConv1d(i, o, k, d)) if self.causal
+                else (lambda i, o, k=3, d=1: nn.Conv1d(i, o, k, padding=d * (k // 2), dilation=d)))  # fmt: skip
+        self.local = nn.Sequential(conv(exp_dim, h), nn.GELU(), conv(h, h), nn.GELU())
+        self.modulator = nn.Sequential(conv(c.audio_dim, h), nn.GELU(), nn.Conv1d(h, 2 * h, 1))
         self.se = nn.Sequential(nn.Conv1d(h, h // 4, 1), nn.ReLU(), nn.Conv1d(h // 4, h, 1), nn.Sigmoid())
         layer = nn.TransformerEncoderLayer(h, c.n_heads, c.refine_ff, c.dropout, activation="gelu", batch_first=True)
         self.temporal = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
-        self.out = nn.Conv1d(h, exp_dim, 3, padding=1)
+        self.out = conv(h, exp_dim)
         nn.init.zeros_(self.out.weight)  # zero-initialised residual: starts as the identity
         nn.init.zeros_(self.out.bias)
+        self.event_k, self.refractory = c.event_template, c.event_refractory
+        if n_events:
+            # hazard: 20 frames of context (k5, then k5 dilated 4), enough to hear a pause begin tau ago
+            self.hazard = nn.Sequential(conv(2 * h, h, 5), nn.GELU(), conv(h, h, 5, 4), nn.GELU(), nn.Conv1d(h, n_events, 1))
+            nn.init.constant_(self.hazard[-1].bias, -4.0)  # about 1 % a frame to start with
+            self.template = nn.Conv1d(n_events, exp_dim, self.event_k, bias=False)  # causal: onset -> frames after it
+            nn.init.zeros_(self.template.weight)
+            # (E, K, 1): an event is drawn on its own channels only (a blink on the eyelids)
+            mask = torch.ones(exp_dim, n_events, 1) if event_mask is None else event_mask.reshape(exp_dim, n_events, 1)
+            self.register_buffer("event_mask", mask.float(), persistent=False)
 
-    def forward(self, exp: torch.Tensor, audio: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        # exp (B, T, E), audio (B, T, A), noise (B, h, T) or None (drawn) -> refined exp (B, T, E)
+    @property
+    def noise_dim(self) -> int:
+        """Noise channels per frame: the feature noise, then one per event."""
+        return self.local[0].out_channels + self.n_events
+
+    @property
+    def context(self) -> int:
+        """Causal mode: frames before t that output frame t depends on (convs 2 + 2, squeeze
+        span - 1, attention span, output conv 2; events: convs 4 + hazard 20 + refractory - 1 +
+        template - 1, the larger of the two). Whole mode: unbounded (-1)."""
+        if not self.causal:
+            return -1
+        events = 4 + 20 + max(self.refractory - 1, 0) + self.event_k - 1 if self.n_events else 0
+        return max(4 + (self.span - 1) + self.span + 2, events)
+
+    def squeeze(self, f: torch.Tensor) -> torch.Tensor:
+        """Channel descriptor of f (B, h, T): whole: the mean over time (B, h, 1); causal: the mean
+        over the last ``span`` frames, zeros before the sequence (B, h, T)."""
+        if not self.causal:
+            return f.mean(dim=2, keepdim=True)
+        return F.avg_pool1d(F.pad(f, (self.span - 1, 0)), self.span, stride=1)
+
+    def _before(self, x: torch.Tensor, how: str) -> torch.Tensor:
+        """(B, K, T): the sum or max of x over the ``refractory - 1`` frames before each frame (0 before the start)."""
+        n = self.refractory - 1
+        if n < 1:
+            return torch.zeros_like(x)
+        prev = F.pad(x, (n, 0))[..., :-1]  # frame t reads frames [t - n, t - 1]
+        return F.avg_pool1d(prev, n, stride=1) * n if how == "sum" else F.max_pool1d(prev, n, stride=1)
+
+    def detail(self, f: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        # f, gamma, beta, eps (B, h, T) -> N(eps) (B, E, T): audio-modulated noise, channel attention,
+        #   temporal self-attention, output convolution
+        g = f + gamma * eps + beta
+        g = g * self.se(self.squeeze(g))  # squeeze-excitation channel attention
+        mask = banded_causal_mask(g.shape[2], self.span, g.device) if self.causal else None
+        g = self.temporal(g.transpose(1, 2), mask=mask).transpose(1, 2)
+        return self.out(g)
+
+    def forward(self, exp: torch.Tensor, audio: torch.Tensor, noise: torch.Tensor | None = None,
+                events: torch.Tensor | None = None, parts: bool = False):  # fmt: skip
+        # exp (B, T, E), audio (B, T, A), noise (B, noise_dim, T) or None (drawn), events (B, T, K)
+        #   given onsets (training) or None (drawn from the noise) -> refined exp (B, T, E)
+        #   [, {"onset_logit": (B, T, K) logit of q, "hazard": (B, T, K) p, "events": (B, T, E) the
+        #   event term} with parts=True]
         x = exp.transpose(1, 2)
         f = self.local(x)  # (B, h, T)
+        h = f.shape[1]
         gamma, beta = self.modulator(audio.transpose(1, 2)).chunk(2, dim=1)
-        eps = torch.randn_like(f) if noise is None else noise
-        f = f + gamma * eps + beta
-        f = f * self.se(f.mean(dim=2, keepdim=True))  # squeeze-excitation channel attention
-        f = self.temporal(f.transpose(1, 2)).transpose(1, 2)
-        return (x + self.out(f)).transpose(1, 2)
+        eps = torch.randn(f.shape[0], self.noise_dim, f.shape[2], device=f.device) if noise is None else noise
+        if self.odd:  # detail (N(eps) - N(-eps)) / 2: the +eps and -eps halves as one batch
+            B = f.shape[0]
+            detail = self.detail(torch.cat([f, f]), torch.cat([gamma, gamma]), torch.cat([beta, beta]),
+                                 torch.cat([eps[:, :h], -eps[:, :h]]))  # fmt: skip
+            out = x + 0.5 * (detail[:B] - detail[B:])
+        else:
+            out = x + self.detail(f, gamma, beta, eps[:, :h])
+        logit = term = p = None
+        if self.n_events:
+            logit = self.hazard(torch.cat([f, beta], dim=1))  # (B, K, T)
+            p = torch.sigmoid(logit)
+            # q_t: the chance of an onset at t, a candidate (prob. p_t) with none in the R - 1 frames
+            #   before it (candidates are independent: q_t = p_t * prod_k (1 - p_{t-k}))
+            log_q = F.logsigmoid(logit) + self._before(F.logsigmoid(-logit), "sum")
+            q = log_q.exp()
+            logit = log_q - torch.log1p(-q.clamp(max=1 - 1e-6))  # logit of q, what training fits
+            if events is None:  # a candidate where the event's uniform noise falls under the hazard
+                cand = (0.5 * (1 + torch.erf(eps[:, h:] / math.sqrt(2))) < p).float()
+                z = cand * (1 - self._before(cand, "max"))  # no candidate in the refractory frames
+            else:
+                z = events.transpose(1, 2).to(p.dtype)
+            innovation = F.pad(z - q.detach(), (self.event_k - 1, 0))  # zero mean over the noise
+            term = F.conv1d(innovation, self.template.weight * self.event_mask)
+            out = out + term
+        out = out.transpose(1, 2)
+        if parts:
+            logit, p, term = (None if v is None else v.transpose(1, 2) for v in (logit, p, term))
+            return out, {"onset_logit": logit, "hazard": p, "events": term}
+        return out
 
 
 class Discriminator(nn.Module):
@@ -246,7 +414,15 @@ class REALM(nn.Module):
         if self.rot is not None:
             self.waypoint = nn.Sequential(nn.Linear(3 + c.audio_dim, 128), nn.GELU(), nn.Linear(128, 3))
         self.exp = spec.block(c.refine_block).slice
-        self.refinement = Refinement(c, spec.block(c.refine_block).size) if c.use_refinement else None
+        self.events = event_channels(spec, c.refine_events) if c.use_refinement else []  # fast events sampled
+        self.refinement = None
+        if c.use_refinement:
+            block = spec.block(c.refine_block)
+            mask = torch.zeros(block.size, len(self.events))
+            for k, name in enumerate(self.events):
+                for ch in FAST_EVENTS[name]:
+                    mask[spec.channel(ch) - block.start, k] = 1.0
+            self.refinement = Refinement(c, block.size, len(self.events), mask)
 
     # -- one autoregressive step ------------------------------------------------
     def encode_window(self, audio: torch.Tensor) -> torch.Tensor:
@@ -268,10 +444,11 @@ class REALM(nn.Module):
         return self.encode_window(ctx).reshape(B, T // W, W, -1)
 
     def step(self, audio: torch.Tensor, history: torch.Tensor, audio_enc: torch.Tensor | None = None,
-             anchor: torch.Tensor | None = None):  # fmt: skip
+             anchor: torch.Tensor | None = None, base: torch.Tensor | None = None):  # fmt: skip
         """Predict one window. audio (B, W, A), history (B, K, D) -> motion (B, W, D), alpha (B, K, 1).
 
-        The window's motion is the last history frame plus the cumulative sum of the deltas.
+        The window's motion is ``base`` (B, D; default the last history frame) plus the cumulative
+        sum of the deltas.
         ``audio_enc`` (B, W, d) may hold the window's precomputed encoding (it must, when the
         model reads audio context before the window). ``anchor`` (B, D): the frame the rollout
         started from (:meth:`anchor_frame`), read only by models with ``identity_anchor``.
@@ -284,7 +461,8 @@ class REALM(nn.Module):
         seen = history if c.use_history else torch.zeros_like(history)
         fused = self.fusion(audio_enc, seen)  # (B, K, d)
         deltas, alpha = self.decoder(fused, seen, anchor)  # (B, W, D)
-        return history[:, -1:] + torch.cumsum(deltas, dim=1), alpha
+        start = history[:, -1:] if base is None else base.unsqueeze(1)
+        return start + torch.cumsum(deltas, dim=1), alpha
 
     def bootstrap(self, frame0: torch.Tensor, audio0: torch.Tensor):
         """Guide history for the first window from frame 0 (B, D) and its window's audio (B, W, A).
@@ -309,6 +487,11 @@ class REALM(nn.Module):
         """The identity anchor (B, D): the frame generation starts from (``frame0``, else the last
         frame of a real ``history``), as in training, where it is each clip's frame 0."""
         return history[:, -1] if history is not None else frame0
+
+    def first_base(self, frame0: torch.Tensor | None, history: torch.Tensor | None) -> torch.Tensor | None:
+        """The frame the first window's deltas are integrated from: frame 0 after a bootstrap with
+        ``first_window="frame0"`` (the authors'), else None (the last history frame)."""
+        return frame0 if history is None and self.config.first_window == "frame0" else None
 
     def start(self, audio0: torch.Tensor, frame0: torch.Tensor | None = None, history: torch.Tensor | None = None):
         """History for the first window: the bootstrap guide from ``frame0`` (B, D), or the last K
@@ -336,7 +519,8 @@ class REALM(nn.Module):
         enc = self.encode_audio(audio)  # (B, n_win, W, d)
         frames, alphas, bounds = [], [], []
         for w in range(n_win):
-            window, alpha = self.step(audio[:, w * W : (w + 1) * W], hist, enc[:, w], anchor)
+            base = self.first_base(frame0, history) if w == 0 else None
+            window, alpha = self.step(audio[:, w * W : (w + 1) * W], hist, enc[:, w], anchor, base)
             if w == 0 and history is None:
                 window = torch.cat([frame0.unsqueeze(1), window[:, 1:]], dim=1)  # anchor frame 0
             bounds.append((hist[:, -2:], window[:, :2]))
@@ -349,19 +533,39 @@ class REALM(nn.Module):
         return padded[:, :T], aux
 
     # -- refinement ----------------------------------------------------------------
-    def refine(self, motion: torch.Tensor, audio: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Replace the refined block of ``motion`` (B, T, D) by its refinement given ``audio`` (B, T, A)."""
+    def refine(self, motion: torch.Tensor, audio: torch.Tensor, noise: torch.Tensor | None = None,
+               events: torch.Tensor | None = None, parts: bool = False):  # fmt: skip
+        """Replace the refined block of ``motion`` (B, T, D) by its refinement given ``audio`` (B, T, A).
+
+        ``noise`` (B, refinement.noise_dim, T): drawn when None. ``events`` (B, T, K): onsets of the
+        fast events (training: the ground truth's); drawn from the noise when None. ``parts``: also
+        ``{"onset_logit": (B, T, K), "hazard": (B, T, K), "events": (B, T, E)}`` (the logit of an
+        onset's probability q, the candidates' hazard p, and the events' term of the refined block;
+        None without events).
+        """
+        empty = {"onset_logit": None, "hazard": None, "events": None}
         if self.refinement is None:
-            return motion
+            return (motion, empty) if parts else motion
         a = audio if self.config.use_audio else torch.zeros_like(audio)
         out = motion.clone()
-        out[:, :, self.exp] = self.refinement(motion[:, :, self.exp], a, noise)
-        return out
+        refined, got = self.refinement(motion[:, :, self.exp], a, noise, events, parts=True)
+        out[:, :, self.exp] = refined
+        return (out, got) if parts else out
+
+    @property
+    def refine_context(self) -> int:
+        """Frames before a refined frame that it depends on: causal mode R (then frames before the
+        sequence are a held first frame with silent audio, :func:`refine_prefix`); whole mode 0."""
+        return self.refinement.context if self.refinement is not None and self.refinement.causal else 0
 
     def forward(self, audio, frame0=None, history=None, refine: bool = True):
+        """Coarse rollout, then the refinement over the whole sequence with fresh noise (training
+        and tests; generation refines through ``realm.generate.RefineStream``)."""
         motion, aux = self.rollout(audio, frame0, history)
-        if refine and self.refinement is not None:  # refine whole windows, as streaming does
-            motion = self.refine(aux["padded"], aux["padded_audio"])[:, : motion.shape[1]]
+        if refine and self.refinement is not None:
+            R = self.refine_context
+            m, a = refine_prefix(aux["padded"], aux["padded_audio"], R)
+            motion = self.refine(m, a)[:, R : R + motion.shape[1]]
         return motion, aux
 
     # -- introspection -------------------------------------------------------------
@@ -416,6 +620,107 @@ class REALM(nn.Module):
         counts["coarse"] = counts["audio_encoder"] + counts["fusion"] + counts["decoder"] + counts["waypoint"]
         counts["total"] = counts["coarse"] + counts["refinement"]
         return counts
+
+
+# ---------------------------------------------------------------- refining a sequence (generation)
+
+
+class SequenceNoise:
+    """The refinement's noise as a function of the absolute frame: frames [16 b, 16 b + 16) of
+    sample ``sample`` draw their (h, 16) block from the seed ``(seed, sample, b)`` (blocks before
+    frame 0, which a causal refinement reads as context, from ``(seed, sample, -1, -b)``). So a
+    frame's noise does not depend on how the audio arrived or how generation was chunked."""
+
+    BLOCK = 16
+
+    def __init__(self, dim: int, seed: int = 0, sample: int = 0):
+        self.dim, self.seed, self.sample = dim, int(seed), int(sample)
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def _block(self, b: int) -> torch.Tensor:
+        if b not in self._cache:
+            key = [self.seed, self.sample, b] if b >= 0 else [self.seed, self.sample, 2**31 - 1, -b]
+            g = torch.Generator()
+            g.manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
+            if len(self._cache) > 64:  # streaming reads a few recent blocks again and again
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[b] = torch.randn(self.dim, self.BLOCK, generator=g)
+        return self._cache[b]
+
+    def __call__(self, start: int, stop: int) -> torch.Tensor:
+        """Noise of frames [start, stop): (1, dim, stop - start)."""
+        if stop <= start:
+            return torch.zeros(1, self.dim, 0)
+        B = self.BLOCK
+        first, last = start // B, (stop - 1) // B
+        blocks = torch.cat([self._block(b) for b in range(first, last + 1)], dim=1)
+        return blocks[:, start - first * B : stop - first * B].unsqueeze(0)
+
+
+class RefineStream:
+    """The one refinement computation of generation, offline and streaming alike.
+
+    ``push(coarse, audio)`` takes the next frames of the (normalised) coarse motion (1, n, D) and
+    their features (1, n, A) and returns them refined (1, n, D).
+
+    * ``refine_mode="causal"`` (default): a frame is refined from the ``R = model.refine_context``
+      frames before it (before frame 0: the first frame held, silent audio), kept here between
+      pushes. The result does not depend on how the frames are split into pushes: streaming
+      equals offline exactly, and window edges leave no seam.
+    * ``refine_mode="whole"`` (the authors'): offline generation refines the whole sequence at once
+      (:func:`refine_sequence`); pushed frames are refined with up to ``refine_context`` frames of
+      left context only, an approximation that differs from offline by design.
+    """
+
+    def __init__(self, model: REALM, seed: int = 0, sample: int = 0):
+        self.model = model
+        self.noise = SequenceNoise(model.refinement.noise_dim if model.refinement is not None else 0, seed, sample)
+        self.causal = model.refinement is not None and model.refinement.causal
+        self.R = model.refine_context if self.causal else model.config.refine_context
+        self.done = 0  # frames refined so far
+        self.ctx: tuple[torch.Tensor, torch.Tensor] | None = None  # the last R coarse and audio frames
+
+    def push(self, coarse: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        n = coarse.shape[1]
+        if self.model.refinement is None or n == 0:
+            return coarse
+        if self.ctx is None:  # causal: the frames before 0 are the first frame held, with silence
+            R = self.R if self.causal else 0
+            self.ctx = (coarse[:, :1].expand(-1, R, -1), audio.new_zeros(1, R, audio.shape[2]))
+        m, a = torch.cat([self.ctx[0], coarse], dim=1), torch.cat([self.ctx[1], audio], dim=1)
+        c = m.shape[1] - n  # context frames in front
+        out = self.model.refine(m, a, self.noise(self.done - c, self.done + n))[:, c:]
+        self.ctx = (m[:, -self.R :], a[:, -self.R :]) if self.R > 0 else (m[:, :0], a[:, :0])
+        self.done += n
+        return out
+
+
+def refine_sequence(model: REALM, coarse: torch.Tensor, audio: torch.Tensor, seed: int = 0, sample: int = 0,
+                    chunk: int = 512) -> torch.Tensor:  # fmt: skip
+    """Refine a whole (1, T, D) coarse sequence with the noise of ``(seed, sample)``.
+
+    Causal mode: :class:`RefineStream` fed ``chunk`` frames at a time (the chunking changes
+    nothing but memory). Whole mode (the authors' ``inference.py``): the whole sequence at once,
+    or independent chunks of ``refine_chunk`` frames beyond that length.
+    """
+    if model.refinement is None:
+        return coarse
+    T = coarse.shape[1]
+    if model.refinement.causal:
+        rs = RefineStream(model, seed, sample)
+        return torch.cat([rs.push(coarse[:, a : a + chunk], audio[:, a : a + chunk]) for a in range(0, T, chunk)], dim=1)
+    noise, L = SequenceNoise(model.refinement.noise_dim, seed, sample), model.config.refine_chunk
+    return torch.cat([model.refine(coarse[:, a : a + L], audio[:, a : a + L], noise(a, min(T, a + L)))
+                      for a in range(0, T, L)], dim=1)  # fmt: skip
+
+
+def refine_prefix(motion: torch.Tensor, audio: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``motion`` (B, T, D) and ``audio`` (B, T, A) with ``n`` frames put before the start: the first
+    frame held, silence (zero features). A causal refinement reads them as the frames before 0."""
+    if n <= 0:
+        return motion, audio
+    return (torch.cat([motion[:, :1].expand(-1, n, -1), motion], dim=1),
+            torch.cat([audio.new_zeros(audio.shape[0], n, audio.shape[2]), audio], dim=1))  # fmt: skip
 
 
 def _left_pad(history: torch.Tensor, K: int) -> torch.Tensor:

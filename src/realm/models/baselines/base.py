@@ -297,7 +297,6 @@ class BaselineListener(RunModel):
         speaker: np.ndarray | None = None,
         words: list | None = None,
         refine: bool = True,
-        refine_window: int = 128,
         identity_ref: np.ndarray | None = None,
         temperature: float | None = None,
         top_p: float | None = None,
@@ -309,7 +308,7 @@ class BaselineListener(RunModel):
         (LSTM, ListenFormer); the default is the training mean frame; the other baselines ignore
         it. ``speaker`` (T, Ds) is the speaker's raw motion (mirror, LSTM, ListenFormer, L2L),
         ``words`` (list of :class:`realm.data.clip.Word`) the speaker's words (LM-Listener).
-        ``refine`` and ``refine_window`` are REALM's options, accepted and ignored.
+        ``refine`` is REALM's option, accepted and ignored.
         ``identity_ref`` (Tr >= 60, D) motion of the target listener (the mmlm decodes in its style;
         else from ``history`` when it is >= 2 s), ``temperature`` (0 = greedy) and ``top_p``: token sampling
         of the models that have it (mmlm); the others reject them.
