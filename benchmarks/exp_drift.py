@@ -30,7 +30,7 @@ def main() -> None:
 
     from realm.data import load_any
     from realm.eval import load_models
-    from realm.metrics import DRIFT_SEGMENTS, rest_drift
+    from realm.metrics import DRIFT_KEYS, rest_drift
     from realm.motion import get_spec
 
     clips = load_any(args.data)
@@ -44,7 +44,7 @@ def main() -> None:
     print(f"# python benchmarks/exp_drift.py --data {args.data} --split {args.split} "
           + " ".join(f"-m {m}" for m in args.model))  # fmt: skip
     print(f"# {len(test)} clips; error = mean |median generated expression - listener's rest| per segment\n")
-    names = [f"{a:g}-{b:g} s" if b else f"{a:g} s-end" for a, b in DRIFT_SEGMENTS]
+    names = [label.removeprefix("drift ") for _, label in DRIFT_KEYS]
     print("| model | " + " | ".join(names) + " |")
     print("|---|" + "---:|" * len(names))
     rests = [np.median(c.samples()[0][:, ex], axis=0) for c in test]  # each listener's resting expression
@@ -58,7 +58,7 @@ def main() -> None:
             rows.append(rest_drift(p[:, ex], rest, fps))
         print(f"| {name} | " + " | ".join(f"{v:.4f}" for v in np.nanmean(rows, axis=0)) + " |", flush=True)
     pop = float(np.mean([np.abs(population - rest).mean() for rest in rests]))
-    print("| *population mean expression* | " + " | ".join([f"{pop:.4f}"] * len(DRIFT_SEGMENTS)) + " |")
+    print("| *population mean expression* | " + " | ".join([f"{pop:.4f}"] * len(DRIFT_KEYS)) + " |")
 
 
 if __name__ == "__main__":

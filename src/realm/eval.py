@@ -165,12 +165,12 @@ def evaluate(
     rows: list[Row] = []
     preds_of: dict[str, list[np.ndarray]] = {}
     done = 0
-    runs = [(name, m, {}) for name, m in loaded.items()]
+    runs = [(name, name, m, {}) for name, m in loaded.items()]  # (row, model key, model, generate options)
     if coarse_rows:  # REALM before its refinement, one row apart
-        runs = [r for name, m, kw_ in runs
-                for r in [(name, m, kw_)] + ([(f"{name} (coarse)", m, {"refine": False})] if _refines(m) else [])]  # fmt: skip
+        runs = [r for name, key, m, kw_ in runs
+                for r in [(name, key, m, kw_)] + ([(f"{name} (coarse)", key, m, {"refine": False})] if _refines(m) else [])]  # fmt: skip
     total = len(runs) * len(clips)
-    for name, m, gen_kw in runs:
+    for name, key, m, gen_kw in runs:
         n = samples if getattr(m, "stochastic", False) and gen_kw.get("refine", True) else 1
         t0 = time.time()
         preds = []
@@ -194,7 +194,7 @@ def evaluate(
         preds_of[name] = preds
         per_sample = [evaluate_clip_set(gts, [p[s] for p in preds], spec, reference=ref, seed=seed, fps=fps, **kw)
                       for s in range(n)]  # fmt: skip
-        src = models[next(k for k, v in loaded.items() if v is m)]
+        src = models[key]
         info = {"model": str(src) if isinstance(src, str | Path) else type(m).__name__,
                 "type": getattr(m, "name", type(m).__name__), "stochastic": bool(getattr(m, "stochastic", False)) and gen_kw.get("refine", True), **gen_kw,
                 "extractor": getattr(m, "extractor", None), "generation_seconds": round(seconds, 3)}  # fmt: skip

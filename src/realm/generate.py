@@ -161,7 +161,7 @@ class Streamer:
         self.K = self.model.config.history
         self.f0, self.history = listener._start(first_frame, history)
         self.hist = None  # the model's K-frame history, set by the first window
-        self.seed, self.sample, self.refine, self.clamp = seed, sample, refine, clamp
+        self.refine, self.clamp = refine, clamp
         self.refiner = RefineStream(self.model, seed, sample)
         self.buf = np.zeros(0, np.float32)
         self.offset = 0  # global index of buf[0]

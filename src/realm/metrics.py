@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from realm.motion import MotionSpec, get_spec
+from realm.motion import FAST_EVENTS, MotionSpec, get_spec
 from realm.threads import single_thread_blas  # noqa: F401  (part of this module's API)
 
 # ============================================================ basics
@@ -703,8 +703,7 @@ DETECTORS: dict[str, RiseDetector] = {
     "concern": RiseDetector(("mouthFrownLeft", "mouthFrownRight"), 0.06, 0.004),
     "brow_raise": RiseDetector(("browOuterUpLeft", "browOuterUpRight"), 0.06, 0.005),
     "nod": RiseDetector(("rotation.pitch",), 0.025, 0.0025, smooth=1.5, refractory_s=0.8, fall=0.5, fall_within_s=0.7),
-    "blink": RiseDetector(("eyeBlinkLeft", "eyeBlinkRight"), 0.35, 0.05, smooth=0.0, refractory_s=0.25,
-                          fall=0.5, fall_within_s=0.5),
+    "blink": RiseDetector(FAST_EVENTS["blink"], 0.35, 0.05, smooth=0.0, refractory_s=0.25, fall=0.5, fall_within_s=0.5),
 }
 
 
@@ -812,6 +811,11 @@ def blink_rate(clips: Sequence[np.ndarray], spec: str | MotionSpec = "arkit58", 
 #: Time segments (seconds; None = the end) of the rest-drift metric: the start, the middle of a
 #: 128-frame training clip's horizon and beyond it, and the rest of the clip.
 DRIFT_SEGMENTS: tuple[tuple[float, float | None], ...] = ((0.0, 3.0), (3.0, 8.0), (8.0, None))
+
+
+#: Metric keys and labels of the rest-drift segments: ("drift_0_3", "drift 0-3 s"), ...
+DRIFT_KEYS = tuple((f"drift_{a:g}_{'end' if b is None else f'{b:g}'}", f"drift {a:g}{' s-end' if b is None else f'-{b:g} s'}")
+                   for a, b in DRIFT_SEGMENTS)  # fmt: skip
 
 
 def rest_drift(motion: np.ndarray, rest: np.ndarray, fps: float = 30.0,
@@ -1103,8 +1107,6 @@ def _registry() -> dict[str, MetricInfo]:
     return out
 
 
-#: Metric keys and labels of the rest-drift segments (:data:`DRIFT_SEGMENTS`).
-DRIFT_KEYS = (("drift_0_3", "drift 0-3 s"), ("drift_3_8", "drift 3-8 s"), ("drift_8_end", "drift 8 s-end"))
 
 METRICS: dict[str, MetricInfo] = _registry()
 

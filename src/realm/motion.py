@@ -203,7 +203,7 @@ def get_spec(name: str | MotionSpec) -> MotionSpec:
 FAST_EVENTS: dict[str, tuple[str, ...]] = {"blink": ("eyeBlinkLeft", "eyeBlinkRight")}
 
 
-def event_channels(spec: MotionSpec, events) -> list[str]:
+def events_in_spec(spec: MotionSpec, events) -> list[str]:
     """The events of ``events`` whose channels ``spec`` has (arkit58: blink; vico70: none)."""
     out = []
     for name in events:

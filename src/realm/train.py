@@ -15,8 +15,9 @@ REALM trains in two stages (DESIGN section 7):
   Our changes, each a field of :class:`TrainConfig` (docs/realm.md says why):
   ``stage2_rollout="clip"`` trains on segments of whole-clip coarse rollouts, computed once
   (the coarse model is frozen and deterministic), with the refinement's causal context in front,
-  exactly as generation refines them; ``w_mean`` keeps the noise-averaged refinement on its
-  coarse input (no offset: the noise adds detail around the coarse motion);
+  exactly as generation refines them; ``d_input="detail"`` shows the discriminator the fast
+  detail only; ``w_detail`` holds the slow part of the noise's detail at 0 (no offset: the noise
+  adds detail around the coarse motion); ``w_event`` fits the fast events' onsets;
   ``stage2_select="behaviour"`` selects on val FD exp + FD_delta exp + blink-rate error, each
   divided by the coarse model's value.
 
@@ -99,7 +100,6 @@ class TrainConfig:
     d_input: str = "detail"  # "detail" (ours): the discriminator sees the expression minus its
     #   0.5 s running median, so it judges fast detail only, which is all the refinement may change;
     #   "expression" (the authors'): the expression itself
-    w_mean: float = 0.0  # ours, measured and off: |E_noise[refined] - coarse|^2 from two draws
     # runtime
     max_steps: int = -1  # per stage; -1: run the epochs
     val_every: int = 0  # validate (and maybe keep a checkpoint) every this many batches; 0: per epoch
@@ -483,11 +483,6 @@ class REALMTask(L.LightningModule):
             bce = F.binary_cross_entropy_with_logits(logit, b["events"].to(logit.dtype), reduction="none").mean(-1)
             out["event_bce"] = self._masked_mean(bce, mask)
             g_loss = g_loss + cfg.w_event * out["event_bce"]
-        if cfg.w_mean > 0:  # (r1 - c)(r2 - c) for two noise draws: an unbiased |E r - c|^2
-            r1, r2 = self.model.refine(c, a), self.model.refine(c, a)
-            prod = ((r1[..., e] - c[..., e]) * (r2[..., e] - c[..., e])).mean(-1)
-            out["mean_offset"] = self._masked_mean(prod, mask)
-            g_loss = g_loss + cfg.w_mean * out["mean_offset"]
         opt_g.zero_grad()
         self.manual_backward(g_loss)
         opt_g.step()

@@ -37,7 +37,7 @@ from torch import nn
 
 from realm.errors import check_choices
 from realm.models.alibi import shifted_alibi_bias
-from realm.motion import FAST_EVENTS, MotionSpec, event_channels, get_spec
+from realm.motion import FAST_EVENTS, MotionSpec, events_in_spec, get_spec
 
 
 @dataclass
@@ -267,13 +267,14 @@ class Refinement(nn.Module):
     **Fast events** (ours, ``n_events`` > 0, e.g. blinks). Noise through convolutions and
     attention makes micro-motion, but a rare, all-or-nothing event at a random time (a blink) is
     not what a generator trained on it learns to make of Gaussian noise (docs/realm.md, "Stage 2").
-    So each event has a hazard ``p_t = sigmoid(head(features))`` (the chance it starts at frame t,
-    read from the coarse motion and the audio), an onset ``z_t = 1[Phi(eps_t) < p_t]`` drawn from an
-    extra noise channel, and a learned template (a causal convolution, ``event_template`` frames)
-    that draws it on its own channels (a blink on the eyelids). The refinement adds
-    ``template * (z - p)``: the noise-averaged event term is 0, so events are detail around the
-    coarse motion, which holds their expected value, not an offset. Training passes the ground
-    truth's onsets as ``events``.
+    So each event has a hazard ``p_t = sigmoid(head(features))`` (read from the coarse motion and
+    the audio), a candidate onset ``c_t = 1[Phi(eps_t) < p_t]`` drawn from an extra noise channel,
+    an onset ``z_t`` = a candidate with no candidate in the ``event_refractory - 1`` frames before
+    it (probability ``q_t = p_t prod_k (1 - p_{t-k})``), and a learned template (a causal
+    convolution, ``event_template`` frames) that draws it on its own channels (a blink on the
+    eyelids). The refinement adds ``template * (z - q)``: the noise-averaged event term is 0, so
+    events are detail around the coarse motion, which holds their expected value, not an offset.
+    Training passes the ground truth's onsets as ``events`` and fits q to them.
     """
 
     def __init__(self, c: REALMConfig, exp_dim: int, n_events: int = 0, event_mask: torch.Tensor | None = None):
@@ -414,7 +415,7 @@ class REALM(nn.Module):
         if self.rot is not None:
             self.waypoint = nn.Sequential(nn.Linear(3 + c.audio_dim, 128), nn.GELU(), nn.Linear(128, 3))
         self.exp = spec.block(c.refine_block).slice
-        self.events = event_channels(spec, c.refine_events) if c.use_refinement else []  # fast events sampled
+        self.events = events_in_spec(spec, c.refine_events) if c.use_refinement else []  # fast events sampled
         self.refinement = None
         if c.use_refinement:
             block = spec.block(c.refine_block)
@@ -685,9 +686,9 @@ class RefineStream:
         if self.model.refinement is None or n == 0:
             return coarse
         if self.ctx is None:  # causal: the frames before 0 are the first frame held, with silence
-            R = self.R if self.causal else 0
-            self.ctx = (coarse[:, :1].expand(-1, R, -1), audio.new_zeros(1, R, audio.shape[2]))
-        m, a = torch.cat([self.ctx[0], coarse], dim=1), torch.cat([self.ctx[1], audio], dim=1)
+            m, a = refine_prefix(coarse, audio, self.R if self.causal else 0)
+        else:
+            m, a = torch.cat([self.ctx[0], coarse], dim=1), torch.cat([self.ctx[1], audio], dim=1)
         c = m.shape[1] - n  # context frames in front
         out = self.model.refine(m, a, self.noise(self.done - c, self.done + n))[:, c:]
         self.ctx = (m[:, -self.R :], a[:, -self.R :]) if self.R > 0 else (m[:, :0], a[:, :0])
