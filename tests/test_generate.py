@@ -146,3 +146,29 @@ def test_identity_anchor_is_saved_and_streams_like_offline(anchor_run_dir):
     s = lis.streamer(history=hist, seed=2)
     streamed = np.concatenate([s.push(y[i : i + 3000]) for i in range(0, len(y), 3000)] + [s.flush()])
     np.testing.assert_allclose(streamed, via_history, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def latent_run_dir(tmp_path_factory):
+    extra = dict(audio_context=16, latent_dim=8, zero_init_heads=False)  # random heads: the latent matters
+    root = make_run(tmp_path_factory.mktemp("ckpt") / "latent", **extra)
+    return root
+
+
+def test_stochastic_coarse_samples_differ_reproducibly_and_stream_like_offline(latent_run_dir):
+    lis = realm.load(latent_run_dir)
+    assert lis.model.config.latent_dim == 8 and lis.stochastic
+    y = load_audio(JFK)[: int(16000 * 3.1)]
+    coarse = lis.generate(y, samples=3, seed=4, refine=False)
+    assert coarse.shape == (3, 93, 58)
+    np.testing.assert_array_equal(coarse[:, 0], np.broadcast_to(lis.stats.mean, (3, 58)))  # frame 0 is given
+    for i, j in [(0, 1), (0, 2), (1, 2)]:  # each sample its own latents: different motion after frame 0
+        assert np.abs(coarse[i, 1:] - coarse[j, 1:]).max() > 1e-3
+    np.testing.assert_array_equal(coarse, lis.generate(y, samples=3, seed=4, refine=False))  # same seed, same samples
+    assert not np.array_equal(coarse[0], lis.generate(y, samples=1, seed=5, refine=False)[0])
+    # sample s is the same whether drawn alone or among others, and streams to the same frames
+    offline = lis.generate(y, samples=2, seed=4)
+    for k in (0, 1):
+        s = lis.streamer(seed=4, sample=k)
+        streamed = np.concatenate([s.push(y[i : i + 2500]) for i in range(0, len(y), 2500)] + [s.flush()])
+        np.testing.assert_allclose(streamed, offline[k], atol=1e-5)

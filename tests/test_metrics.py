@@ -465,3 +465,32 @@ def test_seam_ratio_sees_window_edges():
     assert M.seam_ratio(np.zeros((40, 2))) == 1.0
     with pytest.raises(ValueError, match="more than 32"):
         M.seam_ratio(smooth[:30])
+
+
+def test_classifier_two_sample_test_tells_a_static_listener_from_a_live_one_but_not_two_live_ones():
+    from realm.metrics import c2st_accuracy, loudness
+
+    rng = np.random.default_rng(0)
+
+    def listener(T, on):  # a listener that moves after each loud stretch of the speaker, and blinks
+        x = np.cumsum(rng.normal(0, 0.01, (T, 6)), 0)
+        for t in np.flatnonzero(np.diff(on.astype(int)) < 0):  # speech offsets
+            x[t + 8 : t + 30, 0] += np.hanning(22)[: len(x[t + 8 : t + 30])] * rng.uniform(0.5, 1)
+        return x
+
+    speech, gts, others = [], [], []
+    for _ in range(8):
+        on = np.repeat(rng.random(40) < 0.5, 15)  # 20 s of 0.5 s speech / pause segments
+        speech.append(np.stack([np.where(on, -20.0, -60.0), np.zeros(len(on))], 1))
+        gts.append(listener(len(on), on))
+        others.append(listener(len(on), on))  # another realisation of the same listener
+    static = [np.tile(g.mean(0), (len(g), 1)) for g in gts]
+    late = [np.roll(o, 15, axis=0) for o in others]  # the same listener, reacting half a second late
+    assert c2st_accuracy(gts, static, speech) > 0.95
+    same = c2st_accuracy(gts, others, speech)
+    assert 0.35 < same < 0.6, same
+    assert c2st_accuracy(gts, late, speech) > same + 0.1  # timing shows only against the audio
+    assert c2st_accuracy(gts, gts, speech) == pytest.approx(0.5, abs=0.05)  # identical sets: chance
+    assert c2st_accuracy(gts[:1], static[:1]) is None  # one clip: no held-out fold
+    lo = loudness(np.concatenate([np.zeros(1600), 0.1 * np.ones(1600)]).astype(np.float32))
+    assert lo.shape == (6, 2) and lo[0, 0] == -80 and lo[-1, 0] == pytest.approx(-20, abs=0.1) and lo[3, 1] > 50

@@ -263,3 +263,89 @@ def test_odd_detail_has_no_offset_and_needs_the_noise(mode):
         free = _busy_refinement(refine_mode=mode, refine_events=(), detail="free")
         torch.nn.init.normal_(free.refinement.out.bias, std=0.1)
         assert (free.refine(exp, audio, torch.zeros_like(noise)) - exp).abs().mean() > 1e-2  # the authors' can
+
+
+def test_speaker_encoder_computes_only_the_window_it_returns_and_the_same_values():
+    torch.manual_seed(0)
+    model = REALM(REALMConfig(spec="arkit58", audio_dim=20, d_model=32, ff_dim=64, audio_context=16)).eval()
+    audio = torch.randn(3, 32, 20)
+    with torch.no_grad():
+        full = model.audio_encoder(audio)  # every frame, context included
+        window = model.encode_window(audio)  # the last W frames' queries only
+    assert window.shape == (3, 16, 32)
+    torch.testing.assert_close(window, full[:, -16:], atol=1e-5, rtol=0)
+    assert not torch.allclose(window, model.audio_encoder(audio[:, -16:])[:, -16:].detach(), atol=1e-3)  # context read
+
+
+def test_the_cpu_attention_kernel_changes_speed_not_maths():
+    from realm.threads import cpu_attention
+
+    torch.manual_seed(0)
+    model = REALM(REALMConfig(spec="arkit58", audio_dim=20, d_model=32, ff_dim=64, dropout=0.0, zero_init_heads=False))
+    audio, f0 = torch.randn(2, 48, 20), torch.randn(2, 58)
+    grads = []
+    for ctx in (lambda: torch.enable_grad(), lambda: cpu_attention("cpu")):
+        model.zero_grad()
+        with ctx():
+            motion, _ = model.rollout(audio, f0)
+        motion.pow(2).mean().backward()
+        grads.append((motion.detach(), model.decoder.queries.grad.clone()))
+    torch.testing.assert_close(grads[0][0], grads[1][0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(grads[0][1], grads[1][1], atol=1e-6, rtol=1e-4)
+
+
+def test_latent_windows_make_rollouts_samples():
+    torch.manual_seed(0)
+    model = REALM(REALMConfig(spec="arkit58", audio_dim=20, d_model=32, ff_dim=64, latent_dim=4, zero_init_heads=False)).eval()
+    audio, f0 = torch.randn(1, 48, 20), torch.randn(1, 58)
+    z = torch.randn(2, 3, 4)
+    with torch.no_grad():
+        a, _ = model.rollout(audio.expand(2, -1, -1), f0.expand(2, -1), latents=z)
+        b, _ = model.rollout(audio, f0, latents=z[1:])
+        with pytest.raises(ValueError, match="needs each window's latent"):
+            model.decoder(torch.zeros(1, 16, 32), torch.zeros(1, 16, 58))
+    assert (a[0, 1:] - a[1, 1:]).abs().max() > 1e-3  # different latents, different motion
+    torch.testing.assert_close(a[1:], b)  # a sample depends on its own latents only
+    assert model.param_counts()["decoder"] - REALM(REALMConfig(spec="arkit58", audio_dim=20, d_model=32, ff_dim=64)
+                                                   ).param_counts()["decoder"] == 4 * 32 + 32  # fmt: skip
+    assert not hasattr(REALM(REALMConfig(spec="arkit58", audio_dim=20)).decoder, "latent")  # 0: the paper's decoder
+
+
+def test_energy_score_prefers_the_true_spread_to_its_mean():
+    from realm.train import REALMLoss, TrainConfig
+
+    model = REALM(REALMConfig(spec="arkit58", audio_dim=20, latent_dim=4))
+    loss = REALMLoss(model, TrainConfig(coarse_loss="energy", coarse_samples=4))
+    g = torch.Generator().manual_seed(0)
+    B, T, e = 256, 32, model.exp
+
+    def windows(n):  # each window either reacts (+1 on the expression) or not, with probability 1/2
+        x = torch.zeros(n, T, 58)
+        x[..., e] = (torch.rand(n, T // 16, 1, 1, generator=g) < 0.5).float().repeat_interleave(16, 1).squeeze(-1)
+        return x
+
+    gt, mask = windows(B), torch.ones(B, T, dtype=torch.bool)
+    true = torch.cat([windows(B) for _ in range(4)])  # 4 samples of the true distribution
+    mean = torch.full_like(true, 0.0)
+    mean[..., e] = 0.5  # the conditional mean, what MSE learns: every sample alike
+    narrow = 0.5 + 0.2 * (true - 0.5)  # the right timing, too little spread
+    sl, _, scale = loss.energy[0]
+    es = {k: float(loss.energy_score(v, gt, mask.float(), sl, scale)) for k, v in
+          {"true": true, "mean": mean, "narrow": narrow}.items()}  # fmt: skip
+    assert es["true"] < es["narrow"] < es["mean"], es
+
+
+def test_rest_leak_is_the_leaky_recursion_and_pulls_back_to_the_start_frame():
+    torch.manual_seed(0)
+    model = REALM(REALMConfig(spec="arkit58", audio_dim=20, d_model=32, ff_dim=64, rest_leak=True, rest_leak_init=0.1))
+    start, deltas, a = torch.randn(2, 1, 58), 0.1 * torch.randn(2, 16, 58), torch.randn(2, 58)
+    lam, x, ref = torch.sigmoid(model.leak_logit), start[:, 0], []
+    for k in range(16):
+        x = a + (1 - lam) * (x - a) + deltas[:, k]
+        ref.append(x)
+    torch.testing.assert_close(model.leaky_sum(start, deltas, a), torch.stack(ref, 1), atol=1e-5, rtol=0)
+    # a fresh model (zero deltas) started off its anchor decays toward it: 0.9^16 of the offset is left
+    out = model.leaky_sum(a.unsqueeze(1) + 1.0, torch.zeros(2, 16, 58), a)
+    torch.testing.assert_close(out[:, -1] - a, torch.full((2, 58), 0.9**16), atol=1e-5, rtol=0)
+    plain = REALM(REALMConfig(spec="arkit58", audio_dim=20, d_model=32, ff_dim=64))
+    assert not hasattr(plain, "leak_logit")  # off: the paper's integration

@@ -101,3 +101,10 @@ def test_stage2_items_are_what_generation_refines():
     assert first["mask"].tolist() == [False] * 8 + [True] * 19  # frame 0 is given, never scored
     assert torch.equal(last["coarse"], torch.from_numpy(c.coarse[23:50]))
     assert last["mask"].tolist() == [False] * 7 + [True] * 20
+
+
+def test_energy_loss_needs_a_stochastic_coarse_model(tmp_path):
+    with pytest.raises(ValueError, match="coarse_samples >= 2"):
+        TrainConfig(coarse_loss="energy", coarse_samples=1)
+    with pytest.raises(ValueError, match="latent_dim > 0"):  # before any data is read
+        train_realm(cfg(tmp_path, coarse_loss="energy", stages=(1,)), REALMConfig(), tmp_path / "run", progress=False)

@@ -59,14 +59,14 @@ GROUPS = (
                                                 if m.block == "exp" and not k.startswith(("id_", "blink", "drift_"))]),
     ("Pose (accuracy and distribution)", [k for k, m in METRICS.items() if m.block == "pose" and not k.startswith("id_")]),
     ("ViCo's \"FD\" (an L1)", ["vico_l1_exp", "vico_l1_angle", "vico_l1_trans"]),
-    ("Behaviour (ours): blinks and rest drift", [k for k in METRICS if k.startswith(("blink", "drift_"))]),
+    ("Behaviour (ours): blinks, rest drift, two-sample test", [k for k in METRICS if k.startswith(("blink", "drift_", "c2st"))]),
     ("Reactions and identity (ours)", [k for k in METRICS if k.startswith(("delay", "event_", "id_"))]),
 )  # fmt: skip
 
 #: Metrics drawn in plots/metrics.png.
 HEADLINE = ("l1_exp", "fd_exp", "fd_delta_exp", "p_fd_exp", "rpcc_exp", "var_ratio_exp",
             "l1_pose", "fd_pose", "p_fd_pose", "rpcc_pose", "delay_err", "event_f1",
-            "blink_rate", "drift_8_end")  # fmt: skip
+            "blink_rate", "drift_8_end", "c2st")  # fmt: skip
 
 
 @dataclass
@@ -270,11 +270,14 @@ def _context(clips) -> dict:
         kw["tau"] = float(np.mean([c.events.get("tau", math.nan) for c in clips]))
         if not math.isfinite(kw["tau"]):
             kw["tau"] = None
-    else:  # real data: speech offsets of the speaker's audio are the triggers
-        from realm.audio import load_audio
-        from realm.metrics import speech_offsets
+    from realm.audio import load_audio
+    from realm.metrics import loudness, speech_offsets
 
-        kw["triggers"] = [speech_offsets(load_audio(c.audio_path), fps=c.fps) for c in clips]
+    audio = [load_audio(c.audio_path) if c.audio_path is not None else None for c in clips]
+    if all(a is not None for a in audio):  # what the two-sample test's classifier hears
+        kw["conditions"] = [loudness(a, fps=c.fps) for a, c in zip(audio, clips, strict=True)]
+    if "events" not in kw and all(a is not None for a in audio):  # real data: speech offsets are the triggers
+        kw["triggers"] = [speech_offsets(a, fps=c.fps) for a, c in zip(audio, clips, strict=True)]
     return kw
 
 

@@ -4,10 +4,11 @@
     listener = realm.load("runs/demo")                     # a run directory or a committed checkpoint
     motion = listener.generate("speech.wav", samples=3)    # (3, T, D) in the checkpoint's spec, 30 fps
 
-REALM's coarse stage is deterministic; its samples differ through the refinement's noise, a
-function of the absolute frame (:class:`SequenceNoise`: frames [16 b, 16 b + 16) of sample ``s``
-draw from the seed ``(seed, s, b)``), so results are reproducible and do not depend on how the
-audio arrived. Offline and streaming generation refine through one computation,
+REALM's samples differ through the refinement's noise, a function of the absolute frame
+(:class:`SequenceNoise`: frames [16 b, 16 b + 16) of sample ``s`` draw from the seed
+``(seed, s, b)``), and, with a stochastic coarse generator (``latent_dim`` > 0), through each
+window's latent, a function of the window index (:class:`WindowLatents`); the paper's coarse
+stage is deterministic. So results are reproducible and do not depend on how the audio arrived. Offline and streaming generation refine through one computation,
 :class:`RefineStream`: with the default causal refinement (``refine_mode="causal"``) a frame is
 refined from the ``model.refine_context`` frames before it, and streaming gives the offline frames
 exactly (tested to 1e-5). The authors' whole-sequence refinement (``refine_mode="whole"``) refines
@@ -35,7 +36,7 @@ import torch
 
 from realm.audio import SAMPLE_RATE, get_extractor, load_audio, n_frames, n_samples_for
 from realm.errors import RealmInputError
-from realm.models.realm import REALM, REALMConfig, RefineStream, refine_sequence
+from realm.models.realm import REALM, REALMConfig, RefineStream, WindowLatents, refine_sequence
 from realm.motion import SPECS, MotionSpec, NormStats, get_spec
 from realm.threads import single_thread_blas
 
@@ -83,8 +84,8 @@ class Listener(RunModel):
 
     @property
     def stochastic(self) -> bool:
-        """True when samples differ (refinement noise), so evaluation draws several."""
-        return self.model.refinement is not None
+        """True when samples differ (refinement noise, coarse latents), so evaluation draws several."""
+        return self.model.refinement is not None or self.model.config.latent_dim > 0
 
     def _start(self, first_frame, history):
         """Normalised frame 0 (1, D) and/or history (1, K, D) tensors from raw motion arrays."""
@@ -125,13 +126,21 @@ class Listener(RunModel):
         feats = self.features(audio) if features is None else features
         a = torch.from_numpy(np.asarray(feats, np.float32))[None]  # (1, T, A)
         f0, h = self._start(first_frame, history)
-        coarse, aux = self.model.rollout(a, frame0=f0, history=h)
+        Z, W = self.model.config.latent_dim, self.model.config.window
+        if Z:  # a stochastic coarse generator: one rollout per sample, each with its seeded latents
+            n = -(-a.shape[1] // W)
+            z = torch.cat([WindowLatents(Z, seed, s)(0, n) for s in range(samples)])  # (samples, n, Z)
+            rep = lambda x: None if x is None else x.expand(samples, *x.shape[1:])  # noqa: E731
+            coarse, aux = self.model.rollout(rep(a), frame0=rep(f0), history=rep(h), latents=z)
+        else:
+            coarse, aux = self.model.rollout(a, frame0=f0, history=h)
         T = coarse.shape[1]
         outs = []
         for s in range(samples):
-            m = coarse
+            k = s if Z else 0
+            m = coarse[k : k + 1]
             if refine and self.model.refinement is not None:  # whole windows, then cut to T
-                m = refine_sequence(self.model, aux["padded"], aux["padded_audio"], seed, s)[:, :T]
+                m = refine_sequence(self.model, aux["padded"][k : k + 1], aux["padded_audio"][k : k + 1], seed, s)[:, :T]
             outs.append(self.stats.invert(m[0].numpy()))
         out = np.stack(outs).astype(np.float32)
         return self.spec.clamp(out) if clamp else out
@@ -163,6 +172,8 @@ class Streamer:
         self.hist = None  # the model's K-frame history, set by the first window
         self.refine, self.clamp = refine, clamp
         self.refiner = RefineStream(self.model, seed, sample)
+        Z = self.model.config.latent_dim
+        self.latents = WindowLatents(Z, seed, sample) if Z else None  # as offline: window w's latent
         self.buf = np.zeros(0, np.float32)
         self.offset = 0  # global index of buf[0]
         self.window = 0  # next window to produce
@@ -224,7 +235,8 @@ class Streamer:
         if self.hist is None:
             self.hist, _ = self.model.start(a, self.f0, self.history)
         base = self.model.first_base(self.f0, self.history) if w == 0 else None
-        motion, _ = self.model.step(a, self.hist, enc, self.model.anchor_frame(self.f0, self.history), base)
+        z = None if self.latents is None else self.latents(w, w + 1)[:, 0]
+        motion, _ = self.model.step(a, self.hist, enc, self.model.anchor_frame(self.f0, self.history), base, z)
         if w == 0 and self.history is None:
             motion[:, 0] = self.f0  # frame 0 is kept exactly, as offline
         self.hist = torch.cat([self.hist, motion], dim=1)[:, -self.K :]

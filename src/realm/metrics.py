@@ -572,6 +572,15 @@ def trigger_frames(events: dict | None, kinds: Sequence[str] | None = None) -> l
     return [int(t["frame"]) for t in events.get("triggers", []) if kinds is None or t["kind"] in kinds]
 
 
+def frame_rms(audio: np.ndarray, fps: float = 30.0, sr: int = 16000) -> np.ndarray:
+    """RMS of a waveform per motion frame (T,): frame t covers samples [t sr / fps, (t + 1) sr / fps)."""
+    y = np.asarray(audio, np.float64).reshape(-1)
+    T = int(math.floor(len(y) * fps / sr + 1e-9))
+    edges = np.floor(np.arange(T + 1) * sr / fps).astype(int)
+    sq = np.concatenate([[0.0], np.cumsum(y * y)])
+    return np.sqrt((sq[edges[1:]] - sq[edges[:-1]]) / np.maximum(1, np.diff(edges)))
+
+
 def speech_offsets(audio: np.ndarray, fps: float = 30.0, sr: int = 16000, min_pause_s: float = 0.2,
                    rel_threshold: float = 0.1) -> list[int]:  # fmt: skip
     """Frames where speech stops: the speaker triggers of real data, which has no event log.
@@ -582,13 +591,9 @@ def speech_offsets(audio: np.ndarray, fps: float = 30.0, sr: int = 16000, min_pa
     """
     from scipy.ndimage import uniform_filter1d
 
-    y = np.asarray(audio, np.float64).reshape(-1)
-    T = int(math.floor(len(y) * fps / sr + 1e-9))
-    if T < 2:
+    rms = frame_rms(audio, fps, sr)
+    if len(rms) < 2:
         return []
-    edges = np.floor(np.arange(T + 1) * sr / fps).astype(int)
-    sq = np.concatenate([[0.0], np.cumsum(y * y)])
-    rms = np.sqrt((sq[edges[1:]] - sq[edges[:-1]]) / np.maximum(1, np.diff(edges)))
     rms = uniform_filter1d(rms, 3)
     ref = np.percentile(rms, 95)
     if ref <= 1e-9:
@@ -804,6 +809,107 @@ def blink_rate(clips: Sequence[np.ndarray], spec: str | MotionSpec = "arkit58", 
         return None
     frames = sum(len(c) for c in clips)
     return 60.0 * n / (frames / fps) if frames else 0.0
+
+
+# ---------------------------------------------------------------- classifier two-sample test
+
+#: Window (frames) and stride of the classifier two-sample test: 4 s windows, a new one every 1 s;
+#: lags (frames) at which its features correlate the motion's speed with the speaker's loudness.
+C2ST_WINDOW, C2ST_STRIDE, C2ST_LAGS = 120, 30, (0, 8, 16)
+
+
+def loudness(audio: np.ndarray, fps: float = 30.0, sr: int = 16000) -> np.ndarray:
+    """The speaker's audio as the two-sample test's conditioning, (T, 2): log frame RMS (dB,
+    floored at -80) and its first difference (0 at frame 0)."""
+    db = 20 * np.log10(np.maximum(frame_rms(audio, fps, sr), 1e-4))
+    return np.stack([db, np.diff(db, prepend=db[:1])], axis=1).astype(np.float32)
+
+
+def c2st_features(motion: np.ndarray, condition: np.ndarray | None = None,
+                  lags: Sequence[int] = C2ST_LAGS) -> np.ndarray:
+    """What the two-sample test's classifier sees of one window: motion (window, D) ->
+    per channel its mean, standard deviation, mean |first difference| and range, and, with a
+    ``condition`` (window, C) whose first column is the speaker's loudness, the correlation of
+    the channel's speed |first difference| with the loudness ``lag`` frames before, per lag.
+    Returns (D (4 + len(lags)),) or (4 D,)."""
+    x = np.asarray(motion, np.float64)
+    d = np.abs(np.diff(x, axis=0))
+    feats = [x.mean(0), x.std(0), d.mean(0), x.max(0) - x.min(0)]
+    if condition is not None:
+        loud = np.asarray(condition, np.float64)[1:, 0]
+        for lag in lags:
+            a, b = loud[: len(loud) - lag], d[lag:]
+            a, b = a - a.mean(), b - b.mean(0)
+            den = np.sqrt((a * a).sum() * (b * b).sum(0))
+            feats.append(np.where(den > 1e-12, (a @ b) / np.maximum(den, 1e-12), 0.0))
+    return np.concatenate(feats)
+
+
+def c2st_accuracy(gts: Sequence[np.ndarray], preds: Sequence[np.ndarray],
+                  conditions: Sequence[np.ndarray] | None = None, window: int = C2ST_WINDOW,
+                  stride: int = C2ST_STRIDE, folds: int = 2, l2: float = 1.0) -> float | None:  # fmt: skip
+    """Classifier two-sample test (Lopez-Paz and Oquab, ICLR 2017): held-out accuracy of a
+    classifier taught to tell ground-truth listener windows from a model's, given the same
+    speaker signal. 0.5 = the classifier cannot tell them apart; 1 = it always can.
+
+    Windows of ``window`` frames every ``stride`` frames of each clip, each once as ground truth
+    (label 1) and once as the model's (label 0), described by :func:`c2st_features` (level,
+    spread, speed and range per channel, and the speed's correlation with the speaker's loudness
+    at 0, 8 and 16 frames of lag, when ``conditions`` (per clip (T, C), :func:`loudness`) are
+    given: a model is judged with the audio it answered). Classifier: L2-regularised logistic
+    regression (``l2`` on z-scored features, fitted exactly by Newton steps), small enough for
+    the few hundred windows of a test split not to be learned by heart. Clips are split into
+    ``folds`` (clip i in fold i mod folds); each fold is scored by a classifier fitted on the
+    others; the result is the accuracy over all held-out windows. None with fewer than 2 clips
+    or no window. Deterministic. Variant: ours.
+    """
+    pairs = [_cut(_as2d(g), _as2d(p)) for g, p in zip(gts, preds, strict=True)]
+    folds = min(folds, len(pairs))
+    if folds < 2:
+        return None
+    real, fake, fold = [], [], []
+    for i, (g, p) in enumerate(pairs):
+        c = None if conditions is None else np.asarray(conditions[i], np.float64)
+        n = len(g) if c is None else min(len(g), len(c))
+        for t in range(0, n - window + 1, stride):
+            cond = None if c is None else c[t : t + window]
+            real.append(c2st_features(g[t : t + window], cond))
+            fake.append(c2st_features(p[t : t + window], cond))
+            fold.append(i % folds)
+    if not real:
+        return None
+    real, fake, fold = np.stack(real), np.stack(fake), np.array(fold)
+    correct = total = 0
+    for k in range(folds):
+        tr, te = fold != k, fold == k
+        if not tr.any() or not te.any():
+            continue
+        x_tr = np.concatenate([real[tr], fake[tr]])
+        mu, sd = x_tr.mean(0), x_tr.std(0) + 1e-6
+        y_tr = np.r_[np.ones(tr.sum()), np.zeros(tr.sum())]
+        w = _logistic_fit((x_tr - mu) / sd, y_tr, l2)
+        x_te = (np.concatenate([real[te], fake[te]]) - mu) / sd
+        y_te = np.r_[np.ones(te.sum()), np.zeros(te.sum())]
+        correct += int((((x_te @ w[:-1] + w[-1]) > 0) == (y_te > 0)).sum())
+        total += len(y_te)
+    return correct / total if total else None
+
+
+def _logistic_fit(x: np.ndarray, y: np.ndarray, l2: float, steps: int = 25) -> np.ndarray:
+    """Weights (F + 1,) of L2-regularised logistic regression (bias unpenalised), Newton's method."""
+    X = np.concatenate([x, np.ones((len(x), 1))], 1)
+    w = np.zeros(X.shape[1])
+    reg = np.full(X.shape[1], l2)
+    reg[-1] = 0.0
+    for _ in range(steps):
+        p = 1 / (1 + np.exp(-np.clip(X @ w, -30, 30)))
+        grad = X.T @ (p - y) + reg * w
+        H = (X * (p * (1 - p))[:, None]).T @ X + np.diag(reg + 1e-9)
+        step = np.linalg.solve(H, grad)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return w
 
 
 # ---------------------------------------------------------------- rest drift
@@ -1100,6 +1206,8 @@ def _registry() -> dict[str, MetricInfo]:
     for key, label in DRIFT_KEYS:
         add(key, label, "lower", "ours: mean_d |median of the segment - GT median of the clip|, exp, mean over clips",
             "exp", True)  # fmt: skip
+    add("c2st", "C2ST acc", "lower", "ours: held-out accuracy of a classifier telling GT 4 s windows from the "
+        "model's, given the speaker's loudness (Lopez-Paz & Oquab 2017); 0.5 = indistinguishable", "all")
     add("id_rest_exp", "id rest exp", "lower", "ours: |resting offsets| per identity, mean", "exp")
     add("id_rest_pose", "id rest pose", "lower", "ours", "pose")
     add("id_expressivity", "id expressivity", "lower", "ours: |ln(std ratio)| per identity, mean", "exp")
@@ -1164,6 +1272,7 @@ def evaluate_clip_set(
     fps: float | None = None,
     seed: int = 0,
     reference: Reference | None = None,
+    conditions: Sequence[np.ndarray] | None = None,
 ) -> dict[str, float | None]:
     """Every metric of DESIGN section 9 for one set of predictions: ``{metric key: value or None}``.
 
@@ -1174,15 +1283,17 @@ def evaluate_clip_set(
     metrics; real data can pass ``triggers`` (e.g. :func:`speech_offsets`) and ``tau`` instead.
     ``listener_ids`` groups clips by identity for identity fidelity (the target is that
     identity's ground truth among ``gts``). ``reference`` reuses the ground truth's k-means and
-    scales (:func:`make_reference`). Keys and meanings: :data:`METRICS`.
+    scales (:func:`make_reference`). ``conditions``: per clip (T, C), what the two-sample test's
+    classifier sees beside the motion (the harness passes :func:`loudness` of the speaker's
+    audio). Keys and meanings: :data:`METRICS`.
     """
     with single_thread_blas():
         return _evaluate_clip_set(gts, preds, spec, speakers, events, speaker_spec, listener_ids, triggers, tau,
-                                  fps, seed, reference)  # fmt: skip
+                                  fps, seed, reference, conditions)  # fmt: skip
 
 
 def _evaluate_clip_set(gts, preds, spec, speakers, events, speaker_spec, listener_ids, triggers, tau, fps, seed,
-                       reference) -> dict[str, float | None]:  # fmt: skip
+                       reference, conditions=None) -> dict[str, float | None]:  # fmt: skip
     spec = get_spec(spec)
     _check_sets(gts, preds)
     fps = float(fps or spec.fps)
@@ -1243,6 +1354,7 @@ def _evaluate_clip_set(gts, preds, spec, speakers, events, speaker_spec, listene
         out["event_f1"], out["event_precision"], out["event_recall"] = ev["f1"], ev["precision"], ev["recall"]
         for k, v in ev["per_kind"].items():
             out[f"event_f1_{k}"] = v["f1"]
+    out["c2st"] = c2st_accuracy(gts, preds, conditions)
     if listener_ids is not None:
         rows = []
         for lid in sorted(set(listener_ids)):

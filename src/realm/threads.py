@@ -28,3 +28,19 @@ def single_thread_blas():
     if _controller is None:
         _controller = ThreadpoolController()
     return _controller.limit(limits=1, user_api="blas")
+
+
+def cpu_attention(device) -> contextlib.AbstractContextManager:
+    """Context: on a CPU ``device``, PyTorch's scaled-dot-product attention runs its plain
+    ("math") kernel inside the block; elsewhere a no-op.
+
+    The same maths. For the short sequences of these models (16-32 keys, head size 32) the fused
+    CPU flash-attention kernel, which PyTorch picks whenever attention dropout is off, is far
+    slower: its backward took 19 ms a call against well under 1 ms for the plain kernel, which
+    made a REALM training step without dropout 2x slower (benchmarks/bench_train.py).
+    """
+    if getattr(device, "type", str(device)) != "cpu":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(SDPBackend.MATH)

@@ -52,6 +52,7 @@ from realm.errors import check_choices
 from realm.metrics import blink_rate, block_columns, event_onsets, fd_delta_per_clip, fd_per_clip
 from realm.models.realm import REALM, REALMConfig, refine_prefix, refine_sequence
 from realm.motion import NormStats
+from realm.threads import cpu_attention
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,17 @@ class TrainConfig:
     boundary_weights: dict = field(default_factory=lambda: {"expression": 0.5, "rotation": 1.0, "translation": 0.1})
     w_waypoint: float = 1.0
     w_gate: float = 0.01
+    coarse_loss: str = "mse"  # stage 1: "mse" (the paper's), or "energy" (ours, for a model with
+    #   latent_dim > 0): coarse_samples rollouts per clip, scored on the energy_blocks by the energy
+    #   score of whole W-frame windows (a strictly proper scoring rule: its optimum is the true
+    #   conditional distribution of a window, spread included), the other blocks by MSE
+    coarse_samples: int = 2  # rollouts per clip with coarse_loss="energy" (>= 2)
+    energy_blocks: tuple[str, ...] = ("expression", "rotation")  # blocks the energy score scores
+    w_energy: float = 1.0  # weight of the energy score (each block's is in RMS units, the rotation's
+    #   also times w_rot and the axis weights, as in the MSE)
+    lr_leak: float = 0.005  # learning rate of the rest leak's logits (models with rest_leak). Adam
+    #   moves a parameter by about its learning rate a step: 0.005 lets the leak change 10x in
+    #   ~460 steps of one sign, where the network's 2e-3 would need ~1000
     w_l1: float = 1.0
     w_adv: float = 0.5
     w_event: float = 1.0  # ours: weight of the fast events' hazard loss (binary cross-entropy of
@@ -113,7 +125,10 @@ class TrainConfig:
 
     def __post_init__(self):
         check_choices(self, stage2_rollout=("clip", "window"), d_input=("detail", "expression"),
-                      stage2_select=("behaviour", "fd_delta"))  # fmt: skip
+                      stage2_select=("behaviour", "fd_delta"), coarse_loss=("mse", "energy"))  # fmt: skip
+        if self.coarse_loss == "energy" and self.coarse_samples < 2:
+            raise ValueError(f"coarse_loss='energy' needs coarse_samples >= 2, got {self.coarse_samples}")
+        self.energy_blocks = tuple(self.energy_blocks)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -305,6 +320,18 @@ class REALMLoss:
         self.rot = self.spec.block("rotation").slice if self.spec.has("rotation") else None
         self.w, self.wb = self._dim_weights(), self._dim_weights(boundary=True)  # computed once
         self.axis = torch.tensor(cfg.rot_axis)
+        # the energy score's blocks: (slice, weight, per-dimension scale); the MSE skips them
+        self.energy = []
+        if cfg.coarse_loss == "energy":
+            for name in cfg.energy_blocks:
+                if not self.spec.has(name):
+                    continue
+                b = self.spec.block(name)
+                scale = torch.sqrt(self.axis) if name == "rotation" else torch.ones(b.size)
+                self.energy.append((b.slice, cfg.w_rot if name == "rotation" else 1.0, scale))
+        self.w_mse = self.w.clone()
+        for sl, _, _ in self.energy:
+            self.w_mse[sl] = 0.0
 
     def _dim_weights(self, boundary: bool = False) -> torch.Tensor:
         """Per-dimension weights: block weight (rotation x axis weights) / block size."""
@@ -321,24 +348,31 @@ class REALMLoss:
         return w
 
     def __call__(self, pred, gt, mask, aux) -> dict[str, torch.Tensor]:
+        # pred (S B, T, D): S samples (rollouts) of each of the B clips of gt (B, T, D), mask (B, T)
+        S = pred.shape[0] // gt.shape[0]
         m = mask.clone().float()
         m[:, 0] = 0  # frame 0 is given, never scored
         n = m.sum().clamp(min=1)
-        w = self.w.to(pred.device)
-        err = (pred - gt) ** 2
-        mse = (err * w * m[..., None]).sum() / n
+        energy = self.energy if S > 1 else []
+        w = (self.w_mse if energy else self.w).to(pred.device)
+        err = (pred.unflatten(0, (S, -1)) - gt) ** 2  # (S, B, T, D)
+        mse = (err * w * m[..., None]).sum() / (n * S)
         out = {"mse": mse}
+        if energy:
+            out["energy"] = sum(wt * self.energy_score(pred, gt, m, sl, scale) for sl, wt, scale in energy)
         if self.rot is not None:
             axis = self.axis.to(pred.device)
-            dv = torch.diff(pred[..., self.rot], dim=1) - torch.diff(gt[..., self.rot], dim=1)
+            # with samples, on their mean: the velocity loss then leaves the spread to the energy score
+            mean = pred.unflatten(0, (S, -1)).mean(0)
+            dv = torch.diff(mean[..., self.rot], dim=1) - torch.diff(gt[..., self.rot], dim=1)
             mv = m[:, 1:] * m[:, :-1]
             out["vel"] = ((dv**2) * axis * mv[..., None]).sum() / (mv.sum().clamp(min=1) * 3)
             if aux["waypoint"] is not None:
-                out["waypoint"] = F.mse_loss(aux["waypoint"], gt[:, self.W - 1, self.rot])
+                out["waypoint"] = F.mse_loss(aux["waypoint"], gt[:, self.W - 1, self.rot].repeat(S, 1))
         wb = self.wb.to(pred.device)
         terms = []
         for k, (hist, win) in enumerate(aux["bounds"][1:], start=1):  # windows after the bootstrap
-            valid = mask[:, k * self.W].float()
+            valid = mask[:, k * self.W].float().repeat(S)
             if valid.sum() == 0:
                 continue
             pos = ((win[:, 0] - hist[:, -1]) ** 2 * wb).sum(-1)
@@ -346,13 +380,34 @@ class REALMLoss:
             terms.append(((pos + vel) * valid).sum() / valid.sum())
         out["boundary"] = torch.stack(terms).mean() if terms else pred.sum() * 0
         alpha = aux["alpha"][..., 0]
-        out["gate"] = 1 - (alpha * mask).sum() / mask.sum().clamp(min=1)
+        mS = mask.repeat(S, 1)
+        out["gate"] = 1 - (alpha * mS).sum() / mS.sum().clamp(min=1)
         c = self.cfg
         out["loss"] = (
-            out["mse"] + c.w_vel * out.get("vel", 0) + c.w_boundary * out["boundary"]
-            + c.w_waypoint * out.get("waypoint", 0) + c.w_gate * out["gate"]
+            out["mse"] + c.w_energy * out.get("energy", 0) + c.w_vel * out.get("vel", 0)
+            + c.w_boundary * out["boundary"] + c.w_waypoint * out.get("waypoint", 0) + c.w_gate * out["gate"]
         )  # fmt: skip
         return out
+
+    def energy_score(self, pred, gt, m, sl: slice, scale: torch.Tensor) -> torch.Tensor:
+        """Energy score of whole W-frame windows of one block, in RMS units:
+        ``ES = mean_i |x_i - y| - 1/2 mean_{i != j} |x_i - x_j|``, where x_i (i = 1..S) are the
+        samples' windows and y the ground truth's, each window's frames one vector (W x block size,
+        times ``scale`` per dimension; frames outside the mask zeroed), |.| the Euclidean norm over
+        sqrt(W x size). Averaged over windows with a scored frame. pred (S B, T, D), gt (B, T, D),
+        m (B, T) the scored frames."""
+        S, W = pred.shape[0] // gt.shape[0], self.W
+        B, T = m.shape
+        n = T // W
+        scale = scale.to(pred.device)
+        x = (pred[:, : n * W, sl] * scale * m.repeat(S, 1)[:, : n * W, None]).reshape(S, B, n, -1)  # (S, B, n, W E)
+        y = (gt[:, : n * W, sl] * scale * m[:, : n * W, None]).reshape(B, n, -1)
+        norm = lambda d: torch.sqrt(d.pow(2).mean(-1) + 1e-8)  # noqa: E731  (RMS; smooth at 0)
+        fit = norm(x - y).mean(0)  # (B, n)
+        pairs = [(i, j) for i in range(S) for j in range(i + 1, S)]
+        spread = torch.stack([norm(x[i] - x[j]) for i, j in pairs]).mean(0)
+        valid = (m[:, : n * W].reshape(B, n, W).sum(-1) > 0).float()
+        return ((fit - 0.5 * spread) * valid).sum() / valid.sum().clamp(min=1)
 
 
 # ---------------------------------------------------------------- Lightning module
@@ -415,7 +470,11 @@ class REALMTask(L.LightningModule):
 
     # -- stage 1
     def _stage1(self, batch):
-        motion, aux = self.model.rollout(batch["audio"], frame0=batch["motion"][:, 0])
+        a, f0 = batch["audio"], batch["motion"][:, 0]
+        if self.cfg.coarse_loss == "energy":  # coarse_samples rollouts of each clip, their latents drawn
+            S = self.cfg.coarse_samples
+            a, f0 = a.repeat(S, 1, 1), f0.repeat(S, 1)
+        motion, aux = self.model.rollout(a, frame0=f0)  # (S B, T, D)
         return self.loss(motion, batch["motion"], batch["mask"], aux)
 
     # -- stage 2
@@ -493,7 +552,8 @@ class REALMTask(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         B = len(batch["mask"])
-        out = self._stage1(batch) if self.stage == 1 else self._stage2_step(batch)
+        with cpu_attention(self.device):  # the same maths, faster on a CPU (realm.threads)
+            out = self._stage1(batch) if self.stage == 1 else self._stage2_step(batch)
         self.log_dict({f"train/{k}": v for k, v in out.items()}, prog_bar=False, batch_size=B)
         self.log("loss", out["loss"], prog_bar=True, batch_size=B)
         return out["loss"] if self.stage == 1 else None
@@ -501,7 +561,8 @@ class REALMTask(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         B = len(batch["mask"])
         if self.stage == 1:
-            out = self._stage1(batch)
+            with cpu_attention(self.device):
+                out = self._stage1(batch)
             self.log("val/loss", out["loss"], prog_bar=True, batch_size=B, sync_dist=True)
             self.log("val/mse", out["mse"], batch_size=B, sync_dist=True)
             return
@@ -532,7 +593,10 @@ class REALMTask(L.LightningModule):
             opt_g = torch.optim.AdamW(self.model.refinement.parameters(), lr=c.lr_g, weight_decay=c.weight_decay_g)
             opt_d = torch.optim.AdamW(self.disc.parameters(), lr=c.lr_d, betas=tuple(c.betas_d))
             return [opt_g, opt_d], [warmup_cosine(opt_g, total, c.warmup), warmup_cosine(opt_d, total, c.warmup)]
-        opt = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        leak = [p for n, p in self.model.named_parameters() if n == "leak_logit"]
+        rest = [p for n, p in self.model.named_parameters() if n != "leak_logit"]
+        groups = [{"params": rest}] + ([{"params": leak, "lr": c.lr_leak, "weight_decay": 0.0}] if leak else [])
+        opt = torch.optim.AdamW(groups, lr=c.lr, weight_decay=c.weight_decay)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": warmup_cosine(opt, total, c.warmup), "interval": "step"}}
 
 
@@ -567,6 +631,9 @@ def export(run: Path, model, prepared_or_stats, extractor: str, extra: dict, mod
 
 #: REALMConfig fields of the refinement: the ones a run started from another run (``init``) takes
 #: from the command instead of from that run, since stage 2 retrains the refinement.
+#: Coarse-model fields a stage-1 retraining from ``--init`` takes from the command: additions to
+#: the init run's architecture, whose new parameters start from their initialisation.
+COARSE_ADDED_FIELDS = ("latent_dim", "rest_leak", "rest_leak_init")
 REFINE_FIELDS = ("use_refinement", "refine_dim", "refine_ff", "refine_block", "refine_mode", "refine_context",
                  "refine_chunk", "refine_events", "event_template", "event_refractory", "detail")  # fmt: skip
 
@@ -582,7 +649,9 @@ def _from_init(cfg: TrainConfig, model_cfg: REALMConfig) -> tuple[REALMConfig, d
     if lis.extractor != cfg.extractor:
         raise ValueError(f"{cfg.init}: the run uses {lis.extractor!r} features, the command {cfg.extractor!r}")
     ours = model_cfg.to_dict()
-    mcfg = REALMConfig(**{**lis.model.config.to_dict(), **{k: ours[k] for k in REFINE_FIELDS}})
+    # a retrained stage 1 may add a latent to the coarse decoder (its new weights start from their init)
+    keep = REFINE_FIELDS + (COARSE_ADDED_FIELDS if 1 in cfg.stages else ())
+    mcfg = REALMConfig(**{**lis.model.config.to_dict(), **{k: ours[k] for k in keep}})
     state = {k: v for k, v in lis.model.state_dict().items() if not (2 in cfg.stages and k.startswith("refinement."))}
     return mcfg, state, (lis.stats, lis.feature_stats)
 
@@ -628,6 +697,8 @@ def train_realm(
     init_state = init_stats = None
     if cfg.init:
         model_cfg, init_state, init_stats = _from_init(cfg, model_cfg)
+    if cfg.coarse_loss == "energy" and 1 in cfg.stages and not model_cfg.latent_dim:
+        raise ValueError("coarse_loss='energy' scores samples: it needs a model with latent_dim > 0")
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     prep = prepare_data(cfg, stats=init_stats)

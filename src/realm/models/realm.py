@@ -67,6 +67,15 @@ class REALMConfig:
     #   decoder's memory as one more token for the whole rollout, so the listener's identity
     #   (resting face) is not lost once the K-frame history is all the model's own output
     #   (docs/benchmark.md, "identity drift"). False = the authors' model.
+    latent_dim: int = 0  # ours: a stochastic coarse generator. Each window's decoder queries get
+    #   a projected N(0, I) latent of this size, so rollouts with different latents are samples of
+    #   the listener's reaction, not its conditional mean (trained with the energy score,
+    #   TrainConfig.coarse_loss="energy"; docs/realm.md). 0 = the paper's deterministic decoder.
+    rest_leak: bool = False  # ours: a learned restoring force. Each channel's integrated state
+    #   leaks toward the rollout's start frame (the identity anchor, the listener's resting face):
+    #   x_t = a + (1 - lambda) (x_{t-1} - a) + delta_t, lambda = sigmoid(a learned logit) per
+    #   channel, so an offset decays instead of drifting (docs/realm.md). False = the paper's sum.
+    rest_leak_init: float = 0.002  # lambda per frame at the start (0.002: an offset halves in 11.5 s)
     first_window: str = "frame0"  # "frame0": the first window's deltas are integrated from frame 0
     #   (the authors'); "guide": from the bootstrap guide's last frame (our checkpoints before
     #   2026-11-28), which made head rotation jump between frames 0 and 1
@@ -94,6 +103,10 @@ class REALMConfig:
         check_choices(self, first_window=("frame0", "guide"), refine_mode=("causal", "whole"), detail=("odd", "free"))
         if self.refine_context < 1 or self.refine_chunk < 1 or self.event_template < 1:
             raise ValueError("refine_context, refine_chunk and event_template must be >= 1")
+        if not 0 < self.rest_leak_init < 1:
+            raise ValueError(f"rest_leak_init must be in (0, 1), got {self.rest_leak_init}")
+        if self.latent_dim < 0:
+            raise ValueError(f"latent_dim must be >= 0, got {self.latent_dim}")
         if not 0 <= self.event_refractory <= 30:
             raise ValueError(f"event_refractory must be 0..30 frames, got {self.event_refractory}")
         self.refine_events = tuple(self.refine_events)
@@ -150,9 +163,27 @@ class SpeakerEncoder(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, c.encoder_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(c.d_model)
 
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:  # (B, W, A) -> (B, W, d)
+    def forward(self, audio: torch.Tensor, keep: int | None = None) -> torch.Tensor:
+        # audio (B, T, A) -> (B, T, d), or (B, keep, d): the last ``keep`` frames only
         x = F.gelu(self.conv(audio.transpose(1, 2))).transpose(1, 2)
-        return self.norm(self.encoder(self.pe(x)))
+        x = self.pe(x)
+        *first, last = self.encoder.layers
+        for layer in first:
+            x = layer(x)
+        if keep is None or keep >= x.shape[1]:
+            return self.norm(last(x))
+        return self.norm(_post_norm_layer_last(last, x, keep))
+
+
+def _post_norm_layer_last(layer: nn.TransformerEncoderLayer, x: torch.Tensor, keep: int) -> torch.Tensor:
+    """The post-norm encoder ``layer`` on x (B, T, d), computed for the last ``keep`` frames only
+    (B, keep, d): they attend to all T frames, as in ``layer(x)[:, -keep:]``, but the frames
+    before them get no queries, no feed-forward and no norms (the same maths, less work: with
+    audio context the last layer's context frames are otherwise computed and thrown away)."""
+    q = x[:, -keep:]
+    q = layer.norm1(q + layer.dropout1(layer.self_attn(q, x, x, need_weights=False)[0]))
+    ff = layer.linear2(layer.dropout(layer.activation(layer.linear1(q))))
+    return layer.norm2(q + layer.dropout2(ff))
 
 
 class ReactiveFusion(nn.Module):
@@ -203,6 +234,10 @@ class CoarseDecoder(nn.Module):
             "causal", torch.triu(torch.full((c.window, c.window), float("-inf")), diagonal=1), persistent=False
         )
         self.lstm = nn.LSTM(c.d_model, c.d_model, batch_first=True)
+        if c.latent_dim:  # a window's latent, added to each of its queries
+            self.latent = nn.Linear(c.latent_dim, c.d_model)
+            nn.init.normal_(self.latent.weight, std=0.02)
+            nn.init.zeros_(self.latent.bias)
         if c.identity_anchor:  # marks the anchor token apart from the history tokens
             self.anchor_embed = nn.Parameter(torch.randn(1, 1, c.d_model) * 0.02)
         self.heads = nn.ModuleDict({name: nn.Linear(c.d_model, size) for name, size in spec.blocks})
@@ -211,8 +246,9 @@ class CoarseDecoder(nn.Module):
                 nn.init.zeros_(head.weight)
                 nn.init.zeros_(head.bias)
 
-    def forward(self, fused: torch.Tensor, history: torch.Tensor, anchor: torch.Tensor | None = None):
-        # fused (B, K, d), history (B, K, D), anchor (B, D) -> deltas (B, W, D), alpha (B, K, 1)
+    def forward(self, fused: torch.Tensor, history: torch.Tensor, anchor: torch.Tensor | None = None,
+                latent: torch.Tensor | None = None):  # fmt: skip
+        # fused (B, K, d), history (B, K, D), anchor (B, D), latent (B, Z) -> deltas (B, W, D), alpha (B, K, 1)
         B = fused.shape[0]
         hist = self.pe(self.motion_proj(history))
         if self.c.use_gate:
@@ -225,8 +261,13 @@ class CoarseDecoder(nn.Module):
             if anchor is None:
                 raise ValueError("a model with identity_anchor needs the anchor frame (the frame generation starts from)")
             memory = torch.cat([memory, self.motion_proj(anchor).unsqueeze(1) + self.anchor_embed], dim=1)  # (B, 2K + 1, d)
-        q = self.pe(self.queries.expand(B, -1, -1))
-        x = self.decoder(tgt=q, memory=memory, tgt_mask=self.causal)
+        q = self.queries.expand(B, -1, -1)  # (B, W, d)
+        if self.c.latent_dim:
+            if latent is None:
+                raise ValueError("a model with latent_dim > 0 needs each window's latent")
+            q = q + self.latent(latent).unsqueeze(1)
+        q = self.pe(q)
+        x = self.decoder(tgt=q, memory=memory, tgt_mask=self.causal, tgt_is_causal=True)  # (the hint skips a check)
         x, _ = self.lstm(x)
         return torch.cat([head(x) for head in self.heads.values()], dim=-1), alpha
 
@@ -414,6 +455,8 @@ class REALM(nn.Module):
         self.rot = spec.block("rotation").slice if spec.has("rotation") else None
         if self.rot is not None:
             self.waypoint = nn.Sequential(nn.Linear(3 + c.audio_dim, 128), nn.GELU(), nn.Linear(128, 3))
+        if c.rest_leak:  # logit of each channel's leak per frame toward the start frame
+            self.leak_logit = nn.Parameter(torch.full((spec.dim,), math.log(c.rest_leak_init / (1 - c.rest_leak_init))))
         self.exp = spec.block(c.refine_block).slice
         self.events = events_in_spec(spec, c.refine_events) if c.use_refinement else []  # fast events sampled
         self.refinement = None
@@ -430,7 +473,7 @@ class REALM(nn.Module):
         """Encode one window with its context: audio (B, C + W, A) -> (B, W, d), the last W frames."""
         if not self.config.use_audio:
             audio = torch.zeros_like(audio)
-        return self.audio_encoder(audio)[:, -self.config.window :]
+        return self.audio_encoder(audio, keep=self.config.window)  # (B, W, d)
 
     def encode_audio(self, audio: torch.Tensor) -> torch.Tensor:
         """Encode every W-frame window of ``audio`` (B, n*W, A) at once -> (B, n, W, d).
@@ -445,14 +488,17 @@ class REALM(nn.Module):
         return self.encode_window(ctx).reshape(B, T // W, W, -1)
 
     def step(self, audio: torch.Tensor, history: torch.Tensor, audio_enc: torch.Tensor | None = None,
-             anchor: torch.Tensor | None = None, base: torch.Tensor | None = None):  # fmt: skip
+             anchor: torch.Tensor | None = None, base: torch.Tensor | None = None,
+             latent: torch.Tensor | None = None):  # fmt: skip
         """Predict one window. audio (B, W, A), history (B, K, D) -> motion (B, W, D), alpha (B, K, 1).
 
         The window's motion is ``base`` (B, D; default the last history frame) plus the cumulative
         sum of the deltas.
         ``audio_enc`` (B, W, d) may hold the window's precomputed encoding (it must, when the
         model reads audio context before the window). ``anchor`` (B, D): the frame the rollout
-        started from (:meth:`anchor_frame`), read only by models with ``identity_anchor``.
+        started from (:meth:`anchor_frame`), read only by models with ``identity_anchor`` or
+        ``rest_leak``. ``latent`` (B, latent_dim): the window's latent (models with ``latent_dim`` > 0; drawn
+        from N(0, I) when None).
         """
         c = self.config
         if audio_enc is None:
@@ -461,9 +507,28 @@ class REALM(nn.Module):
             audio_enc = self.encode_window(audio)
         seen = history if c.use_history else torch.zeros_like(history)
         fused = self.fusion(audio_enc, seen)  # (B, K, d)
-        deltas, alpha = self.decoder(fused, seen, anchor)  # (B, W, D)
-        start = history[:, -1:] if base is None else base.unsqueeze(1)
+        if c.latent_dim and latent is None:
+            latent = torch.randn(history.shape[0], c.latent_dim, device=history.device)
+        deltas, alpha = self.decoder(fused, seen, anchor, latent)  # (B, W, D)
+        start = history[:, -1:] if base is None else base.unsqueeze(1)  # (B, 1, D)
+        if c.rest_leak:
+            if anchor is None:
+                raise ValueError("a model with rest_leak needs the anchor frame (the frame generation starts from)")
+            return self.leaky_sum(start, deltas, anchor), alpha
         return start + torch.cumsum(deltas, dim=1), alpha
+
+    def leaky_sum(self, start: torch.Tensor, deltas: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+        """x_k = a + r^k (start - a) + sum_{j <= k} r^(k - j) delta_j, k = 1..W, with r = 1 - lambda
+        per channel: the recursion x_k = a + r (x_{k-1} - a) + delta_k in closed form.
+        start (B, 1, D), deltas (B, W, D), anchor a (B, D) -> (B, W, D)."""
+        W = deltas.shape[1]
+        log_r = F.logsigmoid(-self.leak_logit)  # log(1 - lambda), (D,)
+        k = torch.arange(W, device=deltas.device, dtype=deltas.dtype)
+        lag = k[:, None] - k[None, :]  # (W, W): k - j
+        P = torch.exp(lag.clamp(min=0)[..., None] * log_r) * (lag >= 0)[..., None]  # (W, W, D): r^(k - j), j <= k
+        decay = torch.exp((k[:, None] + 1) * log_r)  # (W, D): r^k
+        a = anchor.unsqueeze(1)
+        return a + decay * (start - a) + torch.einsum("kjd,bjd->bkd", P, deltas)
 
     def bootstrap(self, frame0: torch.Tensor, audio0: torch.Tensor):
         """Guide history for the first window from frame 0 (B, D) and its window's audio (B, W, A).
@@ -503,12 +568,15 @@ class REALM(nn.Module):
             raise ValueError("generation needs frame0 or history")
         return self.bootstrap(frame0, audio0)
 
-    def rollout(self, audio: torch.Tensor, frame0: torch.Tensor | None = None, history: torch.Tensor | None = None):
+    def rollout(self, audio: torch.Tensor, frame0: torch.Tensor | None = None, history: torch.Tensor | None = None,
+                latents: torch.Tensor | None = None):  # fmt: skip
         """Coarse motion for all T frames of ``audio`` (B, T, A), autoregressively in W-frame windows.
 
         Start from ``frame0`` (B, D) through the bootstrap (frame 0 is then kept exactly), or from a
-        real ``history`` (B, K', D) of the listener's last frames. Returns (motion (B, T, D), aux)
-        where aux holds the gate values, the per-window boundary frames and the waypoint.
+        real ``history`` (B, K', D) of the listener's last frames. ``latents`` (B, n_windows,
+        latent_dim): each window's latent (models with ``latent_dim`` > 0; drawn when None; see
+        :class:`WindowLatents` for seeded ones). Returns (motion (B, T, D), aux) where aux holds
+        the gate values, the per-window boundary frames and the waypoint.
         """
         c = self.config
         B, T, _ = audio.shape
@@ -521,7 +589,8 @@ class REALM(nn.Module):
         frames, alphas, bounds = [], [], []
         for w in range(n_win):
             base = self.first_base(frame0, history) if w == 0 else None
-            window, alpha = self.step(audio[:, w * W : (w + 1) * W], hist, enc[:, w], anchor, base)
+            z = None if latents is None else latents[:, w]
+            window, alpha = self.step(audio[:, w * W : (w + 1) * W], hist, enc[:, w], anchor, base, z)
             if w == 0 and history is None:
                 window = torch.cat([frame0.unsqueeze(1), window[:, 1:]], dim=1)  # anchor frame 0
             bounds.append((hist[:, -2:], window[:, :2]))
@@ -617,8 +686,10 @@ class REALM(nn.Module):
             "decoder": n(self.decoder),
             "waypoint": n(self.waypoint) if self.rot is not None else 0,
             "refinement": n(self.refinement),
+            "rest_leak": self.leak_logit.numel() if self.config.rest_leak else 0,
         }
-        counts["coarse"] = counts["audio_encoder"] + counts["fusion"] + counts["decoder"] + counts["waypoint"]
+        counts["coarse"] = (counts["audio_encoder"] + counts["fusion"] + counts["decoder"] + counts["waypoint"]
+                            + counts["rest_leak"])  # fmt: skip
         counts["total"] = counts["coarse"] + counts["refinement"]
         return counts
 
@@ -634,13 +705,15 @@ class SequenceNoise:
 
     BLOCK = 16
 
-    def __init__(self, dim: int, seed: int = 0, sample: int = 0):
-        self.dim, self.seed, self.sample = dim, int(seed), int(sample)
+    def __init__(self, dim: int, seed: int = 0, sample: int = 0, stream: int = 0):
+        self.dim, self.seed, self.sample, self.stream = dim, int(seed), int(sample), int(stream)
         self._cache: dict[int, torch.Tensor] = {}
 
     def _block(self, b: int) -> torch.Tensor:
         if b not in self._cache:
             key = [self.seed, self.sample, b] if b >= 0 else [self.seed, self.sample, 2**31 - 1, -b]
+            if self.stream:  # another noise of the same seed (the coarse latents), independent of this one
+                key = [self.seed, self.sample, 2**31 - 1 - self.stream, b]
             g = torch.Generator()
             g.manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
             if len(self._cache) > 64:  # streaming reads a few recent blocks again and again
@@ -656,6 +729,22 @@ class SequenceNoise:
         first, last = start // B, (stop - 1) // B
         blocks = torch.cat([self._block(b) for b in range(first, last + 1)], dim=1)
         return blocks[:, start - first * B : stop - first * B].unsqueeze(0)
+
+
+class WindowLatents:
+    """The coarse generator's latents as a function of the window index: window w of sample
+    ``sample`` draws its (latent_dim,) latent from the seed ``(seed, sample)`` through a noise
+    stream of its own (independent of the refinement's), so offline and streaming generation of
+    the same seed and sample draw the same latents."""
+
+    STREAM = 1
+
+    def __init__(self, dim: int, seed: int = 0, sample: int = 0):
+        self.noise = SequenceNoise(dim, seed, sample, stream=self.STREAM)
+
+    def __call__(self, start: int, stop: int) -> torch.Tensor:
+        """Latents of windows [start, stop): (1, stop - start, dim)."""
+        return self.noise(start, stop).transpose(1, 2)
 
 
 class RefineStream:
