@@ -234,9 +234,9 @@ class CoarseDecoder(nn.Module):
             "causal", torch.triu(torch.full((c.window, c.window), float("-inf")), diagonal=1), persistent=False
         )
         self.lstm = nn.LSTM(c.d_model, c.d_model, batch_first=True)
-        if c.latent_dim:  # a window's latent, added to each of its queries
+        if c.latent_dim:  # a window's latent, added to each of its queries (PyTorch's default init:
+            #   about as large as the positions, so samples differ from the first step; see docs/realm.md)
             self.latent = nn.Linear(c.latent_dim, c.d_model)
-            nn.init.normal_(self.latent.weight, std=0.02)
             nn.init.zeros_(self.latent.bias)
         if c.identity_anchor:  # marks the anchor token apart from the history tokens
             self.anchor_embed = nn.Parameter(torch.randn(1, 1, c.d_model) * 0.02)
