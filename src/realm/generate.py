@@ -8,8 +8,8 @@ REALM's samples differ through the refinement's noise, a function of the absolut
 (:class:`SequenceNoise`: frames [16 b, 16 b + 16) of sample ``s`` draw from the seed
 ``(seed, s, b)``), and, with a stochastic coarse generator (``latent_dim`` > 0), through each
 window's latent, a function of the window index (:class:`WindowLatents`); the paper's coarse
-stage is deterministic. So results are reproducible and do not depend on how the audio arrived. Offline and streaming generation refine through one computation,
-:class:`RefineStream`: with the default causal refinement (``refine_mode="causal"``) a frame is
+stage is deterministic. So results are reproducible and do not depend on how the audio arrived.
+Offline and streaming generation refine through one computation, :class:`RefineStream`: with the default causal refinement (``refine_mode="causal"``) a frame is
 refined from the ``model.refine_context`` frames before it, and streaming gives the offline frames
 exactly (tested to 1e-5). The authors' whole-sequence refinement (``refine_mode="whole"``) refines
 the whole clip at once offline (chunks of ``refine_chunk`` frames beyond that) and, when streamed,

@@ -629,11 +629,11 @@ def export(run: Path, model, prepared_or_stats, extractor: str, extra: dict, mod
     write_json(run / "config.json", config)
 
 
-#: REALMConfig fields of the refinement: the ones a run started from another run (``init``) takes
-#: from the command instead of from that run, since stage 2 retrains the refinement.
 #: Coarse-model fields a stage-1 retraining from ``--init`` takes from the command: additions to
 #: the init run's architecture, whose new parameters start from their initialisation.
 COARSE_ADDED_FIELDS = ("latent_dim", "rest_leak", "rest_leak_init")
+#: REALMConfig fields of the refinement: the ones a run started from another run (``init``) takes
+#: from the command instead of from that run, since stage 2 retrains the refinement.
 REFINE_FIELDS = ("use_refinement", "refine_dim", "refine_ff", "refine_block", "refine_mode", "refine_context",
                  "refine_chunk", "refine_events", "event_template", "event_refractory", "detail")  # fmt: skip
 
@@ -649,7 +649,6 @@ def _from_init(cfg: TrainConfig, model_cfg: REALMConfig) -> tuple[REALMConfig, d
     if lis.extractor != cfg.extractor:
         raise ValueError(f"{cfg.init}: the run uses {lis.extractor!r} features, the command {cfg.extractor!r}")
     ours = model_cfg.to_dict()
-    # a retrained stage 1 may add a latent to the coarse decoder (its new weights start from their init)
     keep = REFINE_FIELDS + (COARSE_ADDED_FIELDS if 1 in cfg.stages else ())
     mcfg = REALMConfig(**{**lis.model.config.to_dict(), **{k: ours[k] for k in keep}})
     state = {k: v for k, v in lis.model.state_dict().items() if not (2 in cfg.stages and k.startswith("refinement."))}

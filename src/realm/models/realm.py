@@ -713,7 +713,7 @@ class SequenceNoise:
         if b not in self._cache:
             key = [self.seed, self.sample, b] if b >= 0 else [self.seed, self.sample, 2**31 - 1, -b]
             if self.stream:  # another noise of the same seed (the coarse latents), independent of this one
-                key = [self.seed, self.sample, 2**31 - 1 - self.stream, b]
+                key = [*key[:2], 2**31 - 1 - self.stream, *key[2:]]
             g = torch.Generator()
             g.manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
             if len(self._cache) > 64:  # streaming reads a few recent blocks again and again
