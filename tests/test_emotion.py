@@ -107,7 +107,7 @@ def test_load_errors(trained, tmp_path):
         load_emotion(run)
     (run / "config.json").write_text(json.dumps(cfg))
     (run / "model.safetensors").write_bytes(b"garbage")
-    with pytest.raises(RealmInputError, match="model.safetensors.*unusable weights"):
+    with pytest.raises(RealmInputError, match="model.safetensors.*corrupt weights file"):
         load_emotion(run)
     (run / "feature_stats.npz").unlink()
     with pytest.raises(RealmInputError, match="feature_stats.npz.*missing"):

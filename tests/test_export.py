@@ -215,3 +215,23 @@ def test_cli_export_rejects_bad_motion(tmp_path):
                             "--out", str(tmp_path / "o.bvh")])  # fmt: skip
     assert r.exit_code == 2 and "none.npz: motion file not found" in r.output
     assert not (tmp_path / "o.bvh").exists()
+
+
+def test_a_multi_sample_file_needs_sample_and_exports_the_chosen_one(tmp_path):
+    x = listener_motion().astype(np.float32)
+    y = x.copy()
+    y[:, -6] += 0.2  # sample 1 turns its head further (pitch, rad)
+    path = tmp_path / "two.npz"
+    np.savez(path, listener=np.stack([x, y]), spec=np.array("arkit58"), fps=np.array(30.0))
+    r = runner.invoke(app, ["export", "--motion", str(path), "--format", "livelink-csv", "--out", str(tmp_path / "a.csv")])
+    assert r.exit_code == 2 and "holds 2 samples: choose one with --sample 0..1" in r.output
+    assert not (tmp_path / "a.csv").exists()
+    outs = []
+    for k in (0, 1):
+        out = tmp_path / f"s{k}.csv"
+        r = runner.invoke(app, ["export", "--motion", str(path), "--format", "livelink-csv", "--out", str(out), "--sample", str(k)])
+        assert r.exit_code == 0, r.output
+        outs.append(out.read_text())
+    assert outs[0] != outs[1]
+    r = runner.invoke(app, ["export", "--motion", str(path), "--format", "bvh", "--out", str(tmp_path / "b.bvh"), "--sample", "2"])
+    assert r.exit_code == 2 and "sample 2 requested but the file holds 2" in r.output

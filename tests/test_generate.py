@@ -75,6 +75,32 @@ def test_corrupt_or_mismatched_checkpoints_give_clear_errors(run_dir, tmp_path):
     (tmp_path / "nostats/stats.npz").unlink()
     with pytest.raises(RealmInputError, match="stats.npz: missing checkpoint file"):
         realm.load(tmp_path / "nostats")
+    # a diverged run's NaN weights are refused at load, naming the tensor, not streamed as NaN frames
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(run_dir, tmp_path / "nan")
+    state = load_file(str(tmp_path / "nan/model.safetensors"))
+    name = next(k for k, v in state.items() if v.dim() == 2)
+    state[name][0, 0] = float("nan")
+    save_file(state, str(tmp_path / "nan/model.safetensors"))
+    with pytest.raises(RealmInputError, match=r"model.safetensors: non-finite \(NaN or inf\) weights in "):
+        realm.load(tmp_path / "nan")
+    shutil.copytree(run_dir, tmp_path / "infstats")
+    st = NormStats.load(tmp_path / "infstats/stats.npz")
+    st.std[3] = np.inf
+    st.save(tmp_path / "infstats/stats.npz")
+    with pytest.raises(RealmInputError, match="stats.npz: normalisation stats must be finite"):
+        realm.load(tmp_path / "infstats")
+
+
+def test_writers_refuse_non_finite_values(tmp_path):
+    from realm.io import save_npy, save_npz
+
+    with pytest.raises(ValueError, match="refusing to write listener with 1 non-finite"):
+        save_npz(tmp_path / "m.npz", listener=np.array([0.0, np.nan]), spec=np.array("arkit58"))
+    with pytest.raises(ValueError, match="non-finite"):
+        save_npy(tmp_path / "f.npy", np.array([np.inf], np.float32))
+    assert not (tmp_path / "m.npz").exists() and not (tmp_path / "f.npy").exists()
 
 
 @pytest.mark.parametrize("chunk", [160, 1234, 16000])
@@ -172,3 +198,33 @@ def test_stochastic_coarse_samples_differ_reproducibly_and_stream_like_offline(l
         s = lis.streamer(seed=4, sample=k)
         streamed = np.concatenate([s.push(y[i : i + 2500]) for i in range(0, len(y), 2500)] + [s.flush()])
         np.testing.assert_allclose(streamed, offline[k], atol=1e-5)
+
+
+def test_generation_reports_progress_to_the_end(run_dir):
+    lis = realm.load(run_dir)
+    y = load_audio(JFK)[: 16000 * 3]
+    seen = []
+    plain = lis.generate(y, seed=1, samples=2)
+    got = lis.generate(y, seed=1, samples=2, progress=seen.append)
+    np.testing.assert_array_equal(got, plain)  # progress changes nothing
+    assert len(seen) > 5 and seen == sorted(seen) and seen[-1] == pytest.approx(1.0) and seen[0] < 0.2
+
+
+def test_latent_temperature_scales_the_samples_spread_around_the_mean(latent_run_dir, tmp_path):
+    import shutil
+
+    y = load_audio(JFK)[: int(16000 * 3.1)]
+    runs = {}
+    for t in (0.0, 0.5, 1.0):
+        run = tmp_path / f"t{t}"
+        shutil.copytree(latent_run_dir, run)
+        cfg = json.loads((run / "config.json").read_text())
+        cfg["model"]["latent_temperature"] = t
+        (run / "config.json").write_text(json.dumps(cfg))
+        runs[t] = realm.load(run).generate(y, samples=2, seed=4, refine=False)
+    np.testing.assert_array_equal(runs[0.0][0], runs[0.0][1])  # temperature 0: every sample is the mean path
+    spread = {t: np.abs(m[0] - m[1]).mean() for t, m in runs.items()}
+    assert 0 < spread[0.5] < spread[1.0]
+    s = realm.load(tmp_path / "t0.5").streamer(seed=4, sample=1)  # streaming draws the same scaled latents
+    streamed = np.concatenate([s.push(y[i : i + 2500]) for i in range(0, len(y), 2500)] + [s.flush()])
+    np.testing.assert_allclose(streamed, realm.load(tmp_path / "t0.5").generate(y, samples=2, seed=4)[1], atol=1e-5)

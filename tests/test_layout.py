@@ -61,7 +61,10 @@ def test_missing_index_and_bad_split(tmp_path):
 def test_nan_and_wrong_width_in_motion(tmp_path):
     bad = np.zeros((30, 58), np.float32)
     bad[3, 7] = np.inf
-    make_ds(tmp_path / "a", T=30, listener=bad)
+    with pytest.raises(ValueError, match="refusing to write listener with 1 non-finite"):
+        make_ds(tmp_path / "x", T=30, listener=bad)  # our writer never writes it ...
+    make_ds(tmp_path / "a", T=30)
+    np.savez(tmp_path / "a/motion/c0.npz", listener=bad, spec=np.array("arkit58"))  # ... someone else's may
     with pytest.raises(RealmInputError, match=r"c0.npz: NaN/inf in coefficients \(first at frame 3, dim 7\)"):
         load_dataset(tmp_path / "a")
     make_ds(tmp_path / "b", T=30)

@@ -18,8 +18,10 @@ import pytest
 import scipy.io
 import soundfile
 import torch
+from typer.testing import CliRunner
 
 from realm.audio import n_samples_for
+from realm.cli import app
 from realm.data.l2l import load_l2l
 from realm.data.lmlistener import load_lmlistener, load_lmlistener_stats
 from realm.data.vico import load_vico
@@ -376,14 +378,53 @@ def test_lmlistener_layout(tmp_path):
     assert stats.mean.shape == stats.std.shape == (56,) and stats.spec == "flame56"
 
 
-def test_lmlistener_needs_full_unpickling(tmp_path, caplog):
+class _Planted:
+    """A pickle that creates a file when loaded (what a crafted dataset file could do)."""
+
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_lmlistener_reads_numpy_safely_and_never_runs_a_planted_pickle(tmp_path, monkeypatch):
+    import datetime
+
+    import realm.data.peer as peer
+
     root, segs = make_lm(tmp_path)
-    seg = dict(segs["val"][0], p0_shape=np.zeros((40, 100)))  # a numpy array: weights_only=True refuses it
+    seg = dict(segs["val"][0], p0_shape=np.zeros((40, 100)))  # numpy arrays load without unpickling code
     torch.save([seg], root / "segments_val.pth")
-    with caplog.at_level(logging.WARNING, logger="realm.data.vico"):
-        (clip,) = load_lmlistener(root, splits="val")
-    assert "weights_only=False" in caplog.text
+    (clip,) = load_lmlistener(root, splits="val")
     np.testing.assert_array_equal(clip.listener, torch.cat([seg["p0_exp"], seg["p0_pose"]], 1).numpy())
+    planted = tmp_path / "planted"
+    torch.save([dict(seg, extra=_Planted(planted))], root / "segments_val.pth")
+    raises_naming(lambda: load_lmlistener(root, splits="val"), "segments_val.pth", "needs full unpickling", "--trust-pickle")
+    assert not planted.exists()
+    r = CliRunner().invoke(app, ["data", "inspect", str(root)])
+    assert r.exit_code != 0 and "segments_" in r.output and "refused" in r.output and not planted.exists()
+    # a harmless object no safe reader allows: read only with --trust-pickle (realm.data.peer.TRUST_PICKLE)
+    torch.save([dict(seg, recorded=datetime.date(2020, 1, 1))], root / "segments_val.pth")
+    raises_naming(lambda: load_lmlistener(root, splits="val"), "segments_val.pth", "refused")
+    monkeypatch.setattr(peer, "TRUST_PICKLE", True)
+    (clip,) = load_lmlistener(root, splits="val")
+    assert clip.listener.shape[1] == 56
+
+
+def test_l2l_object_files_array_never_runs_a_planted_pickle(tmp_path):
+    from realm.data.peer import load_object_npy
+
+    a = np.empty((2, 4, 3), dtype=object)
+    a[..., 0], a[..., 1], a[..., 2] = "vid", 0, 5
+    np.save(tmp_path / "files.npy", a, allow_pickle=True)
+    np.testing.assert_array_equal(load_object_npy(tmp_path / "files.npy"), a)
+    planted = tmp_path / "planted"
+    bad = np.empty(1, dtype=object)
+    bad[0] = _Planted(planted)
+    np.save(tmp_path / "bad.npy", bad, allow_pickle=True)
+    raises_naming(lambda: load_object_npy(tmp_path / "bad.npy"), "bad.npy", "not allowed in a data array")
+    assert not planted.exists()
 
 
 def test_lmlistener_bad_inputs(tmp_path):
@@ -413,3 +454,26 @@ def test_lmlistener_bad_inputs(tmp_path):
 
     raises_naming(lambda: load_lmlistener(root, splits="ood"), "segments_ood.pth", "not found")
     raises_naming(lambda: load_lmlistener(tmp_path / "nowhere"), "nowhere", "not found")
+
+
+def test_numpy_1_arrays_in_torch_files_and_protocol_2_object_arrays_load_safely(tmp_path):
+    import pickle
+    import zipfile
+
+    from realm.data.peer import load_object_npy, load_torch
+
+    torch.save({"n": np.arange(3, dtype=np.float32)}, tmp_path / "a.pth")
+    with zipfile.ZipFile(tmp_path / "a.pth") as z:  # as numpy 1.x wrote it: numpy.core, not numpy._core
+        files = {n: z.read(n) for n in z.namelist()}
+    files = {n: b.replace(b"numpy._core.multiarray", b"numpy.core.multiarray") if n.endswith("data.pkl") else b
+             for n, b in files.items()}  # fmt: skip
+    with zipfile.ZipFile(tmp_path / "old.pth", "w") as z:
+        for n, b in files.items():
+            z.writestr(n, b)
+    np.testing.assert_array_equal(load_torch(tmp_path / "old.pth")["n"], [0, 1, 2])
+    a = np.empty((2, 2), dtype=object)
+    a[:] = "vid"
+    with open(tmp_path / "p2.npy", "wb") as f:  # Python 2 / numpy < 1.17 wrote protocol 2
+        np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(a))
+        pickle.dump(a, f, protocol=2)
+    np.testing.assert_array_equal(load_object_npy(tmp_path / "p2.npy"), a)

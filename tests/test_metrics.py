@@ -494,3 +494,18 @@ def test_classifier_two_sample_test_tells_a_static_listener_from_a_live_one_but_
     assert c2st_accuracy(gts[:1], static[:1]) is None  # one clip: no held-out fold
     lo = loudness(np.concatenate([np.zeros(1600), 0.1 * np.ones(1600)]).astype(np.float32))
     assert lo.shape == (6, 2) and lo[0, 0] == -80 and lo[-1, 0] == pytest.approx(-20, abs=0.1) and lo[3, 1] > 50
+
+
+def test_out_of_range_counts_motion_past_the_datas_widened_range():
+    from realm.metrics import out_of_range
+
+    lo, hi = np.array([0.0, -1.0]), np.array([1.0, 1.0])  # margins 0.25 and 0.5
+    x = np.zeros((10, 2))
+    assert out_of_range(x, lo, hi) == {"frames": 0.0, "values": 0.0, "worst": None, "excess": 0.0}
+    x[:2, 0] = 1.2  # inside the margin
+    x[8:, 1] = -1.7  # 0.2 past it
+    r = out_of_range(x, lo, hi)
+    assert r["frames"] == pytest.approx(0.2) and r["values"] == pytest.approx(0.1)
+    assert r["worst"] == 1 and r["excess"] == pytest.approx(0.2)
+    # the floor widens a channel the data barely moves
+    assert out_of_range(np.full((4, 1), 0.015), np.zeros(1), np.zeros(1))["frames"] == 0.0

@@ -107,3 +107,37 @@ def test_every_spec_names_each_dimension_once():
     assert SPECS["arkit58"].names[:2] == ["eyeBlinkLeft", "eyeLookDownLeft"]
     v = SPECS["vico70"]
     assert v.names[v.channel("rotation.yaw")] == "rotation.yaw" and v.names[0] == "expression.0"
+
+
+def test_arkit58_clamps_head_rotation_to_a_listeners_range():
+    from realm.motion import HEAD_PITCH_YAW, HEAD_ROLL, get_spec
+
+    spec = get_spec("arkit58")
+    x = np.zeros((3, 58))
+    x[:, spec.channel("headPitch")] = [-2.0, 0.1, 2.0]
+    x[:, spec.channel("headRoll")] = [-1.0, -0.2, 1.0]
+    x[:, 0] = [-0.5, 0.5, 1.5]
+    y = spec.clamp(x)
+    np.testing.assert_allclose(y[:, spec.channel("headPitch")], [-HEAD_PITCH_YAW, 0.1, HEAD_PITCH_YAW])
+    np.testing.assert_allclose(y[:, spec.channel("headRoll")], [-HEAD_ROLL, -0.2, HEAD_ROLL])
+    np.testing.assert_allclose(y[:, 0], [0.0, 0.5, 1.0])
+    assert np.degrees(HEAD_PITCH_YAW) == pytest.approx(30) and np.degrees(HEAD_ROLL) == pytest.approx(20)
+    np.testing.assert_array_equal(y[:, -3:], x[:, -3:])  # translation has no range
+
+
+def test_motion_stats_keep_the_datas_range_through_save_and_load(tmp_path):
+    from realm.motion import NormStats
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (20000, 58))
+    st = NormStats.fit([x[:5000], x[5000:]], spec="arkit58")
+    np.testing.assert_allclose(st.lo, 0.005, atol=0.01)
+    np.testing.assert_allclose(st.hi, 0.995, atol=0.01)
+    st.save(tmp_path / "s.npz")
+    back = NormStats.load(tmp_path / "s.npz")
+    np.testing.assert_array_equal(back.lo, st.lo)
+    np.testing.assert_array_equal(back.hi, st.hi)
+    assert NormStats.fit(x[:, :5]).lo is None  # features: no range
+    np.savez(tmp_path / "bad.npz", mean=st.mean, std=st.std, lo=st.hi, hi=st.lo)
+    with pytest.raises(RealmInputError, match="lo <= hi"):
+        NormStats.load(tmp_path / "bad.npz")

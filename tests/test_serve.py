@@ -42,10 +42,19 @@ def speech():
 
 
 def offline_stream(listener, y, seed=0, chunk=1600):
-    """What the offline Streamer gives for the samples the server hears (16-bit PCM)."""
+    """What the offline Streamer gives for the samples the server hears (16-bit PCM), on as many
+    torch threads as a server worker (another count sums matrix products in another order: the
+    last bit differs)."""
+    import torch
+
     q = quantise_pcm16(y)
     st = listener.streamer(seed=seed)
-    return np.concatenate([st.push(q[k : k + chunk]) for k in range(0, len(q), chunk)] + [st.flush()])
+    n = torch.get_num_threads()
+    torch.set_num_threads(ServerConfig().torch_threads)
+    try:
+        return np.concatenate([st.push(q[k : k + chunk]) for k in range(0, len(q), chunk)] + [st.flush()])
+    finally:
+        torch.set_num_threads(n)
 
 
 def run(coro, timeout=60):
@@ -360,3 +369,64 @@ def test_cli_serve_and_listen(listener, tmp_path):
     assert proc.returncode == 0 and "stopped" in tail
     res = CliRunner().invoke(app, ["listen", "--server", "ws://127.0.0.1:9", "--audio", str(audio)])
     assert res.exit_code == 2 and "cannot connect" in res.output
+
+
+def test_a_listen_file_holds_missing_frames_and_never_writes_nan(tmp_path):
+    from realm.serve import ListenResult, save_listen
+
+    motion = np.arange(12, dtype=np.float32).reshape(6, 2)
+    motion[[0, 3, 4]] = np.nan  # frames 0, 3 and 4 never arrived
+    lat = np.array([np.nan, 0.1, 0.2, np.nan, np.nan, 0.3])
+    r = ListenResult(motion=motion, controls=None, ready={"spec": "arkit58", "fps": 30.0}, end={},
+                     latency_s=lat, chunk=np.zeros(6, int), expected=6, errors=[])  # fmt: skip
+    save_listen(r, tmp_path / "l.npz")
+    with np.load(tmp_path / "l.npz") as d:
+        x, got, ls = d["listener"][0], d["received"], d["latency_s"]
+    assert got.tolist() == [False, True, True, False, False, True]
+    # missing frames hold the last received one (the first received one before any arrived)
+    np.testing.assert_array_equal(x[:, 0], [2, 2, 4, 4, 4, 10])
+    np.testing.assert_array_equal(ls, [-1, 0.1, 0.2, -1, -1, 0.3])
+
+
+def test_non_finite_model_frames_never_reach_the_socket(listener, speech, monkeypatch):
+    # a model that emits NaN for some frames (numerical trouble): every message stays valid JSON
+    # (no NaN token), the bad frames hold the last good one, and the end message counts them
+    from realm.generate import Streamer
+
+    push = Streamer.push
+
+    def broken(self, chunk):
+        frames = push(self, chunk)
+        if len(frames):
+            frames = frames.copy()
+            frames[len(frames) // 2 :, 3] = np.nan
+        return frames
+
+    monkeypatch.setattr(Streamer, "push", broken)
+    raw = []
+
+    async def scenario():
+        server = await started(listener)
+        try:
+            async with connect(server.url) as ws:
+                await ws.send(json.dumps({"type": "start"}))
+                await recv_json(ws, "ready")
+                for k in range(0, len(speech), 1600):
+                    await ws.send(encode_pcm16(speech[k : k + 1600]))
+                await ws.send(json.dumps({"type": "stop"}))
+                while True:
+                    text = await asyncio.wait_for(ws.recv(), 10)
+                    raw.append(text)
+                    if json.loads(text)["type"] == "end":
+                        return
+        finally:
+            await server.close()
+
+    run(scenario())
+    msgs = [json.loads(t, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c} sent")) for t in raw]
+    frames = [m for m in msgs if m["type"] == "frame"]
+    assert frames and all(np.isfinite(m["motion"]).all() for m in frames)
+    end = msgs[-1]
+    assert end["held"] > 0 and end["frames"] == len(frames)
+    # the first window's second half was NaN: its first bad frame repeats the last good one, whole
+    assert frames[8]["motion"] == frames[7]["motion"] and frames[7]["motion"] != frames[6]["motion"]

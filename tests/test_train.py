@@ -108,3 +108,79 @@ def test_energy_loss_needs_a_stochastic_coarse_model(tmp_path):
         TrainConfig(coarse_loss="energy", coarse_samples=1)
     with pytest.raises(ValueError, match="latent_dim > 0"):  # before any data is read
         train_realm(cfg(tmp_path, coarse_loss="energy", stages=(1,)), REALMConfig(), tmp_path / "run", progress=False)
+
+
+def test_mean_rollout_scores_the_zero_latent_rollout_by_the_papers_loss():
+    # the samples share one encoding (samples=R); the last B rows are the zero-latent rollout, which
+    # alone gets the full MSE, so the samples' expression is left to the energy score
+    from realm.models.realm import REALM
+    from realm.train import REALMLoss, TrainConfig
+
+    torch.manual_seed(0)
+    model = REALM(REALMConfig(**TINY, spec="arkit58", latent_dim=4, window=4, history=4, audio_dim=8)).eval()
+    cfg = TrainConfig(coarse_loss="energy", coarse_samples=2, mean_rollout=True)
+    loss = REALMLoss(model, cfg)
+    B, T = 3, 12
+    a, gt = torch.randn(B, T, 8), torch.randn(B, T, model.spec.dim)
+    z = torch.randn(3 * B, T // 4, 4)
+    z[2 * B :] = 0
+    pred, aux = model.rollout(a, frame0=gt[:, 0], latents=z, samples=3)
+    assert pred.shape == (3 * B, T, model.spec.dim) and aux["waypoint"].shape[0] == B
+    # one shared encoding: sample s of clip b equals a rollout of clip b alone with its latents
+    alone, _ = model.rollout(a[1:2], frame0=gt[1:2, 0], latents=z[B + 1 : B + 2])
+    assert torch.allclose(pred[B + 1], alone[0], atol=1e-5)
+    out = loss(pred, gt, torch.ones(B, T, dtype=torch.bool), aux)
+    # moving the samples' expression changes only the energy term; moving the mean's changes the MSE
+    e = model.spec.block("expression").slice
+    bumped = pred.clone()
+    bumped[: 2 * B, 1:, e] += 0.3
+    out2 = loss(bumped, gt, torch.ones(B, T, dtype=torch.bool), aux)
+    assert torch.isclose(out2["mse"], out["mse"]) and not torch.isclose(out2["energy"], out["energy"])
+    bumped = pred.clone()
+    bumped[2 * B :, 1:, e] += 0.3
+    out3 = loss(bumped, gt, torch.ones(B, T, dtype=torch.bool), aux)
+    assert out3["mse"] > out["mse"] + 0.01 and torch.isclose(out3["energy"], out["energy"])
+    with pytest.raises(ValueError, match="mean_rollout"):
+        TrainConfig(mean_rollout=True)
+
+
+def test_presets_set_the_recipe_and_options_override_them(synth_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from realm.cli import app
+    from realm.train import preset_fields
+
+    assert preset_fields("cpu", "logmel")["audio_context"] == 16 and preset_fields("cpu", "whisper")["audio_context"] == 0
+    assert preset_fields("paper", "logmel") == {"batch_size": 512, "epochs": 200, "stage2_epochs": 50, "audio_context": 0}
+    with pytest.raises(ValueError, match="unknown preset 'fast'"):
+        preset_fields("fast", "logmel")
+    r = CliRunner().invoke(app, ["train", "realm", "--data", str(synth_dir), "--out", str(tmp_path / "run"),
+                                 "--extractor", "prosody", "--stages", "1", "--max-steps", "1", "--batch-size", "16",
+                                 "--set", "d_model=32", "--set", "ff_dim=64", "--accelerator", "cpu", "--devices", "1"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((tmp_path / "run/config.json").read_text())
+    assert cfg["train"]["batch_size"] == 16 and cfg["train"]["epochs"] == 8  # the option, then the cpu preset
+    assert cfg["model"]["audio_context"] == 16  # prosody is frame-local
+
+
+def test_a_resumed_run_keeps_its_recipe():
+    from dataclasses import asdict
+
+    from realm.train import _jsonable, _resumed_train_config
+
+    saved = _jsonable(asdict(TrainConfig(data="d", batch_size=512, epochs=200)))
+    now = TrainConfig(data="d", batch_size=64, epochs=8, max_steps=10, devices="2")
+    got = _resumed_train_config(now, saved)
+    assert (got.batch_size, got.epochs) == (512, 200)  # the run's recipe, not today's defaults
+    assert (got.max_steps, got.devices) == (10, "2")  # where and how long it runs: the command's
+
+
+def test_frozen_modules_do_not_move_in_stage_1(synth_dir, tmp_path):
+    from realm.train import REALMTask
+
+    before = REALMTask(REALMConfig(**TINY).to_dict(), TrainConfig(data="d", freeze=("fusion", "decoder.gate")).__dict__, 1)
+    trained = {n for n, p in before.model.named_parameters() if p.requires_grad}
+    assert not any(n.startswith(("fusion.", "decoder.gate.", "refinement.")) for n in trained)
+    assert any(n.startswith("decoder.decoder.") for n in trained) and any(n.startswith("audio_encoder.") for n in trained)
+    with pytest.raises(ValueError, match="freeze: REALM has no module 'fusoin'"):
+        REALMTask(REALMConfig(**TINY).to_dict(), TrainConfig(data="d", freeze=("fusoin",)).__dict__, 1)

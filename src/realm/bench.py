@@ -63,7 +63,6 @@ REALM_VARIANTS: dict[str, tuple[dict, str]] = {
 #: Metrics REALM must lead on (DESIGN 13), and the ones compared with the floor.
 HEADLINE = ("fd_exp", "fd_pose", "p_fd_exp", "p_fd_pose", "rpcc_exp", "rpcc_pose")
 FLOOR_KEYS = ("l1_exp", "fd_exp", "fd_pose", "fd_delta_exp", "p_fd_exp", "p_fd_pose", "rpcc_exp", "rpcc_pose")
-LOCAL_EXTRACTORS = ("logmel", "vico45", "prosody")  # frame-local features: REALM gets audio context
 RECORD = "bench_train.json"
 SYNTH_IGNORED = ("workers",)  # generator fields that do not change the data
 
@@ -274,6 +273,8 @@ def dataset_summary(data: Path, reused: bool) -> dict:
 
 
 def _audio_context(cfg: BenchConfig) -> int:
+    from realm.train import LOCAL_EXTRACTORS
+
     if cfg.audio_context >= 0:
         return cfg.audio_context
     return 16 if cfg.extractor in LOCAL_EXTRACTORS else 0

@@ -16,6 +16,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from realm.threads import GENERATE_THREADS
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing downloads at run time
 
 app = typer.Typer(
@@ -51,8 +53,15 @@ def _friendly(fn):
 
 
 @app.callback()
-def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details.")):
+def main(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Fully unpickle peer dataset files no safe reader can read (a pickle can run any code: only for files you trust)."),
+):
     from rich.logging import RichHandler
+
+    import realm.data.peer
+
+    realm.data.peer.TRUST_PICKLE = trust_pickle
 
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
@@ -198,14 +207,15 @@ def train_realm_cmd(
     data: Path = typer.Option(..., "--data", help="Dataset directory (any supported layout)."),
     out_dir: Path = typer.Option(..., "--out", help="Run directory (checkpoints, logs, exported model)."),
     extractor: str = typer.Option("logmel", "--extractor", "-e", help="Speaker features: logmel | vico45 | prosody | whisper"),
-    epochs: int = typer.Option(200, help="Stage-1 epochs (paper: 200)."),
-    stage2_epochs: int = typer.Option(50, "--stage2-epochs", help="Stage-2 epochs (paper: 50)."),
-    batch_size: int = typer.Option(512, "--batch-size", help="Clips per batch (paper: 512)."),
+    preset: str = typer.Option("cpu", "--preset", help="Recipe: cpu (the demo checkpoint's: batch 64, 8 + 2 epochs, audio context 16 for local features; ~1 h on 2 cores at 0.5 h of data) | paper (the authors': batch 512, 200 + 50 epochs, no audio context; GPU-sized). Options below override it."),
+    epochs: int = typer.Option(None, help="Stage-1 epochs (cpu 8, paper 200)."),
+    stage2_epochs: int = typer.Option(None, "--stage2-epochs", help="Stage-2 epochs (cpu 2, paper 50)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Clips per batch (cpu 64, paper 512)."),
     max_steps: int = typer.Option(-1, "--max-steps", help="Batches per stage (-1: run the epochs)."),
     lr: float = typer.Option(2e-3, help="Stage-1 learning rate."),
     clip_stride: int = typer.Option(4, "--clip-stride", help="Stride between 128-frame training clips."),
     tau: int = typer.Option(8, help="Reaction delay of the shifted ALiBi (0: plain ALiBi)."),
-    audio_context: int = typer.Option(0, "--audio-context", help="Frames of audio before each window the encoder reads (0: as the authors; use 16 with local features like logmel)."),
+    audio_context: int = typer.Option(None, "--audio-context", help="Frames of audio before each window the encoder reads (paper 0, as the authors; cpu: 16 with local features like logmel)."),
     no_gate: bool = typer.Option(False, "--no-gate", help="Ablation: no reactive gate."),
     anchor: bool = typer.Option(False, "--anchor", help="Our option: keep the start frame in the decoder's memory (identity anchor against drift)."),
     no_history: bool = typer.Option(False, "--no-history", help="Ablation: audio-only (no listener history)."),
@@ -225,9 +235,12 @@ def train_realm_cmd(
 ):
     """Train REALM: stage 1 (coarse) then stage 2 (refinement); checkpoints selected on val."""
     from realm.models.realm import REALMConfig
-    from realm.train import TrainConfig, train_realm
+    from realm.train import TrainConfig, preset_fields, train_realm
 
     _quiet_lightning()
+    chosen = {"epochs": epochs, "stage2_epochs": stage2_epochs, "batch_size": batch_size, "audio_context": audio_context}
+    recipe = {**preset_fields(preset, extractor), **{k: v for k, v in chosen.items() if v is not None}}
+    audio_context = recipe.pop("audio_context")
     from dataclasses import fields
 
     try:
@@ -242,8 +255,8 @@ def train_realm_cmd(
     if unknown:
         raise ValueError(f"--set {unknown[0]}: not a REALMConfig or TrainConfig field")
     cfg = TrainConfig(**{
-        **dict(data=str(data), extractor=extractor, epochs=epochs, stage2_epochs=stage2_epochs, batch_size=batch_size,
-               max_steps=max_steps, lr=lr, clip_stride=clip_stride, seed=seed, accelerator=accelerator, devices=devices,
+        **recipe,
+        **dict(data=str(data), extractor=extractor, max_steps=max_steps, lr=lr, clip_stride=clip_stride, seed=seed, accelerator=accelerator, devices=devices,
                strategy=strategy, num_nodes=num_nodes, precision=precision, num_workers=num_workers,
                stages=stage_list, init=str(init) if init else ""),
         **{k: (tuple(v) if isinstance(v, list) else v) for k, v in overrides.items() if k in train_fields}})  # fmt: skip
@@ -361,11 +374,15 @@ def generate_cmd(
     temperature: float = typer.Option(None, help="Token sampling temperature, 0 = greedy (mmlm; default: the model's)."),
     top_p: float = typer.Option(None, "--top-p", help="Nucleus sampling mass (mmlm)."),
     greedy: bool = typer.Option(False, "--greedy", help="Greedy token decoding (= --temperature 0)."),
+    threads: int = typer.Option(GENERATE_THREADS, help="torch CPU threads (0: torch's default, one per core; 1 is fastest for these small models)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
 ):
     """Generate listener motion for an audio file with a trained checkpoint."""
     import realm
     from realm.generate import generate_file, read_motion
+    from realm.threads import set_torch_threads
+
+    set_torch_threads(threads)
 
     if out_path.exists() and not force:
         raise FileExistsError(f"{out_path}: exists (use --force to overwrite)")
@@ -388,9 +405,15 @@ def generate_cmd(
             words = words_for(audio, transcript=transcript)
     elif transcript is not None:
         console.print(f"note: {getattr(listener, 'name', 'REALM')} does not read words; --transcript ignored")
-    with console.status("generating"):
+    from rich.progress import TaskProgressColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("[bold]generating"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn(), console=console, transient=True)  # fmt: skip
+    with bar:
+        task = bar.add_task("generating", total=1.0)
         motion = generate_file(listener, audio, out_path, force=force, first_frame=ff, history=hist,
-                               samples=samples, seed=seed, refine=not no_refine, clamp=not no_clamp, words=words, **kw)  # fmt: skip
+                               samples=samples, seed=seed, refine=not no_refine, clamp=not no_clamp, words=words,
+                               progress=lambda f: bar.update(task, completed=f), **kw)  # fmt: skip
     n, T, D = motion.shape
     out.print(f"{out_path}: {n} sample(s) x {T} frames x {D} ({spec}, {listener.fps:g} fps, {T / listener.fps:.2f} s)")
 

@@ -28,12 +28,13 @@ def export_cmd(
     map_path: Path = typer.Option(
         None, "--map", help="Linear map to arkit58 for vico70/flame56 motion (embody fit-map)."
     ),
+    sample: int = typer.Option(None, "--sample", help="Which realisation of an (N, T, D) motion file (required when N > 1)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
 ):
     """Export motion for a robot or an avatar: retargeted, resampled and passed through the safety layer."""
     from realm.embodiment.export import export_motion
 
-    s = export_motion(motion, fmt, out_path, profile=profile, rate=rate, map_path=map_path, force=force)
+    s = export_motion(motion, fmt, out_path, profile=profile, rate=rate, map_path=map_path, force=force, sample=sample)
     who = f", profile {s['profile']}" if s["profile"] else ""
     out.print(
         f"wrote {s['frames']} frames ({s['duration_s']:.2f} s at {s['rate']:g} Hz, {s['spec']}{who}) to {s['out']}"
@@ -112,6 +113,7 @@ def sim_cmd(
     render: bool = typer.Option(
         False, "--render", help="Also render the simulated head (needs EGL or OSMesa)."
     ),
+    sample: int = typer.Option(None, "--sample", help="Which realisation of an (N, T, D) motion file (required when N > 1)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
 ):
     """Retarget motion onto a robot profile and follow it with a MuJoCo model of the robot (no GL needed).
@@ -125,7 +127,7 @@ def sim_cmd(
     if rate is not None and not (0 < rate <= 1000):
         raise ValueError(f"--rate must be in (0, 1000] Hz, got {rate}")
     m = simulate_motion_file(motion, out_dir, profile=profile, rate=rate, safety=not no_safety,
-                             map_path=map_path, force=force)  # fmt: skip
+                             map_path=map_path, force=force, sample=sample)  # fmt: skip
     o = m["overall"]
 
     def num(v, fmt: str) -> str:

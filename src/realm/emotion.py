@@ -253,7 +253,7 @@ class EmotionClassifier:
     @classmethod
     def load(cls, run: str | Path) -> EmotionClassifier:
         """Load a run directory written by :meth:`save` (errors name the faulty file)."""
-        from safetensors.torch import load_file
+        from realm.io import load_weights
 
         run = Path(run)
         if not run.is_dir():
@@ -271,10 +271,10 @@ class EmotionClassifier:
             classes, extractor = list(config["classes"]), str(config["feature_extractor"])
         except (ValueError, KeyError, TypeError) as e:
             raise RealmInputError(run / "config.json", f"invalid emotion classifier config ({e})") from None
+        state = load_weights(run / "model.safetensors")
         try:
-            state = load_file(str(run / "model.safetensors"))
             net.load_state_dict(state)
-        except Exception as e:  # corrupt file or weights of another shape
+        except Exception as e:  # weights of another shape
             raise RealmInputError(
                 run / "model.safetensors", f"unusable weights ({type(e).__name__}: {e})"
             ) from None

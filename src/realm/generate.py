@@ -28,6 +28,7 @@ and cannot be streamed exactly, so a whisper checkpoint refuses to stream.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,28 +113,32 @@ class Listener(RunModel):
         clamp: bool = True,
         speaker: np.ndarray | None = None,
         words: list | None = None,
+        progress: Callable[[float], None] | None = None,
     ) -> np.ndarray:
         """Listener motion (samples, T, D), de-normalised, for ``audio`` (path or 16 kHz waveform).
 
         ``first_frame`` (D,) starts the bootstrap (default: the training mean frame); ``history``
         (K', D) of real listener frames replaces the bootstrap. ``features`` skips extraction.
-        ``clamp`` keeps values inside the spec's defined ranges (arkit58 blendshapes in 0..1);
+        ``clamp`` keeps values inside the spec's defined ranges (arkit58: blendshapes in 0..1, head
+        pitch and yaw within +-30 deg, roll within +-20 deg);
         ``clamp=False`` returns the raw model output. ``speaker`` (T, Ds) speaker motion and
         ``words`` (list of :class:`realm.data.clip.Word`) are part of the interface every model
         shares (baselines and the multimodal LM use them); REALM hears audio only and ignores them.
+        ``progress(fraction)`` is called as generation goes (0..1; the coarse windows are 80 %).
         """
         self.model.eval()
         feats = self.features(audio) if features is None else features
         a = torch.from_numpy(np.asarray(feats, np.float32))[None]  # (1, T, A)
         f0, h = self._start(first_frame, history)
         Z, W = self.model.config.latent_dim, self.model.config.window
+        step = None if progress is None else (lambda w, n: progress(0.8 * w / n))  # noqa: E731
         if Z:  # a stochastic coarse generator: one rollout per sample, each with its seeded latents
             n = -(-a.shape[1] // W)
-            z = torch.cat([WindowLatents(Z, seed, s)(0, n) for s in range(samples)])  # (samples, n, Z)
-            rep = lambda x: None if x is None else x.expand(samples, *x.shape[1:])  # noqa: E731
-            coarse, aux = self.model.rollout(rep(a), frame0=rep(f0), history=rep(h), latents=z)
+            t = self.model.config.latent_temperature
+            z = torch.cat([WindowLatents(Z, seed, s, t)(0, n) for s in range(samples)])  # (samples, n, Z)
+            coarse, aux = self.model.rollout(a, frame0=f0, history=h, latents=z, samples=samples, on_window=step)
         else:
-            coarse, aux = self.model.rollout(a, frame0=f0, history=h)
+            coarse, aux = self.model.rollout(a, frame0=f0, history=h, on_window=step)
         T = coarse.shape[1]
         outs = []
         for s in range(samples):
@@ -142,6 +147,8 @@ class Listener(RunModel):
             if refine and self.model.refinement is not None:  # whole windows, then cut to T
                 m = refine_sequence(self.model, aux["padded"][k : k + 1], aux["padded_audio"][k : k + 1], seed, s)[:, :T]
             outs.append(self.stats.invert(m[0].numpy()))
+            if progress is not None:
+                progress(0.8 + 0.2 * (s + 1) / samples)
         out = np.stack(outs).astype(np.float32)
         return self.spec.clamp(out) if clamp else out
 
@@ -173,7 +180,8 @@ class Streamer:
         self.refine, self.clamp = refine, clamp
         self.refiner = RefineStream(self.model, seed, sample)
         Z = self.model.config.latent_dim
-        self.latents = WindowLatents(Z, seed, sample) if Z else None  # as offline: window w's latent
+        t = self.model.config.latent_temperature
+        self.latents = WindowLatents(Z, seed, sample, t) if Z else None  # as offline: window w's latent
         self.buf = np.zeros(0, np.float32)
         self.offset = 0  # global index of buf[0]
         self.window = 0  # next window to produce
@@ -259,8 +267,7 @@ def load(run: str | Path) -> Listener:
 
     Runs of other model types (the baselines) load through :func:`realm.models.baselines.load`.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from realm.io import load_weights
 
     run = Path(run)
     try:  # other model types (the baselines) have their own loader
@@ -284,10 +291,7 @@ def load(run: str | Path) -> Listener:
     if config.get("model_type", "realm") != "realm":
         raise RealmInputError(run / "config.json", f"unsupported model type {config.get('model_type')!r}")
     model = REALM(mcfg)
-    try:
-        state = load_file(str(run / "model.safetensors"))
-    except (SafetensorError, OSError, Exception) as e:
-        raise RealmInputError(run / "model.safetensors", f"corrupt weights file ({type(e).__name__}: {e})") from None
+    state = load_weights(run / "model.safetensors")
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

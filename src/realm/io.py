@@ -75,12 +75,44 @@ def write_json(path: str | Path, obj, force: bool = True) -> None:
 
 
 def save_npy(path: str | Path, arr: np.ndarray, force: bool = True) -> None:
+    """Write ``arr`` atomically; NaN or inf is refused (:func:`check_finite`)."""
+    check_finite(path, array=arr)
     with atomic_path(path, force=force) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, arr)
 
 
 def save_npz(path: str | Path, force: bool = True, **arrays) -> None:
+    """Write ``arrays`` atomically (compressed); NaN or inf is refused (:func:`check_finite`)."""
+    check_finite(path, **arrays)
     with atomic_path(path, force=force) as tmp:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)
+
+
+def load_weights(path: str | Path) -> dict:
+    """The tensors of a safetensors file (no code runs on load), refused with a one-line
+    :class:`~realm.errors.RealmInputError` when the file is corrupt or any weight is NaN or
+    infinite (a diverged run's checkpoint would otherwise generate NaN frames)."""
+    from safetensors.torch import load_file
+
+    from realm.errors import RealmInputError
+
+    try:
+        state = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise RealmInputError(path, f"corrupt weights file ({type(e).__name__}: {e})") from None
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise RealmInputError(path, f"non-finite (NaN or inf) weights in {', '.join(bad[:3])}{more}: a diverged run?")
+    return state
+
+
+def check_finite(path: str | Path, **arrays) -> None:
+    """Refuse to write NaN or inf: a ValueError naming ``path`` and the first non-finite array."""
+    for name, a in arrays.items():
+        a = np.asarray(a)
+        if a.dtype.kind in "fc" and not np.isfinite(a).all():
+            raise ValueError(f"{path}: refusing to write {name} with {int((~np.isfinite(a)).sum())} non-finite values")
+

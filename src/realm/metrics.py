@@ -952,6 +952,33 @@ def rest_drift(motion: np.ndarray, rest: np.ndarray, fps: float = 30.0,
     return out
 
 
+#: How far past the data's range (its 0.5th-99.5th percentiles per channel, ``NormStats.lo/hi``)
+#: generated motion may go before :func:`out_of_range` counts it: this fraction of the channel's
+#: range on each side (and at least ``RANGE_FLOOR``, in the channel's units).
+RANGE_MARGIN = 0.25
+RANGE_FLOOR = 0.02
+
+
+def out_of_range(motion: np.ndarray, lo: np.ndarray, hi: np.ndarray, margin: float = RANGE_MARGIN,
+                 floor: float = RANGE_FLOOR) -> dict:  # fmt: skip
+    """How much of ``motion`` (T, D) leaves the range the training data occupies.
+
+    A value is out of range when it lies outside ``[lo - m, hi + m]``, ``m = max(margin (hi - lo),
+    floor)`` per channel (``lo``/``hi``: the data's 0.5th/99.5th percentiles). Returns
+    ``frames`` (the fraction of frames with any channel out), ``values`` (the fraction of values
+    out), ``worst`` (the channel index with the most frames out, or None) and ``excess`` (its
+    largest distance past the widened range). Variant: ours (the long-input checks)."""
+    x = _as2d(motion)
+    lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+    m = np.maximum(margin * (hi - lo), floor)
+    past = np.maximum(x - (hi + m), 0) + np.maximum((lo - m) - x, 0)  # (T, D)
+    out = past > 0
+    per = out.sum(0)
+    worst = int(per.argmax()) if per.max() > 0 else None
+    return {"frames": float(out.any(1).mean()), "values": float(out.mean()), "worst": worst,
+            "excess": float(past[:, worst].max()) if worst is not None else 0.0}  # fmt: skip
+
+
 def seam_ratio(motion: np.ndarray, window: int = 16, offset: int = 0) -> float:
     """How visible the edges of ``window``-frame generation steps are: the mean frame-to-frame jump
     ``mean_d |x[t] - x[t-1]|`` across window edges (``t = offset + k * window``, k >= 1) over the

@@ -77,7 +77,7 @@ class MotionSpec:
     fps: float = 30.0
     channel_names: tuple[str, ...] | None = None
     description: str = ""
-    ranges: tuple[tuple[str, float, float], ...] = ()  # (block, lo, hi): values defined only inside
+    ranges: tuple[tuple[str, float, float], ...] = ()  # (block or channel, lo, hi): values defined only inside
     _index: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -139,12 +139,13 @@ class MotionSpec:
         raise KeyError(f"spec {self.name} has no channel {name!r}")
 
     def clamp(self, x):
-        """``x`` (..., dim) with every block that has a defined range clipped into it (numpy)."""
+        """``x`` (..., dim) with every block or channel that has a defined range clipped into it (numpy)."""
         if not self.ranges:
             return x
         x = np.array(x, copy=True)
         for name, lo, hi in self.ranges:
-            x[..., self.block(name).slice] = np.clip(x[..., self.block(name).slice], lo, hi)
+            cols = self.block(name).slice if self.has(name) else self.channel(name)
+            x[..., cols] = np.clip(x[..., cols], lo, hi)
         return x
 
     def validate(self, x: np.ndarray, source: str | Path = "<array>") -> np.ndarray:
@@ -164,6 +165,10 @@ class MotionSpec:
         return x.astype(np.float32, copy=False)
 
 
+#: arkit58's head rotation ranges (rad): +-30 deg pitch and yaw, +-20 deg roll.
+HEAD_PITCH_YAW = float(np.deg2rad(30.0))
+HEAD_ROLL = float(np.deg2rad(20.0))
+
 SPECS: dict[str, MotionSpec] = {
     "vico70": MotionSpec(
         "vico70", (("expression", 64), ("rotation", 3), ("translation", 3)),
@@ -182,7 +187,11 @@ SPECS: dict[str, MotionSpec] = {
         channel_names=ARKIT_BLENDSHAPES
         + ("headPitch", "headYaw", "headRoll", "headX", "headY", "headZ"),
         description="52 ARKit blendshapes (0..1), head rotation pitch/yaw/roll (rad), translation (m)",
-        ranges=(("expression", 0.0, 1.0),),
+        # a seated listener's head: pitch and yaw within +-30 deg, roll within +-20 deg (robot
+        # profiles then clip to their own joint limits); generation clamps to these as a last
+        # line behind the model's own restoring force
+        ranges=(("expression", 0.0, 1.0), ("headPitch", -HEAD_PITCH_YAW, HEAD_PITCH_YAW),
+                ("headYaw", -HEAD_PITCH_YAW, HEAD_PITCH_YAW), ("headRoll", -HEAD_ROLL, HEAD_ROLL)),
     ),
 }  # fmt: skip
 
@@ -255,6 +264,8 @@ class NormStats:
     mean: np.ndarray
     std: np.ndarray
     spec: str = ""
+    lo: np.ndarray | None = None  # per-channel RANGE_QUANTILES of the data (motion stats; None if unknown)
+    hi: np.ndarray | None = None
 
     #: std floor, so constant channels (a blendshape the data never moves) do not explode.
     EPS = 1e-4
@@ -264,22 +275,31 @@ class NormStats:
     #: unpredictable noise instead of on the few channels that react (found on the synthetic
     #: benchmark: 45 of 52 listener blendshapes are noise-only).
     BLOCK_FLOOR = 0.1
+    #: The quantiles ``lo`` and ``hi`` hold: the range the data occupies, per channel (the
+    #: long-input checks test generated motion against it, widened by a margin).
+    RANGE_QUANTILES = (0.005, 0.995)
+    #: Frames kept for the quantiles (every k-th frame beyond this; the moments use all frames).
+    RANGE_FRAMES = 1_000_000
 
     @classmethod
     def fit(cls, arrays, spec: str = "", block_floor: float | None = None) -> NormStats:
         """Fit on a (T, D) array or an iterable of them (frames pooled, each clip weighted by length).
 
         When ``spec`` names a motion spec, stds are floored per block at ``block_floor`` (default
-        :attr:`BLOCK_FLOOR`; 0 gives plain per-channel z-scores) times the block's largest std.
+        :attr:`BLOCK_FLOOR`; 0 gives plain per-channel z-scores) times the block's largest std, and
+        ``lo``/``hi`` hold each channel's :attr:`RANGE_QUANTILES`.
         """
         if isinstance(arrays, np.ndarray):
             arrays = [arrays]
         n, s, ss = 0, 0.0, 0.0
+        keep = []
         for a in arrays:
             a = np.asarray(a, dtype=np.float64).reshape(-1, np.shape(a)[-1])
             n += a.shape[0]
             s = s + a.sum(0)
             ss = ss + (a**2).sum(0)
+            if spec in SPECS:  # every k-th frame is enough for the quantiles
+                keep.append(a[:: max(1, n // cls.RANGE_FRAMES)].astype(np.float32))
         if n == 0:
             raise ValueError("cannot fit normalisation statistics on no frames")
         mean = s / n
@@ -290,7 +310,12 @@ class NormStats:
             for name, _ in SPECS[spec].blocks:
                 b = SPECS[spec].block(name).slice
                 std[b] = np.maximum(std[b], floor * std[b].max())
-        return cls(mean.astype(np.float32), std.astype(np.float32), spec)
+        lo = hi = None
+        if keep:
+            frames = np.concatenate(keep)
+            frames = frames[:: max(1, len(frames) // cls.RANGE_FRAMES)]
+            lo, hi = (q.astype(np.float32) for q in np.quantile(frames, cls.RANGE_QUANTILES, axis=0))
+        return cls(mean.astype(np.float32), std.astype(np.float32), spec, lo, hi)
 
     def apply(self, x):
         return (x - _like(self.mean, x)) / _like(self.std, x)
@@ -301,22 +326,35 @@ class NormStats:
     def save(self, path: str | Path) -> None:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
-                np.savez(f, mean=self.mean, std=self.std, spec=np.array(self.spec))
+                extra = {} if self.lo is None else {"lo": self.lo, "hi": self.hi}
+                np.savez(f, mean=self.mean, std=self.std, spec=np.array(self.spec), **extra)
 
     @classmethod
     def load(cls, path: str | Path) -> NormStats:
         path = Path(path)
         if not path.exists():
             raise RealmInputError(path, "normalisation stats file not found")
-        with np.load(path) as d:
-            return cls(d["mean"].astype(np.float32), d["std"].astype(np.float32), str(d.get("spec", "")))
+        try:
+            with np.load(path) as d:
+                mean, std = d["mean"].astype(np.float32), d["std"].astype(np.float32)
+                spec = str(d["spec"]) if "spec" in d else ""
+                lo, hi = (d[k].astype(np.float32) if k in d else None for k in ("lo", "hi"))
+        except Exception as e:  # not an npz, missing keys, pickled entries (never unpickled)
+            raise RealmInputError(path, f"unreadable normalisation stats ({type(e).__name__}: {e})") from None
+        if mean.shape != std.shape or not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
+            raise RealmInputError(path, "normalisation stats must be finite, same-shaped, with std > 0")
+        if (lo is None) != (hi is None) or (lo is not None and not (lo.shape == hi.shape == mean.shape and (lo <= hi).all())):
+            raise RealmInputError(path, "the data range (lo, hi) must come as a pair, one value per channel, lo <= hi")
+        return cls(mean, std, spec, lo, hi)
 
     def to_dict(self) -> dict:
-        return {"mean": self.mean.tolist(), "std": self.std.tolist(), "spec": self.spec}
+        out = {"mean": self.mean.tolist(), "std": self.std.tolist(), "spec": self.spec}
+        return out if self.lo is None else {**out, "lo": self.lo.tolist(), "hi": self.hi.tolist()}
 
     @classmethod
     def from_dict(cls, d: dict) -> NormStats:
-        return cls(np.asarray(d["mean"], np.float32), np.asarray(d["std"], np.float32), d.get("spec", ""))
+        rng = [np.asarray(d[k], np.float32) if k in d else None for k in ("lo", "hi")]
+        return cls(np.asarray(d["mean"], np.float32), np.asarray(d["std"], np.float32), d.get("spec", ""), *rng)
 
     def __repr__(self) -> str:  # pragma: no cover - cosmetic
         return f"NormStats(spec={self.spec!r}, dim={len(self.mean)})"

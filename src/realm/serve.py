@@ -14,7 +14,9 @@ One connection is one listener. Protocol version 1 (docs/serving.md has the full
   - ``{"type": "start", ...options}``: begin a stream; answered by ``{"type": "ready", ...}``
     (fps, spec and value names, control names, window, algorithmic latency, limits).
   - ``{"type": "stop"}``: end the stream; the server sends the remaining frames, then
-    ``{"type": "end", "frames", "dropped", "late", "chunks", "audio_s", "compute_ms_p50", "compute_ms_p95"}``.
+    ``{"type": "end", "frames", "dropped", "late", "chunks", "audio_s", "held", "compute_ms_p50",
+    "compute_ms_p95"}`` (held: non-finite model frames replaced by the last frame sent, so no
+    message carries NaN; the compute times are null when nothing ran).
     A new ``start`` may follow.
 
   Options: ``sample_rate`` (must be 16000), ``encoding`` (``pcm_s16le``), ``channels`` (1),
@@ -175,6 +177,8 @@ class Session:
     queue: deque = field(default_factory=deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     compute_s: deque = field(default_factory=lambda: deque(maxlen=1024))  # seconds per model call that made frames
+    last: np.ndarray | None = None  # the last frame sent (held in place of a non-finite one)
+    held: int = 0  # non-finite model frames replaced by the last frame (never sent as NaN)
 
 
 class ListenerServer:
@@ -342,11 +346,12 @@ class ListenerServer:
             frames = await self._compute(s, None)
             self._emit(s, frames, chunk=-1)
             s.streaming = False
-            ms = 1e3 * np.array(s.compute_s) if s.compute_s else np.full(1, np.nan)
-            end = {"type": "end", "frames": s.frames, "dropped": s.dropped, "late": s.late,
-                   "chunks": s.chunks, "audio_s": s.samples / SAMPLE_RATE,
-                   "compute_ms_p50": float(np.median(ms)), "compute_ms_p95": float(np.percentile(ms, 95))}  # fmt: skip
-            self._put(s, _Item(json.dumps(end)))
+            ms = 1e3 * np.array(s.compute_s)
+            end = {"type": "end", "frames": s.frames, "dropped": s.dropped, "late": s.late, "held": s.held,
+                   "chunks": s.chunks, "audio_s": s.samples / SAMPLE_RATE,  # compute: null when nothing ran
+                   "compute_ms_p50": float(np.median(ms)) if len(ms) else None,
+                   "compute_ms_p95": float(np.percentile(ms, 95)) if len(ms) else None}  # fmt: skip
+            self._put(s, _Item(json.dumps(end, allow_nan=False)))
         else:
             raise ProtocolError("unknown_type", f"unknown message type {kind!r}; use config, start or stop")
 
@@ -373,7 +378,7 @@ class ListenerServer:
         o = s.options
         s.streamer = self.listener.streamer(seed=o["seed"], sample=o["sample"], refine=o["refine"])
         s.safety = self._new_safety()
-        s.streaming, s.chunks, s.samples, s.frames, s.dropped, s.late = True, 0, 0, 0, 0, 0
+        s.streaming, s.chunks, s.samples, s.frames, s.dropped, s.late, s.held, s.last = True, 0, 0, 0, 0, 0, 0, None
         s.first_audio = None
         s.compute_s.clear()
 
@@ -425,6 +430,11 @@ class ListenerServer:
         origin = s.first_audio if s.first_audio is not None else asyncio.get_running_loop().time()
         for k, f in enumerate(frames):
             i = s.frames + k
+            if not np.isfinite(f).all():  # JSON has no NaN: hold the last frame, count it
+                f = s.last if s.last is not None else np.nan_to_num(f, nan=0.0, posinf=0.0, neginf=0.0)
+                s.held += 1
+                log.warning("session %d: non-finite model frame %d replaced by the last frame", s.id, i)
+            s.last = f
             msg = {"type": "frame", "i": i, "t": i / fps, "chunk": chunk, "motion": f.astype(np.float64).tolist()}
             if controls is not None:
                 msg["controls"] = controls[k].tolist()
@@ -592,16 +602,31 @@ def listen(url: str, audio, **kw) -> ListenResult:
 
 
 def save_listen(result: ListenResult, out: str | Path, audio: str = "", force: bool = False) -> None:
-    """Write what a client received as a motion .npz (readable by export, render and eval)."""
+    """Write what a client received as a motion .npz (readable by export, render and eval).
+
+    Files hold no NaN: a frame that never arrived (``received`` False) holds the last frame
+    that did (the first received one before it; zeros if none came), and its ``latency_s`` is -1."""
     from realm.io import save_npz
 
     out = Path(out)
     if out.exists() and not force:
         raise FileExistsError(f"{out}: exists (use --force to overwrite)")
+    got = np.isfinite(result.latency_s) & np.isfinite(result.motion).all(1)
     extra = {}
     if result.controls is not None:
-        extra = {"controls": result.controls, "control_names": np.array(result.ready["controls"])}
+        extra = {"controls": _hold(result.controls, got), "control_names": np.array(result.ready["controls"])}
     save_npz(
-        out, listener=result.motion[None], spec=np.array(result.ready["spec"]), fps=np.array(result.ready["fps"]),
-        latency_s=result.latency_s, chunk=result.chunk, audio=np.array(str(audio)), **extra,
+        out, listener=_hold(result.motion, got)[None], spec=np.array(result.ready["spec"]),
+        fps=np.array(result.ready["fps"]), latency_s=np.where(got, result.latency_s, -1.0), received=got,
+        chunk=result.chunk, audio=np.array(str(audio)), **extra,
     )  # fmt: skip
+
+
+def _hold(x: np.ndarray, got: np.ndarray) -> np.ndarray:
+    """Rows of x (T, n) where ``got`` is False replaced by the last received row (the first one before it)."""
+    if not got.any():
+        return np.zeros_like(x)
+    idx = np.where(got, np.arange(len(x)), 0)
+    np.maximum.accumulate(idx, out=idx)
+    idx[: int(np.argmax(got))] = int(np.argmax(got))
+    return x[idx]

@@ -97,9 +97,18 @@ class TrainConfig:
     #   score of whole W-frame windows (a strictly proper scoring rule: its optimum is the true
     #   conditional distribution of a window, spread included), the other blocks by MSE
     coarse_samples: int = 2  # rollouts per clip with coarse_loss="energy" (>= 2)
+    mean_rollout: bool = False  # ours, with coarse_loss="energy": one more rollout per clip with
+    #   every latent 0, scored by the paper's loss (MSE on every block + velocity): the model's
+    #   conditional mean, which times the reactions, learnt as the paper learns it, while the
+    #   samples learn the spread around it from the energy score (without it the samples' timing
+    #   was lost: docs/realm.md)
     energy_blocks: tuple[str, ...] = ("expression", "rotation")  # blocks the energy score scores
     w_energy: float = 1.0  # weight of the energy score (each block's is in RMS units, the rotation's
     #   also times w_rot and the axis weights, as in the MSE)
+    freeze: tuple[str, ...] = ()  # stage 1: REALM modules kept fixed (dotted names, e.g.
+    #   "audio_encoder", "fusion", "decoder.gate"). Ours: a fine-tune that adds the stochastic
+    #   generator to a trained model keeps what it hears and when (the reaction timing lives in
+    #   the encoder, the shifted-ALiBi fusion and the gate) and trains the decoder to spread
     lr_leak: float = 0.005  # learning rate of the rest leak's logits (models with rest_leak). Adam
     #   moves a parameter by about its learning rate a step: 0.005 lets the leak change 10x in
     #   ~460 steps of one sign, where the network's 2e-3 would need ~1000
@@ -128,7 +137,10 @@ class TrainConfig:
                       stage2_select=("behaviour", "fd_delta"), coarse_loss=("mse", "energy"))  # fmt: skip
         if self.coarse_loss == "energy" and self.coarse_samples < 2:
             raise ValueError(f"coarse_loss='energy' needs coarse_samples >= 2, got {self.coarse_samples}")
+        if self.mean_rollout and self.coarse_loss != "energy":
+            raise ValueError("mean_rollout is the zero-latent rollout beside the energy score's samples: set coarse_loss='energy'")
         self.energy_blocks = tuple(self.energy_blocks)
+        self.freeze = tuple(self.freeze)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -299,6 +311,31 @@ def refinement_scores(refined: list[np.ndarray], gt: list[np.ndarray], spec, fps
             "blink_rate": float("nan") if rate is None else rate}  # fmt: skip
 
 
+#: Frame-local speaker features: the encoder needs audio before each window to hear a trigger
+#: tau frames before it (whisper's states already carry context).
+LOCAL_EXTRACTORS = ("logmel", "vico45", "prosody")
+
+#: Named recipes of ``realm train realm --preset`` (TrainConfig fields, and REALMConfig's
+#: ``audio_context``; explicit options and --set override them). "cpu" is the demo checkpoint's
+#: (stage 1 in ~40 min, stage 2 in ~12 min on 2 CPU cores, checkpoints/realm-demo/README.md);
+#: "paper" the authors' schedule (batch 512, 200 + 50 epochs, no audio context): GPU-sized.
+PRESETS: dict[str, dict] = {
+    "cpu": {"batch_size": 64, "epochs": 8, "stage2_epochs": 2, "val_every": 50, "audio_context": "local"},
+    "paper": {"batch_size": 512, "epochs": 200, "stage2_epochs": 50, "audio_context": 0},
+}
+
+
+def preset_fields(name: str, extractor: str) -> dict:
+    """The fields of preset ``name`` for ``extractor`` (``audio_context="local"``: 16 frames for
+    frame-local features, else 0)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+    out = dict(PRESETS[name])
+    if out.get("audio_context") == "local":
+        out["audio_context"] = 16 if extractor in LOCAL_EXTRACTORS else 0
+    return out
+
+
 def selection_score(scores: dict, coarse: dict, gt_blink_rate: float) -> float:
     """``FD exp / FD exp_coarse + FD_delta exp / FD_delta exp_coarse + |blinks - GT| / |blinks_coarse - GT|``:
     each term 1 for a refinement that changes nothing, lower is better (denominators floored at
@@ -348,31 +385,41 @@ class REALMLoss:
         return w
 
     def __call__(self, pred, gt, mask, aux) -> dict[str, torch.Tensor]:
-        # pred (S B, T, D): S samples (rollouts) of each of the B clips of gt (B, T, D), mask (B, T)
-        S = pred.shape[0] // gt.shape[0]
+        # pred (R B, T, D): R rollouts of each of the B clips of gt (B, T, D), mask (B, T): the
+        # samples, then (mean_rollout) the zero-latent rollout
+        B = gt.shape[0]
+        R = pred.shape[0] // B
         m = mask.clone().float()
         m[:, 0] = 0  # frame 0 is given, never scored
         n = m.sum().clamp(min=1)
+        split = self.cfg.mean_rollout and R > 2
+        samples, mean = (pred[:-B], pred[-B:]) if split else (pred, None)
+        S = samples.shape[0] // B
         energy = self.energy if S > 1 else []
         w = (self.w_mse if energy else self.w).to(pred.device)
-        err = (pred.unflatten(0, (S, -1)) - gt) ** 2  # (S, B, T, D)
+        err = (samples.unflatten(0, (S, -1)) - gt) ** 2  # (S, B, T, D)
         mse = (err * w * m[..., None]).sum() / (n * S)
+        if mean is not None:  # the conditional mean, scored as the paper scores its model
+            mse = mse + (((mean - gt) ** 2) * self.w.to(pred.device) * m[..., None]).sum() / n
         out = {"mse": mse}
         if energy:
-            out["energy"] = sum(wt * self.energy_score(pred, gt, m, sl, scale) for sl, wt, scale in energy)
+            out["energy"] = sum(wt * self.energy_score(samples, gt, m, sl, scale) for sl, wt, scale in energy)
         if self.rot is not None:
             axis = self.axis.to(pred.device)
-            # with samples, on their mean: the velocity loss then leaves the spread to the energy score
-            mean = pred.unflatten(0, (S, -1)).mean(0)
+            # with samples, on the zero-latent rollout or else the samples' mean: the velocity loss
+            # then leaves the spread to the energy score
+            if mean is None:
+                mean = samples.unflatten(0, (S, -1)).mean(0)
             dv = torch.diff(mean[..., self.rot], dim=1) - torch.diff(gt[..., self.rot], dim=1)
             mv = m[:, 1:] * m[:, :-1]
             out["vel"] = ((dv**2) * axis * mv[..., None]).sum() / (mv.sum().clamp(min=1) * 3)
-            if aux["waypoint"] is not None:
-                out["waypoint"] = F.mse_loss(aux["waypoint"], gt[:, self.W - 1, self.rot].repeat(S, 1))
+            if aux["waypoint"] is not None:  # (B or R B, 3): shared by rollouts of one clip
+                wp = aux["waypoint"]
+                out["waypoint"] = F.mse_loss(wp, gt[:, self.W - 1, self.rot].repeat(wp.shape[0] // B, 1))
         wb = self.wb.to(pred.device)
         terms = []
         for k, (hist, win) in enumerate(aux["bounds"][1:], start=1):  # windows after the bootstrap
-            valid = mask[:, k * self.W].float().repeat(S)
+            valid = mask[:, k * self.W].float().repeat(R)
             if valid.sum() == 0:
                 continue
             pos = ((win[:, 0] - hist[:, -1]) ** 2 * wb).sum(-1)
@@ -380,7 +427,7 @@ class REALMLoss:
             terms.append(((pos + vel) * valid).sum() / valid.sum())
         out["boundary"] = torch.stack(terms).mean() if terms else pred.sum() * 0
         alpha = aux["alpha"][..., 0]
-        mS = mask.repeat(S, 1)
+        mS = mask.repeat(R, 1)
         out["gate"] = 1 - (alpha * mS).sum() / mS.sum().clamp(min=1)
         c = self.cfg
         out["loss"] = (
@@ -450,6 +497,13 @@ class REALMTask(L.LightningModule):
         unused = [self.model.refinement] if stage == 1 else []
         if not self.model.config.use_gate:
             unused.append(self.model.decoder.gate)
+        if stage == 1:
+            for name in self.cfg.freeze:
+                try:
+                    unused.append(self.model.get_submodule(name))
+                except AttributeError:
+                    names = ", ".join(n for n, _ in self.model.named_children())
+                    raise ValueError(f"freeze: REALM has no module {name!r} (top level: {names})") from None
         for module in unused:
             for p in module.parameters() if module is not None else []:
                 p.requires_grad_(False)
@@ -471,10 +525,16 @@ class REALMTask(L.LightningModule):
     # -- stage 1
     def _stage1(self, batch):
         a, f0 = batch["audio"], batch["motion"][:, 0]
-        if self.cfg.coarse_loss == "energy":  # coarse_samples rollouts of each clip, their latents drawn
-            S = self.cfg.coarse_samples
-            a, f0 = a.repeat(S, 1, 1), f0.repeat(S, 1)
-        motion, aux = self.model.rollout(a, frame0=f0)  # (S B, T, D)
+        R, latents = 1, None
+        if self.cfg.coarse_loss == "energy":  # coarse_samples rollouts of each clip, their latents
+            # drawn, then (mean_rollout) one with latents 0; one encoding of the audio for all
+            S, Z, (B, T) = self.cfg.coarse_samples, self.model.config.latent_dim, a.shape[:2]
+            R = S + self.cfg.mean_rollout
+            n = math.ceil(T / self.model.config.window)
+            latents = torch.randn(R * B, n, Z, device=a.device)
+            if self.cfg.mean_rollout:
+                latents[S * B :] = 0
+        motion, aux = self.model.rollout(a, frame0=f0, latents=latents, samples=R)  # (R B, T, D)
         return self.loss(motion, batch["motion"], batch["mask"], aux)
 
     # -- stage 2
@@ -676,6 +736,23 @@ def _stage2_data(task: REALMTask, prep: Prepared, cfg: TrainConfig):
     return train, WholeClips(val)
 
 
+#: TrainConfig fields a resumed run may change: where it runs, which stages, its step budget.
+RUNTIME_FIELDS = ("num_workers", "accelerator", "devices", "strategy", "num_nodes", "stages", "max_steps")
+
+
+def _resumed_train_config(cfg: TrainConfig, saved: dict | None) -> TrainConfig:
+    """``cfg`` with the saved run's training fields (a resumed run keeps its recipe: batch size,
+    epochs, schedule...); only :data:`RUNTIME_FIELDS` come from the command. Logs what differed."""
+    if not saved:
+        return cfg
+    now = _jsonable(asdict(cfg))
+    differ = sorted(k for k in saved if k in now and k not in RUNTIME_FIELDS and saved[k] != now[k])
+    if differ:
+        log.warning("resuming with the run's saved training config (%s differ on the command line; ignored)", ", ".join(differ))
+    keep = {k: v for k, v in saved.items() if k in now and k not in RUNTIME_FIELDS}
+    return TrainConfig.from_dict({**now, **keep})
+
+
 def train_realm(
     cfg: TrainConfig,
     model_cfg: REALMConfig,
@@ -693,6 +770,9 @@ def train_realm(
     launched_rank = int(os.environ.get("LOCAL_RANK", 0)) + int(os.environ.get("NODE_RANK", 0))
     if launched_rank == 0 and out.exists() and any(out.iterdir()) and not resume:  # ranks > 0 join rank 0's run
         raise FileExistsError(f"{out}: run directory exists and is not empty (use --resume to continue it)")
+    state_path = out / "train_state.json"
+    if resume and state_path.exists():  # the run's own recipe, not today's defaults
+        cfg = _resumed_train_config(cfg, json.loads(state_path.read_text()).get("train"))
     init_state = init_stats = None
     if cfg.init:
         model_cfg, init_state, init_stats = _from_init(cfg, model_cfg)
@@ -702,7 +782,6 @@ def train_realm(
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     prep = prepare_data(cfg, stats=init_stats)
     model_cfg.spec, model_cfg.audio_dim = prep.spec, prep.audio_dim
-    state_path = out / "train_state.json"
     state = json.loads(state_path.read_text()) if resume and state_path.exists() else {"done": []}
     if resume and state_path.exists():
         saved = state.get("model")
@@ -728,7 +807,7 @@ def train_realm(
         task = REALMTask(model_cfg.to_dict(), _jsonable(asdict(cfg)), stage)
         best1 = prev_best or state.get("best1")
         if stage == 2 and best1 is not None:
-            sd = torch.load(best1, map_location="cpu", weights_only=False)["state_dict"]
+            sd = torch.load(best1, map_location="cpu", weights_only=True)["state_dict"]
             task.load_state_dict({k: v for k, v in sd.items() if k.startswith("model.")}, strict=False)
         elif init_state is not None:
             task.model.load_state_dict(init_state, strict=False)
@@ -771,7 +850,8 @@ def train_realm(
         )
         last = ckdir / "last.ckpt"
         t0 = time.time()
-        trainer.fit(task, train_dl, val_dl, ckpt_path=str(last) if resume and last.exists() else None)
+        trainer.fit(task, train_dl, val_dl, ckpt_path=str(last) if resume and last.exists() else None,
+                weights_only=True)  # our own checkpoints: tensors and plain values, never code
         best = ckpt.best_model_path or str(last)
         prev_best = best  # every rank goes on to the next stage; only rank 0 writes
         if trainer.global_rank != 0:
@@ -794,7 +874,7 @@ def train_realm(
 
 def _export_best(out, best, model_cfg, prep, cfg, stage, results, command):
     model = REALM(model_cfg)
-    sd = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+    sd = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
     model.load_state_dict({k[len("model.") :]: v for k, v in sd.items() if k.startswith("model.")})
     extra = {
         "stage": stage, "train": _jsonable(asdict(cfg)), "results": results,

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from realm.data.clip import SPLITS, Clip
-from realm.data.peer import common_length, wanted_splits
+from realm.data.peer import common_length, load_object_npy, wanted_splits
 from realm.errors import RealmInputError
 from realm.motion import SPECS
 
@@ -139,7 +139,8 @@ def _mel(m: np.ndarray, t: int, source: str) -> np.ndarray:
 
 
 def _load(path: Path, allow_pickle: bool = False) -> np.ndarray:
-    """``np.load``; object arrays (the files array may be one) only where ``allow_pickle``."""
+    """``np.load``; object arrays (the files array may be one) only where ``allow_pickle``, through
+    the safe reader :func:`realm.data.peer.load_object_npy`."""
     if not path.exists():
         raise RealmInputError(
             path, "file not found (every pX_list_faces file pairs with p{1-X}_speak_* files)"
@@ -150,6 +151,8 @@ def _load(path: Path, allow_pickle: bool = False) -> np.ndarray:
         except ValueError:  # an object array cannot be memory-mapped
             if not allow_pickle:
                 raise
-            return np.load(path, allow_pickle=True)
+            return load_object_npy(path)  # its pickle may only rebuild an array: no code runs
+    except RealmInputError:
+        raise
     except Exception as e:
         raise RealmInputError(path, f"unreadable .npy file ({type(e).__name__}: {e})") from None

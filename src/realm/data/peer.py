@@ -67,22 +67,88 @@ def read_mat(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
     return {k: np.asarray(m[k], dtype=np.float64) for k in keys}
 
 
+#: Full unpickling of peer files that no safe reader can read (``realm --trust-pickle``). Off:
+#: a pickle can run any code when loaded, so a crafted dataset file must never be unpickled.
+TRUST_PICKLE = False
+
+
+def _numpy_globals() -> list:
+    """What a pickled numpy array needs, and nothing else (no callable that runs code)."""
+    from numpy._core import multiarray as ma
+
+    old = [(ma._reconstruct, "numpy.core.multiarray._reconstruct"), (ma.scalar, "numpy.core.multiarray.scalar")]
+    dtypes = [type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFDGSUO"]
+    return [ma._reconstruct, np.ndarray, np.dtype, ma.scalar, *old, *dtypes]  # files of numpy 2 and 1.x
+
+
 def load_torch(path: Path):
-    """``torch.load`` with ``weights_only=True``, falling back to full unpickling (logged) when needed."""
+    """``torch.load`` with ``weights_only=True`` (tensors, containers and numpy arrays, no code);
+    a file that needs more is refused unless :data:`TRUST_PICKLE` (``realm --trust-pickle``)."""
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise RealmInputError(path, "file not found") from None
-    except pickle.UnpicklingError:
-        log.warning("%s: needs full unpickling (weights_only=False); only load files you trust", path)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e) or "Unsupported operand" in str(e):  # not a torch file, truncated
+            raise RealmInputError(path, "unreadable torch file (not a torch.save file, or truncated)") from None
+        if not TRUST_PICKLE:
+            raise RealmInputError(path, "needs full unpickling, which can run code from the file: refused; "
+                                        "pass `realm --trust-pickle ...` only for files you trust") from None  # fmt: skip
+        log.warning("%s: full unpickling (--trust-pickle): this runs any code the file holds", path)
     except Exception as e:
         raise RealmInputError(path, f"unreadable torch file ({type(e).__name__}: {e})") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
         raise RealmInputError(path, f"unreadable torch file ({type(e).__name__}: {e})") from None
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles a numpy object array of plain values (str, int, float, bytes, tuples) and refuses
+    every other global: what ``np.save`` writes for an object array, and nothing that runs code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"),
+               ("_codecs", "encode")}  # fmt: skip  (protocol-2 pickles, numpy < 1.17, store bytes through it)
+
+    def find_class(self, module: str, name: str):
+        plain = "." not in name  # protocol 4 follows dotted names: never into an attribute of an allowed one
+        if plain and ((module, name) in self.ALLOWED or (module == "numpy.dtypes" and name.endswith("DType"))):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a data array")
+
+
+def load_object_npy(path: Path) -> np.ndarray:
+    """A ``.npy`` file that holds an object array (e.g. Learning2Listen's files arrays of video id,
+    person, frame), read without running code: its pickle may only rebuild a numpy array of plain
+    values (:class:`_ArrayUnpickler`; anything else only with :data:`TRUST_PICKLE`). Plain
+    (non-object) arrays load as usual."""
+    try:
+        with open(path, "rb") as f:
+            fmt = np.lib.format
+            version = fmt.read_magic(f)
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _, dtype = read(f, max_header_size=100_000)
+            if not dtype.hasobject:
+                return np.load(path, allow_pickle=False)
+            try:
+                arr = _ArrayUnpickler(f).load()
+            except pickle.UnpicklingError:
+                if not TRUST_PICKLE:
+                    raise
+                log.warning("%s: full unpickling (--trust-pickle): this runs any code the file holds", path)
+                arr = np.load(path, allow_pickle=True)
+    except FileNotFoundError:
+        raise RealmInputError(path, "file not found") from None
+    except Exception as e:
+        raise RealmInputError(path, f"unreadable .npy file ({type(e).__name__}: {e})") from None
+    if not isinstance(arr, np.ndarray) or arr.shape != tuple(shape):
+        raise RealmInputError(path, f"the pickled array is not a {tuple(shape)} numpy array")
+    return arr
 
 
 def load_npy_2d(path: Path) -> np.ndarray:

@@ -385,11 +385,23 @@ def read_bvh(path: str | Path) -> dict:
 # ---------------------------------------------------------------- one call for the CLI
 
 
+def one_sample(motion: np.ndarray, sample: int | None, path: str | Path) -> np.ndarray:
+    """Realisation ``sample`` (T, D) of a motion file's (N, T, D) array. A robot plays one
+    trajectory: None is allowed only when N is 1, so a sample is never picked silently."""
+    n = motion.shape[0]
+    if sample is None and n > 1:
+        raise RealmInputError(path, f"the file holds {n} samples: choose one with --sample 0..{n - 1}")
+    if not 0 <= (sample or 0) < n:
+        raise RealmInputError(path, f"sample {sample} requested but the file holds {n}")
+    return motion[sample or 0]
+
+
 def export_motion(
     motion_path: str | Path, fmt: str, out: str | Path, profile: str | Path = "ameca", rate: float = 30.0,
-    map_path: str | Path | None = None, force: bool = False,
+    map_path: str | Path | None = None, force: bool = False, sample: int | None = None,
 ) -> dict:  # fmt: skip
-    """Read a motion file, export it as ``fmt`` to ``out``; returns a short summary."""
+    """Read a motion file, export realisation ``sample`` of it as ``fmt`` to ``out``; returns a
+    short summary. ``sample`` may be None only for a file with one realisation."""
     from realm.generate import load_motion_file
 
     if fmt not in FORMATS:
@@ -402,7 +414,7 @@ def export_motion(
     if out.exists() and not force:
         raise FileExistsError(f"{out}: exists (use --force to overwrite)")
     mf = load_motion_file(motion_path)
-    x, spec, fps = mf.motion[0], mf.spec.name, mf.fps
+    x, spec, fps = one_sample(mf.motion, sample, motion_path), mf.spec.name, mf.fps
     lmap = LinearMap.load(map_path) if map_path is not None else None
     robot = fmt != "livelink-csv"
     p = prepare(x, fps, rate, profile if robot else None, spec=spec, linear_map=lmap)
@@ -414,7 +426,7 @@ def export_motion(
         write_livelink_csv(out, p.times, p.arkit, rate, force=force)
     else:
         write_bvh(out, bvh_angles(p.profile, p.controls), rate, force=force)
-    return {"format": fmt, "out": str(out), "frames": len(p.times), "rate": rate, "spec": spec,
+    return {"format": fmt, "out": str(out), "frames": len(p.times), "rate": rate, "spec": spec, "sample": sample or 0,
             "profile": p.profile.name if p.profile else None, "duration_s": float(p.times[-1])}  # fmt: skip
 
 

@@ -493,10 +493,12 @@ def commands_from_motion(
 
 def simulate_motion_file(
     motion_path: str | Path, out_dir: str | Path, profile: RobotProfile | str = "ameca", rate: float | None = None,
-    safety: bool = True, map_path: str | Path | None = None, force: bool = False,
+    safety: bool = True, map_path: str | Path | None = None, force: bool = False, sample: int | None = None,
 ) -> dict:  # fmt: skip
-    """Read a motion file, retarget it (through the safety layer unless ``safety=False``), simulate
-    it and write the outputs of :func:`write_sim` to ``out_dir``; returns the metrics."""
+    """Read a motion file, retarget realisation ``sample`` of it (through the safety layer unless
+    ``safety=False``; None only for a one-sample file), simulate it and write the outputs of
+    :func:`write_sim` to ``out_dir``; returns the metrics."""
+    from realm.embodiment.export import one_sample
     from realm.embodiment.retarget import LinearMap
     from realm.generate import load_motion_file
 
@@ -505,7 +507,7 @@ def simulate_motion_file(
         raise FileExistsError(f"{out_dir}: exists (use --force to overwrite)")
     profile = load_profile(profile)
     mf = load_motion_file(motion_path)
-    x, spec, fps = mf.motion[0], mf.spec.name, mf.fps
+    x, spec, fps = one_sample(mf.motion, sample, motion_path), mf.spec.name, mf.fps
     lmap = LinearMap.load(map_path) if map_path is not None else None
     cmd, rate = commands_from_motion(x, fps, profile, rate, spec=spec, linear_map=lmap, safety=safety)
     run = simulate(profile, cmd, rate)

@@ -618,9 +618,9 @@ def _read_vq_config(run: str | Path) -> dict:
 
 def load_vq_weights(vq: IDVQ, run: str | Path) -> None:
     """Copy the tokenizer weights of an idvq run into ``vq`` (same config)."""
-    from safetensors.torch import load_file
+    from realm.io import load_weights
 
-    state = load_file(str(Path(run) / "model.safetensors"))
+    state = load_weights(Path(run) / "model.safetensors")
     vq.load_state_dict({k[len("vq.") :]: v for k, v in state.items() if k.startswith("vq.")})
 
 

@@ -71,6 +71,9 @@ class REALMConfig:
     #   a projected N(0, I) latent of this size, so rollouts with different latents are samples of
     #   the listener's reaction, not its conditional mean (trained with the energy score,
     #   TrainConfig.coarse_loss="energy"; docs/realm.md). 0 = the paper's deterministic decoder.
+    latent_temperature: float = 1.0  # ours, generation only: each window's latent is scaled by
+    #   this (training draws N(0, I)). Below 1 the samples keep nearer the conditional mean (the
+    #   zero latent): reaction timing over spread; 0 is the mean itself (docs/realm.md, measured)
     rest_leak: bool = False  # ours: a learned restoring force. Each channel's integrated state
     #   leaks toward the rollout's start frame (the identity anchor, the listener's resting face):
     #   x_t = a + (1 - lambda) (x_{t-1} - a) + delta_t, lambda = sigmoid(a learned logit) per
@@ -105,6 +108,8 @@ class REALMConfig:
             raise ValueError("refine_context, refine_chunk and event_template must be >= 1")
         if not 0 < self.rest_leak_init < 1:
             raise ValueError(f"rest_leak_init must be in (0, 1), got {self.rest_leak_init}")
+        if not 0 <= self.latent_temperature <= 4:
+            raise ValueError(f"latent_temperature must be in [0, 4], got {self.latent_temperature}")
         if self.latent_dim < 0:
             raise ValueError(f"latent_dim must be >= 0, got {self.latent_dim}")
         if not 0 <= self.event_refractory <= 30:
@@ -468,6 +473,9 @@ class REALM(nn.Module):
                     mask[spec.channel(ch) - block.start, k] = 1.0
             self.refinement = Refinement(c, block.size, len(self.events), mask)
 
+    #: Windows encoded at once without gradients (generation): bounds the encoder's memory.
+    ENCODE_CHUNK = 256
+
     # -- one autoregressive step ------------------------------------------------
     def encode_window(self, audio: torch.Tensor) -> torch.Tensor:
         """Encode one window with its context: audio (B, C + W, A) -> (B, W, d), the last W frames."""
@@ -479,13 +487,18 @@ class REALM(nn.Module):
         """Encode every W-frame window of ``audio`` (B, n*W, A) at once -> (B, n, W, d).
 
         Window w reads frames [w W - C, (w + 1) W) (zeros before the start). Windows are encoded
-        independently, so batching them changes nothing but the speed.
+        independently, so batching them changes nothing but the speed. Without gradients they go
+        through the encoder ``ENCODE_CHUNK`` windows at a time: an hour of audio is 6,750 windows,
+        whose activations at once took 630 MB.
         """
         B, T, A = audio.shape
         W, C = self.config.window, self.config.audio_context
         ctx = F.pad(audio, (0, 0, C, 0)).unfold(1, C + W, W)  # (B, n, A, C + W)
         ctx = ctx.permute(0, 1, 3, 2).reshape(B * (T // W), C + W, A)
-        return self.encode_window(ctx).reshape(B, T // W, W, -1)
+        if torch.is_grad_enabled() or len(ctx) <= self.ENCODE_CHUNK:
+            return self.encode_window(ctx).reshape(B, T // W, W, -1)
+        n = self.ENCODE_CHUNK
+        return torch.cat([self.encode_window(ctx[k : k + n]) for k in range(0, len(ctx), n)]).reshape(B, T // W, W, -1)
 
     def step(self, audio: torch.Tensor, history: torch.Tensor, audio_enc: torch.Tensor | None = None,
              anchor: torch.Tensor | None = None, base: torch.Tensor | None = None,
@@ -569,14 +582,17 @@ class REALM(nn.Module):
         return self.bootstrap(frame0, audio0)
 
     def rollout(self, audio: torch.Tensor, frame0: torch.Tensor | None = None, history: torch.Tensor | None = None,
-                latents: torch.Tensor | None = None):  # fmt: skip
+                latents: torch.Tensor | None = None, samples: int = 1, on_window=None):  # fmt: skip
         """Coarse motion for all T frames of ``audio`` (B, T, A), autoregressively in W-frame windows.
 
         Start from ``frame0`` (B, D) through the bootstrap (frame 0 is then kept exactly), or from a
-        real ``history`` (B, K', D) of the listener's last frames. ``latents`` (B, n_windows,
+        real ``history`` (B, K', D) of the listener's last frames. ``latents`` (S B, n_windows,
         latent_dim): each window's latent (models with ``latent_dim`` > 0; drawn when None; see
-        :class:`WindowLatents` for seeded ones). Returns (motion (B, T, D), aux) where aux holds
-        the gate values, the per-window boundary frames and the waypoint.
+        :class:`WindowLatents` for seeded ones). ``samples`` S: rollouts of each clip, sample-major
+        (row s B + b is sample s of clip b), sharing one encoding of the audio and one bootstrap
+        (both deterministic). ``on_window(done, n_windows)`` is called after each window (progress).
+        Returns (motion (S B, T, D), aux) where aux holds the gate values, the per-window boundary
+        frames and the waypoint (B, 3).
         """
         c = self.config
         B, T, _ = audio.shape
@@ -586,6 +602,11 @@ class REALM(nn.Module):
         hist, waypoint = self.start(audio[:, :W], frame0, history)
         anchor = self.anchor_frame(frame0, history)
         enc = self.encode_audio(audio)  # (B, n_win, W, d)
+        if latents is not None and latents.shape[0] != samples * B:
+            raise ValueError(f"latents for {latents.shape[0]} rollouts, but {samples} samples of {B} clips")
+        if samples > 1:  # (B, ...) -> (S B, ...): the samples differ by their latents only
+            rep = lambda x: None if x is None else x.repeat(samples, *[1] * (x.dim() - 1))  # noqa: E731
+            audio, hist, anchor, enc, frame0, history = map(rep, (audio, hist, anchor, enc, frame0, history))
         frames, alphas, bounds = [], [], []
         for w in range(n_win):
             base = self.first_base(frame0, history) if w == 0 else None
@@ -597,6 +618,8 @@ class REALM(nn.Module):
             frames.append(window)
             alphas.append(alpha)
             hist = torch.cat([hist, window], dim=1)[:, -K:]
+            if on_window is not None:
+                on_window(w + 1, n_win)
         padded = torch.cat(frames, dim=1)  # (B, n_win * W, D): whole windows, before truncation to T
         aux = {"alpha": torch.cat(alphas, dim=1)[:, :T], "bounds": bounds, "waypoint": waypoint,
                "padded": padded, "padded_audio": audio}  # fmt: skip
@@ -735,16 +758,18 @@ class WindowLatents:
     """The coarse generator's latents as a function of the window index: window w of sample
     ``sample`` draws its (latent_dim,) latent from the seed ``(seed, sample)`` through a noise
     stream of its own (independent of the refinement's), so offline and streaming generation of
-    the same seed and sample draw the same latents."""
+    the same seed and sample draw the same latents, times ``temperature``
+    (``REALMConfig.latent_temperature``)."""
 
     STREAM = 1
 
-    def __init__(self, dim: int, seed: int = 0, sample: int = 0):
+    def __init__(self, dim: int, seed: int = 0, sample: int = 0, temperature: float = 1.0):
         self.noise = SequenceNoise(dim, seed, sample, stream=self.STREAM)
+        self.temperature = temperature
 
     def __call__(self, start: int, stop: int) -> torch.Tensor:
         """Latents of windows [start, stop): (1, stop - start, dim)."""
-        return self.noise(start, stop).transpose(1, 2)
+        return self.temperature * self.noise(start, stop).transpose(1, 2)
 
 
 class RefineStream:

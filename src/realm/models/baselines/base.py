@@ -300,6 +300,7 @@ class BaselineListener(RunModel):
         identity_ref: np.ndarray | None = None,
         temperature: float | None = None,
         top_p: float | None = None,
+        progress=None,
     ) -> np.ndarray:
         """Listener motion (samples, T, D), de-normalised, for ``audio`` (path or 16 kHz waveform).
 
@@ -311,7 +312,8 @@ class BaselineListener(RunModel):
         ``refine`` is REALM's option, accepted and ignored.
         ``identity_ref`` (Tr >= 60, D) motion of the target listener (the mmlm decodes in its style;
         else from ``history`` when it is >= 2 s), ``temperature`` (0 = greedy) and ``top_p``: token sampling
-        of the models that have it (mmlm); the others reject them.
+        of the models that have it (mmlm); the others reject them. ``progress(fraction)`` is
+        called at the end (1.0), as REALM calls it along the way.
         """
         if samples < 1:
             raise ValueError("samples must be >= 1")
@@ -333,6 +335,8 @@ class BaselineListener(RunModel):
             kw["history"] = self._motion(history, "history")
         z = self.model.sample(a, self._first(first_frame, history), self._speaker(speaker, T), words, samples, seed, **kw)
         out = self.stats.invert(z.float().numpy()).astype(np.float32)  # (samples, T, D)
+        if progress is not None:
+            progress(1.0)
         return self.spec.clamp(out) if clamp else out
 
 
@@ -348,8 +352,7 @@ def export(run: Path, model: Baseline, stats: NormStats, feature_stats: NormStat
 
 def load(run: str | Path) -> BaselineListener:
     """Load a baseline run directory; every problem is a :class:`RealmInputError` naming the file."""
-    from safetensors.torch import load_file
-
+    from realm.io import load_weights
     from realm.models.baselines import MODELS
 
     run = Path(run)
@@ -372,10 +375,7 @@ def load(run: str | Path) -> BaselineListener:
         model = cls(mcfg)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise RealmInputError(cpath, f"invalid {kind} model config ({type(e).__name__}: {e})") from None
-    try:
-        state = load_file(str(run / "model.safetensors"))
-    except Exception as e:  # safetensors raises its own error types for corrupt files
-        raise RealmInputError(run / "model.safetensors", f"corrupt weights file ({type(e).__name__}: {e})") from None
+    state = load_weights(run / "model.safetensors")
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

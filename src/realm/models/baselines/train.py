@@ -186,7 +186,8 @@ def _fit_neural(name, model, prep, cfg, out, resume, progress, extra, t0) -> dic
         num_sanity_val_steps=0,
     )
     last = ckdir / "last.ckpt"
-    trainer.fit(task, train_dl, val_dl, ckpt_path=str(last) if resume and last.exists() else None)
+    trainer.fit(task, train_dl, val_dl, ckpt_path=str(last) if resume and last.exists() else None,
+                weights_only=True)  # our own checkpoints: tensors and plain values, never code
     best = ckpt.best_model_path or str(last)
     score = ckpt.best_model_score
     results = {
@@ -197,7 +198,7 @@ def _fit_neural(name, model, prep, cfg, out, resume, progress, extra, t0) -> dic
         }
     }  # fmt: skip
     if trainer.global_rank == 0:
-        sd = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+        sd = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
         model.load_state_dict({k[len("model.") :]: v for k, v in sd.items() if k.startswith("model.")})
         export(out, model.eval(), prep.stats, prep.feature_stats, cfg.extractor, {**extra, "results": results})
     return results
