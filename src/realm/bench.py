@@ -149,9 +149,10 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> dict:
     """Run the benchmark of ``cfg``; write ``cfg.doc`` and ``OUT/bench_results.json``; return the latter."""
     import torch
 
+    from realm.threads import set_torch_threads
+
     threads = torch.get_num_threads()
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
+    set_torch_threads(cfg.threads)
     try:
         return _run(cfg, progress)
     finally:

@@ -88,6 +88,12 @@ class Listener(RunModel):
         """True when samples differ (refinement noise, coarse latents), so evaluation draws several."""
         return self.model.refinement is not None or self.model.config.latent_dim > 0
 
+    def latents(self, seed: int, sample: int) -> WindowLatents:
+        """Sample ``sample``'s window latents for ``seed`` at the checkpoint's ``latent_temperature``
+        (models with ``latent_dim`` > 0): offline and streaming generation draw them here."""
+        c = self.model.config
+        return WindowLatents(c.latent_dim, seed, sample, c.latent_temperature)
+
     def _start(self, first_frame, history):
         """Normalised frame 0 (1, D) and/or history (1, K, D) tensors from raw motion arrays."""
         D = self.spec.dim
@@ -134,8 +140,7 @@ class Listener(RunModel):
         step = None if progress is None else (lambda w, n: progress(0.8 * w / n))  # noqa: E731
         if Z:  # a stochastic coarse generator: one rollout per sample, each with its seeded latents
             n = -(-a.shape[1] // W)
-            t = self.model.config.latent_temperature
-            z = torch.cat([WindowLatents(Z, seed, s, t)(0, n) for s in range(samples)])  # (samples, n, Z)
+            z = torch.cat([self.latents(seed, s)(0, n) for s in range(samples)])  # (samples, n, Z)
             coarse, aux = self.model.rollout(a, frame0=f0, history=h, latents=z, samples=samples, on_window=step)
         else:
             coarse, aux = self.model.rollout(a, frame0=f0, history=h, on_window=step)
@@ -179,9 +184,7 @@ class Streamer:
         self.hist = None  # the model's K-frame history, set by the first window
         self.refine, self.clamp = refine, clamp
         self.refiner = RefineStream(self.model, seed, sample)
-        Z = self.model.config.latent_dim
-        t = self.model.config.latent_temperature
-        self.latents = WindowLatents(Z, seed, sample, t) if Z else None  # as offline: window w's latent
+        self.latents = listener.latents(seed, sample) if self.model.config.latent_dim else None  # as offline
         self.buf = np.zeros(0, np.float32)
         self.offset = 0  # global index of buf[0]
         self.window = 0  # next window to produce

@@ -574,8 +574,10 @@ def trigger_frames(events: dict | None, kinds: Sequence[str] | None = None) -> l
 
 def frame_rms(audio: np.ndarray, fps: float = 30.0, sr: int = 16000) -> np.ndarray:
     """RMS of a waveform per motion frame (T,): frame t covers samples [t sr / fps, (t + 1) sr / fps)."""
+    from realm.audio import n_frames
+
     y = np.asarray(audio, np.float64).reshape(-1)
-    T = int(math.floor(len(y) * fps / sr + 1e-9))
+    T = n_frames(len(y), fps, sr)
     edges = np.floor(np.arange(T + 1) * sr / fps).astype(int)
     sq = np.concatenate([[0.0], np.cumsum(y * y)])
     return np.sqrt((sq[edges[1:]] - sq[edges[:-1]]) / np.maximum(1, np.diff(edges)))

@@ -61,6 +61,7 @@ from pathlib import Path
 import numpy as np
 
 from realm.audio import SAMPLE_RATE, get_extractor, n_frames
+from realm.threads import set_torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +219,7 @@ class ListenerServer:
                 )
         self.executor = ThreadPoolExecutor(
             max_workers=self.config.workers, thread_name_prefix="realm-serve",
-            initializer=_set_torch_threads, initargs=(self.config.torch_threads,),
+            initializer=set_torch_threads, initargs=(self.config.torch_threads,),  # per worker: OpenMP's count is per thread
         )  # fmt: skip
         self.sessions: dict[int, Session] = {}
         self.totals = {"clients": 0, "frames": 0, "dropped": 0, "refused": 0}
@@ -477,13 +478,6 @@ class ListenerServer:
             raise
         except Exception:  # the connection is gone; the reader ends the session
             return
-
-
-def _set_torch_threads(n: int) -> None:
-    """Intra-op threads of one worker (OpenMP's count is per thread, so each worker sets its own)."""
-    import torch
-
-    torch.set_num_threads(n)
 
 
 def _error(code: str, message: str) -> str:

@@ -392,8 +392,7 @@ class REALMLoss:
         m = mask.clone().float()
         m[:, 0] = 0  # frame 0 is given, never scored
         n = m.sum().clamp(min=1)
-        split = self.cfg.mean_rollout and R > 2
-        samples, mean = (pred[:-B], pred[-B:]) if split else (pred, None)
+        samples, mean = (pred[:-B], pred[-B:]) if self.cfg.mean_rollout else (pred, None)
         S = samples.shape[0] // B
         energy = self.energy if S > 1 else []
         w = (self.w_mse if energy else self.w).to(pred.device)
@@ -771,8 +770,8 @@ def train_realm(
     if launched_rank == 0 and out.exists() and any(out.iterdir()) and not resume:  # ranks > 0 join rank 0's run
         raise FileExistsError(f"{out}: run directory exists and is not empty (use --resume to continue it)")
     state_path = out / "train_state.json"
-    if resume and state_path.exists():  # the run's own recipe, not today's defaults
-        cfg = _resumed_train_config(cfg, json.loads(state_path.read_text()).get("train"))
+    state = json.loads(state_path.read_text()) if resume and state_path.exists() else {"done": []}
+    cfg = _resumed_train_config(cfg, state.get("train"))  # the run's own recipe, not today's defaults
     init_state = init_stats = None
     if cfg.init:
         model_cfg, init_state, init_stats = _from_init(cfg, model_cfg)
@@ -782,7 +781,6 @@ def train_realm(
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     prep = prepare_data(cfg, stats=init_stats)
     model_cfg.spec, model_cfg.audio_dim = prep.spec, prep.audio_dim
-    state = json.loads(state_path.read_text()) if resume and state_path.exists() else {"done": []}
     if resume and state_path.exists():
         saved = state.get("model")
         if saved and saved != model_cfg.to_dict():
@@ -851,7 +849,7 @@ def train_realm(
         last = ckdir / "last.ckpt"
         t0 = time.time()
         trainer.fit(task, train_dl, val_dl, ckpt_path=str(last) if resume and last.exists() else None,
-                weights_only=True)  # our own checkpoints: tensors and plain values, never code
+                    weights_only=True)  # our own checkpoints: tensors and plain values, never code
         best = ckpt.best_model_path or str(last)
         prev_best = best  # every rank goes on to the next stage; only rank 0 writes
         if trainer.global_rank != 0:
