@@ -24,8 +24,9 @@ $(STAMP): pyproject.toml constraints.txt
 	@if $(BIN)/pip list 2>/dev/null | grep -qi '^nvidia'; then echo "error: a CUDA package was installed"; exit 1; fi
 	touch $(STAMP)
 
+# $(DEMO) is this target's own output: --force lets `make demo` run again (`realm demo` alone refuses to replace files).
 demo: $(STAMP)
-	$(BIN)/realm demo --checkpoint checkpoints/realm-demo --out $(DEMO) --speech tests/data/jfk.flac
+	$(BIN)/realm demo --checkpoint checkpoints/realm-demo --out $(DEMO) --speech tests/data/jfk.flac --force
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -24,22 +24,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
 
 VARIANTS = {  # name -> (TrainConfig overrides, REALMConfig overrides)
     "exact": ({}, {}),
@@ -160,6 +148,8 @@ def main() -> None:
             subprocess.run([sys.executable, "-m", "realm.cli", "data", "synth", "--hours", "0.1", "--seed", "0",
                             "--out", data], check=True, capture_output=True)  # fmt: skip
         data = str(Path(data).resolve())
+        from realm.threads import cpu_model
+
         machine = f"{cpu_model()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
         frames = args.batch_size * args.clip_len
         rows = []

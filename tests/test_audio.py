@@ -83,7 +83,8 @@ def test_bad_audio_gives_one_clear_error(tmp_path):
         load_audio(short)
 
 
-def test_cache_is_keyed_by_content_and_config(tmp_path):
+def test_cache_is_keyed_by_content_and_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("REALM_CACHE", str(tmp_path / "cache"))  # this test's entries only
     y = np.random.default_rng(1).standard_normal(16000).astype(np.float32)
     a = extract(y, "logmel")
     files = list((cache_dir() / "logmel").glob("*.npy"))

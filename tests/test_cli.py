@@ -45,3 +45,48 @@ def test_bad_input_is_one_line_not_a_traceback(tmp_path):
     assert r.exit_code == 2 and "unknown feature extractor 'nope'" in r.output
     r = runner.invoke(app, ["data", "inspect", str(tmp_path)])
     assert r.exit_code == 2 and "unrecognised dataset layout" in r.output
+
+
+def test_features_does_not_replace_a_file_created_while_it_computes(tmp_path, monkeypatch):
+    """The check is made when the file is written, not only before: a file that appears meanwhile stays."""
+    import realm.audio
+
+    dst = tmp_path / "f.npy"
+
+    def slow_extract(*args, **kwargs):
+        dst.write_text("theirs")  # another process writes the output during the extraction
+        return np.zeros((330, 45), np.float32)
+
+    monkeypatch.setattr(realm.audio, "extract", slow_extract)
+    r = runner.invoke(app, ["features", str(JFK), "--extractor", "vico45", "--out", str(dst)])
+    assert r.exit_code == 2 and r.output.strip() == f"error: {dst}: exists (use --force to overwrite)"
+    assert dst.read_text() == "theirs"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.npy"]  # no temporary left
+
+
+def test_demo_refuses_an_earlier_demos_outputs_without_force(tmp_path):
+    out = tmp_path / "demo_out"
+    out.mkdir()
+    (out / "report.html").write_text("mine")
+    r = runner.invoke(app, ["demo", "--out", str(out)])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert r.output.strip().endswith(f"error: {out}: exists and is not empty (use --force to overwrite)")
+    assert (out / "report.html").read_text() == "mine" and [p.name for p in out.iterdir()] == ["report.html"]
+    (tmp_path / "file").write_text("mine")
+    r = runner.invoke(app, ["demo", "--out", str(tmp_path / "file")])
+    assert (
+        r.exit_code == 2
+        and "exists and is not empty" in r.output
+        and (tmp_path / "file").read_text() == "mine"
+    )
+
+
+def test_bench_refuses_an_existing_doc_before_any_work(tmp_path):
+    doc = tmp_path / "benchmark.md"
+    doc.write_text("the committed results")
+    r = runner.invoke(
+        app, ["bench", "--out", str(tmp_path / "run"), "--doc", str(doc), "--models", "static_mean"]
+    )
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert r.output.strip().endswith(f"error: {doc}: exists (use --force to overwrite)")
+    assert doc.read_text() == "the committed results" and not (tmp_path / "run").exists()

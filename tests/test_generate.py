@@ -228,3 +228,25 @@ def test_latent_temperature_scales_the_samples_spread_around_the_mean(latent_run
     s = realm.load(tmp_path / "t0.5").streamer(seed=4, sample=1)  # streaming draws the same scaled latents
     streamed = np.concatenate([s.push(y[i : i + 2500]) for i in range(0, len(y), 2500)] + [s.flush()])
     np.testing.assert_allclose(streamed, realm.load(tmp_path / "t0.5").generate(y, samples=2, seed=4)[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("extractor", ["logmel", "prosody"])
+def test_a_long_file_is_featurised_a_block_at_a_time_as_if_whole(tmp_path, extractor):
+    """realm.generate.file_features (long files: the waveform is never held whole) gives the
+    whole-file features, also for a stereo file and a last block shorter than the others."""
+    import soundfile as sf
+
+    from realm.audio import extract, load_audio
+    from realm.generate import file_features
+
+    y = load_audio(JFK)
+    mono, stereo = tmp_path / "mono.flac", tmp_path / "stereo.wav"
+    sf.write(mono, y, 16000)
+    sf.write(stereo, np.stack([y, 0.5 * y[::-1]], axis=1), 16000, subtype="FLOAT")
+    for path in (mono, stereo):
+        whole = extract(path, extractor, cache=False)
+        blocks = file_features(extractor, path, block_s=2.3, min_s=0)
+        assert blocks.shape == whole.shape
+        np.testing.assert_allclose(blocks, whole, atol=1e-4, rtol=1e-4)
+    assert file_features(extractor, mono) is None  # 11 s: read whole, through the cache
+    assert file_features(extractor, JFK, min_s=0) is None  # 44.1 kHz: read whole and resampled

@@ -347,9 +347,10 @@ def test_cli_serve_and_listen(listener, tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
-        line = proc.stdout.readline()
-        url = re.search(r"ws://[\d.]+:\d+", line)
-        assert url, line
+        lines = []  # the no-token warning (logged), then the banner
+        while not (url := re.search(r"ws://[\d.]+:\d+", lines[-1] if lines else "")) and len(lines) < 10:
+            lines.append(proc.stdout.readline())
+        assert url and "no token" in "".join(lines), lines
         out = tmp_path / "heard.npz"
         audio = tmp_path / "clip.wav"
         import soundfile as sf
@@ -430,3 +431,365 @@ def test_non_finite_model_frames_never_reach_the_socket(listener, speech, monkey
     assert end["held"] > 0 and end["frames"] == len(frames)
     # the first window's second half was NaN: its first bad frame repeats the last good one, whole
     assert frames[8]["motion"] == frames[7]["motion"] and frames[7]["motion"] != frames[6]["motion"]
+
+
+# ---------------------------------------------------------------- limits: a server idle or greedy clients cannot take over
+
+
+async def closed_with(ws, timeout=10):
+    """Read until the connection closes: (the messages read, the close code)."""
+    msgs = []
+    try:
+        while True:
+            msgs.append(json.loads(await asyncio.wait_for(ws.recv(), timeout)))
+    except ConnectionClosed as e:
+        return msgs, e.rcvd.code if e.rcvd else None
+
+
+def test_a_connection_must_start_in_time_and_stay_active(listener, speech, caplog):
+    async def scenario():
+        server = await started(listener, start_timeout_s=0.4, idle_timeout_s=0.8, max_pending=2)
+        loop = asyncio.get_running_loop()
+        try:
+            t = loop.time()
+            async with connect(server.url) as lazy:  # config is not start: the start deadline holds
+                await lazy.send(json.dumps({"type": "config", "seed": 1}))
+                lazy_msgs, lazy_code = await closed_with(lazy)
+            lazy_s = loop.time() - t
+            async with connect(server.url) as idle:  # started, then silent
+                await idle.send(json.dumps({"type": "start"}))
+                await recv_json(idle, "ready")
+                idle_msgs, idle_code = await closed_with(idle)
+            async with connect(server.url) as busy:  # a message every 0.3 s keeps a connection open
+                await busy.send(json.dumps({"type": "start"}))
+                await recv_json(busy, "ready")
+                for k in range(6):
+                    await busy.send(encode_pcm16(speech[k * 1600 : (k + 1) * 1600]))
+                    await asyncio.sleep(0.3)
+                await busy.send(json.dumps({"type": "stop"}))
+                busy_end = await recv_json(busy, "end")
+            # past max_pending connections without start, the oldest makes room
+            waiting = [await connect(server.url) for _ in range(3)]
+            evicted, code = await closed_with(waiting[0], timeout=5)
+            await waiting[2].send(json.dumps({"type": "start"}))
+            assert (await recv_json(waiting[2]))["type"] == "ready"
+            for ws in waiting[1:]:
+                await ws.close()
+            return lazy_msgs, lazy_code, lazy_s, idle_msgs, idle_code, busy_end, evicted, code, server.totals
+        finally:
+            await server.close()
+
+    caplog.set_level("WARNING", logger="realm.serve")
+    lazy, lazy_code, lazy_s, idle, idle_code, busy_end, evicted, code, totals = run(scenario())
+    assert lazy[0]["type"] == "config" and lazy[-1]["code"] == "start_timeout" and lazy_code == 1008
+    assert 0.35 < lazy_s < 5
+    assert idle[-1]["code"] == "idle_timeout" and idle_code == 1008
+    assert busy_end["chunks"] == 6
+    assert evicted[-1]["code"] == "start_timeout" and "make room" in evicted[-1]["message"] and code == 1008
+    assert totals["closed"] == 3
+    assert re.search(r"client \d+ \(127\.0\.0\.1:\d+\) closed \(1008\): start_timeout", caplog.text)
+    assert re.search(r"client \d+ \(127\.0\.0\.1:\d+\) closed \(1008\): idle_timeout", caplog.text)
+
+
+def test_a_flooder_is_told_cut_off_and_never_echoed(listener, speech, caplog):
+    junk = "{" + "x" * 30000  # 30 KB of bad JSON
+
+    async def scenario():
+        server = await started(listener, max_errors=20)
+        try:
+            async with connect(server.url) as bad:  # bad messages: answered briefly, then cut off
+                for _ in range(25):
+                    await bad.send(junk)
+                msgs, code = await closed_with(bad)
+            async with connect(server.url) as ws:  # an unknown 30 KB option name or value is not quoted either
+                await ws.send(json.dumps({"type": "config", "pace": "y" * 15000, "z" * 15000: 1}))
+                option = await recv_json(ws)
+            return msgs, code, option, server.totals
+        finally:
+            await server.close()
+
+    caplog.set_level("WARNING", logger="realm.serve")
+    msgs, code, option, totals = run(scenario())
+    codes = [m["code"] for m in msgs]
+    assert "rate_limited" in codes  # 30 KB messages: over the byte rate after the first 10
+    assert [c for c in codes if c != "rate_limited"] == ["bad_json"] * 19 + ["too_many_errors"] and code == 1008
+    for m in msgs + [option]:
+        assert len(json.dumps(m)) < 300 and "xxxxxxxx" not in m["message"] and "yyyyyyyy" not in m["message"]
+    assert option["code"] == "bad_option" and "<str of 15000>" in option["message"]
+    assert totals["errors"] == 21 and totals["closed"] == 1
+    assert "xxxxxxxx" not in caplog.text and re.search(r"\(127\.0\.0\.1:\d+\): bad_json", caplog.text)
+
+
+def test_message_and_byte_rates_are_limited(listener, speech):
+    async def scenario():
+        server = await started(listener, max_msgs_per_s=50, max_flood_s=2.5, max_bytes_per_s=32000, max_chunk_s=0.5)
+        loop = asyncio.get_running_loop()
+        try:
+            async with connect(server.url) as tiny:  # 2-byte audio messages, as fast as the server takes them
+                await tiny.send(json.dumps({"type": "start"}))
+                ready = await recv_json(tiny, "ready")
+                (sess,) = server.sessions.values()
+                t = loop.time()
+                for _ in range(100):
+                    await tiny.send(b"\x00\x00")
+                over = 0  # polls that saw more handled than one second's burst plus the rate allows
+                while sess.chunks < 100 and loop.time() - t < 20:
+                    over += sess.chunks > 50 + 50 * (loop.time() - t) + 2
+                    await asyncio.sleep(0.05)
+                took = loop.time() - t
+                notice = await recv_json(tiny, "error")
+                await tiny.close()
+            async with connect(server.url) as flood:  # the same without end: closed once over the rate for 2.5 s
+                await flood.send(json.dumps({"type": "start"}))
+                await recv_json(flood, "ready")
+                t = loop.time()
+                for _ in range(3000):
+                    await flood.send(b"\x00\x00")
+                flooded, code = await closed_with(flood)
+                flood_s = loop.time() - t
+            async with connect(server.url) as fast:  # 3 s of audio as fast as possible, at a 1x real-time byte rate
+                await fast.send(json.dumps({"type": "start"}))
+                await recv_json(fast, "ready")
+                t = loop.time()
+                q = speech[:48000]
+                for k in range(0, len(q), 8000):
+                    await fast.send(encode_pcm16(q[k : k + 8000]))
+                await fast.send(json.dumps({"type": "stop"}))
+                end = await recv_json(fast, "end")
+                fast_s = loop.time() - t
+            return ready, over, took, notice, (flooded, code, flood_s), end, fast_s, server.totals
+        finally:
+            await server.close()
+
+    ready, over, took, notice, (flooded, code, flood_s), end, fast_s, totals = run(scenario())
+    assert ready["limits"]["max_msgs_per_s"] == 50 and ready["limits"]["max_bytes_per_s"] == 32000
+    assert over == 0 and 0.8 < took < 20  # one second's burst, then 50 a second: 100 messages take 1 s
+    assert notice["code"] == "rate_limited" and len(notice["message"]) < 200
+    assert flooded[-1]["code"] == "rate_limited" and "for 2.5 s" in flooded[-1]["message"] and code == 1008
+    assert 2.4 < flood_s < 20  # over the rate from its 50th message (the burst) on, for 2.5 s
+    assert end["chunks"] == 6 and end["frames"] == 90
+    assert fast_s > 1.5  # 96 kB at 32 kB/s after a 32 kB burst: 2 s
+    assert totals["throttled"] > 0
+
+
+def test_a_client_that_never_reads_cannot_grow_any_queue(listener, speech):
+    async def scenario():
+        server = await started(listener, max_errors=0, max_msgs_per_s=0, max_bytes_per_s=0, queue_messages=8,
+                               send_buffer_bytes=4096)  # fmt: skip
+        try:
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", server.port))
+            async with connect(server.url, sock=s, max_queue=1, close_timeout=0.5) as deaf:
+                (sess,) = server.sessions.values()
+                peak = 0
+                for _ in range(2000):  # 2000 bad messages: 2000 error replies it never reads
+                    await deaf.send("[" + "x" * 3000)
+                    peak = max(peak, len(sess.queue))
+                for _ in range(500):
+                    if sess.errors == 2000:
+                        break
+                    peak = max(peak, len(sess.queue))
+                    await asyncio.sleep(0.01)
+                assert sess.errors == 2000 and sess.errors_dropped > 1500  # the rest fit in the socket buffers
+                for _ in range(40):  # replies that cannot be dropped: the connection is closed instead
+                    await deaf.send(json.dumps({"type": "config"}))
+                    if sess.closing:
+                        break
+                for _ in range(200):
+                    if sess.id not in server.sessions:
+                        break
+                    await asyncio.sleep(0.02)
+                return peak, sess, server.sessions, server.totals
+        finally:
+            await server.close()
+
+    peak, sess, sessions, totals = run(scenario())
+    assert peak <= 8 and sess.queued_other <= 8  # never more than queue_messages unread replies
+    assert sess.closing and sess.id not in sessions and totals["closed"] == 1
+
+
+def test_token_and_origin_are_checked_at_the_handshake(listener, caplog):
+    from websockets.exceptions import InvalidStatus
+
+    async def status(url, **kw):
+        try:
+            async with connect(url, **kw) as ws:
+                await ws.send(json.dumps({"type": "start"}))
+                return (await recv_json(ws))["type"]
+        except InvalidStatus as e:
+            return e.response.status_code
+
+    async def scenario():
+        server = await started(listener, token="s3cret", allowed_origins=("https://app.example",))
+        u = server.url
+        try:
+            return [
+                await status(u),  # no token
+                await status(u, additional_headers={"Authorization": "Bearer wrong"}),
+                await status(u, additional_headers={"Authorization": "Bearer s3cret"}),
+                await status(u + "/?token=s3cret"),  # browsers cannot set headers
+                await status(u + "/?token=s3cret", origin="https://evil.example"),
+                await status(u + "/?token=s3cret", origin="http://localhost:3000"),
+                await status(u + "/?token=s3cret", origin="https://app.example"),
+            ], server.totals
+        finally:
+            await server.close()
+
+    caplog.set_level("WARNING", logger="realm.serve")
+    got, totals = run(scenario())
+    assert got == [401, 401, "ready", "ready", 403, "ready", "ready"]
+    assert totals["refused"] == 3
+    assert re.search(r"refused 127\.0\.0\.1:\d+: no token", caplog.text)
+    assert re.search(r"refused 127\.0\.0\.1:\d+: Origin 'https://evil.example' is not allowed", caplog.text)
+    with pytest.raises(ValueError, match="set a token"):
+        ListenerServer(listener, config=ServerConfig(host="0.0.0.0"))
+    ListenerServer(listener, config=ServerConfig(host="0.0.0.0", token="t")).executor.shutdown()
+
+
+def test_admission_follows_the_measured_capacity(listener, speech, caplog):
+    async def scenario():
+        server = await started(listener)
+        derived = server.capacity, server.load, server.cores
+        await server.close()
+        server = await started(listener, load_target=1e-6)  # a machine too small for two streams: capacity 1
+        try:
+            a, b = await connect(server.url), await connect(server.url)
+            await a.send(json.dumps({"type": "start"}))
+            await recv_json(a, "ready")
+            await b.send(json.dumps({"type": "start"}))  # refused at start ...
+            at_start = await closed_with(b)
+            async with connect(server.url) as c:  # ... and at connection while the server is full
+                at_connect = await closed_with(c)
+            await a.send(encode_pcm16(speech[:16000]))
+            await a.send(json.dumps({"type": "stop"}))
+            await recv_json(a, "end")
+            async with connect(server.url) as d:  # a slot is free again once a stream ends
+                await d.send(json.dumps({"type": "start"}))
+                after = (await recv_json(d))["type"]
+                small = server.capacity
+                # while streams run behind real time nobody else is admitted, whatever the capacity:
+                # 20 real-time model calls just now took 0.5 s from audio to frames
+                server.config.load_target = 0.5
+                server._lags.extend([(asyncio.get_running_loop().time(), 0.5)] * 20)
+                async with connect(server.url) as e:
+                    behind = await closed_with(e)
+            await a.close()
+            return derived, small, at_start, at_connect, after, behind
+        finally:
+            await server.close()
+
+    caplog.set_level("WARNING", logger="realm.serve")
+    (capacity, load, cores), small, at_start, at_connect, after, behind = run(scenario())
+    assert behind[0][-1]["code"] == "server_full" and "behind" in behind[0][-1]["message"] and behind[1] == 1013
+    assert 0 < load < 1 and capacity == min(128, int(0.5 * cores / load))  # load_target x cores / one stream's load
+    assert small == 1
+    for msgs, code in (at_start, at_connect):
+        assert msgs[-1]["code"] == "server_full" and code == 1013
+    assert after == "ready"
+    assert re.search(r"refused 127\.0\.0\.1:\d+: server_full", caplog.text)
+    assert re.search(r"client \d+ \(127\.0\.0\.1:\d+\) closed \(1013\): server_full", caplog.text)
+
+
+def test_the_scheduler_runs_real_time_work_before_work_ahead_of_it():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from realm.serve import FairScheduler
+
+    log = []
+
+    def job(name):
+        log.append(("start", name))
+        time.sleep(0.03)
+        log.append(("end", name))
+        return name
+
+    async def scenario():
+        pool = ThreadPoolExecutor(2)
+        sched = FairScheduler(pool, 2)
+        now = asyncio.get_running_loop().time()
+        try:
+            greedy = [asyncio.ensure_future(sched.run(now + 60 + k, job, f"ahead{k}")) for k in range(4)]
+            await asyncio.sleep(0.005)  # ahead0 runs (spare capacity), ahead1-3 wait: one thread stays free
+            due = [asyncio.ensure_future(sched.run(now + k * 1e-3, job, f"due{k}")) for k in range(3)]
+            results = await asyncio.gather(*greedy, *due)
+            return results, sched
+        finally:
+            pool.shutdown()
+
+    results, sched = run(scenario())
+    starts = [n for e, n in log if e == "start"]
+    assert starts[0] == "ahead0" and starts[1:4] == ["due0", "due1", "due2"]  # real time first, in order
+    assert starts[4:] == ["ahead1", "ahead2", "ahead3"]  # the rest still runs, on spare threads
+    assert sched.peak_ahead == 1 and sched.counts == {"due": 3, "ahead": 4}
+    assert [r[0] for r in results] == [f"ahead{k}" for k in range(4)] + [f"due{k}" for k in range(3)]
+
+    async def shared(share, keys):  # early calls within a share of one thread; none early at share 0
+        pool = ThreadPoolExecutor(2)
+        sched = FairScheduler(pool, 2, ahead_share=share)
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        times = []
+
+        def timed(_):
+            times.append(loop.time())
+            time.sleep(0.03)
+
+        try:
+            await asyncio.gather(*[sched.run(now + k, timed, k) for k in keys])
+            return np.diff(times), np.array(times) - now, sched.counts
+        finally:
+            pool.shutdown()
+
+    gaps, _, counts = run(shared(0.25, [60, 61, 62, 63]))
+    assert counts == {"due": 0, "ahead": 4} and gaps.min() >= 0.09  # 30 ms calls at most 1/4 of the time
+    _, started, counts = run(shared(0.0, [0.2, 0.4]))
+    assert counts == {"due": 2, "ahead": 0} and started[0] >= 0.2 and started[1] >= 0.4  # each at its time
+
+
+def test_a_client_streaming_as_fast_as_it_can_does_not_delay_a_real_time_one(listener, speech):
+    async def scenario():
+        server = await started(listener)
+        try:
+            greedy = asyncio.create_task(listen_async(server.url, np.tile(speech, 8), realtime=False, chunk_ms=250))
+            await asyncio.sleep(0.2)
+            alone = None
+            rt = await listen_async(server.url, speech, realtime=True, chunk_ms=100)
+            g = await greedy
+            alone = await listen_async(server.url, speech, realtime=True, chunk_ms=100)
+            return rt, g, alone, server.scheduler
+        finally:
+            await server.close()
+
+    rt, g, alone, sched = run(scenario(), timeout=120)
+    assert g.missing == 0 and rt.missing == 0 and rt.end["dropped"] == 0
+    assert sched.counts["ahead"] > 20 and sched.peak_ahead == 1  # the greedy client ran ahead, on one thread
+    # generous on a loaded 2-core machine: before the scheduler an as-fast-as-possible client pushed p95 to ~0.5 s
+    assert rt.stats()["p95_ms"] < alone.stats()["p95_ms"] + 150
+
+
+def test_tls_serves_wss(listener, speech, tmp_path):
+    import shutil
+    import ssl
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+
+    async def scenario():
+        server = await started(listener, token="t0k", tls_cert=str(cert), tls_key=str(key))
+        try:
+            ctx = ssl.create_default_context(cafile=str(cert))
+            return server.url, await listen_async(server.url, speech[:16000], realtime=False, token="t0k", ssl=ctx)
+        finally:
+            await server.close()
+
+    url, r = run(scenario())
+    assert url.startswith("wss://127.0.0.1:") and r.missing == 0 and r.end["frames"] == 30
+    with pytest.raises(ValueError, match="both a certificate"):
+        ListenerServer(listener, config=ServerConfig(tls_cert=str(cert)))

@@ -135,11 +135,11 @@ def test_a_failure_leaves_no_partial_dataset(tmp_path, monkeypatch):
 
     real, calls = synth.make_clip, []
 
-    def failing(index, split, cfg):
+    def failing(index, split, cfg, channel=None):
         calls.append(index)
         if len(calls) == 3:
             raise RuntimeError("disk on fire")
-        return real(index, split, cfg)
+        return real(index, split, cfg, channel)
 
     monkeypatch.setattr(synth, "make_clip", failing)
     with pytest.raises(RuntimeError):

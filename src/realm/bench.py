@@ -1,6 +1,6 @@
 """The whole benchmark in one call (``realm bench``): data, every model, both splits, one document.
 
-    realm bench --out runs/bench --doc docs/benchmark.md            # 0.5 h, 4 CPU minutes a model
+    realm bench --out runs/bench --doc docs/benchmark.md --force    # 0.5 h, 4 CPU minutes a model; --force replaces the doc
     from realm.bench import BenchConfig, run_bench
     run_bench(BenchConfig(out="runs/bench", hours=0.5, minutes_per_model=4))
 
@@ -24,7 +24,8 @@ Steps (each one resumes: rerun the same command after an interruption):
    (``bench_train.json`` is its record); a REALM run interrupted after stage 1 continues with
    stage 2.
 3. **Evaluation.** :func:`realm.eval.evaluate` on ``test`` and ``ood`` (``OUT/eval/<split>/``).
-4. **Document.** ``doc`` (default ``docs/benchmark.md``): the command, date, machine, dataset,
+4. **Document.** ``doc`` (default ``docs/benchmark.md``; an existing one is replaced only with
+   ``force``, ``--force``): the command, date, machine, dataset,
    per-model budget and steps done, the tables of both splits (with the floor and the oracle
    rows) and a "reading" section computed from the numbers. ``OUT/bench.json`` holds the
    config, ``OUT/bench_results.json`` everything the document says.
@@ -45,7 +46,7 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
-from realm.io import atomic_path, write_json
+from realm.io import atomic_path, refuse_existing, write_json
 from realm.models.baselines import BASELINES, MODELS
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ def harness_model(name: str) -> tuple[str, dict]:
 class BenchConfig:
     out: str = "runs/bench"  # OUT: models/, eval/, bench.json, bench_results.json
     doc: str = "docs/benchmark.md"
+    force: bool = False  # replace an existing doc (refused before anything runs, and when it is written)
     data: str = ""  # dataset directory ("": OUT/data)
     # -- data (DESIGN 5)
     hours: float = 0.5
@@ -161,6 +163,8 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> dict:
 
 def _run(cfg: BenchConfig, progress: Progress | None) -> dict:
     t0 = time.time()
+    if not cfg.force:  # before hours of work; atomic_path checks again when it writes
+        refuse_existing(cfg.doc)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "bench.json", asdict(cfg))
@@ -199,7 +203,7 @@ def _run(cfg: BenchConfig, progress: Progress | None) -> dict:
         "doc": str(cfg.doc),
     }
     doc = document(result, evals)
-    with atomic_path(cfg.doc) as tmp:
+    with atomic_path(cfg.doc, force=cfg.force) as tmp:
         tmp.write_text(doc)
     write_json(out / "bench_results.json", result)
     log.info("wrote %s", cfg.doc)

@@ -107,22 +107,48 @@ def data_synth(
     ood_identities: int = typer.Option(3, help="Unseen listener identities of the ood split."),
     workers: int = typer.Option(1, help="Parallel worker processes."),
     force: bool = typer.Option(False, "--force", help="Replace an existing directory."),
+    channel: str = typer.Option("off", "--channel", help="Randomised speaker channel preset: 'off' (clean, the default) or 'robust' (every knob below on; the knobs you give override it)."),
+    pitch_semitones: float | None = typer.Option(None, "--pitch-semitones", help="Channel, voices: each clip's pitch moves by up to +-this many semitones, formants kept (default 0: off)."),
+    formant_shift: float | None = typer.Option(None, "--formant-shift", help="Channel, voices: each clip's formants (vocal tract) scale by 1 +- up to this, pitch kept (default 0: off)."),
+    espeak: float | None = typer.Option(None, "--espeak", help="Channel, voices: fraction of clips spoken by espeak-ng voices (needs the espeak-ng binary; default 0)."),
+    rate: tuple[float, float] | None = typer.Option(None, "--rate", help="Channel: speaking-rate factor range LO HI (> 1 faster; steps of 0.05; default 1 1: off). Words and their times move together."),
+    level_db: tuple[float, float] | None = typer.Option(None, "--level-db", help="Channel: gain range LO HI in dB (default 0 0: off)."),
+    noise: float | None = typer.Option(None, "--noise", help="Channel: fraction of clips with background noise (default 0)."),
+    snr_db: tuple[float, float] | None = typer.Option(None, "--snr-db", help="Channel: SNR range LO HI in dB of the noise (default 0 30)."),
+    noise_kinds: str | None = typer.Option(None, "--noise-kinds", help="Channel: noises to draw from, comma-separated: pink, white, babble (default all)."),
+    reverb: float | None = typer.Option(None, "--reverb", help="Channel: fraction of clips in a reverberant room (default 0)."),
+    rt60: tuple[float, float] | None = typer.Option(None, "--rt60", help="Channel: room RT60 range LO HI in seconds (default 0.2 1.0)."),
+    band: float | None = typer.Option(None, "--band", help="Channel: fraction of clips band-limited (default 0)."),
+    bands: str | None = typer.Option(None, "--bands", help="Channel: bands to draw from: telephone (300-3400 Hz), narrow (500-3000), lowpass (4 kHz), highpass (400 Hz) (default all)."),
+    codec: float | None = typer.Option(None, "--codec", help="Channel: fraction of clips through a codec-like distortion (default 0)."),
+    codecs: str | None = typer.Option(None, "--codecs", help="Channel: distortions to draw from: mulaw, 8bit, clip, downsample (default all)."),
 ):
     """Generate the synthetic reactive-dyads benchmark (DESIGN section 5)."""
+    import dataclasses
     import time
 
+    from realm.data.channel import ChannelConfig
     from realm.data.synth import SynthConfig, generate
 
     cfg = SynthConfig(
         hours=hours, seed=seed, identity_seed=identity_seed, backend=backend, tau=tau, tau_jitter=tau_jitter, listener_samples=listener_samples,
         no_cue_fraction=no_cue_fraction, n_identities=identities, n_ood_identities=ood_identities, workers=workers,
     )  # fmt: skip
+    knobs = dict(
+        pitch_semitones=pitch_semitones, formant_shift=formant_shift, espeak=espeak, rate=rate, level_db=level_db, noise=noise,
+        snr_db=snr_db, reverb=reverb, rt60=rt60, band=band, codec=codec,
+        noise_kinds=noise_kinds and tuple(k.strip() for k in noise_kinds.split(",") if k.strip()),
+        bands=bands and tuple(k.strip() for k in bands.split(",") if k.strip()),
+        codecs=codecs and tuple(k.strip() for k in codecs.split(",") if k.strip()),
+    )  # fmt: skip
+    chan = dataclasses.replace(ChannelConfig.preset(channel), **{k: v for k, v in knobs.items() if v is not None})
+    chan.check_installed()
     if out_dir.exists() and not force:
         raise FileExistsError(f"{out_dir}: exists (use --force to overwrite)")
     t0 = time.time()
     with _progress() as p:
         task = p.add_task("synthesising clips", total=cfg.n_clips())
-        res = generate(cfg, out_dir, force=force, progress=lambda i, n: p.update(task, completed=i, total=n))
+        res = generate(cfg, out_dir, force=force, progress=lambda i, n: p.update(task, completed=i, total=n), channel=chan)
     out.print(f"wrote {res.n_clips} clips ({res.hours:.3f} h of speech) to {res.out} in {time.time() - t0:.1f} s")
 
 
@@ -157,7 +183,7 @@ def data_inspect(root: Path = typer.Argument(..., help="Dataset directory (any s
 @_friendly
 def data_features(
     root: Path = typer.Argument(..., help="Dataset directory."),
-    extractor: str = typer.Option("logmel", "--extractor", "-e", help="logmel | vico45 | prosody | whisper"),
+    extractor: str = typer.Option("logmel", "--extractor", "-e", help="logmel | logmel_norm | pcen | vico45 | prosody | whisper"),
 ):
     """Extract (and cache) speaker features for every clip of a dataset."""
     from realm.data import load_any
@@ -178,7 +204,7 @@ def data_features(
 @_friendly
 def features(
     audio: Path = typer.Argument(..., help="Audio file: wav, flac, mp3, ogg; any rate, mono or stereo."),
-    extractor: str = typer.Option("logmel", "--extractor", "-e", help="logmel | vico45 | prosody | whisper"),
+    extractor: str = typer.Option("logmel", "--extractor", "-e", help="logmel | logmel_norm | pcen | vico45 | prosody | whisper"),
     out_path: Path = typer.Option(None, "--out", "-o", help="Output .npy (default: <audio stem>.<extractor>.npy)."),
     channel: int = typer.Option(None, help="Pick one channel (0-based) instead of the downmix."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the feature cache."),
@@ -194,7 +220,7 @@ def features(
         raise FileExistsError(f"{out_path}: exists (use --force to overwrite)")
     with console.status(f"extracting {ex.name} features"):
         feats = extract(audio, ex, cache=not no_cache, channel=channel)
-    save_npy(out_path, feats)
+    save_npy(out_path, feats, force=force)
     out.print(f"{out_path}: shape {feats.shape[0]} x {feats.shape[1]} ({feats.shape[0] / ex.fps:.2f} s at {ex.fps:g} fps)")
 
 
@@ -206,7 +232,7 @@ def features(
 def train_realm_cmd(
     data: Path = typer.Option(..., "--data", help="Dataset directory (any supported layout)."),
     out_dir: Path = typer.Option(..., "--out", help="Run directory (checkpoints, logs, exported model)."),
-    extractor: str = typer.Option("logmel", "--extractor", "-e", help="Speaker features: logmel | vico45 | prosody | whisper"),
+    extractor: str = typer.Option("logmel", "--extractor", "-e", help="Speaker features: logmel | logmel_norm | pcen | vico45 | prosody | whisper"),
     preset: str = typer.Option("cpu", "--preset", help="Recipe: cpu (the demo checkpoint's: batch 64, 8 + 2 epochs, audio context 16 for local features; ~1 h on 2 cores at 0.5 h of data) | paper (the authors': batch 512, 200 + 50 epochs, no audio context; GPU-sized). Options below override it."),
     epochs: int = typer.Option(None, help="Stage-1 epochs (cpu 8, paper 200)."),
     stage2_epochs: int = typer.Option(None, "--stage2-epochs", help="Stage-2 epochs (cpu 2, paper 50)."),
@@ -300,7 +326,7 @@ def _add_baseline_command(name: str, summary: str, trained: bool) -> None:
     def train_baseline_cmd(
         data: Path = typer.Option(..., "--data", help="Dataset directory (any supported layout)."),
         out_dir: Path = typer.Option(..., "--out", help="Run directory (exported model; logs and checkpoints when trained)."),
-        extractor: str = typer.Option("logmel", "--extractor", "-e", help="Speaker features: logmel | vico45 | prosody | whisper"),
+        extractor: str = typer.Option("logmel", "--extractor", "-e", help="Speaker features: logmel | logmel_norm | pcen | vico45 | prosody | whisper"),
         epochs: int = typer.Option(None, help="Epochs (neural baselines; default: the paper's recipe)."),
         batch_size: int = typer.Option(None, "--batch-size", help="Windows per batch (default: the paper's recipe)."),
         max_steps: int = typer.Option(-1, "--max-steps", help="Batches to train (-1: run the epochs)."),
@@ -429,6 +455,7 @@ def demo_cmd(
     speech: Path = typer.Option(Path("tests/data/jfk.flac"), "--speech", help="Real speech to react to."),
     hours: float = typer.Option(0.05, help="Size of the held-out synthetic set."),
     samples: int = typer.Option(3, help="REALM samples per clip (metrics are their mean)."),
+    force: bool = typer.Option(False, "--force", help="Replace the outputs of an earlier demo in a non-empty --out."),
 ):
     """Held-out synthetic conversations + real speech: REALM vs ground truth and trivial baselines."""
     import time
@@ -439,7 +466,7 @@ def demo_cmd(
     with _progress() as p:
         task = p.add_task("synthesising a held-out set", total=None)
         res = run_demo(checkpoint, out_dir, speech if speech and str(speech) else None, hours=hours, samples=samples,
-                       progress=lambda i, n: p.update(task, completed=i, total=n))  # fmt: skip
+                       force=force, progress=lambda i, n: p.update(task, completed=i, total=n))  # fmt: skip
     t = Table(title=f"REALM on {len(res['test_clips'])} held-out test clip(s) (arkit58; lower is better)")
     t.add_column("model")
     for c in res["columns"]:
@@ -467,7 +494,8 @@ def demo_cmd(
 @_friendly
 def bench_cmd(
     out_dir: Path = typer.Option(..., "--out", help="Run directory: data/, models/<name>/, eval/<split>/, bench.json."),
-    doc: Path = typer.Option(Path("docs/benchmark.md"), "--doc", help="Markdown document to write (atomically)."),
+    doc: Path = typer.Option(Path("docs/benchmark.md"), "--doc", help="Markdown document to write (atomically; an existing one only with --force)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --doc."),
     data: Path = typer.Option(None, "--data", help="Dataset directory (default OUT/data); reused if it holds the same generator config."),
     hours: float = typer.Option(0.5, help="Hours of synthetic conversations."),
     seed: int = typer.Option(0, help="Data seed."),
@@ -496,7 +524,7 @@ def bench_cmd(
     _quiet_lightning()
     names = [m.strip() for m in models.split(",") if m.strip()] if models else default_models()
     cfg = BenchConfig(
-        out=str(out_dir), doc=str(doc), data=str(data) if data else "", hours=hours, seed=seed, backend=backend,
+        out=str(out_dir), doc=str(doc), force=force, data=str(data) if data else "", hours=hours, seed=seed, backend=backend,
         listener_samples=listener_samples, workers=workers, models=names, minutes_per_model=minutes_per_model,
         max_steps=max_steps, extractor=extractor, batch_size=batch_size, audio_context=audio_context, samples=samples,
         max_clips=max_clips, accelerator=accelerator, devices=devices, threads=threads,

@@ -46,7 +46,7 @@ def asr_cmd(
         raise FileExistsError(f"{out_path}: exists (use --force to overwrite)")
     with console.status("transcribing (Whisper tiny.en)"):
         words = transcribe(audio, ASRConfig(beam_size=beam_size), cache=not no_cache, channel=channel)
-    write_json(out_path, [w.to_dict() for w in words])
+    write_json(out_path, [w.to_dict() for w in words], force=force)
     span = f", {words[0].start:.2f}-{words[-1].end:.2f} s" if words else ""
     out.print(f"{out_path}: {len(words)} words{span}")
 
@@ -253,7 +253,7 @@ def restyle_cmd(
     x = restyle(run, read_motion(motion, run.spec.name), read_motion(identity_ref, run.spec.name))
     from realm.io import save_npz
 
-    save_npz(out_path, force=True, listener=x[None], spec=np.array(run.spec.name), fps=np.array(run.fps),
+    save_npz(out_path, force=force, listener=x[None], spec=np.array(run.spec.name), fps=np.array(run.fps),
              source=np.array(str(motion)), identity_ref=np.array(str(identity_ref)))  # fmt: skip
     out.print(f"{out_path}: {x.shape[0]} frames in the style of {identity_ref}")
 

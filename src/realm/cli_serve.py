@@ -15,10 +15,26 @@ def serve_cmd(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="REALM run with streaming features (logmel, vico45, prosody)."),
     profile: str = typer.Option(None, help="Robot profile (ameca, neck3 or a YAML path): adds safe robot controls to each frame."),
     map_path: Path = typer.Option(None, "--map", help="Linear map to arkit58 when the checkpoint's spec is not arkit58."),
-    host: str = typer.Option("127.0.0.1", help="Interface to bind (loopback by default; 0.0.0.0 exposes the server)."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind (loopback by default; any other host, e.g. 0.0.0.0, needs --token)."),
     port: int = typer.Option(8765, help="TCP port (0: any free port)."),
-    max_clients: int = typer.Option(32, "--max-clients", help="Connections served at once; more are refused (1013)."),
+    token: str = typer.Option(None, "--token", envvar="REALM_SERVE_TOKEN", help="Clients must send it (Authorization: Bearer TOKEN, or ?token=TOKEN); required unless --host is loopback."),
+    allow_origin: list[str] = typer.Option([], "--allow-origin", help="Browser Origin admitted besides localhost pages (repeatable; * for any). Clients without an Origin header (not browsers) are always admitted."),
+    tls_cert: Path = typer.Option(None, "--tls-cert", help="PEM certificate (chain): serve wss:// (with --tls-key)."),
+    tls_key: Path = typer.Option(None, "--tls-key", help="PEM private key of --tls-cert."),
+    max_clients: int = typer.Option(128, "--max-clients", help="Connections at once, streaming or not; beyond, the oldest without a stream is closed, or the new one refused (server_full, 1013)."),
+    max_streams: int = typer.Option(0, "--max-streams", help="Streams at once (0: the measured capacity, see --load-target); a start beyond is refused (server_full, 1013)."),
+    load_target: float = typer.Option(0.5, "--load-target", help="Share of the model threads' cores that real-time streams may fill: the capacity is this x cores / the measured load of one stream."),
+    ahead_share: float = typer.Option(0.25, "--ahead-share", help="Share of one core for audio a client sends ahead of real time (as-fast-as-possible clients); real-time clients go first (0: none early)."),
+    max_lag: float = typer.Option(0.1, "--max-lag", help="No new stream while real-time clients' model calls take longer than this many seconds from audio to frames (p95 over 5 s; 0: no such check)."),
+    max_pending: int = typer.Option(64, "--max-pending", help="Connections that have not sent start; a new one beyond closes the one that waited longest."),
+    start_timeout: float = typer.Option(10.0, "--start-timeout", help="Seconds a connection has to send start (0: no limit)."),
+    idle_timeout: float = typer.Option(60.0, "--idle-timeout", help="A connection that sends nothing for this many seconds is closed (0: never)."),
+    max_msgs_per_s: float = typer.Option(200.0, "--max-msgs-per-s", help="Messages per second per client (0: no limit); faster clients are read later."),
+    max_flood: float = typer.Option(5.0, "--max-flood", help="A client over --max-msgs-per-s this many seconds without a quarter-second pause is closed (0: only slowed down)."),
+    max_bytes_per_s: float = typer.Option(320_000.0, "--max-bytes-per-s", help="Bytes per second per client (0: no limit); the default is 10x real-time audio."),
+    max_errors: int = typer.Option(100, "--max-errors", help="Bad messages per connection before it is closed (0: no limit)."),
     queue_frames: int = typer.Option(90, "--queue-frames", help="Outgoing frames kept per client; older ones are dropped."),
+    queue_messages: int = typer.Option(32, "--queue-messages", help="Other outgoing messages kept per client: errors beyond are dropped, others close the connection."),
     max_chunk_s: float = typer.Option(1.0, "--max-chunk-s", help="Largest audio message, in seconds."),
     workers: int = typer.Option(2, help="Model threads shared by all clients."),
 ):
@@ -34,8 +50,15 @@ def serve_cmd(
         from realm.embodiment.retarget import LinearMap
 
         linear_map = LinearMap.load(map_path)
-    cfg = ServerConfig(host=host, port=port, max_clients=max_clients, queue_frames=queue_frames,
-                       max_chunk_s=max_chunk_s, workers=workers)  # fmt: skip
+    cfg = ServerConfig(
+        host=host, port=port, token=token, allowed_origins=tuple(allow_origin),
+        tls_cert=str(tls_cert) if tls_cert else None, tls_key=str(tls_key) if tls_key else None,
+        max_clients=max_clients, max_streams=max_streams, load_target=load_target, ahead_share=ahead_share, max_lag_s=max_lag,
+        max_pending=max_pending,
+        start_timeout_s=start_timeout, idle_timeout_s=idle_timeout, max_msgs_per_s=max_msgs_per_s, max_flood_s=max_flood,
+        max_bytes_per_s=max_bytes_per_s, max_errors=max_errors, queue_frames=queue_frames,
+        queue_messages=queue_messages, max_chunk_s=max_chunk_s, workers=workers,
+    )  # fmt: skip
     server = ListenerServer(realm.load(checkpoint), profile=profile, linear_map=linear_map, config=cfg)
 
     async def main():
@@ -44,7 +67,8 @@ def serve_cmd(
         out.print(
             f"serving {checkpoint} ({sp.name}, {server.listener.fps:g} fps"
             + (f", robot profile {server.profile.name}" if server.profile else "")
-            + f") on {server.url}; algorithmic latency {1e3 * server.latency_s:.0f} ms; Ctrl-C stops"
+            + f") on {server.url}; algorithmic latency {1e3 * server.latency_s:.0f} ms; "
+            f"capacity {server.capacity} streams ({server.load:.3f} cores each); Ctrl-C stops"
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -54,7 +78,10 @@ def serve_cmd(
         n = len(server.sessions)
         await server.close()
         t = server.totals
-        out.print(f"stopped ({n} clients closed); served {t['clients']} clients, {t['frames']} frames, {t['dropped']} dropped")
+        out.print(
+            f"stopped ({n} clients closed); served {t['clients']} clients, {t['frames']} frames, {t['dropped']} dropped; "
+            f"refused {t['refused']}, closed {t['closed']}, {t['errors']} bad messages, {t['throttled']} throttled"
+        )
 
     try:
         asyncio.run(main())
@@ -73,6 +100,7 @@ def listen_cmd(
     seed: int = typer.Option(0, help="Seed of the refinement noise."),
     pace: str = typer.Option("asap", help="Server pacing of frames: asap | realtime (each frame at its play time)."),
     late_ms: float = typer.Option(100.0, "--late-ms", help="A frame counts as late when it arrives this long after its chunk was sent."),
+    token: str = typer.Option(None, "--token", envvar="REALM_SERVE_TOKEN", help="The server's token (sent as Authorization: Bearer TOKEN)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
 ):
     """Stream an audio file to `realm serve`, record the frames and print latency statistics."""
@@ -86,7 +114,7 @@ def listen_cmd(
         from websockets.exceptions import WebSocketException
 
         try:
-            r = listen(server, y, realtime=realtime, chunk_ms=chunk_ms, options={"seed": seed, "pace": pace})
+            r = listen(server, y, realtime=realtime, chunk_ms=chunk_ms, options={"seed": seed, "pace": pace}, token=token)
         except (OSError, WebSocketException) as e:
             raise ValueError(f"{server}: cannot connect or connection lost ({getattr(e, 'strerror', None) or e})") from None
     for err in r.errors:

@@ -28,7 +28,7 @@ COLUMNS = (
 
 
 def run_demo(checkpoint: str | Path, out: str | Path, speech: str | Path | None, hours: float = 0.05,
-             seed: int = 1, samples: int = 3, progress=None, render: bool = True) -> dict:  # fmt: skip
+             seed: int = 1, samples: int = 3, progress=None, render: bool = True, force: bool = False) -> dict:  # fmt: skip
     """Build a small held-out synthetic set, generate with REALM and baselines, score against GT.
 
     The set uses a new conversation seed with the checkpoint's identity seed: the same
@@ -36,15 +36,19 @@ def run_demo(checkpoint: str | Path, out: str | Path, speech: str | Path | None,
     over REALM's samples: mean, never best-of-N). With ``render``, the first test clip also gets
     a 5 s MP4 (speaker, ground truth, REALM), trajectory/gate/attention plots under ``out/media``,
     and ``out/report.html`` collects the table, plots and video (paths in ``result["outputs"]``).
+    ``out`` must be missing or empty unless ``force``; without it no file is ever replaced, even
+    one that appears while the demo runs.
     """
     import realm
 
     out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise FileExistsError(f"{out}: exists and is not empty (use --force to overwrite)")
     listener = realm.load(checkpoint)
     train_cfg = listener.config.get("data_config", {})
     synth_dir = out / "synth"
     cfg = SynthConfig(hours=hours, seed=seed, identity_seed=int(train_cfg.get("identity_seed", 0)))
-    generate(cfg, synth_dir, force=True, progress=progress)
+    generate(cfg, synth_dir, force=force, progress=progress)
     clips = load_dataset(synth_dir)
     test = [c for c in clips if c.split == "test"]
     train = [c for c in clips if c.split == "train"]
@@ -56,7 +60,7 @@ def run_demo(checkpoint: str | Path, out: str | Path, speech: str | Path | None,
         gt = c.listener
         preds = listener.generate(c.audio_path, first_frame=gt[0], samples=samples, seed=seed)
         outputs[c.clip_id] = preds
-        save_npz(out / f"{c.clip_id}.realm.npz", listener=preds, gt=c.samples(), spec=np.array(spec.name),
+        save_npz(out / f"{c.clip_id}.realm.npz", force=force, listener=preds, gt=c.samples(), spec=np.array(spec.name),
                  fps=np.array(listener.fps), audio=np.array(str(c.audio_path)))  # fmt: skip
         donor = train[int(rng.integers(len(train)))].listener
         random_clip = np.resize(donor, gt.shape) if len(donor) < len(gt) else donor[: len(gt)]
@@ -79,14 +83,15 @@ def run_demo(checkpoint: str | Path, out: str | Path, speech: str | Path | None,
         from realm.generate import generate_file
 
         path = out / f"{Path(speech).stem}.realm.npz"
-        generate_file(listener, speech, path, force=True, samples=samples, seed=seed)
+        generate_file(listener, speech, path, force=force, samples=samples, seed=seed)
         result["outputs"]["speech"] = str(path)
     if render and test:
         result["outputs"]["report"] = str(out / "report.html")
-    write_json(out / "demo_metrics.json", result)
+    write_json(out / "demo_metrics.json", result, force=force)
     if render and test:
-        result["outputs"].update(render_demo_media(listener, test[0], outputs[test[0].clip_id][0], out / "media", seed=seed))
-        result["outputs"]["report"] = str(build_report(out, out / "report.html", force=True, title="REALM demo"))
+        media = render_demo_media(listener, test[0], outputs[test[0].clip_id][0], out / "media", seed=seed, force=force)
+        result["outputs"].update(media)
+        result["outputs"]["report"] = str(build_report(out, out / "report.html", force=force, title="REALM demo"))
     return result
 
 
@@ -103,7 +108,8 @@ def busiest_window(motion: np.ndarray, fps: float, seconds: float, step: float =
     return float(best / fps), n / fps
 
 
-def render_demo_media(listener, clip, pred: np.ndarray, media: Path, seed: int = 0, seconds: float = 5.0) -> dict:
+def render_demo_media(listener, clip, pred: np.ndarray, media: Path, seed: int = 0, seconds: float = 5.0,
+                      force: bool = False) -> dict:  # fmt: skip
     """A short MP4 (speaker, ground truth, REALM), trajectory, gate and attention plots of one test clip."""
     from realm.render.plots import plot_attention, plot_gate, plot_trajectories, realm_internals
     from realm.render.video import Track, render_video
@@ -113,18 +119,18 @@ def render_demo_media(listener, clip, pred: np.ndarray, media: Path, seed: int =
     start, duration = busiest_window(clip.listener[:, exp], clip.fps, seconds)
     video = render_video(
         media / f"{clip.clip_id}.mp4", [Track("ground truth", clip.listener, spec, clip.fps), Track("REALM", pred, spec, listener.fps)],
-        audio=clip.audio_path, words=clip.words, start=start, duration=duration, force=True,
+        audio=clip.audio_path, words=clip.words, start=start, duration=duration, force=force,
     )  # fmt: skip
     traj = plot_trajectories(media / f"trajectories_{clip.clip_id}.png", {"REALM": pred}, spec, listener.fps, gt=clip.listener,
-                             words=clip.words, title=f"{clip.clip_id}: ground truth vs REALM (sample 0)", force=True)  # fmt: skip
+                             words=clip.words, title=f"{clip.clip_id}: ground truth vs REALM (sample 0)", force=force)  # fmt: skip
     inside = realm_internals(listener, clip.audio_path, first_frame=clip.listener[0])
     gate = plot_gate(media / f"gate_{clip.clip_id}.png", inside.alpha, inside.fps, words=clip.words, window=inside.window,
-                     force=True)  # fmt: skip
+                     force=force)  # fmt: skip
     # the window of the first triggered reaction (else the middle one)
     triggers = [tr["frame"] for tr in (clip.events or {}).get("triggers", [])]
     w = min(len(inside.attention) - 1, (triggers[0] // inside.window) if triggers else len(inside.attention) // 2)
     attn = plot_attention(media / f"attention_{clip.clip_id}.png", inside.attention[w], tau=inside.tau, window=w,
-                          fps=inside.fps, force=True)  # fmt: skip
+                          fps=inside.fps, force=force)  # fmt: skip
     log.info("rendered %s (%d frames in %.1f s)", video.paths[0], video.n_frames, video.seconds)
     return {"video": str(video.paths[0]), "plots": [str(traj), str(gate), str(attn)]}
 

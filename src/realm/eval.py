@@ -236,7 +236,7 @@ def evaluate(
                  for r in rows},  # fmt: skip
     }
     if out is not None:
-        with atomic_dir(out, force=True) as tmp:
+        with atomic_dir(out, force=force, allow_empty=True) as tmp:  # refused at write time too
             write_json(tmp / "results.json", result)
             _write_csv(tmp / "results.csv", rows)
             with atomic_path(tmp / "results.md") as p:

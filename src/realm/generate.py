@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from realm.audio import SAMPLE_RATE, get_extractor, load_audio, n_frames, n_samples_for
+from realm.audio import SAMPLE_RATE, get_extractor, n_frames, n_samples_for
 from realm.errors import RealmInputError
 from realm.models.realm import REALM, REALMConfig, RefineStream, WindowLatents, refine_sequence
 from realm.motion import SPECS, MotionSpec, NormStats, get_spec
@@ -67,9 +67,15 @@ class RunModel:
         return float(self.config.get("fps", 30.0))
 
     def features(self, audio) -> np.ndarray:
-        """Normalised (T, A) features of a file path or a 16 kHz waveform."""
+        """Normalised (T, A) features of a file path or a 16 kHz waveform. A file longer than
+        :data:`LONG_AUDIO_S` is read and featurised a block at a time (:func:`file_features`), so
+        its waveform is never held whole."""
         from realm.audio import extract
 
+        if isinstance(audio, (str, Path)):
+            blocks = file_features(self.extractor, audio)
+            if blocks is not None:
+                return self.feature_stats.apply(blocks)
         return self.feature_stats.apply(extract(audio, self.extractor))
 
 
@@ -174,9 +180,12 @@ class Streamer:
         if ex.context is None:
             raise ValueError(
                 f"the {ex.name!r} extractor cannot be streamed exactly (it needs the whole clip); "
-                "use a checkpoint trained on logmel, vico45 or prosody features"
+                "use a checkpoint trained on logmel, logmel_norm, pcen, vico45 or prosody features"
             )
         self.listener, self.ex = listener, ex
+        # audio a window waits for after its last frame (extractors with a long causal memory
+        # look back ``context`` samples but ahead only ``lookahead``)
+        self.ahead = ex.context if getattr(ex, "lookahead", None) is None else ex.lookahead
         self.model = listener.model.eval()
         self.W = self.model.config.window
         self.K = self.model.config.history
@@ -193,7 +202,7 @@ class Streamer:
     @property
     def latency_s(self) -> float:
         """Algorithmic latency of the first frame of a window (seconds)."""
-        return self.W / self.listener.fps + self.ex.context / SAMPLE_RATE
+        return self.W / self.listener.fps + self.ahead / SAMPLE_RATE
 
     def push(self, chunk: np.ndarray) -> np.ndarray:
         if self.done:
@@ -221,7 +230,7 @@ class Streamer:
 
     def _ready(self) -> bool:
         total = self.offset + len(self.buf)
-        need = self._frame_sample((self.window + 1) * self.W) + self.ex.context
+        need = self._frame_sample((self.window + 1) * self.W) + self.ahead
         return total >= need
 
     @torch.inference_mode()
@@ -232,7 +241,7 @@ class Streamer:
         C = self.model.config.audio_context
         first = max(0, w * W - C)  # first frame whose features this window reads
         g0 = max(0, (self._frame_sample(first) - self.ex.context) // block * block)
-        end = total if final else min(total, self._frame_sample((w + 1) * W) + self.ex.context)
+        end = total if final else min(total, self._frame_sample((w + 1) * W) + self.ahead)
         seg = self.buf[g0 - self.offset : end - self.offset]
         with single_thread_blas():  # a small filterbank product: BLAS threads only add latency
             feats = self.ex(seg)  # frames from global frame t0
@@ -260,6 +269,55 @@ class Streamer:
             self.offset = keep
         frames = self.listener.stats.invert(motion[0, :n].numpy()).astype(np.float32)
         return self.model.spec.clamp(frames) if self.clamp else frames
+
+
+# ---------------------------------------------------------------- long files
+
+#: Audio files longer than this (seconds) are featurised a block at a time (:func:`file_features`).
+LONG_AUDIO_S = 600.0
+#: Seconds of audio per block of :func:`file_features` (a multiple of 0.1 s: whole frames and hops).
+FEATURE_BLOCK_S = 60.0
+
+
+def file_features(extractor: str, path: str | Path, block_s: float = FEATURE_BLOCK_S,
+                  min_s: float = LONG_AUDIO_S) -> np.ndarray | None:  # fmt: skip
+    """Raw (T, A) features of a long 16 kHz file read ``block_s`` seconds at a time, each block
+    with the extractor's ``context`` samples of audio on either side (so every frame sees the
+    audio it sees offline, and the result equals whole-file extraction to float rounding; tested).
+    Memory: the features and one block, not the waveform (an hour at 16 kHz is 230 MB as float32).
+
+    None (the caller reads the file whole) for a file shorter than ``min_s``, not at 16 kHz (it
+    needs resampling), not readable by libsndfile, or an extractor without a bounded context.
+    """
+    import soundfile as sf
+
+    ex = get_extractor(extractor)
+    if ex.context is None:
+        return None
+    try:
+        info = sf.info(str(path))
+    except Exception:
+        return None
+    if info.samplerate != SAMPLE_RATE or info.frames < min_s * SAMPLE_RATE:
+        return None
+    unit = SAMPLE_RATE // 10  # 0.1 s = 3 frames at 30 fps: a block boundary is a frame boundary
+    B = unit * max(1, round(block_s * 10))
+    left = -(-ex.context // unit) * unit  # the context, rounded up to whole units
+    right = getattr(ex, "lookahead", None) or ex.context
+    N, T = info.frames, n_frames(info.frames)
+    out = []
+    with sf.SoundFile(str(path)) as f:
+        for s0 in range(0, N, B):
+            g0, g1 = max(0, s0 - left), min(N, s0 + B + right)
+            f.seek(g0)
+            seg = f.read(g1 - g0, dtype="float32", always_2d=True).mean(axis=1)  # as load_audio mixes
+            if not np.all(np.isfinite(seg)):
+                raise RealmInputError(path, "audio holds NaN/inf samples")
+            feats = ex(seg)
+            t0, a = n_frames(g0), n_frames(s0)
+            b = T if g1 == N else n_frames(s0 + B)
+            out.append(feats[a - t0 : b - t0])
+    return np.concatenate(out)
 
 
 # ---------------------------------------------------------------- loading
@@ -319,10 +377,9 @@ def generate_file(
     out = Path(out)
     if out.exists() and not force:
         raise FileExistsError(f"{out}: exists (use --force to overwrite)")
-    y = load_audio(audio)
-    motion = listener.generate(y, **kw)
+    motion = listener.generate(audio, **kw)  # a long file is featurised a block at a time
     save_npz(
-        out, listener=motion, spec=np.array(listener.spec.name), fps=np.array(listener.fps),
+        out, force=force, listener=motion, spec=np.array(listener.spec.name), fps=np.array(listener.fps),
         samples=np.array(motion.shape[0]), audio=np.array(str(audio)), checkpoint=np.array(str(listener.path)),
     )  # fmt: skip
     return motion

@@ -1,6 +1,6 @@
 """Live listening: a WebSocket server from speech audio to listener frames and robot controls.
 
-    realm serve --checkpoint RUN [--profile ameca] [--host 127.0.0.1] [--port 8765]
+    realm serve --checkpoint RUN [--profile ameca] [--host 127.0.0.1] [--port 8765] [--token T]
     realm listen --server ws://127.0.0.1:8765 --audio speech.wav --realtime --out heard.npz
 
 One connection is one listener. Protocol version 1 (docs/serving.md has the full text):
@@ -34,13 +34,33 @@ One connection is one listener. Protocol version 1 (docs/serving.md has the full
   exactly; ``motion`` holds the spec's values; ``controls`` the robot controls after the safety
   layer (present when the server has a ``--profile``).
 * ``{"type": "error", "code", "message"}``: a bad message is answered and otherwise ignored;
-  the session goes on. Messages larger than the WebSocket limit close the connection (1009).
+  the session goes on, up to ``max_errors`` bad messages. Error messages never quote more than
+  a few characters of what the client sent. Messages larger than the WebSocket limit close the
+  connection (1009).
 
-**Bounded memory.** Each client has an outgoing queue of ``queue_frames`` frames; when a
-client reads too slowly the oldest frames are dropped and counted (``end.dropped``). Incoming
-audio is read one message at a time, so a client that sends faster than the model runs is
-slowed by TCP back-pressure, not buffered. Model compute runs in a small thread pool, so one
-client's window never blocks the event loop that serves the others.
+**Admission and limits.** The handshake is refused (HTTP 403/401) for an ``Origin`` outside the
+allow-list or a missing or wrong token (``Authorization: Bearer TOKEN`` or ``?token=TOKEN``; a
+token is required unless the host is loopback). A connection must send ``start`` within
+``start_timeout_s`` and some message every ``idle_timeout_s``; past ``max_pending`` connections
+without a stream (or ``max_clients`` in all), the one that waited longest is closed to make room.
+A ``start`` (and a connection) is answered ``server_full`` and closed (1013) while as many streams
+run as the measured capacity allows (:attr:`ListenerServer.capacity`) or while real-time model
+calls lag (``max_lag_s``). Each connection may send ``max_msgs_per_s`` messages and
+``max_bytes_per_s`` bytes per second (one second's burst); past that its messages are read later
+(TCP back-pressure) and it is told once in a while with ``rate_limited``; over the message rate
+for ``max_flood_s`` it is closed. Every refusal and protocol error is logged with the client's
+address (:class:`LogBudget`).
+
+**Bounded memory.** Each client has an outgoing queue of ``queue_frames`` frames, whose oldest
+frames are dropped and counted (``end.dropped``) when the client reads too slowly, and of
+``queue_messages`` other messages: past that, new errors are dropped and any other message closes
+the connection (1008, ``not_reading``). Incoming audio is read one message at a time.
+
+**Fair share.** Model calls run on ``workers`` threads in the order of their audio's real time
+(:class:`FairScheduler`): a client at or behind real time is served in arrival order; audio a
+client sent ahead of real time runs early only on spare threads (at most ``workers - 1``) and
+within ``ahead_share`` of a core, so a client that streams as fast as it can does not delay the
+others, and every client is served at least at real-time pace.
 
 Frames equal those of :class:`realm.generate.Streamer` fed the same (16-bit) samples with the
 same seed: the server is a transport around it (tested).
@@ -49,14 +69,19 @@ same seed: the server is a transport around it (tested).
 from __future__ import annotations
 
 import asyncio
+import heapq
+import hmac
+import ipaddress
 import json
 import logging
+import os
 import socket
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
@@ -72,18 +97,43 @@ DEFAULT_OPTIONS = {
     "sample_rate": SAMPLE_RATE, "encoding": ENCODING, "channels": 1,
     "seed": 0, "sample": 0, "refine": True, "pace": "asap", "margin_s": 0.05,
 }  # fmt: skip
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+AHEAD_GRACE_S = 0.25  # audio up to this far ahead of real time still counts as real time (network jitter)
+NOTICE_S = 10.0  # at most one rate_limited error per client in this many seconds
+CLOSE_S = 2.0  # a closing client gets this long to take its last message and the close frame
+LOUD_ERRORS = 3  # bad messages per connection logged as warnings; later ones at info level (-v)
+WARNINGS_PER_10S = 20  # refusals and bad messages logged as warnings per 10 s; the rest at info level, counted
+MIN_PUSH = 160  # audio samples (10 ms) gathered before a model call: tiny messages cost no thread hand-off
+LAG_WINDOW_S = 5.0  # the lag that closes admission (max_lag_s) is over this many seconds
 
 
 @dataclass
 class ServerConfig:
-    """Limits and resources of a :class:`ListenerServer`."""
+    """Limits and resources of a :class:`ListenerServer`; 0 turns off a timeout, a rate, ``max_flood_s``,
+    ``max_errors``, ``max_pending``, ``max_lag_s`` or ``max_streams`` (then measured)."""
 
-    host: str = "127.0.0.1"  # loopback unless asked otherwise
+    host: str = "127.0.0.1"  # loopback unless asked otherwise; any other host needs a token
     port: int = 8765  # 0: any free port (see ListenerServer.port)
-    max_clients: int = 32
+    max_clients: int = 128  # connections at once, streaming or not (streams: see max_streams)
+    max_pending: int = 64  # connections that have not sent start; a new one beyond closes the oldest
+    max_streams: int = 0  # streams at once; 0: the measured capacity (ListenerServer.capacity)
+    load_target: float = 0.5  # share of the model threads' cores real-time streams may fill (capacity)
+    ahead_share: float = 0.25  # share of one core for audio sent ahead of real time (FairScheduler)
+    max_lag_s: float = 0.1  # no new stream while real-time model calls take longer than this (p95 over 5 s)
     max_chunk_s: float = 1.0  # largest audio message, in seconds of 16 kHz audio
     queue_frames: int = 90  # outgoing frames kept per client (3 s at 30 fps); older ones are dropped
+    queue_messages: int = 32  # other outgoing messages per client: errors beyond are dropped, others close
     send_buffer_bytes: int = 65536  # kernel send buffer per client: a slow reader shows up as drops, not as seconds of delay
+    start_timeout_s: float = 10.0  # a connection that has not sent start by then is closed (start_timeout)
+    idle_timeout_s: float = 60.0  # a connection that sends nothing for this long is closed (idle_timeout)
+    max_msgs_per_s: float = 200.0  # messages per second per client (burst: one second's worth)
+    max_flood_s: float = 5.0  # a client over the message rate this long without a quarter-second pause is closed
+    max_bytes_per_s: float = 320_000.0  # bytes per second per client: 10x real-time audio
+    max_errors: int = 100  # bad messages per connection before it is closed (too_many_errors)
+    token: str | None = None  # required from clients when set; must be set unless the host is loopback
+    allowed_origins: tuple = ()  # browser Origins admitted besides localhost pages ("*": any)
+    tls_cert: str | None = None  # PEM certificate (chain) and key: serve wss:// instead of ws://
+    tls_key: str | None = None
     workers: int = 2  # model threads shared by all clients
     torch_threads: int = 1  # intra-op threads per model call
 
@@ -100,6 +150,33 @@ class ProtocolError(Exception):
         self.code, self.message = code, message
 
 
+class Refused(Exception):
+    """A client the server stops serving: told ``{"type": "error", "code", "message"}``, then closed with ``close``."""
+
+    def __init__(self, close: int, code: str, message: str):
+        super().__init__(message)
+        self.close, self.code, self.message = close, code, message
+
+
+def shown(value, limit: int = 24) -> str:
+    """A client's value as an error message may quote it: its repr when short, else only its kind and size."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f" of {len(value)}" if hasattr(value, "__len__") else ""
+    return f"<{type(value).__name__}{size}>"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an interface to bind) is reachable from this machine only."""
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name other than localhost, "" or 0.0.0.0: reachable from elsewhere
+
+
 def check_options(options: dict, base: dict) -> dict:
     """``base`` updated with the recognised, validated entries of ``options`` (ProtocolError otherwise)."""
     out = dict(base)
@@ -107,30 +184,29 @@ def check_options(options: dict, base: dict) -> dict:
         if key == "type":
             continue
         if key not in DEFAULT_OPTIONS:
-            raise ProtocolError("bad_option", f"unknown option {key!r}; known: {sorted(DEFAULT_OPTIONS)}")
+            raise ProtocolError("bad_option", f"unknown option {shown(key)}; known: {sorted(DEFAULT_OPTIONS)}")
+        got = f"(got {shown(value)})"
         if key == "sample_rate":
             if value != SAMPLE_RATE:
-                raise ProtocolError(
-                    "bad_sample_rate", f"sample_rate must be {SAMPLE_RATE} (got {value!r}); resample before sending"
-                )
+                raise ProtocolError("bad_sample_rate", f"sample_rate must be {SAMPLE_RATE} {got}; resample before sending")
         elif key == "encoding":
             if value != ENCODING:
-                raise ProtocolError("bad_encoding", f"encoding must be {ENCODING!r} (got {value!r})")
+                raise ProtocolError("bad_encoding", f"encoding must be {ENCODING!r} {got}")
         elif key == "channels":
             if value != 1:
-                raise ProtocolError("bad_channels", f"audio must be mono (channels 1, got {value!r})")
+                raise ProtocolError("bad_channels", f"audio must be mono (channels 1) {got}")
         elif key in ("seed", "sample"):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ProtocolError("bad_option", f"{key} must be an integer >= 0 (got {value!r})")
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
+                raise ProtocolError("bad_option", f"{key} must be an integer in [0, 2**63) {got}")
         elif key == "refine":
             if not isinstance(value, bool):
-                raise ProtocolError("bad_option", f"refine must be true or false (got {value!r})")
+                raise ProtocolError("bad_option", f"refine must be true or false {got}")
         elif key == "pace":
             if value not in PACES:
-                raise ProtocolError("bad_option", f"pace must be one of {list(PACES)} (got {value!r})")
+                raise ProtocolError("bad_option", f"pace must be one of {list(PACES)} {got}")
         elif key == "margin_s":
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 10:
-                raise ProtocolError("bad_option", f"margin_s must be a number in [0, 10] (got {value!r})")
+                raise ProtocolError("bad_option", f"margin_s must be a number in [0, 10] {got}")
         out[key] = value
     return out
 
@@ -153,11 +229,30 @@ def quantise_pcm16(y: np.ndarray) -> np.ndarray:
 
 @dataclass
 class _Item:
-    """One outgoing message; frames may be dropped, control messages never."""
+    """One outgoing message; frames may be dropped, errors too when too many wait, others never."""
 
-    text: str
+    body: str | dict  # JSON text; a frame stays a dict until it is sent (a dropped frame is never encoded)
     frame: bool = False
     due: float = 0.0  # loop time before which a paced frame is not sent
+    error: bool = False
+
+
+@dataclass
+class Bucket:
+    """A token bucket: ``rate`` units per second, at most ``burst`` saved up (rate 0: no limit)."""
+
+    rate: float
+    burst: float
+    level: float = 0.0
+    t: float = 0.0
+
+    def take(self, n: float, now: float) -> float:
+        """Spend ``n`` units at time ``now``; the seconds to wait before the spender is back within the rate."""
+        if self.rate <= 0:
+            return 0.0
+        self.level = min(self.burst, self.level + (now - self.t) * self.rate) - n
+        self.t = now
+        return -self.level / self.rate if self.level < 0 else 0.0
 
 
 @dataclass
@@ -175,11 +270,139 @@ class Session:
     dropped: int = 0
     late: int = 0
     first_audio: float | None = None  # loop time of the first audio message
+    origin: float = 0.0  # loop time of audio time 0 at real-time pace (first audio minus its own length)
+    pending: list = field(default_factory=list)  # audio messages not yet run (together under MIN_PUSH samples)
+    pending_n: int = 0  # their samples
     queue: deque = field(default_factory=deque)
+    queued_frames: int = 0  # frames in queue
+    queued_other: int = 0  # other messages in queue
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     compute_s: deque = field(default_factory=lambda: deque(maxlen=1024))  # seconds per model call that made frames
+    ahead: int = 0  # model calls scheduled as ahead of real time
     last: np.ndarray | None = None  # the last frame sent (held in place of a non-finite one)
     held: int = 0  # non-finite model frames replaced by the last frame (never sent as NaN)
+    ws: object = None
+    address: str = "?"
+    connected: float = 0.0  # loop time of the connection
+    last_message: float = 0.0  # loop time of the last message received
+    started: bool = False  # has sent start at least once
+    errors: int = 0  # bad messages
+    errors_dropped: int = 0  # error replies not queued because too many waited
+    throttled: int = 0  # messages read late to keep the client within its rates
+    noticed: float = float("-inf")  # loop time of the last rate_limited error
+    flooding: float | None = None  # loop time since which every message came over the message rate
+    msg_bucket: Bucket | None = None
+    byte_bucket: Bucket | None = None
+    sender: asyncio.Task | None = None
+    closing: bool = False
+
+
+class LogBudget:
+    """Logs refusals and protocol errors: at most ``per`` warnings in ``period`` seconds, the rest at
+    info level (``-v``), counted in a warning when the next period starts (a flood cannot make the
+    server spend its time logging)."""
+
+    def __init__(self, per: int = WARNINGS_PER_10S, period: float = 10.0):
+        self.per, self.period = per, period
+        self.start, self.count, self.quiet = float("-inf"), 0, 0
+
+    def __call__(self, msg: str, *args, loud: bool = True) -> None:
+        now = time.monotonic()
+        if now - self.start >= self.period:
+            self.flush()
+            self.start, self.count = now, 0
+        if loud and self.count < self.per:
+            self.count += 1
+            log.warning(msg, *args)
+        else:
+            self.quiet += loud
+            log.info(msg, *args)
+
+    def flush(self) -> None:
+        if self.quiet:
+            log.warning("%d more refusals and bad messages logged at info level (-v shows them)", self.quiet)
+            self.quiet = 0
+
+
+class FairScheduler:
+    """Runs model calls on ``workers`` threads, the call with the earliest ``key`` (a loop time) first.
+
+    A call whose key is still in the future (audio ahead of real time) runs early only on a free
+    thread, on at most ``workers - 1`` threads at once (1 when there is one thread), and within
+    ``ahead_share`` of one thread's time (after an early call of d seconds the next one waits
+    d (1 - share) / share; 0: none runs early; >= 1: no such wait). Once its key has passed it is a
+    call like any other. So a call at real time never waits behind more than ``workers - 1`` early
+    calls, early work uses at most ``ahead_share`` of a core, and every client is served at least
+    at real-time pace. ``counts`` holds the calls run on time (``due``) and early (``ahead``);
+    ``peak_ahead`` the most early calls at once.
+    """
+
+    def __init__(self, executor, workers: int, ahead_share: float = 1.0):
+        self.executor, self.workers, self.ahead_share = executor, workers, ahead_share
+        self.max_ahead = max(1, workers - 1)
+        self.heap: list = []
+        self.busy = self.busy_ahead = self.peak_ahead = 0
+        self.counts = {"due": 0, "ahead": 0}
+        self.ahead_free_at = float("-inf")  # loop time before which no early call starts (the share)
+        self._seq = 0
+        self._timer = None
+
+    async def run(self, key: float, fn, *args):
+        """``fn(*args)`` on a worker thread once its turn comes: (its result, seconds waited, ran ahead)."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        heapq.heappush(self.heap, (key, self._seq, loop.time(), fut, fn, args))
+        self._seq += 1
+        self._dispatch()
+        return await fut
+
+    def _dispatch(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self.heap and self.busy < self.workers:
+            key, _, queued, fut, fn, args = self.heap[0]
+            if fut.done():  # its client went away
+                heapq.heappop(self.heap)
+                continue
+            ahead = key > now
+            if ahead:  # every other call is later still: look again when this one may start, or when a call ends
+                if self.busy_ahead >= self.max_ahead or self.ahead_share <= 0:
+                    return self._wake_at(key)
+                if now < self.ahead_free_at:
+                    return self._wake_at(min(key, self.ahead_free_at))
+            heapq.heappop(self.heap)
+            self.busy += 1
+            self.busy_ahead += ahead
+            self.peak_ahead = max(self.peak_ahead, self.busy_ahead)
+            self.counts["ahead" if ahead else "due"] += 1
+            job = loop.run_in_executor(self.executor, fn, *args)
+            job.add_done_callback(lambda j, f=fut, a=ahead, t=now, w=now - queued: self._done(j, f, a, t, w))
+
+    def _wake_at(self, when: float) -> None:
+        if self._timer is not None and self._timer.when() <= when:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_at(when, self._wake)
+
+    def _wake(self) -> None:
+        self._timer = None
+        self._dispatch()
+
+    def _done(self, job, fut, ahead: bool, started: float, waited: float) -> None:
+        self.busy -= 1
+        self.busy_ahead -= ahead
+        if ahead and 0 < self.ahead_share < 1:
+            now = asyncio.get_running_loop().time()
+            self.ahead_free_at = max(self.ahead_free_at, now) + (now - started) * (1 - self.ahead_share) / self.ahead_share
+        if not fut.done():
+            if job.cancelled():
+                fut.cancel()
+            elif job.exception() is not None:
+                fut.set_exception(job.exception())
+            else:
+                fut.set_result((job.result(), waited, ahead))
+        self._dispatch()
 
 
 class ListenerServer:
@@ -187,13 +410,21 @@ class ListenerServer:
 
     ``listener`` is a loaded REALM run whose features stream (logmel, vico45, prosody);
     ``profile`` (a robot profile name or path) adds safe robot controls to every frame;
-    ``linear_map`` maps non-arkit58 motion to arkit58 for retargeting.
+    ``linear_map`` maps non-arkit58 motion to arkit58 for retargeting. A host other than
+    loopback needs ``config.token`` (ValueError otherwise).
     """
 
     def __init__(self, listener, profile=None, linear_map=None, config: ServerConfig | None = None):
         from realm.errors import RealmInputError
 
         self.config = config or ServerConfig()
+        if not is_loopback(self.config.host) and not self.config.token:
+            raise ValueError(
+                f"--host {self.config.host or '(all interfaces)'} is reachable from other machines: set a token "
+                "(--token or REALM_SERVE_TOKEN) that clients send as `Authorization: Bearer TOKEN` or `?token=TOKEN`"
+            )
+        if bool(self.config.tls_cert) != bool(self.config.tls_key):
+            raise ValueError("TLS needs both a certificate (--tls-cert) and its key (--tls-key)")
         if not hasattr(listener, "streamer"):
             raise RealmInputError(
                 getattr(listener, "path", None),
@@ -221,18 +452,74 @@ class ListenerServer:
             max_workers=self.config.workers, thread_name_prefix="realm-serve",
             initializer=set_torch_threads, initargs=(self.config.torch_threads,),  # per worker: OpenMP's count is per thread
         )  # fmt: skip
+        self.scheduler = FairScheduler(self.executor, self.config.workers, self.config.ahead_share)
         self.sessions: dict[int, Session] = {}
-        self.totals = {"clients": 0, "frames": 0, "dropped": 0, "refused": 0}
+        self.totals = {"clients": 0, "frames": 0, "dropped": 0, "refused": 0, "closed": 0, "errors": 0, "throttled": 0}
         self._next_id = 0
         self._server = None
         self._limits = None  # the BLAS/OpenMP thread limits held while serving
         self.port: int | None = None
         self.latency_s = listener.streamer().latency_s
+        self.startup_load: float | None = None  # measured by start(): seconds of one thread per second of audio
+        self._costs: deque = deque(maxlen=256)  # model-thread seconds per frame of recent model calls
+        self._lags: deque = deque(maxlen=512)  # (loop time, seconds from audio to frames) of recent on-time calls
+        self._frame_cost = 0.0  # event-loop seconds to encode one frame message
+        self._closing: set = set()  # tasks closing connections
+        self.note = LogBudget()  # how refusals and protocol errors are logged
+
+    # ------------------------------------------------------------------ capacity
+
+    @property
+    def cores(self) -> int:
+        """CPU cores the model threads can use: the workers, at most the cores this process may run on."""
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, min(self.config.workers, cpus))
+
+    @property
+    def load(self) -> float:
+        """Compute of one real-time stream, in cores: model-thread seconds per second of audio (the model,
+        robot controls and frame encoding), from the last 256 model calls (from start-up until 8 have run).
+        Wall time on the thread, so a machine busy with other work, or the GIL, make a stream cost more."""
+        if len(self._costs) >= 8:
+            per_frame = float(np.median(self._costs)) + self._frame_cost
+            return per_frame * self.listener.fps
+        return self.startup_load if self.startup_load is not None else float("nan")
+
+    @property
+    def capacity(self) -> int:
+        """Streams admitted at once: ``max_streams``, or as many real-time loads as fill ``load_target`` of the cores."""
+        if self.config.max_streams:
+            return self.config.max_streams
+        load = self.load
+        if not np.isfinite(load) or load <= 0:
+            return self.config.max_clients
+        return max(1, min(self.config.max_clients, int(self.config.load_target * self.cores / load)))
+
+    @property
+    def streams(self) -> int:
+        """Clients streaming now."""
+        return sum(s.streaming for s in self.sessions.values())
+
+    @property
+    def lag_s(self) -> float:
+        """95th percentile of the time from audio to frames of on-time model calls in the last LAG_WINDOW_S
+        seconds (queueing and compute; NaN with fewer than 10 calls)."""
+        since = asyncio.get_running_loop().time() - LAG_WINDOW_S
+        lags = [x for t, x in self._lags if t >= since]
+        return float(np.percentile(lags, 95)) if len(lags) >= 10 else float("nan")
+
+    def _full(self) -> str | None:
+        """Why a new stream would not be served in time (None: it would)."""
+        if self.streams >= self.capacity:
+            return f"{self.streams} streams running, this server's capacity; try again later"
+        if self.config.max_lag_s and self.streams and self.lag_s > self.config.max_lag_s:
+            return f"the server is behind (model lag p95 {1e3 * self.lag_s:.0f} ms); try again later"
+        return None
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self):
-        """Bind and start accepting clients (returns once listening)."""
+        """Measure the model's cost, bind and start accepting clients (returns once listening)."""
         from threadpoolctl import threadpool_limits
         from websockets.asyncio.server import serve
 
@@ -242,26 +529,68 @@ class ListenerServer:
         self._limits = threadpool_limits(limits=self.config.torch_threads)
         limit = self.config.max_chunk_bytes + 4096  # the WebSocket frame limit: larger messages close the connection
         await self._warm_up()
-        self._server = await serve(self._handle, self.config.host, self.config.port, max_size=limit, max_queue=4)
+        tls = self._tls()
+        self._server = await serve(
+            self._handle, self.config.host, self.config.port, max_size=limit, max_queue=4,
+            process_request=self._check_request, ssl=tls,
+            compression=None,  # per-message deflate cost CPU and memory per connection for little gain on short JSON
+        )  # fmt: skip
         self.port = self._server.sockets[0].getsockname()[1]
-        log.info("listening on ws://%s:%d", self.config.host, self.port)
+        log.info(
+            "listening on %s; capacity %d streams (%.3f cores per stream, %d cores, load target %g)",
+            self.url, self.capacity, self.load, self.cores, self.config.load_target,
+        )  # fmt: skip
+        if not self.config.token:
+            log.warning("no token: any program on this machine can connect (set --token to require one)")
+        elif not is_loopback(self.config.host) and tls is None:
+            log.warning(
+                "ws:// is not encrypted: the token and the audio cross the network in clear; "
+                "use --tls-cert/--tls-key or a TLS proxy"
+            )
         return self
+
+    def _tls(self):
+        """An SSL context from ``tls_cert``/``tls_key``, or None."""
+        if not self.config.tls_cert:
+            return None
+        import ssl
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            ctx.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        except (OSError, ssl.SSLError) as e:
+            raise ValueError(f"{self.config.tls_cert}: cannot load the TLS certificate and key ({e})") from None
+        return ctx
 
     async def _warm_up(self) -> None:
         """Run one stream per worker before accepting clients: the first model call of a thread
-        pays for lazy initialisation (1-2 s measured), which would otherwise land on the first client."""
+        pays for lazy initialisation (1-2 s measured), which would otherwise land on the first client.
+        A second, measured stream of 2 s in 100 ms chunks gives the start-up load per stream."""
         loop = asyncio.get_running_loop()
 
         def one():
             streamer, safety = self.listener.streamer(), self._new_safety()
             self._run_model(streamer, safety, 0, np.zeros(SAMPLE_RATE, np.float32))
             self._run_model(streamer, safety, 0, None)
+            streamer, safety = self.listener.streamer(), self._new_safety()
+            t0, audio = time.perf_counter(), np.zeros(2 * SAMPLE_RATE, np.float32)
+            n = sum(len(self._run_model(streamer, safety, 0, audio[k : k + 1600])[0]) for k in range(0, len(audio), 1600))
+            frames = n + len(self._run_model(streamer, safety, 0, None)[0])
+            return (time.perf_counter() - t0) / frames
 
-        await asyncio.gather(*[loop.run_in_executor(self.executor, one) for _ in range(self.config.workers)])
+        per_frame = await asyncio.gather(*[loop.run_in_executor(self.executor, one) for _ in range(self.config.workers)])
+        t0 = time.thread_time()  # the event loop's share: one frame message, encoded as _emit does
+        f = np.zeros(self.listener.spec.dim, np.float32)
+        for i in range(100):
+            _encode({"type": "frame", "i": i, "t": i / 30, "chunk": 0, "motion": f})
+        self._frame_cost = (time.thread_time() - t0) / 100
+        self.startup_load = (float(np.median(per_frame)) + self._frame_cost) * self.listener.fps
 
     @property
     def url(self) -> str:
-        return f"ws://{self.config.host}:{self.port}"
+        host = self.config.host or "0.0.0.0"
+        host = f"[{host}]" if ":" in host else host
+        return f"{'wss' if self.config.tls_cert else 'ws'}://{host}:{self.port}"
 
     async def close(self) -> None:
         """Stop accepting, close every connection with 1001 (going away), wait for them to end."""
@@ -269,6 +598,7 @@ class ListenerServer:
             self._server.close(close_connections=True)
             await self._server.wait_closed()
             self._server = None
+        self.note.flush()
         self.executor.shutdown(wait=True, cancel_futures=True)
         if self._limits is not None:
             self._limits.restore_original_limits()
@@ -279,53 +609,194 @@ class ListenerServer:
             await self.start()
         await self._server.serve_forever()
 
+    # ------------------------------------------------------------------ admission
+
+    def _check_request(self, connection, request):
+        """The opening handshake: refuse (HTTP 403/401) a browser Origin outside the allow-list or a
+        missing or wrong token; None admits."""
+        import http
+
+        origin = request.headers.get("Origin")
+        if origin is not None and not self._origin_ok(origin):
+            return self._reject(connection, http.HTTPStatus.FORBIDDEN, f"Origin {shown(origin, 64)} is not allowed")
+        token = self.config.token
+        if token:
+            auth = request.headers.get("Authorization", "")
+            given = auth[7:].strip() if auth[:7].lower() == "bearer " else None
+            if given is None:
+                given = (parse_qs(urlsplit(request.path).query).get("token") or [None])[0]
+            if given is None or not hmac.compare_digest(given.encode(), token.encode()):
+                why = "no token" if given is None else "wrong token"
+                return self._reject(connection, http.HTTPStatus.UNAUTHORIZED, f"{why} (send Authorization: Bearer TOKEN)")
+        return None
+
+    def _origin_ok(self, origin: str) -> bool:
+        allowed = self.config.allowed_origins
+        if "*" in allowed or origin.rstrip("/") in {o.rstrip("/") for o in allowed}:
+            return True
+        try:
+            return urlsplit(origin).hostname in LOOPBACK_NAMES  # a page served from this machine
+        except ValueError:
+            return False
+
+    def _reject(self, connection, status, why: str):
+        self.totals["refused"] += 1
+        self.note("refused %s: %s", _address(connection.remote_address), why)
+        return connection.respond(status, why + "\n")
+
+    def _admit(self) -> Refused | None:
+        """Whether a new connection may stay (None) or why not. Past ``max_clients`` connections or
+        ``max_pending`` without a stream, the connection that has waited longest without sending
+        start is closed to make room; when none has, the new one is refused."""
+        if full := self._full():
+            return Refused(1013, "server_full", full)
+        live = [s for s in self.sessions.values() if not s.closing]
+        pending = [s for s in live if not s.started]
+        crowded = len(live) >= self.config.max_clients
+        if crowded or (self.config.max_pending and len(pending) >= self.config.max_pending):
+            if not pending:
+                return Refused(1013, "server_full", f"{self.config.max_clients} clients connected; try again later")
+            oldest = min(pending, key=lambda s: s.connected)
+            self._close(oldest, Refused(1008, "start_timeout", f"closed to make room: {len(pending)} connections waited without start"))
+        return None
+
+    def _close(self, s: Session, r: Refused) -> asyncio.Task | None:
+        """End a session once: log why, abandon its queue, then (in a task) send its error and close with ``r.close``."""
+        if s.closing:
+            return None
+        s.closing = True
+        self.totals["closed"] += 1
+        self.note("client %d (%s) closed (%d): %s: %s", s.id, s.address, r.close, r.code, r.message)
+        if s.sender is not None:
+            s.sender.cancel()
+        task = asyncio.create_task(_shut(s.ws, r))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+        return task
+
     # ------------------------------------------------------------------ one client
 
     async def _handle(self, ws) -> None:
-        if len(self.sessions) >= self.config.max_clients:
+        from websockets.protocol import State
+
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        address = _address(ws.remote_address)
+        refused = self._admit()
+        if refused is not None:
             self.totals["refused"] += 1
-            await ws.send(_error("server_full", f"{self.config.max_clients} clients connected; try again later"))
-            await ws.close(1013, "server full")
+            self.note("refused %s: %s: %s", address, refused.code, refused.message)
+            await _shut(ws, refused)
             return
         sock = ws.transport.get_extra_info("socket")
         if sock is not None and self.config.send_buffer_bytes:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.config.send_buffer_bytes)
-        s = Session(self._next_id)
+        cfg = self.config
+        burst_msgs, burst_bytes = max(1.0, cfg.max_msgs_per_s), max(cfg.max_bytes_per_s, cfg.max_chunk_bytes + 4096.0)
+        s = Session(
+            self._next_id, ws=ws, address=address, connected=now, last_message=now,
+            msg_bucket=Bucket(cfg.max_msgs_per_s, burst_msgs, burst_msgs, now),
+            byte_bucket=Bucket(cfg.max_bytes_per_s, burst_bytes, burst_bytes, now),
+        )  # fmt: skip
         self._next_id += 1
         self.sessions[s.id] = s
         self.totals["clients"] += 1
-        sender = asyncio.create_task(self._send_loop(ws, s))
-        log.info("client %d connected from %s", s.id, ws.remote_address)
+        s.sender = asyncio.create_task(self._send_loop(ws, s))
+        watchdog = asyncio.create_task(self._watch(s))
+        log.info("client %d connected from %s", s.id, address)
         try:
             async for message in ws:
+                if s.closing or ws.state is not State.OPEN:  # closing: what the client sent before is not read
+                    break
+                s.last_message = loop.time()
+                await self._throttle(s, message)
                 try:
                     if isinstance(message, str):
                         await self._on_control(s, message)
                     else:
                         await self._on_audio(s, message)
                 except ProtocolError as e:
-                    self._put(s, _Item(_error(e.code, e.message)))
+                    self._bad_message(s, e)
+        except Refused as r:
+            await _wait(self._close(s, r))
         except Exception as e:  # a broken connection ends this session only
             from websockets.exceptions import ConnectionClosed
 
             if not isinstance(e, ConnectionClosed):
-                log.exception("client %d: unexpected error", s.id)
-                try:  # tell the client, then end only this session
-                    await ws.send(_error("internal", f"server error: {type(e).__name__}: {e}"))
-                    await ws.close(1011, "internal error")
-                except Exception:
-                    pass
+                log.exception("client %d (%s): unexpected error", s.id, address)
+                await _wait(self._close(s, Refused(1011, "internal", f"server error: {type(e).__name__}: {str(e)[:200]}")))
         finally:
-            sender.cancel()
+            watchdog.cancel()
+            s.sender.cancel()
+            s.streaming = False
             self.sessions.pop(s.id, None)
             self.totals["frames"] += s.frames
             self.totals["dropped"] += s.dropped
-            log.info("client %d gone (%d frames, %d dropped)", s.id, s.frames, s.dropped)
+            self.note("client %d (%s) gone (%d frames, %d dropped, %d bad messages)", s.id, address, s.frames, s.dropped,
+                      s.errors, loud=s.errors > LOUD_ERRORS)  # fmt: skip
+
+    async def _watch(self, s: Session) -> None:
+        """Close a connection that has not sent start within ``start_timeout_s`` or has sent nothing for ``idle_timeout_s``."""
+        loop = asyncio.get_running_loop()
+        cfg = self.config
+        while not s.closing:
+            now = loop.time()
+            deadlines = []
+            if cfg.start_timeout_s and not s.started:
+                if now >= s.connected + cfg.start_timeout_s:
+                    msg = f"no start within {cfg.start_timeout_s:g} s of connecting"
+                    self._close(s, Refused(1008, "start_timeout", msg))
+                    return
+                deadlines.append(s.connected + cfg.start_timeout_s)
+            if cfg.idle_timeout_s:
+                if now >= s.last_message + cfg.idle_timeout_s:
+                    self._close(s, Refused(1008, "idle_timeout", f"no message for {cfg.idle_timeout_s:g} s"))
+                    return
+                deadlines.append(s.last_message + cfg.idle_timeout_s)
+            if not deadlines:
+                return
+            await asyncio.sleep(max(0.01, min(deadlines) - now))
+
+    async def _throttle(self, s: Session, message) -> None:
+        """Hold a client within ``max_msgs_per_s`` and ``max_bytes_per_s``: wait before handling a message
+        that exceeds them (TCP back-pressure does the rest); tell the client at most every NOTICE_S seconds.
+        A client over the message rate for ``max_flood_s`` without a quarter-second pause is closed (Refused)."""
+        now = asyncio.get_running_loop().time()
+        cfg = self.config
+        wait_messages = s.msg_bucket.take(1, now)
+        wait = max(wait_messages, s.byte_bucket.take(len(message), now))
+        if wait_messages > 0:
+            if s.flooding is None:
+                s.flooding = now
+            elif cfg.max_flood_s and now - s.flooding >= cfg.max_flood_s:
+                raise Refused(1008, "rate_limited", f"over {cfg.max_msgs_per_s:g} messages per second for {cfg.max_flood_s:g} s")
+        elif s.msg_bucket.level >= s.msg_bucket.rate / 4:  # a quarter of a second without messages ends a flood
+            s.flooding = None
+        if wait <= 0:
+            return
+        s.throttled += 1
+        self.totals["throttled"] += 1
+        if now - s.noticed >= NOTICE_S:
+            s.noticed = now
+            msg = f"over {cfg.max_msgs_per_s:g} messages or {cfg.max_bytes_per_s:g} bytes per second: messages are read later"
+            self.note("client %d (%s): rate_limited: %s", s.id, s.address, msg)
+            self._put(s, _Item(_error("rate_limited", msg), error=True))
+        await asyncio.sleep(wait)
+
+    def _bad_message(self, s: Session, e: ProtocolError) -> None:
+        """Log a bad message (the first LOUD_ERRORS of a connection as warnings, the rest at info level)
+        and answer it, or close after ``max_errors`` of them."""
+        s.errors += 1
+        self.totals["errors"] += 1
+        self.note("client %d (%s): %s: %s", s.id, s.address, e.code, e.message, loud=s.errors <= LOUD_ERRORS)
+        if self.config.max_errors and s.errors >= self.config.max_errors:
+            raise Refused(1008, "too_many_errors", f"{s.errors} bad messages (the last: {e.code})")
+        self._put(s, _Item(_error(e.code, e.message), error=True))
 
     async def _on_control(self, s: Session, text: str) -> None:
         try:
             msg = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ProtocolError("bad_json", "control messages must be JSON objects") from None
         if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
             raise ProtocolError("bad_message", 'control messages are JSON objects with a "type"')
@@ -338,12 +809,17 @@ class ListenerServer:
         elif kind == "start":
             if s.streaming:
                 raise ProtocolError("already_started", "a stream is running; send stop first")
-            s.options = check_options(msg, s.options)
+            options = check_options(msg, s.options)
+            if full := self._full():
+                raise Refused(1013, "server_full", full)
+            s.options, s.started = options, True
             self._begin(s)
             self._put(s, _Item(json.dumps(self._ready(s))))
         elif kind == "stop":
             if not s.streaming:
                 raise ProtocolError("not_started", "no stream is running")
+            if s.pending:
+                await self._push(s, s.chunks - 1)
             frames = await self._compute(s, None)
             self._emit(s, frames, chunk=-1)
             s.streaming = False
@@ -354,7 +830,7 @@ class ListenerServer:
                    "compute_ms_p95": float(np.percentile(ms, 95)) if len(ms) else None}  # fmt: skip
             self._put(s, _Item(json.dumps(end, allow_nan=False)))
         else:
-            raise ProtocolError("unknown_type", f"unknown message type {kind!r}; use config, start or stop")
+            raise ProtocolError("unknown_type", f"unknown message type {shown(kind)}; use config, start or stop")
 
     async def _on_audio(self, s: Session, data: bytes) -> None:
         if not s.streaming:
@@ -367,11 +843,20 @@ class ListenerServer:
             )
         if s.first_audio is None:
             s.first_audio = asyncio.get_running_loop().time()
+            s.origin = s.first_audio - len(data) / 2 / SAMPLE_RATE
         chunk = s.chunks
         s.chunks += 1
         s.samples += len(data) // 2
-        frames = await self._compute(s, decode_pcm16(data))
-        self._emit(s, frames, chunk)
+        s.pending.append(data)
+        s.pending_n += len(data) // 2
+        if s.pending_n >= MIN_PUSH:  # smaller messages wait for the next ones (or stop)
+            await self._push(s, chunk)
+
+    async def _push(self, s: Session, chunk: int) -> None:
+        """Run the audio gathered since the last model call; its frames count as completed by ``chunk``."""
+        audio = decode_pcm16(b"".join(s.pending))
+        s.pending, s.pending_n = [], 0
+        self._emit(s, await self._compute(s, audio), chunk)
 
     # ------------------------------------------------------------------ model and robot
 
@@ -380,7 +865,7 @@ class ListenerServer:
         s.streamer = self.listener.streamer(seed=o["seed"], sample=o["sample"], refine=o["refine"])
         s.safety = self._new_safety()
         s.streaming, s.chunks, s.samples, s.frames, s.dropped, s.late, s.held, s.last = True, 0, 0, 0, 0, 0, 0, None
-        s.first_audio = None
+        s.first_audio, s.pending, s.pending_n = None, [], 0
         s.compute_s.clear()
 
     def _new_safety(self):
@@ -392,27 +877,44 @@ class ListenerServer:
         return SafetyLayer(self.profile, rate_hz=self.listener.fps)
 
     def _ready(self, s: Session) -> dict:
-        spec = self.listener.spec
+        spec, cfg = self.listener.spec, self.config
         return {
             "type": "ready", "protocol": PROTOCOL, "session": s.id,
             "sample_rate": SAMPLE_RATE, "encoding": ENCODING, "channels": 1,
             "fps": self.listener.fps, "spec": spec.name, "names": spec.names,
             "window": s.streamer.W, "latency_s": s.streamer.latency_s,
-            "max_chunk_bytes": self.config.max_chunk_bytes, "queue_frames": self.config.queue_frames,
+            "max_chunk_bytes": cfg.max_chunk_bytes, "queue_frames": cfg.queue_frames,
+            "limits": {"max_msgs_per_s": cfg.max_msgs_per_s, "max_bytes_per_s": cfg.max_bytes_per_s,
+                       "max_flood_s": cfg.max_flood_s, "idle_timeout_s": cfg.idle_timeout_s,
+                       "max_errors": cfg.max_errors, "queue_messages": cfg.queue_messages},
             "profile": self.profile.name if self.profile else None,
             "controls": list(self.profile.names) if self.profile else None,
             "options": s.options,
         }  # fmt: skip
 
     async def _compute(self, s: Session, audio: np.ndarray | None):
-        """Push audio (None: flush) through this session's streamer in the thread pool."""
+        """Push audio (None: flush) through this session's streamer on a model thread, in its turn:
+        the turn of a chunk is when its audio ends at real-time pace (AHEAD_GRACE_S early), or now if later."""
         streamer, safety, start = s.streamer, s.safety, s.frames
-        loop = asyncio.get_running_loop()
+        now = asyncio.get_running_loop().time()
+        key = now if audio is None else max(now, s.origin + s.samples / SAMPLE_RATE - AHEAD_GRACE_S)
         t0 = time.perf_counter()
-        frames, controls = await loop.run_in_executor(self.executor, self._run_model, streamer, safety, start, audio)
+        (frames, controls, took), _, ahead = await self.scheduler.run(
+            key, self._timed, streamer, safety, start, audio
+        )  # fmt: skip
+        s.ahead += ahead
         if len(frames):
             s.compute_s.append(time.perf_counter() - t0)
+            self._costs.append(took / len(frames))
+            if not ahead and audio is not None:  # a real-time call (not the flush at stop)
+                self._lags.append((now, s.compute_s[-1]))
         return frames, controls
+
+    def _timed(self, streamer, safety, start: int, audio):
+        """:meth:`_run_model` and the seconds it took on its thread."""
+        t0 = time.perf_counter()
+        frames, controls = self._run_model(streamer, safety, start, audio)
+        return frames, controls, time.perf_counter() - t0
 
     def _run_model(self, streamer, safety, start: int, audio):
         frames = streamer.flush() if audio is None else streamer.push(audio)
@@ -436,23 +938,34 @@ class ListenerServer:
                 s.held += 1
                 log.warning("session %d: non-finite model frame %d replaced by the last frame", s.id, i)
             s.last = f
-            msg = {"type": "frame", "i": i, "t": i / fps, "chunk": chunk, "motion": f.astype(np.float64).tolist()}
+            msg = {"type": "frame", "i": i, "t": i / fps, "chunk": chunk, "motion": f}
             if controls is not None:
-                msg["controls"] = controls[k].tolist()
+                msg["controls"] = controls[k]
             due = origin + self.latency_s + s.options["margin_s"] + i / fps if s.options["pace"] == "realtime" else 0.0
-            self._put(s, _Item(json.dumps(msg), frame=True, due=due))
+            self._put(s, _Item(msg, frame=True, due=due))
         s.frames += len(frames)
 
     # ------------------------------------------------------------------ outgoing queue
 
     def _put(self, s: Session, item: _Item) -> None:
-        """Queue a message; when the client is behind by ``queue_frames`` frames, drop the oldest frame."""
-        if item.frame and sum(x.frame for x in s.queue) >= self.config.queue_frames:
-            for k, x in enumerate(s.queue):
-                if x.frame:
-                    del s.queue[k]
-                    s.dropped += 1
-                    break
+        """Queue a message. Past ``queue_frames`` frames the oldest frame is dropped; past
+        ``queue_messages`` other messages a new error is dropped and anything else raises Refused."""
+        if item.frame:
+            if s.queued_frames >= self.config.queue_frames:
+                for k, x in enumerate(s.queue):
+                    if x.frame:
+                        del s.queue[k]
+                        s.queued_frames -= 1
+                        s.dropped += 1
+                        break
+            s.queued_frames += 1
+        else:
+            if s.queued_other >= self.config.queue_messages:
+                if item.error:
+                    s.errors_dropped += 1
+                    return
+                raise Refused(1008, "not_reading", f"{s.queued_other} messages unread: a client must read its messages")
+            s.queued_other += 1
         s.queue.append(item)
         s.wake.set()
 
@@ -473,15 +986,51 @@ class ListenerServer:
                     if not s.queue or s.queue[0] is not item:  # dropped while waiting
                         continue
                 s.queue.popleft()
-                await ws.send(item.text)
+                if item.frame:
+                    s.queued_frames -= 1
+                else:
+                    s.queued_other -= 1
+                await ws.send(_encode(item.body))
         except asyncio.CancelledError:
             raise
         except Exception:  # the connection is gone; the reader ends the session
             return
 
 
+def _encode(msg: str | dict) -> str:
+    """A queued message as JSON text (a frame's arrays as lists of floats)."""
+    if isinstance(msg, str):
+        return msg
+    msg = dict(msg, motion=msg["motion"].astype(np.float64).tolist())
+    if "controls" in msg:
+        msg["controls"] = msg["controls"].tolist()
+    return json.dumps(msg)
+
+
 def _error(code: str, message: str) -> str:
     return json.dumps({"type": "error", "code": code, "message": message})
+
+
+def _address(remote) -> str:
+    """A peer address as ``host:port`` (``[v6]:port``)."""
+    if isinstance(remote, (tuple, list)) and len(remote) >= 2:
+        host = f"[{remote[0]}]" if ":" in str(remote[0]) else remote[0]
+        return f"{host}:{remote[1]}"
+    return str(remote)
+
+
+async def _wait(task) -> None:
+    if task is not None:
+        await task
+
+
+async def _shut(ws, r: Refused) -> None:
+    """Send the refusal's error, then close with its code; a peer that does not take them within CLOSE_S is cut off."""
+    try:
+        await asyncio.wait_for(ws.send(_error(r.code, r.message)), CLOSE_S)
+        await asyncio.wait_for(ws.close(r.close, r.code), CLOSE_S)
+    except Exception:  # not reading, or gone: drop the connection
+        ws.transport.abort()
 
 
 # ---------------------------------------------------------------- the client
@@ -523,9 +1072,11 @@ class ListenResult:
 
 async def listen_async(
     url: str, audio: np.ndarray, *, realtime: bool = True, chunk_ms: float = 100.0, options: dict | None = None,
-    open_timeout: float = 10.0, on_frame=None,
+    open_timeout: float = 10.0, on_frame=None, token: str | None = None, ssl=None,
 ) -> ListenResult:  # fmt: skip
-    """Stream 16 kHz float ``audio`` to a server (at real-time pace or as fast as possible) and collect frames."""
+    """Stream 16 kHz float ``audio`` to a server (at real-time pace or as fast as possible) and collect frames.
+
+    ``token`` is sent as ``Authorization: Bearer TOKEN``; ``ssl`` is an SSL context for wss:// (default: the system's)."""
     from websockets.asyncio.client import connect
 
     audio = np.asarray(audio, np.float32).reshape(-1)
@@ -536,7 +1087,9 @@ async def listen_async(
     errors: list = []
     state: dict = {}
     loop = asyncio.get_running_loop()
-    async with connect(url, open_timeout=open_timeout, max_size=None) as ws:
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    tls = {"ssl": ssl} if ssl is not None else {}
+    async with connect(url, open_timeout=open_timeout, max_size=None, additional_headers=headers, **tls) as ws:
         await ws.send(json.dumps({"type": "start", **(options or {})}))
         ready = json.loads(await ws.recv())
         if ready.get("type") != "ready":
@@ -610,7 +1163,7 @@ def save_listen(result: ListenResult, out: str | Path, audio: str = "", force: b
     if result.controls is not None:
         extra = {"controls": _hold(result.controls, got), "control_names": np.array(result.ready["controls"])}
     save_npz(
-        out, listener=_hold(result.motion, got)[None], spec=np.array(result.ready["spec"]),
+        out, force=force, listener=_hold(result.motion, got)[None], spec=np.array(result.ready["spec"]),
         fps=np.array(result.ready["fps"]), latency_s=np.where(got, result.latency_s, -1.0), received=got,
         chunk=result.chunk, audio=np.array(str(audio)), **extra,
     )  # fmt: skip

@@ -10,6 +10,8 @@ with one, on a 2-core machine.
 from __future__ import annotations
 
 import contextlib
+import platform
+from pathlib import Path
 
 _controller = None
 
@@ -61,3 +63,15 @@ def set_torch_threads(n: int) -> None:
     if n:
         torch.set_num_threads(n)
 
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; else what ``platform`` knows): benchmarks print
+    it beside every number."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

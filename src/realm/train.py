@@ -35,20 +35,28 @@ import json
 import logging
 import math
 import os
+import random
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
+from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from realm.data.clip import read_meta
 from realm.data.windows import WindowDataset, clip_features
 from realm.errors import check_choices
+from realm.io import write_json
 from realm.metrics import blink_rate, block_columns, event_onsets, fd_delta_per_clip, fd_per_clip
 from realm.models.realm import REALM, REALMConfig, refine_prefix, refine_sequence
 from realm.motion import NormStats
@@ -105,10 +113,12 @@ class TrainConfig:
     energy_blocks: tuple[str, ...] = ("expression", "rotation")  # blocks the energy score scores
     w_energy: float = 1.0  # weight of the energy score (each block's is in RMS units, the rotation's
     #   also times w_rot and the axis weights, as in the MSE)
-    freeze: tuple[str, ...] = ()  # stage 1: REALM modules kept fixed (dotted names, e.g.
-    #   "audio_encoder", "fusion", "decoder.gate"). Ours: a fine-tune that adds the stochastic
-    #   generator to a trained model keeps what it hears and when (the reaction timing lives in
-    #   the encoder, the shifted-ALiBi fusion and the gate) and trains the decoder to spread
+    freeze: tuple[str, ...] = ()  # REALM modules kept fixed (dotted names, e.g. "audio_encoder",
+    #   "fusion", "decoder.gate"; in stage 2 those under "refinement", e.g. "refinement.template").
+    #   Ours: a fine-tune that adds the stochastic generator to a trained model keeps what it hears
+    #   and when (the reaction timing lives in the encoder, the shifted-ALiBi fusion and the gate)
+    #   and trains the decoder to spread; a stage-2 retrain on a new coarse model can keep the
+    #   blink's learned shape and refit when blinks come
     lr_leak: float = 0.005  # learning rate of the rest leak's logits (models with rest_leak). Adam
     #   moves a parameter by about its learning rate a step: 0.005 lets the leak change 10x in
     #   ~460 steps of one sign, where the network's 2e-3 would need ~1000
@@ -123,6 +133,8 @@ class TrainConfig:
     #   "expression" (the authors'): the expression itself
     # runtime
     max_steps: int = -1  # per stage; -1: run the epochs
+    max_minutes: float = 0.0  # > 0: each stage also stops after this much wall-clock training time
+    #   (Lightning's max_time; the best checkpoint so far is exported as usual)
     val_every: int = 0  # validate (and maybe keep a checkpoint) every this many batches; 0: per epoch
     num_workers: int = 0
     accelerator: str = "auto"
@@ -141,6 +153,8 @@ class TrainConfig:
             raise ValueError("mean_rollout is the zero-latent rollout beside the energy score's samples: set coarse_loss='energy'")
         self.energy_blocks = tuple(self.energy_blocks)
         self.freeze = tuple(self.freeze)
+        if self.max_minutes < 0:
+            raise ValueError(f"max_minutes must be >= 0, got {self.max_minutes}")
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -274,13 +288,17 @@ class WholeClips(torch.utils.data.Dataset):
 
 
 @torch.no_grad()
-def init_events(model: REALM, clips: list[CoarseClip]) -> dict[str, float]:
+def init_events(model: REALM, clips: list[CoarseClip], keep: tuple[str, ...] = ()) -> dict[str, float]:
     """Start the fast events where the data puts them: each event's template at its onset-triggered
     average of the residual ``motion - coarse`` (the least-squares filter for sparse onsets) and its
-    hazard at the data's onset rate. Returns the onsets per frame of each event."""
+    hazard at the data's onset rate. ``keep``: modules left as they are (``TrainConfig.freeze``:
+    "refinement.template" keeps an init's template, "refinement.hazard" its hazard). Returns the
+    onsets per frame of each event."""
     ref = model.refinement
     if ref is None or not ref.n_events:
         return {}
+    keep_template = any(n in ("refinement", "refinement.template") for n in keep)
+    keep_hazard = any(n == "refinement" or n.startswith("refinement.hazard") for n in keep)
     k, e = ref.event_k, model.exp
     rates = {}
     for j, name in enumerate(model.events):
@@ -294,10 +312,11 @@ def init_events(model: REALM, clips: list[CoarseClip]) -> dict[str, float]:
                     windows.append(w)
         rate = max(len(windows), 1) / max(frames, 1)
         rates[name] = rate
-        if windows:  # weight[:, j, k - 1 - d] is the template d frames after the onset (on the event's channels)
-            avg = torch.from_numpy(np.mean(windows, axis=0).T[:, ::-1].copy())
+        if windows and not keep_template:  # weight[:, j, k - 1 - d]: the template d frames after the onset
+            avg = torch.from_numpy(np.mean(windows, axis=0).T[:, ::-1].copy())  # (on the event's channels)
             ref.template.weight[:, j, :] = avg * ref.event_mask[:, j]
-        ref.hazard[-1].bias[j] = math.log(rate / (1 - rate))
+        if not keep_hazard:
+            ref.hazard[-1].bias[j] = math.log(rate / (1 - rate))
     return rates
 
 
@@ -313,7 +332,7 @@ def refinement_scores(refined: list[np.ndarray], gt: list[np.ndarray], spec, fps
 
 #: Frame-local speaker features: the encoder needs audio before each window to hear a trigger
 #: tau frames before it (whisper's states already carry context).
-LOCAL_EXTRACTORS = ("logmel", "vico45", "prosody")
+LOCAL_EXTRACTORS = ("logmel", "vico45", "prosody", "pcen", "logmel_norm")
 
 #: Named recipes of ``realm train realm --preset`` (TrainConfig fields, and REALMConfig's
 #: ``audio_context``; explicit options and --set override them). "cpu" is the demo checkpoint's
@@ -496,14 +515,14 @@ class REALMTask(L.LightningModule):
         unused = [self.model.refinement] if stage == 1 else []
         if not self.model.config.use_gate:
             unused.append(self.model.decoder.gate)
-        if stage == 1:
-            for name in self.cfg.freeze:
-                try:
-                    unused.append(self.model.get_submodule(name))
-                except AttributeError:
-                    names = ", ".join(n for n, _ in self.model.named_children())
-                    raise ValueError(f"freeze: REALM has no module {name!r} (top level: {names})") from None
-        for module in unused:
+        frozen = []
+        for name in self.cfg.freeze:
+            try:
+                frozen.append(self.model.get_submodule(name))
+            except AttributeError:
+                names = ", ".join(n for n, _ in self.model.named_children())
+                raise ValueError(f"freeze: REALM has no module {name!r} (top level: {names})") from None
+        for module in unused + (frozen if stage == 1 else []):
             for p in module.parameters() if module is not None else []:
                 p.requires_grad_(False)
         if stage == 2:
@@ -515,6 +534,9 @@ class REALMTask(L.LightningModule):
                 p.requires_grad_(False)
             for p in self.model.refinement.parameters():
                 p.requires_grad_(True)
+            for module in frozen:  # e.g. "refinement.template": a fine-tune keeps the blink's shape
+                for p in module.parameters():
+                    p.requires_grad_(False)
         # stage-2 validation, set by train_realm: motion stats (to score de-normalised clips) and
         # the coarse model's own scores on val (what the selection divides by)
         self.stats: NormStats | None = None
@@ -609,6 +631,11 @@ class REALMTask(L.LightningModule):
         out.update(d_loss=d_loss.detach(), d_on=torch.tensor(float(d_on)), loss=g_loss.detach())
         return out
 
+    def on_train_batch_start(self, batch, batch_idx):
+        # every draw of the step (dropout, latents, the refinement's noise, the discriminator's label
+        # noise) from (seed, stage, epoch, batch): a resumed run draws what an uninterrupted one does
+        seed_all(seed_key(self.cfg.seed, self.stage, self.current_epoch, batch_idx, self.global_rank))
+
     def training_step(self, batch, batch_idx):
         B = len(batch["mask"])
         with cpu_attention(self.device):  # the same maths, faster on a CPU (realm.threads)
@@ -657,6 +684,287 @@ class REALMTask(L.LightningModule):
         groups = [{"params": rest}] + ([{"params": leak, "lr": c.lr_leak, "weight_decay": 0.0}] if leak else [])
         opt = torch.optim.AdamW(groups, lr=c.lr, weight_decay=c.weight_decay)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": warmup_cosine(opt, total, c.warmup), "interval": "step"}}
+
+
+# ---------------------------------------------------------------- resume: exactly where an interrupted run stopped
+#
+# A resumed run equals an uninterrupted one with the same seed (bit for bit on a CPU; tests/test_resume.py):
+# * every random draw of a training step (dropout, the coarse latents, the refinement's noise, the
+#   discriminator's label noise) comes from generators seeded by (seed, stage, epoch, batch), and
+#   each stage starts from its own seed (its initialisation and the stage-2 hand-over do not
+#   depend on what ran before in the process);
+# * the data order and each item's draws (a window's listener realisation) are pure functions of
+#   (seed, stage, epoch, position), and the loader's position is part of every checkpoint, so a
+#   run resumes mid-epoch at the next batch;
+# * checkpoints (model, both stage-2 optimisers, schedulers, loops, the best-model tracker, the
+#   data position) are written only where Lightning resumes exactly: after a validation, or at the
+#   end of a batch that no validation follows; each file atomically (a SIGKILL leaves the last
+#   complete one, never a torn file); ``last.ckpt`` after every validation and at least every
+#   :data:`LAST_EVERY_S` seconds of training;
+# * Ctrl-C (SIGINT) finishes the current batch, saves ``last.ckpt`` and stops with
+#   :class:`TrainingInterrupted`, whose message (also printed) says how to resume.
+
+#: Longest stretch of training a SIGKILL can lose: ``last.ckpt`` is also written at the end of the
+#: first batch after this many seconds without a checkpoint.
+LAST_EVERY_S = 600.0
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on Ctrl-C; the message says where it was saved and how to resume."""
+
+
+class _StopRequested(Exception):
+    """Raised inside ``Trainer.fit`` once the interrupted run is saved (not a KeyboardInterrupt,
+    which Lightning turns into ``sys.exit(1)``)."""
+
+
+def seed_key(*parts: int) -> int:
+    """A 64-bit seed that is a pure function of ``parts`` (non-negative after mod 2^64)."""
+    return int(np.random.SeedSequence([int(p) % (1 << 64) for p in parts]).generate_state(1, np.uint64)[0])
+
+
+def seed_all(key: int) -> None:
+    """Seed torch (CPU and every GPU), numpy's and Python's global generators."""
+    random.seed(key)
+    np.random.seed(key % (1 << 32))
+    torch.manual_seed(key)
+
+
+def _world() -> tuple[int, int]:
+    """(world size, rank) of the process group, (1, 0) without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return 1, 0
+
+
+class _EpochOrder(DistributedSampler):
+    """Shuffled order of epoch ``e``: a pure function of (seed, e), sharded by rank under DDP, from
+    item ``start`` of this rank's share. Yields ``(epoch, index)`` keys (:class:`_Keyed`). A
+    DistributedSampler only so that Lightning keeps it under DDP instead of wrapping it."""
+
+    def __init__(self, n: int, seed: int):  # no process group is needed before iterating
+        self.n, self.seed, self.epoch, self.start, self.shuffle, self.drop_last = n, seed, 0, 0, True, False
+        self.used = (0, 0)  # (epoch, start) of the last order drawn
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / _world()[0])
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.start = epoch, 0
+
+    def __iter__(self):
+        W, rank = _world()
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(seed_key(self.seed, self.epoch))).tolist()
+        total = math.ceil(self.n / W) * W  # padded as DistributedSampler pads: every rank the same share
+        order = (order * math.ceil(total / max(1, self.n)))[:total][rank::W]
+        self.used = (self.epoch, self.start)
+        return iter([(self.epoch, i) for i in order[self.start :]])
+
+
+def _rng_holders(ds) -> list:
+    """The datasets in ``ds``'s chain (``windows``, ``dataset``, ``base`` attributes) that draw from
+    their own ``rng`` (a WindowDataset picking a listener realisation per item)."""
+    out, todo, seen = [], [ds], set()
+    while todo:
+        d = todo.pop()
+        if id(d) in seen:
+            continue
+        seen.add(id(d))
+        if isinstance(getattr(d, "rng", None), np.random.Generator):
+            out.append(d)
+        todo += [getattr(d, a) for a in ("windows", "dataset", "base") if isinstance(getattr(d, a, None), Dataset)]
+    return out
+
+
+class _Keyed(Dataset):
+    """``ds`` read by ``(epoch, i)`` keys: item ``i``, its random draws a pure function of
+    (seed, epoch, i), never of the items read before it (nor of which worker reads it)."""
+
+    def __init__(self, ds, seed: int):
+        self.ds, self.seed, self.holders = ds, seed, _rng_holders(ds)
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, key):
+        epoch, i = key
+        for j, d in enumerate(self.holders):
+            d.rng = np.random.default_rng([self.seed % (1 << 64), epoch, i, j])  # ~15 us an item
+        return self.ds[i]
+
+
+class ResumableLoader(DataLoader):
+    """The shuffling training loader of a resumable run: order and items pure functions of
+    (seed, epoch, position); its state (``{"epoch", "batches"}``: the batches given out in the
+    epoch) is saved with every checkpoint and restored before the first batch of a resumed run."""
+
+    def __init__(self, dataset, seed: int, batch_size: int, drop_last: bool = False, **kw):
+        self.order = _EpochOrder(len(dataset), seed)
+        super().__init__(_Keyed(dataset, seed), batch_size=batch_size, sampler=self.order, drop_last=drop_last, **kw)
+        self.position = (0, 0)  # (epoch, batches given out in it)
+
+    def __iter__(self):
+        first = True
+        for batch in super().__iter__():
+            if first:  # the order this iterator draws from (drawn lazily without workers)
+                epoch, start = self.order.used
+                self.position, first = (epoch, start // self.batch_size), False
+            self.position = (self.position[0], self.position[1] + 1)
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.position[0], "batches": self.position[1]}
+
+    def load_state_dict(self, state: dict) -> None:
+        epoch, batches = int(state["epoch"]), int(state["batches"])
+        if batches >= len(self):  # saved at the end of an epoch: the next one starts
+            epoch, batches = epoch + 1, 0
+        self.order.epoch, self.order.start, self.position = epoch, batches * self.batch_size, (epoch, batches)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, each file written beside its name, synced, then renamed onto
+    it (Lightning's own goes through a temporary file in $TMPDIR, which is a non-atomic copy when
+    that is another file system, and leaves the temporary file behind when killed)."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        from realm.io import atomic_path
+
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _safe_to_save(trainer) -> bool:
+    """Whether a checkpoint written at the end of the current training batch resumes exactly: not
+    when a validation follows the batch (a run resumed from it skips that validation) nor at the
+    end of an epoch (epoch-end work follows)."""
+    loop = trainer.fit_loop.epoch_loop
+    if loop.batch_progress.is_last_batch:
+        return False
+    try:
+        return not loop._should_check_val_fx(trainer.fit_loop._data_fetcher)
+    except AttributeError:  # another Lightning: checkpoints only after validations
+        return False
+
+
+class ResumableCheckpoint(ModelCheckpoint):
+    """``best.ckpt`` (selected on ``monitor``) and a ``last.ckpt`` a run resumes from exactly:
+    written after every validation (Lightning writes it only when the best improves), at least every
+    :data:`LAST_EVERY_S` seconds at the end of a batch, and on Ctrl-C (:meth:`request_stop`) at
+    the end of the current batch, after which training stops. Its state holds the loader's position."""
+
+    def __init__(self, dirpath, monitor: str, loader: ResumableLoader | None = None, label: str = "training",
+                 every_s: float | None = None):  # fmt: skip
+        super().__init__(dirpath=dirpath, filename="best", monitor=monitor, mode="min", save_top_k=1, save_last=True,
+                         enable_version_counter=False)  # fmt: skip
+        self.loader, self.label, self.every_s = loader, label, LAST_EVERY_S if every_s is None else every_s
+        self.interrupted = False
+        self._saved_at = time.monotonic()
+
+    @property
+    def state_key(self) -> str:  # ModelCheckpoint's: runs saved before this class keep their best-model tracker
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    @property
+    def last_path(self) -> str:
+        return os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
+
+    def request_stop(self, signum=None, frame=None) -> None:
+        """SIGINT handler: stop at the end of this batch with a checkpoint; a second one stops at once."""
+        if self.interrupted:
+            raise _StopRequested(f"{self.label} stopped without saving (its last checkpoint is in {self.dirpath})")
+        self.interrupted = True
+        if _world()[1] == 0:
+            print("\ninterrupt: saving a checkpoint at the end of this batch (Ctrl-C again to stop without it)",
+                  file=sys.stderr, flush=True)  # fmt: skip
+
+    def _agree(self, trainer, pl_module, due: bool) -> tuple[bool, bool]:
+        """(stop, save), the same on every rank: any rank's Ctrl-C or clock decides."""
+        stop = self.interrupted
+        if trainer.world_size > 1:
+            t = trainer.strategy.reduce(torch.tensor([float(stop), float(due)], device=pl_module.device), reduce_op="sum")
+            stop, due = bool(t[0] > 0), bool(t[1] > 0)
+        return stop, due
+
+    def _save_last(self, trainer) -> None:
+        self.last_model_path = self.last_path  # part of the state it saves
+        trainer.save_checkpoint(self.last_path, weights_only=False)  # the whole state, optimisers included
+        self._saved_at = time.monotonic()
+
+    def _stop(self, trainer) -> None:
+        batches = trainer.fit_loop.epoch_loop.batch_progress.total.processed
+        raise _StopRequested(f"{self.label} saved after {batches} batches in {self.last_path}")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        stop, due = self._agree(trainer, pl_module, time.monotonic() - self._saved_at >= self.every_s)
+        if (stop or due) and _safe_to_save(trainer):
+            self._save_last(trainer)
+            if stop:
+                self._stop(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        if self._last_global_step_saved != trainer.global_step:  # the best did not improve: last.ckpt not written
+            self._save_last(trainer)
+        self._saved_at = time.monotonic()
+        if self._agree(trainer, pl_module, False)[0]:
+            self._stop(trainer)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), **({"loader": self.loader.state_dict()} if self.loader is not None else {})}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        if self.loader is not None and "loader" in state_dict:  # before the loader's first iterator is made
+            self.loader.load_state_dict(state_dict["loader"])
+
+
+@contextmanager
+def _sigint_to(handler):
+    """Route SIGINT to ``handler`` inside the block (main thread only; restored after)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def resume_hint(out: Path, command: str | None, where: str | None = None) -> str:
+    """One line: where an interrupted run was saved and the command that resumes it."""
+    where = where or f"its last checkpoints are in {Path(out) / 'lightning'}"
+    if command and command.split()[:2] == ["realm", "train"] and "--resume" not in command.split():
+        command += " --resume"
+    how = command or f"the same command with --resume (run directory {out})"
+    return f"interrupted: {where}; resume with: {how}"
+
+
+def keep_csv_log(log_dir: Path) -> None:
+    """Lightning's CSVLogger deletes the ``metrics.csv`` it finds: a resumed run keeps the one before
+    as ``metrics.1.csv`` (``.2``, ...)."""
+    old = Path(log_dir) / "metrics.csv"
+    if old.is_file():
+        n = 1
+        while (old.parent / f"metrics.{n}.csv").exists():
+            n += 1
+        os.replace(old, old.parent / f"metrics.{n}.csv")
+
+
+def _read_state(path: Path) -> dict:
+    """``train_state.json`` of a run, or a one-line error naming it."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); the run's state file is damaged") from None
+
 
 
 # ---------------------------------------------------------------- run directory: export and load
@@ -723,7 +1031,7 @@ def _stage2_data(task: REALMTask, prep: Prepared, cfg: TrainConfig):
     else:
         clips = coarse_rollouts(task.model, prep.train, max_clips=8) if task.model.events else []  # event inits
         train = prep.train
-    rates = init_events(task.model, clips)
+    rates = init_events(task.model, clips, keep=cfg.freeze)
     spec, fps = task.model.spec, task.model.spec.fps
     gt = [prep.stats.invert(c.motion) for c in val]
     rate = blink_rate(gt, spec, fps)
@@ -736,7 +1044,7 @@ def _stage2_data(task: REALMTask, prep: Prepared, cfg: TrainConfig):
 
 
 #: TrainConfig fields a resumed run may change: where it runs, which stages, its step budget.
-RUNTIME_FIELDS = ("num_workers", "accelerator", "devices", "strategy", "num_nodes", "stages", "max_steps")
+RUNTIME_FIELDS = ("num_workers", "accelerator", "devices", "strategy", "num_nodes", "stages", "max_steps", "max_minutes")
 
 
 def _resumed_train_config(cfg: TrainConfig, saved: dict | None) -> TrainConfig:
@@ -764,13 +1072,32 @@ def train_realm(
 
     With ``cfg.init`` the run starts from another run's weights and normalisation: ``stages=(2,)``
     retrains the refinement on that run's coarse model (whose architecture fields are kept).
+    ``resume`` continues the run in ``out`` exactly as if it had not stopped (a SIGKILL anywhere
+    included). Ctrl-C saves the current step and raises :class:`TrainingInterrupted`, after printing
+    one line that says how to resume.
     """
+    try:
+        return _train_realm(cfg, model_cfg, out, resume, progress, command)
+    except (_StopRequested, KeyboardInterrupt) as e:
+        raise _interrupted(out, command, e) from None
+
+
+def _interrupted(out, command: str | None, e: BaseException) -> TrainingInterrupted:
+    """The resume line (printed once, by rank 0) as the exception a Ctrl-C ends training with."""
+    where = e.args[0] if isinstance(e, _StopRequested) and e.args else None
+    msg = resume_hint(Path(out), command, where)
+    if int(os.environ.get("LOCAL_RANK", 0)) + int(os.environ.get("NODE_RANK", 0)) == 0:
+        print(msg, file=sys.stderr, flush=True)
+    return TrainingInterrupted(msg)
+
+
+def _train_realm(cfg: TrainConfig, model_cfg: REALMConfig, out, resume: bool, progress: bool, command: str | None) -> dict:
     out = Path(out)
     launched_rank = int(os.environ.get("LOCAL_RANK", 0)) + int(os.environ.get("NODE_RANK", 0))
     if launched_rank == 0 and out.exists() and any(out.iterdir()) and not resume:  # ranks > 0 join rank 0's run
         raise FileExistsError(f"{out}: run directory exists and is not empty (use --resume to continue it)")
     state_path = out / "train_state.json"
-    state = json.loads(state_path.read_text()) if resume and state_path.exists() else {"done": []}
+    state = _read_state(state_path) if resume and state_path.exists() else {"done": []}
     cfg = _resumed_train_config(cfg, state.get("train"))  # the run's own recipe, not today's defaults
     init_state = init_stats = None
     if cfg.init:
@@ -788,20 +1115,25 @@ def train_realm(
             model_cfg = REALMConfig(**saved)
     state.update({"model": model_cfg.to_dict(), "train": _jsonable(asdict(cfg))})
     loader_kw = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
-    from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.callbacks import RichProgressBar
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     results = {}
-    prev_best = None
+    prev_best = stopped = None
     for stage in cfg.stages:
         if stage == 2 and not model_cfg.use_refinement:
             continue
+        if stopped:  # Ctrl-C in the last batch of the stage before: it finished, the next one waits
+            raise _StopRequested(stopped)
         ckdir = out / "lightning" / f"stage{stage}"
         monitor = "val/loss" if stage == 1 else ("val/select" if cfg.stage2_select == "behaviour" else "val/fd_delta")
         if stage in state["done"]:
             prev_best = state.get(f"best{stage}")
             log.info("stage %d already done (%s)", stage, prev_best)
             continue
+        # each stage from its own seed: its initialisation, the stage-2 hand-over (coarse rollouts)
+        # and data do not depend on what ran before in this process (a resumed run skips that)
+        seed_all(seed_key(cfg.seed, stage))
         task = REALMTask(model_cfg.to_dict(), _jsonable(asdict(cfg)), stage)
         best1 = prev_best or state.get("best1")
         if stage == 2 and best1 is not None:
@@ -816,16 +1148,16 @@ def train_realm(
         else:
             train_ds, val_ds = _stage2_data(task, prep, cfg)
             val_kw = {**loader_kw, "batch_size": 1}  # whole clips of different lengths
-        train_dl = DataLoader(train_ds, shuffle=True, drop_last=len(train_ds) > cfg.batch_size, **loader_kw)
+        train_dl = ResumableLoader(train_ds, seed_key(cfg.seed, stage), drop_last=len(train_ds) > cfg.batch_size, **loader_kw)
         val_dl = DataLoader(val_ds, shuffle=False, **val_kw)
-        ckpt = ModelCheckpoint(
-            dirpath=ckdir, filename="best", monitor=monitor, mode="min", save_top_k=1, save_last=True
-        )
+        ckpt = ResumableCheckpoint(ckdir, monitor, loader=train_dl, label=f"stage {stage}")
         callbacks = [ckpt] + ([RichProgressBar()] if progress else [])
+        keep_csv_log(out / "logs" / f"stage{stage}")  # a resumed run's CSV log goes on beside it
         trainer = L.Trainer(
             max_epochs=cfg.epochs if stage == 1 else cfg.stage2_epochs,
             # stage 2 steps two optimizers per batch: the budget counts batches in both stages
             max_steps=cfg.max_steps * (2 if stage == 2 and cfg.max_steps > 0 else 1),
+            max_time=timedelta(minutes=cfg.max_minutes) if cfg.max_minutes > 0 else None,
             accelerator=cfg.accelerator,
             devices=_devices(cfg.devices),
             # stage 2 is a GAN: each of its two backward passes reaches only one network
@@ -845,11 +1177,14 @@ def train_realm(
                                 else cfg.max_steps if 0 < cfg.max_steps < len(train_dl) else None),  # fmt: skip
             num_sanity_val_steps=0,
             deterministic=False,
+            plugins=[AtomicCheckpointIO()],
         )
         last = ckdir / "last.ckpt"
         t0 = time.time()
-        trainer.fit(task, train_dl, val_dl, ckpt_path=str(last) if resume and last.exists() else None,
-                    weights_only=True)  # our own checkpoints: tensors and plain values, never code
+        with _sigint_to(ckpt.request_stop):
+            trainer.fit(task, train_dl, val_dl, ckpt_path=str(last) if resume and last.exists() else None,
+                        weights_only=True)  # our own checkpoints: tensors and plain values, never code
+        stopped = ckpt.interrupted and f"stage {stage} finished"
         best = ckpt.best_model_path or str(last)
         prev_best = best  # every rank goes on to the next stage; only rank 0 writes
         if trainer.global_rank != 0:
@@ -863,10 +1198,10 @@ def train_realm(
         }  # fmt: skip
         if stage == 2:
             results["stage2"]["coarse_val"] = task.val_reference
+        _export_best(out, best, model_cfg, prep, cfg, stage, results, command)
         state[f"best{stage}"] = best
         state["done"].append(stage)
-        state_path.write_text(json.dumps(state, indent=1))
-        _export_best(out, best, model_cfg, prep, cfg, stage, results, command)
+        write_json(state_path, state)  # atomically, after the export: a stage is done once exported
     return results
 
 

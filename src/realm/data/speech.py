@@ -6,17 +6,24 @@
   smaller or larger vocal tract); emotion prosody changes the phoneme rate (Piper's
   ``length_scale``), the pitch and the energy. A question's last word is synthesised with a
   question mark, so espeak's rising intonation is kept.
+* ``espeak``: the espeak-ng formant synthesiser (its ``espeak-ng`` binary, where installed;
+  :func:`espeak_available`), one of its voices per backend. The randomised speaker channel
+  (:mod:`realm.data.channel`) speaks some clips with it; ``say`` also reads whole sentences
+  (the real-speech benchmark).
 * ``formant``: a tiny numpy source-filter babble (glottal pulse train through formant
   resonators, noise bursts for consonants). Each word has a fixed pseudo-pronunciation
   derived from its spelling, so a word sounds the same every time it is said. Fast; for tests.
 
-Both return float32 audio at 16 kHz, trimmed of silence.
+All return float32 audio at 16 kHz, trimmed of silence.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
+import shutil
+import subprocess
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,6 +108,10 @@ class PiperBackend:
             self._raw[key] = trim_silence(y, self.sr)
         return self._raw[key]
 
+    def say(self, text: str, length_scale: float = 1.0) -> np.ndarray:
+        """A whole sentence (Piper's own prosody and pauses), 16 kHz, trimmed of silence."""
+        return (resample(self._synth(text, length_scale, False), self.sr, SAMPLE_RATE) * 0.5).astype(np.float32)
+
     def word(self, text: str, voice: Voice, prosody: Prosody, rng: np.random.Generator) -> np.ndarray:
         y = self._synth(text, prosody.rate, prosody.rising)
         # Playing the 22.05 kHz waveform as if it had been sampled at sr * factor shifts pitch
@@ -108,6 +119,55 @@ class PiperBackend:
         factor = voice.pitch * prosody.pitch * (1.08 if prosody.accent else 1.0)
         out = resample(y, self.sr * factor, SAMPLE_RATE)
         return (out * 0.5 * prosody.gain).astype(np.float32)
+
+
+def espeak_available() -> bool:
+    """Whether the ``espeak-ng`` binary is on the PATH (the espeak backend needs it)."""
+    return shutil.which("espeak-ng") is not None
+
+
+class EspeakBackend:
+    """Words from the espeak-ng binary with one of its voices (e.g. ``en-us``, ``en-gb+f3``).
+
+    Prosody: ``rate`` scales the duration (espeak's words per minute, 175 / rate), ``pitch`` its
+    base pitch (50 x pitch, 8 % up on an accent), ``gain`` the amplitude; a question's last word is
+    said with a question mark. The same word with the same prosody is the same waveform.
+    """
+
+    name = "espeak"
+    WPM = 175
+
+    def __init__(self, voice: str = "en-us") -> None:
+        self.binary = shutil.which("espeak-ng")
+        if self.binary is None:
+            raise RuntimeError("the espeak speech backend needs the espeak-ng binary (apt install espeak-ng), "
+                               "which is not on the PATH")  # fmt: skip
+        self.voice = voice
+        self._raw: dict[tuple, np.ndarray] = {}
+
+    def _synth(self, text: str, wpm: int, pitch: int) -> np.ndarray:
+        key = (text, wpm, pitch)
+        if key not in self._raw:
+            import soundfile as sf
+
+            cmd = [self.binary, "-v", self.voice, "-s", str(wpm), "-p", str(pitch), "--stdout", text]
+            res = subprocess.run(cmd, capture_output=True, timeout=60, check=False)
+            if res.returncode != 0 or not res.stdout:
+                raise RuntimeError(f"espeak-ng failed on {text!r} (voice {self.voice}): "
+                                   f"{res.stderr.decode(errors='replace').strip()}")  # fmt: skip
+            y, sr = sf.read(io.BytesIO(res.stdout), dtype="float32")
+            y = y.reshape(len(y), -1).mean(1) if y.ndim > 1 else y
+            self._raw[key] = resample(trim_silence(y, sr), sr, SAMPLE_RATE)
+        return self._raw[key]
+
+    def say(self, text: str, rate: float = 1.0, pitch: float = 1.0) -> np.ndarray:
+        """A whole sentence, 16 kHz, trimmed of silence."""
+        return self._synth(text, int(round(self.WPM / rate)), int(np.clip(round(50 * pitch), 0, 99))).copy()
+
+    def word(self, text: str, voice: Voice, prosody: Prosody, rng: np.random.Generator) -> np.ndarray:
+        pitch = prosody.pitch * (1.08 if prosody.accent else 1.0)
+        y = self.say(text + ("?" if prosody.rising else ""), prosody.rate, pitch)
+        return (y * prosody.gain).astype(np.float32)
 
 
 # vowel formants (F1, F2, F3) in Hz for an adult male tract
@@ -162,4 +222,6 @@ def get_backend(name: str):
         return PiperBackend()
     if name == "formant":
         return FormantBackend()
+    if name == "espeak" or name.startswith("espeak:"):
+        return EspeakBackend(name.partition(":")[2] or "en-us")
     raise ValueError(f"unknown speech backend {name!r}; use 'piper' or 'formant'")

@@ -29,6 +29,10 @@ Splits: ``train``/``val``/``test`` share the listener identities and vocabulary;
 ``ood`` has unseen listener identities and positive/negative words never used elsewhere
 (synonyms of training words). Every clip is generated from its own seed
 (``(seed, clip index)``), so datasets are identical for a seed and can be made in parallel.
+
+A randomised speaker channel (:mod:`realm.data.channel`, off by default) varies the voice,
+speaking rate, level, background noise, room, band and codec of each clip's speech; see
+:func:`generate`'s ``channel``.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from realm.audio import SAMPLE_RATE, n_frames, n_samples_for
+from realm.data.channel import ChannelConfig, ClipChannel, apply_after, draw
 from realm.data.clip import Clip, Word, write_clip, write_index
 from realm.data.speech import VOICES, Prosody, Voice, get_backend
 from realm.io import atomic_dir
@@ -242,10 +247,17 @@ def make_phrase(rng: np.random.Generator, vocab_split: str, cfg: SynthConfig) ->
 
 
 def speak(
-    phrases_rng: np.random.Generator, backend, voice: Voice, duration: float, vocab_split: str, cfg: SynthConfig
+    phrases_rng: np.random.Generator, backend, voice: Voice, duration: float, vocab_split: str, cfg: SynthConfig,
+    channel: ClipChannel | None = None,
 ):
-    """Lay out phrases and pauses over ``duration`` s; return audio (16 kHz), words, triggers, phrases."""
+    """Lay out phrases and pauses over ``duration`` s; return audio (16 kHz), words, triggers, phrases.
+
+    ``channel``: the clip's randomised channel; its speaking rate (``speed``: words and the gaps
+    between them 1/speed as long; pauses between phrases kept) and voice act here, word by word,
+    so the words' times are those of the audio.
+    """
     rng = phrases_rng
+    speed = 1.0 if channel is None else channel.speed
     pieces: list[tuple[int, np.ndarray]] = []
     words: list[Word] = []
     triggers: list[dict] = []
@@ -260,16 +272,18 @@ def speak(
         cursor = t
         for i, (w, cat) in enumerate(zip(ph.words, ph.categories, strict=True)):
             pros = Prosody(
-                rate=rate,
+                rate=rate / speed,
                 pitch=pitch,
                 gain=gain * (1.5 if cat == "emphasis" else 1.0),
                 rising=(cat == "question"),
                 accent=(cat == "emphasis"),
             )
             y = backend.word(w, voice, pros, rng)
+            if channel is not None:
+                y = channel.voice(y)
             audio_words.append((cursor, y))
             clip_words.append((cursor, cursor + len(y) / SAMPLE_RATE, w, cat))
-            cursor += len(y) / SAMPLE_RATE + (rng.uniform(0.03, 0.08) if i < len(ph.words) - 1 else 0.0)
+            cursor += len(y) / SAMPLE_RATE + (rng.uniform(0.03, 0.08) / speed if i < len(ph.words) - 1 else 0.0)
         if cursor > duration - 0.3:  # the phrase does not fit: end the conversation with silence
             break
         for start, y in audio_words:
@@ -515,16 +529,30 @@ def _backend(name: str):
     return _BACKENDS[name]
 
 
-def make_clip(index: int, split: str, cfg: SynthConfig) -> tuple[Clip, np.ndarray, dict]:
-    """Generate clip ``index`` (deterministic in (cfg.seed, index)); returns the clip, its audio and extras."""
+def make_clip(
+    index: int, split: str, cfg: SynthConfig, channel: ChannelConfig | None = None
+) -> tuple[Clip, np.ndarray, dict]:
+    """Generate clip ``index`` (deterministic in (cfg.seed, index)); returns the clip, its audio and extras.
+
+    ``channel``: the randomised speaker channel (:mod:`realm.data.channel`); off (None, or all
+    knobs off) leaves the clip exactly as without it. Its voice, espeak-ng and rate knobs act
+    while the words are said (before the motion: the listener reacts to the words' new times);
+    reverb, noise, band, level and codec act on the finished audio only (the speaker's face
+    follows the clean speech). What it drew goes into the event log, key ``channel``.
+    """
     rng = np.random.default_rng([cfg.seed, 0, index])
     ids, ood_ids = identities(cfg)
     ident = (ood_ids if split == "ood" else ids)[int(rng.integers(len(ood_ids if split == "ood" else ids)))]
     voice = VOICES[int(rng.integers(len(VOICES)))]
     duration = float(rng.uniform(*cfg.clip_seconds))
-    audio, words, triggers, phrases, T = speak(
-        rng, _backend(cfg.backend), voice, duration, "ood" if split == "ood" else "train", cfg
-    )
+    vocab_split = "ood" if split == "ood" else "train"
+    ch = draw(channel, cfg.seed, index) if channel is not None and channel.active() else None
+    backend = _backend(cfg.backend)
+    speaker_id = voice.name
+    if ch is not None and ch.espeak_voice is not None:
+        backend = _backend(f"espeak:{ch.espeak_voice}")
+        speaker_id = f"espeak:{ch.espeak_voice}"
+    audio, words, triggers, phrases, T = speak(rng, backend, voice, duration, vocab_split, cfg, channel=ch)
     speaker = speaker_motion(rng, audio, T, triggers, phrases)
     samples, logs = [], []
     for k in range(cfg.listener_samples):
@@ -534,6 +562,13 @@ def make_clip(index: int, split: str, cfg: SynthConfig) -> tuple[Clip, np.ndarra
         logs.append(reactions)
     emotions = [p["emotion"] for p in phrases]
     dominant = max(("positive", "negative", "neutral"), key=emotions.count) if emotions else "neutral"
+    events = {
+        "tau": ident.tau, "fps": FPS, "triggers": triggers, "reactions": logs[0],
+        "reactions_per_sample": logs, "phrases": phrases,
+    }  # fmt: skip
+    if ch is not None:  # after the motion: the audio changes, nothing moves in time
+        audio = apply_after(audio, ch, talker=lambda r, n: _talker(r, n, cfg, vocab_split))
+        events["channel"] = ch.record()
     clip = Clip(
         clip_id=f"{split}_{index:05d}",
         split=split,
@@ -542,24 +577,27 @@ def make_clip(index: int, split: str, cfg: SynthConfig) -> tuple[Clip, np.ndarra
         fps=FPS,
         speaker=speaker,
         speaker_spec="arkit58",
-        speaker_id=voice.name,
+        speaker_id=speaker_id,
         listener_id=ident.listener_id,
         emotion=dominant,
         words=words,
-        events={
-            "tau": ident.tau, "fps": FPS, "triggers": triggers, "reactions": logs[0],
-            "reactions_per_sample": logs, "phrases": phrases,
-        },  # fmt: skip
+        events=events,
         listener_samples=np.stack(samples),
     )
     return clip, audio, {"identity": asdict(ident)}
 
 
+def _talker(rng: np.random.Generator, n: int, cfg: SynthConfig, vocab_split: str) -> np.ndarray:
+    """``n`` samples of another conversation (a random voice of the dataset's backend): babble."""
+    voice = VOICES[int(rng.integers(len(VOICES)))]
+    return speak(rng, _backend(cfg.backend), voice, n / SAMPLE_RATE + 0.5, vocab_split, cfg)[0][:n]
+
+
 def _make_and_write(args) -> dict:
-    index, split, cfg, root = args
+    index, split, cfg, root, channel = args
     import soundfile as sf
 
-    clip, audio, _ = make_clip(index, split, cfg)
+    clip, audio, _ = make_clip(index, split, cfg, channel=channel)
     apath = Path(root) / "audio" / f"{clip.clip_id}.wav"
     apath.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(apath), audio, SAMPLE_RATE, subtype="PCM_16")
@@ -576,13 +614,22 @@ class SynthResult:
 
 
 def generate(
-    cfg: SynthConfig, out: str | Path, force: bool = False, progress: Callable[[int, int], None] | None = None
+    cfg: SynthConfig, out: str | Path, force: bool = False, progress: Callable[[int, int], None] | None = None,
+    channel: ChannelConfig | None = None,
 ) -> SynthResult:
-    """Write a synthetic dataset to ``out`` in our layout. Nothing is left behind if it fails."""
+    """Write a synthetic dataset to ``out`` in our layout. Nothing is left behind if it fails.
+
+    ``channel``: the randomised speaker channel (:class:`realm.data.channel.ChannelConfig`); when
+    any knob is on, ``meta.json``'s ``config`` gets a ``channel`` entry with its settings (a dataset
+    without it has the clean channel and is bit-identical to one made before the channel existed).
+    """
     out = Path(out)
     plan = split_plan(cfg)
+    channel = channel if channel is not None and channel.active() else None
+    if channel is not None:
+        channel.check_installed()
     with atomic_dir(out, force=force) as tmp:
-        jobs = [(i, split, cfg, tmp) for i, split in enumerate(plan)]
+        jobs = [(i, split, cfg, tmp, channel) for i, split in enumerate(plan)]
         rows: list[dict] = []
         workers = max(1, min(cfg.workers, os.cpu_count() or 1, len(jobs)))
         if workers == 1:
@@ -601,8 +648,11 @@ def generate(
         train = [load_clip(tmp, r).samples().reshape(-1, SPEC.dim) for r in rows if r["split"] == "train"]
         NormStats.fit(train, spec="arkit58").save(tmp / "stats.npz")
         ids, ood = identities(cfg)
+        config = asdict(cfg)
+        if channel is not None:
+            config["channel"] = asdict(channel)
         meta = {
-            "generator": "realm.data.synth", "config": asdict(cfg), "spec": "arkit58", "fps": FPS,
+            "generator": "realm.data.synth", "config": config, "spec": "arkit58", "fps": FPS,
             "sample_rate": SAMPLE_RATE, "identities": [asdict(i) for i in ids + ood],
             "vocabulary": {"positive": VOCAB["positive"], "negative": VOCAB["negative"]},
         }  # fmt: skip

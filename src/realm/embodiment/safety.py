@@ -3,11 +3,16 @@
 :class:`SafetyLayer` runs frame by frame (``step(frame, t)``, once per control period) or on
 a whole trajectory (:func:`make_safe`). Per step:
 
+0. **Clock.** The layer keeps its own time: each step counts one period ``dt``, or the
+   caller's ``t`` minus its previous ``t`` when that is finite and longer (steps were missed),
+   at most ``max_gap``. A NaN, infinite, repeated, backward or barely moving ``t`` counts one
+   period, so no clock can hold off the timeout or the ramp, or make them non-finite.
 1. **Sanitise.** Non-finite entries hold the last good value of their control; huge values
    are clipped to the control's limits. ``None`` means no frame arrived this period.
 2. **Timeout.** When no complete, finite frame has arrived for ``timeout_s``, the target
    becomes the neutral pose (reached at the rate limits below); control ramps in again when
-   frames come back.
+   frames come back. Whatever the clock says, the fall-back begins within
+   ``timeout_s * rate_hz + 2`` steps of the last good frame.
 3. **One-Euro filter** (Casiez, Roussel and Vogel, "1 Euro Filter: A Simple Speed-based
    Low-pass Filter for Noisy Input in Interactive Systems", CHI 2012): an exponential
    smoother whose cutoff grows with speed, ``fc = min_cutoff + beta * |dx/dt|``, with the
@@ -29,16 +34,20 @@ position inside ``[lo, hi]``; ``|dx|/dt <= max_vel``; ``|d2x|/dt^2 <= max_acc`` 
 step starts from rest at neutral). Jerk is not hard-limited; the filter keeps it low.
 Coupled limits hold for the *target*; the output follows it at the rate limits, so during a
 fast jaw move a lip control can be outside its jaw-dependent range for the few periods it
-needs to catch up (the box limits still hold on every step).
+needs to catch up (the box limits still hold on every step). These hold for every profile that
+:func:`~realm.embodiment.profile.load_profile` accepts, at every rate the layer accepts (the
+layer refuses a rate at which a control's limits are too fine to resolve,
+:func:`~realm.embodiment.profile.rate_problem`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from realm.embodiment.profile import RobotProfile, load_profile
+from realm.embodiment.profile import RATE_RANGE, RobotProfile, load_profile, rate_problem
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,14 @@ class OneEuroParams:
     beta_face: float = 1.0  # Hz per (norm/s): +2 Hz cutoff at 2 /s
     d_cutoff: float = 1.0  # Hz, the paper's value for the derivative
     enabled: bool = True
+
+    def __post_init__(self):
+        for name in ("min_cutoff", "beta_joint", "beta_face", "d_cutoff"):
+            v = getattr(self, name)
+            positive = name.endswith("cutoff")  # a zero cutoff would freeze the filter
+            if not (math.isfinite(v) and (v > 0 if positive else v >= 0)):
+                bound = "> 0" if positive else ">= 0"
+                raise ValueError(f"OneEuroParams.{name} must be finite and {bound}, got {v}")
 
 
 def _alpha(cutoff: np.ndarray | float, dt: float) -> np.ndarray:
@@ -113,13 +130,18 @@ class SafetyLayer:
         timeout_s: float = 0.5,
     ):
         self.profile = load_profile(profile)
-        self.rate_hz = float(rate_hz or self.profile.rate_hz)
-        if not np.isfinite(self.rate_hz) or self.rate_hz <= 0:
-            raise ValueError(f"rate must be > 0 Hz, got {rate_hz}")
-        if ramp_s < 0 or timeout_s <= 0:
-            raise ValueError("ramp_s must be >= 0 and timeout_s > 0")
+        self.rate_hz = float(self.profile.rate_hz if rate_hz is None else rate_hz)
+        if not RATE_RANGE[0] <= self.rate_hz <= RATE_RANGE[1]:
+            raise ValueError(f"rate must be in [{RATE_RANGE[0]:g}, {RATE_RANGE[1]:g}] Hz, got {rate_hz}")
+        for c in self.profile.controls:
+            if problem := rate_problem(c, self.rate_hz):
+                raise ValueError(f"profile {self.profile.name}, control {c.name!r}: {problem}")
+        if not (0 <= ramp_s < math.inf and 0 < timeout_s < math.inf):
+            raise ValueError(f"need 0 <= ramp_s < inf and 0 < timeout_s < inf, got {ramp_s}, {timeout_s}")
         self.dt = 1.0 / self.rate_hz
         self.ramp_s, self.timeout_s = float(ramp_s), float(timeout_s)
+        # a longer gap acts the same (timed out, ramp complete); capping keeps the time sums finite
+        self.max_gap = 2.0 * (self.timeout_s + self.ramp_s)
         self.lo, self.hi = self.profile.lo_hi()
         self.neutral = self.profile.neutral_vector()
         self.vmax = self.profile.max_vel_vector()
@@ -133,19 +155,38 @@ class SafetyLayer:
         self.x = self.neutral.copy()
         self.step_prev = np.zeros_like(self.x)  # last output step (position change per period)
         self.hold = self.neutral.copy()  # last good value of each control
-        self.last_good_t: float | None = None
-        self.ramp_start: float | None = None
-        self.t_start: float | None = None
+        self.since_good = 0.0  # layer time (s) since the last complete, finite frame (or the start)
+        self.ramp_age: float | None = None  # layer time (s) since the ramp-in began; None: no frame yet
         self.timed_out = False
-        self._k = 0
+        self._t_prev: float | None = None  # the caller's last finite time
+        self._started = False
         self.filter.reset()
+
+    def _elapsed(self, t: float | None) -> float:
+        """Seconds this period counts for on the layer's own clock (0 for the first step).
+
+        One period ``dt``, or the caller's gap since its previous finite ``t`` when that is
+        longer (steps were missed), capped at ``max_gap``. A non-finite, repeated, backward or
+        barely moving ``t`` (or ``None``) counts one period.
+        """
+        prev = self._t_prev
+        finite = t is not None and math.isfinite(t)
+        if finite:
+            self._t_prev = t
+        if not self._started:
+            self._started = True
+            return 0.0
+        gap = t - prev if finite and prev is not None else self.dt
+        return min(max(gap, self.dt), self.max_gap)
 
     # ------------------------------------------------------------------ one period
 
-    def target(self, frame: np.ndarray | None, t: float) -> np.ndarray:
-        """The clamped, filtered, ramped target for this period (updates the layer's state)."""
-        if self.t_start is None:
-            self.t_start = t
+    def target(self, frame: np.ndarray | None, t: float | None) -> np.ndarray:
+        """The clamped, filtered, ramped target for this period (updates the layer's state and clock)."""
+        dt = self._elapsed(t)
+        self.since_good = min(self.since_good + dt, self.max_gap)
+        if self.ramp_age is not None:
+            self.ramp_age = min(self.ramp_age + dt, self.max_gap)
         if frame is not None:
             f = np.asarray(frame, dtype=np.float64).reshape(-1)
             if f.shape != self.x.shape:
@@ -155,33 +196,34 @@ class SafetyLayer:
             good = np.isfinite(f)
             self.hold = np.where(good, np.clip(np.where(good, f, 0.0), self.lo, self.hi), self.hold)
             if good.all():
-                self.last_good_t = t
-                if self.timed_out or self.ramp_start is None:
-                    self.ramp_start, self.timed_out = t, False
-        since = t - (self.last_good_t if self.last_good_t is not None else self.t_start)
-        if self.timed_out or since > self.timeout_s:
+                self.since_good = 0.0
+                if self.timed_out or self.ramp_age is None:
+                    self.ramp_age, self.timed_out = 0.0, False
+        if self.timed_out or self.since_good > self.timeout_s:
             if not self.timed_out:
                 self.timed_out = True
                 self.filter.reset()
             self.hold = self.neutral.copy()
             return self.neutral.copy()
         u = self.filter(self.hold, self.dt)
-        if self.ramp_start is None:  # no complete frame yet: stay at neutral
+        if self.ramp_age is None:  # no complete frame yet: stay at neutral
             r = 0.0
         elif self.ramp_s == 0:
             r = 1.0
         else:
-            s = min(max((t - self.ramp_start) / self.ramp_s, 0.0), 1.0)
+            s = min(self.ramp_age / self.ramp_s, 1.0)
             r = s * s * (3 - 2 * s)
         u = self.neutral + r * (u - self.neutral)
         return self.profile.apply_coupled(u)
 
     def step(self, frame: np.ndarray | None, t: float | None = None) -> np.ndarray:
-        """Take this period's frame (n,) (or ``None``: nothing arrived) and return the safe command."""
-        if t is None:  # no clock given: one period after the previous step
-            t = self._k * self.dt
-        self._k += 1
-        u = self.target(frame, float(t))
+        """Take this period's frame (n,) (or ``None``: nothing arrived) and return the safe command.
+
+        ``t`` is the caller's time (s) or ``None`` (one period after the previous step); it only
+        has to be right when steps were missed (see the clock, above).
+        """
+        u = self.target(frame, None if t is None else float(t))
+        u = np.where(np.isfinite(u), u, self.x)  # defence in depth: never follow a non-finite target
         return self._limit(u)
 
     def _limit(self, u: np.ndarray) -> np.ndarray:

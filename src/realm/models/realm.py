@@ -804,7 +804,7 @@ class RefineStream:
         else:
             m, a = torch.cat([self.ctx[0], coarse], dim=1), torch.cat([self.ctx[1], audio], dim=1)
         c = m.shape[1] - n  # context frames in front
-        out = self.model.refine(m, a, self.noise(self.done - c, self.done + n))[:, c:]
+        out = self.model.refine(m, a, self.noise(self.done - c, self.done + n).to(m.device))[:, c:]
         self.ctx = (m[:, -self.R :], a[:, -self.R :]) if self.R > 0 else (m[:, :0], a[:, :0])
         self.done += n
         return out
@@ -825,7 +825,7 @@ def refine_sequence(model: REALM, coarse: torch.Tensor, audio: torch.Tensor, see
         rs = RefineStream(model, seed, sample)
         return torch.cat([rs.push(coarse[:, a : a + chunk], audio[:, a : a + chunk]) for a in range(0, T, chunk)], dim=1)
     noise, L = SequenceNoise(model.refinement.noise_dim, seed, sample), model.config.refine_chunk
-    return torch.cat([model.refine(coarse[:, a : a + L], audio[:, a : a + L], noise(a, min(T, a + L)))
+    return torch.cat([model.refine(coarse[:, a : a + L], audio[:, a : a + L], noise(a, min(T, a + L)).to(coarse.device))
                       for a in range(0, T, L)], dim=1)  # fmt: skip
 
 

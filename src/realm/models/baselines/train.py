@@ -27,10 +27,24 @@ from torch.utils.data import DataLoader
 
 from realm.data.clip import read_meta
 from realm.errors import RealmInputError
+from realm.io import write_json
 from realm.models.baselines import MODELS
 from realm.models.baselines.base import Baseline, export
 from realm.threads import cpu_attention
-from realm.train import TrainConfig, prepare_data
+from realm.train import (
+    AtomicCheckpointIO,
+    ResumableCheckpoint,
+    ResumableLoader,
+    TrainConfig,
+    _interrupted,
+    _read_state,
+    _sigint_to,
+    _StopRequested,
+    keep_csv_log,
+    prepare_data,
+    seed_all,
+    seed_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +97,10 @@ class BaselineTask(L.LightningModule):
         total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
         return self.global_step / max(1, total)
 
+    def on_train_batch_start(self, batch, batch_idx):
+        # the step's random draws from (seed, epoch, batch): a resumed run draws what an uninterrupted one does
+        seed_all(seed_key(self.cfg.seed, 0, self.current_epoch, batch_idx, self.global_rank))
+
     def training_step(self, batch, batch_idx):
         with cpu_attention(self.device):  # the same maths, faster on a CPU (realm.threads)
             out = self.model.loss(batch, progress=self._progress())
@@ -133,7 +151,7 @@ def train_baseline(
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     prep = prepare_data(cfg)
     if resume and (out / "train_state.json").exists():
-        saved = json.loads((out / "train_state.json").read_text()).get("model")
+        saved = _read_state(out / "train_state.json").get("model")
         if saved and model_cfg and any(saved.get(k) != v for k, v in model_cfg.items()):
             log.warning("resuming with the saved model config (command-line model options ignored)")
         model_cfg = saved or model_cfg
@@ -148,21 +166,26 @@ def train_baseline(
         results = {"fit": {"seconds": round(time.time() - t0, 1), "train_clips": len(prep.train.clips)}}
         export(out, model.eval(), prep.stats, prep.feature_stats, cfg.extractor, {**extra, "results": results})
         return results
-    (out / "train_state.json").write_text(json.dumps({"model": model.config.to_dict(), "train": extra["train"]}, indent=1))
-    return _fit_neural(name, model, prep, cfg, out, resume, progress, extra, t0)
+    write_json(out / "train_state.json", {"model": model.config.to_dict(), "train": extra["train"]})
+    try:
+        return _fit_neural(name, model, prep, cfg, out, resume, progress, extra, t0)
+    except (_StopRequested, KeyboardInterrupt) as e:  # Ctrl-C: saved; say how to resume
+        raise _interrupted(out, command, e) from None
 
 
 def _fit_neural(name, model, prep, cfg, out, resume, progress, extra, t0) -> dict:
-    from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.callbacks import RichProgressBar
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     loader_kw = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
     train_ds, val_ds = model.wrap_dataset(prep.train), model.wrap_dataset(prep.val)
-    train_dl = DataLoader(train_ds, shuffle=True, drop_last=len(train_ds) > cfg.batch_size, **loader_kw)
+    # order and items pure functions of (seed, epoch, position), resumable mid-epoch (realm.train)
+    train_dl = ResumableLoader(train_ds, seed_key(cfg.seed, 0), drop_last=len(train_ds) > cfg.batch_size, **loader_kw)
     val_dl = DataLoader(val_ds, shuffle=False, **loader_kw)
     task = BaselineTask(name, model.config.to_dict(), _jsonable(asdict(cfg)), model=model)  # with what fit_data set
     ckdir = out / "lightning"
-    ckpt = ModelCheckpoint(dirpath=ckdir, filename="best", monitor="val/loss", mode="min", save_top_k=1, save_last=True)
+    ckpt = ResumableCheckpoint(ckdir, "val/loss", loader=train_dl, label=name)
+    keep_csv_log(out / "logs" / name)  # a resumed run's CSV log goes on beside it
     from realm.train import _devices
 
     trainer = L.Trainer(
@@ -184,10 +207,12 @@ def _fit_neural(name, model, prep, cfg, out, resume, progress, extra, t0) -> dic
         log_every_n_steps=max(1, min(50, len(train_dl))),
         val_check_interval=cfg.max_steps if 0 < cfg.max_steps < len(train_dl) else None,  # a short budget still validates
         num_sanity_val_steps=0,
+        plugins=[AtomicCheckpointIO()],  # every checkpoint file atomic
     )
     last = ckdir / "last.ckpt"
-    trainer.fit(task, train_dl, val_dl, ckpt_path=str(last) if resume and last.exists() else None,
-                weights_only=True)  # our own checkpoints: tensors and plain values, never code
+    with _sigint_to(ckpt.request_stop):  # Ctrl-C: finish the batch, save, stop
+        trainer.fit(task, train_dl, val_dl, ckpt_path=str(last) if resume and last.exists() else None,
+                    weights_only=True)  # our own checkpoints: tensors and plain values, never code
     best = ckpt.best_model_path or str(last)
     score = ckpt.best_model_score
     results = {
