@@ -120,7 +120,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-clips", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None, help="Also write the results as JSON here.")
+    ap.add_argument("--force", action="store_true", help="Replace an existing output file.")
     args = ap.parse_args(argv)
+    from realm.io import refuse_output
+
+    refuse_output(ap, args.json, args.force)
     models = {}
     for item in args.model:
         name, sep, path = item.partition("=")
@@ -135,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         from realm.io import write_json
 
-        write_json(args.json, result)
+        write_json(args.json, result, force=args.force)
 
 
 if __name__ == "__main__":

@@ -156,7 +156,11 @@ def main() -> None:
     ap.add_argument("--attackers", default=",".join(ATTACKERS), help=f"those of --hostile, from {','.join(ATTACKERS)}")
     ap.add_argument("--attack", default=None, help=argparse.SUPPRESS)  # internal: the attacking process
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--force", action="store_true", help="Replace an existing output file.")
     args = ap.parse_args()
+    from realm.io import refuse_output
+
+    refuse_output(ap, args.json, args.force)
     if args.attack:
         print(json.dumps(asyncio.run(attack(args.attack, args.seconds, args.attackers.split(",")))), flush=True)
         return
@@ -187,7 +191,9 @@ def main() -> None:
         out["server_totals"] = server.stop()
     print(f"\nserver: {out['server_totals']}")
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1))
+        from realm.io import write_json
+
+        write_json(args.json, out, force=args.force)
 
 
 def levels_run(server: Server, audio, levels, args, rng, base: float) -> dict:

@@ -131,7 +131,11 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="also print the top operators of a REALM stage-1 step")
     ap.add_argument("--json", default="", help="also write the numbers here")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # --against's subprocess
+    ap.add_argument("--force", action="store_true", help="Replace an existing output file.")
     args = ap.parse_args()
+    from realm.io import refuse_output
+
+    refuse_output(ap, args.json, args.force)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if unknown := [v for v in variants if v not in VARIANTS]:
         ap.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
@@ -172,7 +176,9 @@ def main() -> None:
             cells = [f"{frames / r[c]:,.0f} ({r[c]:.3f} s, {base / r[c]:.2f}x)" for c in cols]
             print(f"| {r['threads']} | " + " | ".join(cells) + " |")
         if args.json:
-            Path(args.json).write_text(json.dumps({"machine": machine, "against": args.against, "rows": rows}, indent=1))
+            from realm.io import write_json
+
+            write_json(args.json, {"machine": machine, "against": args.against, "rows": rows}, force=args.force)
         if args.profile:
             torch.set_num_threads(int(args.threads.split(",")[0]))
             tcfg, mcfg = configs(data, args.batch_size, args.clip_len, args.accelerator, variants[0])

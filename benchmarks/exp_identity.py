@@ -21,10 +21,8 @@ Prints a Markdown table and the command; ``--out`` writes the numbers as JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -73,7 +71,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--split", default="test")
     ap.add_argument("--max-clips", type=int, default=0)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--force", action="store_true", help="Replace an existing output file.")
     a = ap.parse_args(argv)
+    from realm.io import refuse_output
+
+    refuse_output(ap, a.out, a.force)
     import realm
     from realm.data import load_any
 
@@ -134,7 +136,9 @@ def main(argv=None) -> dict:
         print(f"| {k} | {v:.4f} |")
     print(f"\ncommand: {results['command']}")
     if a.out:
-        Path(a.out).write_text(json.dumps(results, indent=1))
+        from realm.io import write_json
+
+        write_json(a.out, results, force=a.force)
     return results
 
 

@@ -30,7 +30,6 @@ lightly smoothed above 0.1 x its 95th percentile is speech (the rule of
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shlex
@@ -176,7 +175,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--seconds", type=float, default=40.0, help="length of the Piper passage")
     ap.add_argument("--no-piper", action="store_true", help="formant babble instead of Piper")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--force", action="store_true", help="Replace an existing output file.")
     args = ap.parse_args(argv)
+    from realm.io import refuse_output
+
+    refuse_output(ap, args.json, args.force)
 
     from realm.audio import get_extractor, load_audio
 
@@ -204,7 +207,9 @@ def main(argv=None) -> dict:
         print(table(inp, res))
     print(f"\n# {time.perf_counter() - t0:.1f} s")
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine(), "results": results}, indent=1))
+        from realm.io import write_json
+
+        write_json(args.json, {"machine": machine(), "results": results}, force=args.force)
     return results
 
 

@@ -37,7 +37,6 @@ third under 0.1 on every input.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
@@ -276,7 +275,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--sweep-on", choices=("piper", "jfk"), default="piper")
     ap.add_argument("--threads", type=int, default=1, help="torch and BLAS threads.")
     ap.add_argument("--json", default=None, help="Also write the rows and targets here.")
+    ap.add_argument("--force", action="store_true", help="Replace an existing output file.")
     args = ap.parse_args(argv)
+    from realm.io import refuse_output
+
+    refuse_output(ap, args.json, args.force)
 
     import torch
 
@@ -312,7 +315,9 @@ def main(argv=None) -> dict:
               "checkpoint": args.checkpoint, "ground_truth": source, "samples": args.samples, "seconds": args.seconds,
               "rows": rows, "targets": goals}  # fmt: skip
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
+        from realm.io import write_json
+
+        write_json(args.json, result, force=args.force)
     return result
 
 

@@ -136,3 +136,19 @@ def test_atomic_dir_allow_empty_replaces_an_empty_directory_only_while_it_stays_
             (again / "mine.txt").write_text("a user's file, put there meanwhile")
     assert [p.name for p in again.iterdir()] == ["mine.txt"]
     assert not list(tmp_path.glob(".again.*"))  # no temporary left
+
+
+def test_a_script_refuses_an_existing_output_in_one_line_unless_forced(tmp_path, capsys):
+    import argparse
+
+    from realm.io import refuse_output
+
+    out = tmp_path / "numbers.json"
+    out.write_text("{}")
+    ap = argparse.ArgumentParser(prog="bench")
+    with pytest.raises(SystemExit) as e:
+        refuse_output(ap, out, force=False)
+    assert e.value.code == 2 and f"bench: error: {out}: exists (use --force to overwrite)" in capsys.readouterr().err
+    refuse_output(ap, out, force=True)  # forced: no error
+    refuse_output(ap, tmp_path / "new.json", force=False)  # a new file: no error
+    refuse_output(ap, None, force=False)  # no output asked for

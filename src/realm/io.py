@@ -36,6 +36,16 @@ def refuse_existing(path: str | Path) -> None:
         raise FileExistsError(f"{path}: exists (use --force to overwrite)")
 
 
+
+def refuse_output(parser, path, force: bool) -> None:
+    """For a script's argparse ``parser``: a one-line usage error (exit 2) when the output
+    ``path`` exists and ``force`` is off, checked before the work (the write checks again)."""
+    if path and not force:
+        try:
+            refuse_existing(path)
+        except FileExistsError as e:
+            parser.error(str(e))
+
 @contextmanager
 def atomic_path(path: str | Path, force: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; it becomes ``path`` only if the block succeeds.
