@@ -192,7 +192,7 @@ def main(argv=None) -> dict:
     inputs[f"{name} passage {args.seconds:g} s"] = y
     extractors = [get_extractor(e) for e in args.extractors.split(",")]
     for ex in extractors:
-        la = ex.context if ex.lookahead is None else ex.lookahead
+        la = ex.ahead
         print(f"# {ex.name}: dim {ex.dim}, context {ex.context} samples ({ex.context / SR * 1000:.0f} ms), "
               f"lookahead {la} samples ({la / SR * 1000:.0f} ms), key {ex.key()}")  # fmt: skip
     results = {}

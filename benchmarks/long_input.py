@@ -42,13 +42,12 @@ def make_input(name: str, seconds: float, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     if name == "silence":
         return np.zeros(n, np.float32)
-    if name in ("pink", "white"):
+    if name == "pink":
+        from realm.data.channel import pink_noise
+
+        return (0.05 * pink_noise(n, rng)).astype(np.float32)
+    if name == "white":
         w = rng.standard_normal(n)
-        if name == "pink":  # 1/f power: scale the spectrum by 1/sqrt(f)
-            f = np.fft.rfft(w)
-            k = np.arange(len(f), dtype=np.float64)
-            k[0] = 1.0
-            w = np.fft.irfft(f / np.sqrt(k), n)
         return (0.05 * w / w.std()).astype(np.float32)
     if name == "tones":
         out, t = np.zeros(n, np.float32), 0

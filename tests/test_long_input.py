@@ -7,20 +7,12 @@ import numpy as np
 import pytest
 
 import realm
+from realm.data.channel import pink_noise
 from realm.metrics import out_of_range, rest_drift
 from realm.motion import HEAD_PITCH_YAW, HEAD_ROLL
 
 CKPT = Path(__file__).resolve().parents[1] / "checkpoints" / "realm-demo"
 MINUTES = 10
-
-
-def pink(n: int, seed: int = 0) -> np.ndarray:
-    w = np.random.default_rng(seed).standard_normal(n)
-    f = np.fft.rfft(w)
-    k = np.arange(len(f), dtype=np.float64)
-    k[0] = 1.0
-    x = np.fft.irfft(f / np.sqrt(k), n)
-    return (0.05 * x / x.std()).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +28,7 @@ def listener():
 @pytest.mark.parametrize("kind", ["silence", "pink"])
 def test_ten_minutes_stay_in_the_datas_range_without_a_trend(listener, kind):
     n = MINUTES * 60 * 16000
-    y = np.zeros(n, np.float32) if kind == "silence" else pink(n)
+    y = np.zeros(n, np.float32) if kind == "silence" else (0.05 * pink_noise(n, np.random.default_rng(0))).astype(np.float32)
     m = listener.generate(y, seed=0, clamp=False)[0]  # the model's own output, not the clamp's
     spec, st = listener.spec, listener.stats
     assert np.isfinite(m).all()

@@ -191,6 +191,12 @@ class Extractor:
     lookahead = None
     fps: float = FPS
 
+    @property
+    def ahead(self) -> int | None:
+        """Samples after a frame's interval that its features depend on: ``lookahead``, else
+        ``context`` (what a streamer waits for, and a block reader reads past a block)."""
+        return self.context if self.lookahead is None else self.lookahead
+
     def config(self) -> dict:
         return {"name": self.name, "dim": self.dim, **asdict(self)}
 

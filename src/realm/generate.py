@@ -183,9 +183,6 @@ class Streamer:
                 "use a checkpoint trained on logmel, logmel_norm, pcen, vico45 or prosody features"
             )
         self.listener, self.ex = listener, ex
-        # audio a window waits for after its last frame (extractors with a long causal memory
-        # look back ``context`` samples but ahead only ``lookahead``)
-        self.ahead = ex.context if getattr(ex, "lookahead", None) is None else ex.lookahead
         self.model = listener.model.eval()
         self.W = self.model.config.window
         self.K = self.model.config.history
@@ -202,7 +199,7 @@ class Streamer:
     @property
     def latency_s(self) -> float:
         """Algorithmic latency of the first frame of a window (seconds)."""
-        return self.W / self.listener.fps + self.ahead / SAMPLE_RATE
+        return self.W / self.listener.fps + self.ex.ahead / SAMPLE_RATE
 
     def push(self, chunk: np.ndarray) -> np.ndarray:
         if self.done:
@@ -230,7 +227,7 @@ class Streamer:
 
     def _ready(self) -> bool:
         total = self.offset + len(self.buf)
-        need = self._frame_sample((self.window + 1) * self.W) + self.ahead
+        need = self._frame_sample((self.window + 1) * self.W) + self.ex.ahead
         return total >= need
 
     @torch.inference_mode()
@@ -241,7 +238,7 @@ class Streamer:
         C = self.model.config.audio_context
         first = max(0, w * W - C)  # first frame whose features this window reads
         g0 = max(0, (self._frame_sample(first) - self.ex.context) // block * block)
-        end = total if final else min(total, self._frame_sample((w + 1) * W) + self.ahead)
+        end = total if final else min(total, self._frame_sample((w + 1) * W) + self.ex.ahead)
         seg = self.buf[g0 - self.offset : end - self.offset]
         with single_thread_blas():  # a small filterbank product: BLAS threads only add latency
             feats = self.ex(seg)  # frames from global frame t0
@@ -282,7 +279,7 @@ FEATURE_BLOCK_S = 60.0
 def file_features(extractor: str, path: str | Path, block_s: float = FEATURE_BLOCK_S,
                   min_s: float = LONG_AUDIO_S) -> np.ndarray | None:  # fmt: skip
     """Raw (T, A) features of a long 16 kHz file read ``block_s`` seconds at a time, each block
-    with the extractor's ``context`` samples of audio on either side (so every frame sees the
+    with the extractor's ``context`` samples of audio before it and ``ahead`` after (so every frame sees the
     audio it sees offline, and the result equals whole-file extraction to float rounding; tested).
     Memory: the features and one block, not the waveform (an hour at 16 kHz is 230 MB as float32).
 
@@ -303,12 +300,11 @@ def file_features(extractor: str, path: str | Path, block_s: float = FEATURE_BLO
     unit = SAMPLE_RATE // 10  # 0.1 s = 3 frames at 30 fps: a block boundary is a frame boundary
     B = unit * max(1, round(block_s * 10))
     left = -(-ex.context // unit) * unit  # the context, rounded up to whole units
-    right = getattr(ex, "lookahead", None) or ex.context
     N, T = info.frames, n_frames(info.frames)
     out = []
     with sf.SoundFile(str(path)) as f:
         for s0 in range(0, N, B):
-            g0, g1 = max(0, s0 - left), min(N, s0 + B + right)
+            g0, g1 = max(0, s0 - left), min(N, s0 + B + ex.ahead)
             f.seek(g0)
             seg = f.read(g1 - g0, dtype="float32", always_2d=True).mean(axis=1)  # as load_audio mixes
             if not np.all(np.isfinite(seg)):
