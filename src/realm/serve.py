@@ -278,7 +278,6 @@ class Session:
     queued_other: int = 0  # other messages in queue
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     compute_s: deque = field(default_factory=lambda: deque(maxlen=1024))  # seconds per model call that made frames
-    ahead: int = 0  # model calls scheduled as ahead of real time
     last: np.ndarray | None = None  # the last frame sent (held in place of a non-finite one)
     held: int = 0  # non-finite model frames replaced by the last frame (never sent as NaN)
     ws: object = None
@@ -288,7 +287,6 @@ class Session:
     started: bool = False  # has sent start at least once
     errors: int = 0  # bad messages
     errors_dropped: int = 0  # error replies not queued because too many waited
-    throttled: int = 0  # messages read late to keep the client within its rates
     noticed: float = float("-inf")  # loop time of the last rate_limited error
     flooding: float | None = None  # loop time since which every message came over the message rate
     msg_bucket: Bucket | None = None
@@ -774,7 +772,6 @@ class ListenerServer:
             s.flooding = None
         if wait <= 0:
             return
-        s.throttled += 1
         self.totals["throttled"] += 1
         if now - s.noticed >= NOTICE_S:
             s.noticed = now
@@ -902,7 +899,6 @@ class ListenerServer:
         (frames, controls, took), _, ahead = await self.scheduler.run(
             key, self._timed, streamer, safety, start, audio
         )  # fmt: skip
-        s.ahead += ahead
         if len(frames):
             s.compute_s.append(time.perf_counter() - t0)
             self._costs.append(took / len(frames))
@@ -1153,11 +1149,11 @@ def save_listen(result: ListenResult, out: str | Path, audio: str = "", force: b
 
     Files hold no NaN: a frame that never arrived (``received`` False) holds the last frame
     that did (the first received one before it; zeros if none came), and its ``latency_s`` is -1."""
-    from realm.io import save_npz
+    from realm.io import refuse_existing, save_npz
 
     out = Path(out)
-    if out.exists() and not force:
-        raise FileExistsError(f"{out}: exists (use --force to overwrite)")
+    if not force:
+        refuse_existing(out)  # before the work; save_npz checks again when it writes
     got = np.isfinite(result.latency_s) & np.isfinite(result.motion).all(1)
     extra = {}
     if result.controls is not None:
