@@ -730,6 +730,19 @@ def seed_all(key: int) -> None:
     torch.manual_seed(key)
 
 
+def launched_rank() -> int:
+    """0 in the process a launcher started first (LOCAL_RANK + NODE_RANK, both 0 when not launched
+    by one): known before any process group exists."""
+    return int(os.environ.get("LOCAL_RANK", 0)) + int(os.environ.get("NODE_RANK", 0))
+
+
+def best_model_state(path) -> dict[str, torch.Tensor]:
+    """The model's weights in one of our Lightning checkpoints (loaded weights-only), without the
+    task's ``model.`` prefix."""
+    sd = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    return {k[len("model.") :]: v for k, v in sd.items() if k.startswith("model.")}
+
+
 def _world() -> tuple[int, int]:
     """(world size, rank) of the process group, (1, 0) without one."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -1086,15 +1099,14 @@ def _interrupted(out, command: str | None, e: BaseException) -> TrainingInterrup
     """The resume line (printed once, by rank 0) as the exception a Ctrl-C ends training with."""
     where = e.args[0] if isinstance(e, _StopRequested) and e.args else None
     msg = resume_hint(Path(out), command, where)
-    if int(os.environ.get("LOCAL_RANK", 0)) + int(os.environ.get("NODE_RANK", 0)) == 0:
+    if launched_rank() == 0:
         print(msg, file=sys.stderr, flush=True)
     return TrainingInterrupted(msg)
 
 
 def _train_realm(cfg: TrainConfig, model_cfg: REALMConfig, out, resume: bool, progress: bool, command: str | None) -> dict:
     out = Path(out)
-    launched_rank = int(os.environ.get("LOCAL_RANK", 0)) + int(os.environ.get("NODE_RANK", 0))
-    if launched_rank == 0 and out.exists() and any(out.iterdir()) and not resume:  # ranks > 0 join rank 0's run
+    if launched_rank() == 0 and out.exists() and any(out.iterdir()) and not resume:  # ranks > 0 join rank 0's run
         raise FileExistsError(f"{out}: run directory exists and is not empty (use --resume to continue it)")
     state_path = out / "train_state.json"
     state = _read_state(state_path) if resume and state_path.exists() else {"done": []}
@@ -1137,8 +1149,7 @@ def _train_realm(cfg: TrainConfig, model_cfg: REALMConfig, out, resume: bool, pr
         task = REALMTask(model_cfg.to_dict(), _jsonable(asdict(cfg)), stage)
         best1 = prev_best or state.get("best1")
         if stage == 2 and best1 is not None:
-            sd = torch.load(best1, map_location="cpu", weights_only=True)["state_dict"]
-            task.load_state_dict({k: v for k, v in sd.items() if k.startswith("model.")}, strict=False)
+            task.model.load_state_dict(best_model_state(best1), strict=False)
         elif init_state is not None:
             task.model.load_state_dict(init_state, strict=False)
         elif stage == 2:
@@ -1207,8 +1218,7 @@ def _train_realm(cfg: TrainConfig, model_cfg: REALMConfig, out, resume: bool, pr
 
 def _export_best(out, best, model_cfg, prep, cfg, stage, results, command):
     model = REALM(model_cfg)
-    sd = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-    model.load_state_dict({k[len("model.") :]: v for k, v in sd.items() if k.startswith("model.")})
+    model.load_state_dict(best_model_state(best))
     extra = {
         "stage": stage, "train": _jsonable(asdict(cfg)), "results": results,
         "command": command or " ".join(sys.argv), "selected_on": "val",

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from dataclasses import asdict, fields
@@ -40,7 +39,9 @@ from realm.train import (
     _read_state,
     _sigint_to,
     _StopRequested,
+    best_model_state,
     keep_csv_log,
+    launched_rank,
     prepare_data,
     seed_all,
     seed_key,
@@ -144,8 +145,7 @@ def train_baseline(
     """
     cls = baseline_class(name)
     out = Path(out)
-    launched_rank = int(os.environ.get("LOCAL_RANK", 0)) + int(os.environ.get("NODE_RANK", 0))
-    if launched_rank == 0 and out.exists() and any(out.iterdir()) and not resume:
+    if launched_rank() == 0 and out.exists() and any(out.iterdir()) and not resume:
         raise FileExistsError(f"{out}: run directory exists and is not empty (use --resume to continue it)")
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -223,8 +223,7 @@ def _fit_neural(name, model, prep, cfg, out, resume, progress, extra, t0) -> dic
         }
     }  # fmt: skip
     if trainer.global_rank == 0:
-        sd = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-        model.load_state_dict({k[len("model.") :]: v for k, v in sd.items() if k.startswith("model.")})
+        model.load_state_dict(best_model_state(best))
         export(out, model.eval(), prep.stats, prep.feature_stats, cfg.extractor, {**extra, "results": results})
     return results
 
