@@ -960,6 +960,18 @@ def resume_hint(out: Path, command: str | None, where: str | None = None) -> str
     return f"interrupted: {where}; resume with: {how}"
 
 
+def fit_resumable(trainer, task, train_dl, val_dl, ckpt: ResumableCheckpoint, resume: bool) -> str:
+    """``trainer.fit`` for every training of ours: from ``ckpt``'s last checkpoint when resuming (loaded
+    weights-only: our own checkpoints hold tensors and plain values, never code), Ctrl-C finishing the
+    batch, saving and stopping (:meth:`ResumableCheckpoint.request_stop`). Returns the best checkpoint
+    (the last one when no validation kept a best)."""
+    last = ckpt.last_path
+    with _sigint_to(ckpt.request_stop):
+        trainer.fit(task, train_dl, val_dl, ckpt_path=last if resume and os.path.exists(last) else None,
+                    weights_only=True)  # fmt: skip
+    return ckpt.best_model_path or last
+
+
 def keep_csv_log(log_dir: Path) -> None:
     """Lightning's CSVLogger deletes the ``metrics.csv`` it finds: a resumed run keeps the one before
     as ``metrics.1.csv`` (``.2``, ...)."""
@@ -1190,13 +1202,9 @@ def _train_realm(cfg: TrainConfig, model_cfg: REALMConfig, out, resume: bool, pr
             deterministic=False,
             plugins=[AtomicCheckpointIO()],
         )
-        last = ckdir / "last.ckpt"
         t0 = time.time()
-        with _sigint_to(ckpt.request_stop):
-            trainer.fit(task, train_dl, val_dl, ckpt_path=str(last) if resume and last.exists() else None,
-                        weights_only=True)  # our own checkpoints: tensors and plain values, never code
+        best = fit_resumable(trainer, task, train_dl, val_dl, ckpt, resume)
         stopped = ckpt.interrupted and f"stage {stage} finished"
-        best = ckpt.best_model_path or str(last)
         prev_best = best  # every rank goes on to the next stage; only rank 0 writes
         if trainer.global_rank != 0:
             continue

@@ -37,9 +37,9 @@ from realm.train import (
     TrainConfig,
     _interrupted,
     _read_state,
-    _sigint_to,
     _StopRequested,
     best_model_state,
+    fit_resumable,
     keep_csv_log,
     launched_rank,
     prepare_data,
@@ -209,11 +209,7 @@ def _fit_neural(name, model, prep, cfg, out, resume, progress, extra, t0) -> dic
         num_sanity_val_steps=0,
         plugins=[AtomicCheckpointIO()],  # every checkpoint file atomic
     )
-    last = ckdir / "last.ckpt"
-    with _sigint_to(ckpt.request_stop):  # Ctrl-C: finish the batch, save, stop
-        trainer.fit(task, train_dl, val_dl, ckpt_path=str(last) if resume and last.exists() else None,
-                    weights_only=True)  # our own checkpoints: tensors and plain values, never code
-    best = ckpt.best_model_path or str(last)
+    best = fit_resumable(trainer, task, train_dl, val_dl, ckpt, resume)  # Ctrl-C: finish the batch, save, stop
     score = ckpt.best_model_score
     results = {
         "train": {
