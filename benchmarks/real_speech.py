@@ -13,7 +13,8 @@ Inputs (each about ``--seconds`` long, generated here, deterministic, offline):
   power over noise power, :func:`realm.data.channel.add_noise`).
 
 For each input the checkpoint generates ``--samples`` samples (``listener.generate``, the default
-clamp) and, per minute of motion over all samples:
+clamp) and, per minute of motion over all samples (:func:`realm.metrics.behaviour_numbers`, the
+numbers `make demo`'s report shows for its speech file):
 
 * ``blinks`` (:func:`realm.metrics.detect_blinks`), ``nods``, ``smiles``, ``concern`` (the event
   detectors of event F1, :func:`realm.metrics.detect_events`);
@@ -49,7 +50,6 @@ ROOT = Path(__file__).resolve().parents[1]
 JFK = ROOT / "tests" / "data" / "jfk.flac"
 SR = 16000
 SNRS = (None, 30.0, 20.0, 10.0, 5.0)  # None: clean
-PAUSE_WINDOW_S = 1.5
 SENTENCES = (
     "I went to the market on Saturday morning.",
     "The weather was lovely, and the stalls were full of fresh bread.",
@@ -61,58 +61,6 @@ SENTENCES = (
     "Honestly, it was a really good day.",
 )
 PAUSES_S = (0.8, 1.1, 0.6, 1.2, 0.9, 0.7)
-COLUMNS = (  # key, header, format
-    ("pauses_pm", "pauses/min", "{:.1f}"),
-    ("blinks_pm", "blinks/min", "{:.1f}"),
-    ("nods_pm", "nods/min", "{:.1f}"),
-    ("nods_after_pause_pm", "nods after pause/min", "{:.1f}"),
-    ("smiles_pm", "smiles/min", "{:.1f}"),
-    ("concern_pm", "concern/min", "{:.1f}"),
-    ("pitch_range_deg", "pitch range deg", "{:.1f}"),
-    ("yaw_range_deg", "yaw range deg", "{:.1f}"),
-    ("drift", "drift 1st->3rd third", "{:.3f}"),
-)
-
-
-# ---------------------------------------------------------------- the numbers of one motion
-
-
-def numbers(motion: np.ndarray, pauses, spec="arkit58", fps: float = 30.0) -> dict:
-    """Counts and ranges of one (T, D) listener motion, ``pauses`` the speech-offset frames."""
-    from realm.metrics import detect_blinks, detect_events, rest_drift
-    from realm.motion import get_spec
-
-    spec = get_spec(spec)
-    m = np.asarray(motion, np.float64)
-    T = len(m)
-    events = detect_events(m, spec, fps, kinds=("smile", "concern", "nod"))
-    nods = [e["frame"] for e in events if e["kind"] == "nod"]
-    p = np.asarray(sorted(pauses), np.int64)
-    win = PAUSE_WINDOW_S * fps
-    after = sum(1 for n in nods if np.any((n - p >= 0) & (n - p <= win)))
-    ex, rot = spec.block("expression").slice, spec.block("rotation").slice
-    head = np.degrees(m[:, rot])
-    third = max(1, T // 3)
-    first = np.median(m[:third, ex], axis=0)
-    drift = float(rest_drift(m[-third:, ex], first, fps, segments=((0.0, None),))[0])
-    return {
-        "minutes": T / fps / 60, "pauses": len(p), "blinks": len(detect_blinks(m, spec, fps)), "nods": len(nods),
-        "nods_after_pause": after, "smiles": sum(e["kind"] == "smile" for e in events),
-        "concern": sum(e["kind"] == "concern" for e in events),
-        "pitch_range_deg": float(np.ptp(head[:, 0])), "yaw_range_deg": float(np.ptp(head[:, 1])), "drift": drift,
-    }  # fmt: skip
-
-
-def pool(items: list[dict]) -> dict:
-    """Per-minute rates over all items (counts summed over their minutes); ranges and drift: means."""
-    minutes = sum(i["minutes"] for i in items)
-    out = {"minutes": minutes, "n": len(items)}
-    for k in ("pauses", "blinks", "nods", "nods_after_pause", "smiles", "concern"):
-        out[k] = int(sum(i[k] for i in items))
-        out[f"{k}_pm"] = out[k] / minutes if minutes else 0.0
-    for k in ("pitch_range_deg", "yaw_range_deg", "drift"):
-        out[k] = float(np.mean([i[k] for i in items]))
-    return out
 
 
 # ---------------------------------------------------------------- inputs
@@ -184,6 +132,8 @@ def test_clips(data: str | None, log=print):
 
 def measure(listener, inputs: dict, gt_clips: list, samples: int = 3, seed: int = 0, log=print) -> list[dict]:
     """Rows: the ground truth, the listener on the ground truth's audio, and the listener on each input."""
+    from realm.metrics import behaviour_numbers as numbers
+    from realm.metrics import pool_behaviour as pool
     from realm.metrics import speech_offsets
 
     spec, fps = listener.spec, listener.fps
@@ -256,6 +206,8 @@ def machine(threads: int) -> str:
 
 
 def table(rows: list[dict]) -> str:
+    from realm.metrics import BEHAVIOUR_COLUMNS as COLUMNS
+
     head = "| input | minutes | " + " | ".join(h for _, h, _ in COLUMNS) + " | gen s |"
     lines = [head, "|---|" + "---:|" * (len(COLUMNS) + 2)]
     for r in rows:

@@ -358,12 +358,12 @@ class ReplayListener:
 
 def test_real_speech_benchmark_core(clean):
     from realm.data.channel import add_noise, pink_noise
-    from realm.metrics import detect_events, speech_offsets
+    from realm.metrics import behaviour_numbers, detect_events, speech_offsets
 
     bench = _bench()
     c0, a0 = clean
     gt = c0.samples()[0]
-    n = bench.numbers(gt, speech_offsets(a0), "arkit58", 30.0)
+    n = behaviour_numbers(gt, speech_offsets(a0), "arkit58", 30.0)
     assert n["nods"] == sum(e["kind"] == "nod" for e in detect_events(gt, "arkit58", 30.0))
     assert 0 <= n["nods_after_pause"] <= n["nods"] and n["drift"] < 0.1 and n["pitch_range_deg"] > 0
     speech = bench.jfk(4.0)

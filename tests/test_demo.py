@@ -42,6 +42,38 @@ def test_demo_job_scores_realm_against_baselines_and_the_floor(tmp_path):
     assert Path(res["outputs"]["video"]).stat().st_size > 10_000 and len(res["outputs"]["plots"]) == 3
     assert "<table" in page and '<video controls preload="metadata" src="media/' in page
     assert page.count("data:image/png;base64,") == 3
+    # the real recording next to the synthetic listeners, with what the columns mean and where REALM is behind
+    real = saved["real_speech"]
+    assert list(real["rows"])[-1] == "REALM on jfk.flac" and len(real["rows"]) == 3
+    assert all(len(v) == len(real["columns"]) and np.isfinite(v).all() for v in real["rows"].values())
+    assert real["rows"]["REALM on jfk.flac"][0] > 0  # jfk.flac has pauses
+    assert "Real speech next to the synthetic listeners" in page and "What the columns measure" in page
+    assert "FD exp: REALM" in page and "concern on jfk.flac" in page
+
+
+def _rates(**kw):
+    base = {"minutes": 1.0, "n": 1, "pauses": 10, "nods_after_pause": 5, "pitch_range_deg": 8.0, "drift": 0.01}
+    for k in ("blinks", "nods", "smiles", "concern"):
+        base[f"{k}_pm"] = kw.pop(k, 10.0)
+    return {**base, **kw}
+
+
+def test_real_speech_findings_say_plainly_where_realm_is_behind():
+    from realm.demo import real_speech_findings, synthetic_findings
+
+    gt = _rates(concern=2.0, blinks=20.0)
+    ok = real_speech_findings(gt, _rates(n=0), _rates(concern=3.9, blinks=25.0, nods_after_pause=3), "x.wav")
+    assert not [f for f in ok if f.startswith("Behind")]
+    bad = real_speech_findings(gt, _rates(n=0), _rates(concern=4.5, blinks=10.0, nods_after_pause=2, smiles=1.0,
+                                                       pitch_range_deg=1.0, drift=0.2), "x.wav")  # fmt: skip
+    behind = " ".join(f for f in bad if f.startswith("Behind"))
+    for what in ("concern on x.wav 4.5/min", "blinks on x.wav 10.0/min", "0.20 per pause against the ground truth's 0.50",
+                 "smiles on x.wav 1.0/min", "pitch range", "drift"):  # fmt: skip
+        assert what in behind
+    table = {"REALM": [0.02, 0.01, 0.10, 0.002, 0.002], "static mean": [0.01, 0.02, 0.18, 0.008, 0.02],
+             "GT resample": [0.009, 0.015, 0.005, 0.0015, 0.0001]}  # fmt: skip
+    found = synthetic_findings(table)
+    assert "20.0x the floor" in found[0] and found[1].startswith("Behind the static mean on L1 exp (L1 rewards")
 
 
 @pytest.mark.parametrize("seed", [0, 1])

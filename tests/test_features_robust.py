@@ -171,8 +171,28 @@ def test_a_frame_never_depends_on_later_audio(name, jfk):
     assert np.abs(ex(z)[t - 1] - base[t - 1]).max() > 1e-6  # a frame earlier it is not (the bound is tight)
 
 
+@pytest.mark.parametrize("chunk", [7, 320, 1234, 48000])
+def test_logmel_norm_computed_hop_by_hop_equals_offline(chunk, jfk):
+    """LogMelNormStream (each 10 ms hop once, running windows kept) gives the offline frames for any
+    chunking, with feed/take as the streamer uses it, and refuses frames it has no audio for."""
+    ex = get_extractor("logmel_norm")
+    y = np.concatenate([jfk[: 3 * SAMPLE_RATE], np.zeros(8000, np.float32), jfk[: 30001]])  # a pause, an odd end
+    offline = ex(y)
+    st = ex.stream()
+    streamed = np.concatenate([st.push(y[i : i + chunk]) for i in range(0, len(y), chunk)] + [st.flush()])
+    assert streamed.shape == offline.shape
+    np.testing.assert_allclose(streamed, offline, rtol=0, atol=STREAM_TOL)
+    st = ex.stream()
+    st.feed(y[:16000])
+    assert st.available() == 29  # hop 98's window ends at sample 15880; frame 29 needs hop 99 (ends at 16040)
+    np.testing.assert_allclose(st.take(16), offline[:16], rtol=0, atol=STREAM_TOL)
+    np.testing.assert_allclose(st.take(29), offline[16:29], rtol=0, atol=STREAM_TOL)
+    with pytest.raises(ValueError, match="needs more audio"):
+        st.take(30)
+
+
 def test_streamer_gives_the_offline_frames_for_a_logmel_norm_checkpoint(tmp_path, jfk):
-    """Through realm.generate.Streamer as it is today (it waits ``context`` samples after a window)."""
+    """Through realm.generate.Streamer (logmel_norm: its hop-by-hop stream), pushed in chunks."""
     import torch
 
     import realm

@@ -141,6 +141,26 @@ def _busy_refinement(**kw) -> REALM:
     return m
 
 
+@pytest.mark.parametrize("refine_context", [8, 32])
+def test_refining_only_the_last_frames_gives_what_the_whole_sequence_gives(refine_context):
+    """``keep`` (a streamer's: the frames before are context) computes the attention, the hazard and the
+    events for the kept frames and what they read only, and gives the whole sequence's values."""
+    m = _busy_refinement(refine_context=refine_context)
+    torch.nn.init.normal_(m.refinement.template.weight, std=0.5)  # events visible in the output
+    T = m.refine_context + 16
+    exp, audio, noise = torch.randn(1, T, 58), torch.randn(1, T, 16), torch.randn(1, m.refinement.noise_dim, T)
+    noise[:, -1] = -4.0  # a frame whose blink candidate fires for sure (hazard starts at ~1 %: Phi(-4) < p)
+    with torch.no_grad():
+        full, fparts = m.refine(exp, audio, noise, parts=True)
+        for keep in (1, 16, T):
+            tail, tparts = m.refine(exp, audio, noise, parts=True, keep=keep)
+            assert tail.shape == (1, keep, 58)
+            torch.testing.assert_close(tail, full[:, T - keep :], rtol=0, atol=1e-5)
+            for k in ("onset_logit", "hazard", "events"):
+                torch.testing.assert_close(tparts[k], fparts[k][:, T - keep :], rtol=0, atol=1e-5)
+    assert fparts["events"][0, -1].abs().max() > 0  # the event term is exercised
+
+
 def test_causal_refinement_reads_its_context_and_nothing_else():
     m = _busy_refinement(refine_context=8)
     R = m.refine_context

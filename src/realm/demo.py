@@ -12,7 +12,15 @@ import numpy as np
 from realm.data import load_dataset
 from realm.data.synth import SynthConfig, generate
 from realm.io import save_npz, write_json
-from realm.metrics import fd_delta, frechet_distance, l1
+from realm.metrics import (
+    BEHAVIOUR_COLUMNS,
+    behaviour_numbers,
+    fd_delta,
+    frechet_distance,
+    l1,
+    pool_behaviour,
+    speech_offsets,
+)
 from realm.report import build_report
 
 log = logging.getLogger(__name__)
@@ -25,6 +33,23 @@ COLUMNS = (
     ("FD pose", "pose", frechet_distance),
     ("FD_delta exp", "expression", fd_delta),
 )
+#: What each column of the demo's two tables measures (shown under them in the report).
+COLUMN_HELP = {
+    "L1 exp": "mean absolute error of the expression (52 blendshapes) against the ground truth, frame by frame: "
+              "rewards the average face, so a still face scores well on it",
+    "L1 pose": "the same for head rotation (radians) and translation",
+    "FD exp": "Frechet distance between the distributions of ground-truth and generated expression frames "
+              "(mean term + covariance term): rewards moving like the listener, not only on average",
+    "FD pose": "the same for the head pose",
+    "FD_delta exp": "Frechet distance of frame-to-frame changes: how alike the speed of the motion is",
+    "pauses/min": "speech offsets in the audio (a pause of 0.2 s or more), the cues a listener reacts to",
+    "blinks/min": "eye closures detected in the motion",
+    "nods/min": "head nods (pitch dips) detected in the motion",
+    "nods after pause/min": "nods starting 0-1.5 s after a pause: reactions on cue",
+    "smiles/min": "smile onsets", "concern/min": "concern onsets (inner brow up with a frown)",
+    "pitch range deg": "max - min of head pitch", "yaw range deg": "max - min of head yaw",
+    "drift 1st->3rd third": "how far the resting expression moves from the first to the last third (0: none)",
+}  # fmt: skip
 
 
 def run_demo(checkpoint: str | Path, out: str | Path, speech: str | Path | None, hours: float = 0.05,
@@ -79,12 +104,16 @@ def run_demo(checkpoint: str | Path, out: str | Path, speech: str | Path | None,
         "columns": [c[0] for c in COLUMNS], "table": table, "samples": samples, "outputs": {},
     }  # fmt: skip
     result["outputs"]["test"] = [str(out / f"{c.clip_id}.realm.npz") for c in test]
+    result["column_help"] = {c: COLUMN_HELP[c] for c in result["columns"]}
+    result["findings"] = synthetic_findings(table)
     if speech is not None:
+        from realm.audio import load_audio
         from realm.generate import generate_file
 
         path = out / f"{Path(speech).stem}.realm.npz"
-        generate_file(listener, speech, path, force=force, samples=samples, seed=seed)
+        motion = generate_file(listener, speech, path, force=force, samples=samples, seed=seed)
         result["outputs"]["speech"] = str(path)
+        result["real_speech"] = real_speech_section(listener, clips, outputs, Path(speech), load_audio(speech), motion)
     if render and test:
         result["outputs"]["report"] = str(out / "report.html")
     write_json(out / "demo_metrics.json", result, force=force)
@@ -93,6 +122,105 @@ def run_demo(checkpoint: str | Path, out: str | Path, speech: str | Path | None,
         result["outputs"].update(media)
         result["outputs"]["report"] = str(build_report(out, out / "report.html", force=force, title="REALM demo"))
     return result
+
+
+def real_speech_section(listener, clips, outputs: dict, speech: Path, audio: np.ndarray, motion: np.ndarray) -> dict:
+    """What the listener does on real speech next to what the synthetic listeners do, per minute.
+
+    Rows: the ground truth (every realisation of every clip of the demo's synthetic set: the
+    rates of the process REALM learned), REALM on the synthetic test clips, REALM on ``speech``;
+    columns :data:`realm.metrics.BEHAVIOUR_COLUMNS` (:func:`realm.metrics.behaviour_numbers`, the
+    numbers of ``benchmarks/real_speech.py``), and findings that say where REALM is behind."""
+    from realm.audio import load_audio
+
+    spec, fps = listener.spec, listener.fps
+    gt, model = [], []
+    for c in clips:
+        pauses = speech_offsets(load_audio(c.audio_path), fps)
+        gt += [behaviour_numbers(r, pauses, spec, fps) for r in c.samples()]
+        model += [behaviour_numbers(m, pauses, spec, fps) for m in outputs.get(c.clip_id, [])]
+    pauses = speech_offsets(audio, fps)
+    rows = {
+        f"ground truth (synthetic, {_n(len(clips), 'clip')})": pool_behaviour(gt),
+        f"REALM on synthetic test ({_n(len(outputs), 'clip')})": pool_behaviour(model),
+        f"REALM on {speech.name}": pool_behaviour([behaviour_numbers(m, pauses, spec, fps) for m in motion]),
+    }
+    columns = [h for _, h, _ in BEHAVIOUR_COLUMNS]
+    return {"columns": columns, "column_help": {h: COLUMN_HELP[h] for h in columns},
+            "rows": {name: [r[k] for k, _, _ in BEHAVIOUR_COLUMNS] for name, r in rows.items()},
+            "findings": real_speech_findings(*rows.values(), name=speech.name)}  # fmt: skip
+
+
+def _n(k: int, what: str) -> str:
+    return f"{k} {what}" + ("" if k == 1 else "s")
+
+
+def _times(a: float, b: float) -> str:
+    return "n/a" if b <= 0 else f"{a / b:.1f}x"
+
+
+def synthetic_findings(table: dict) -> list[str]:
+    """Plain sentences on where REALM stands in the synthetic table (lower is better in every column)."""
+    out = []
+    realm, floor = table.get("REALM"), table.get("GT resample")
+    if realm is None:
+        return out
+    names = [c[0] for c in COLUMNS]
+    fd = names.index("FD exp")
+    if floor is not None:
+        out.append(f"FD exp: REALM {realm[fd]:.3f}, {_times(realm[fd], floor[fd])} the floor ({floor[fd]:.3f}, a second "
+                   "realisation of the same listener): REALM is behind the real listener by that much.")  # fmt: skip
+    for name in ("static mean", "random train clip"):
+        base = table.get(name)
+        if base is None:
+            continue
+        worse = [n for j, n in enumerate(names) if realm[j] > base[j]]
+        if worse:
+            out.append(f"Behind the {name} on {', '.join(worse)}"
+                       + (" (L1 rewards the average face: a model that moves like a listener pays for it in L1)."
+                          if all(w.startswith("L1") for w in worse) else "."))  # fmt: skip
+        else:
+            out.append(f"Ahead of the {name} on every column.")
+    return out
+
+
+def real_speech_findings(gt: dict, synth: dict, real: dict, name: str) -> list[str]:
+    """Plain sentences on how REALM behaves on real speech against the synthetic ground truth's rates.
+
+    The checks are the real-speech targets of ``benchmarks/real_speech.py``: concern events at most
+    2x the ground truth's rate, blinks within 30 %, drift under 0.1; and reactions on cue, nods
+    after a pause per pause, at least half the ground truth's."""
+    out = []
+
+    def rate(r, k):
+        return r[f"{k}_pm"]
+
+    c, cg = rate(real, "concern"), rate(gt, "concern")
+    behind = c > 2 * cg
+    out.append(f"{'Behind' if behind else 'Holds'}: concern on {name} {c:.1f}/min against the ground truth's {cg:.1f} "
+               f"({_times(c, cg)}; the target is at most 2x{': real speech makes it look worried' if behind else ''}).")  # fmt: skip
+    b, bg = rate(real, "blinks"), rate(gt, "blinks")
+    off = abs(b - bg) > 0.3 * bg
+    out.append(f"{'Behind' if off else 'Holds'}: blinks on {name} {b:.1f}/min against {bg:.1f} (target within 30 %).")
+    per = real["nods_after_pause"] / real["pauses"] if real["pauses"] else 0.0
+    per_gt = gt["nods_after_pause"] / gt["pauses"] if gt["pauses"] else 0.0
+    few = per < 0.5 * per_gt
+    out.append(f"{'Behind' if few else 'Holds'}: nods after a pause on {name}: {per:.2f} per pause against the ground "
+               f"truth's {per_gt:.2f} (target at least half){' - it reacts on cue less than the listeners it learned from' if few else ''}.")  # fmt: skip
+    for k, what in (("nods", "nods"), ("smiles", "smiles")):
+        r, rg = rate(real, k), rate(gt, k)
+        if r < 0.5 * rg:
+            out.append(f"Behind: {what} on {name} {r:.1f}/min against the ground truth's {rg:.1f}.")
+    p, pg = real["pitch_range_deg"], gt["pitch_range_deg"]
+    if p < 0.5 * pg:
+        out.append(f"Behind: head pitch range on {name} {p:.1f} deg against {pg:.1f}: it moves its head less.")
+    d = real["drift"]
+    out.append(f"{'Behind' if d >= 0.1 else 'Holds'}: expression drift first->last third {d:.3f} (target under 0.1).")
+    if synth["n"]:
+        out.append(f"On the synthetic test clips the same numbers: concern {rate(synth, 'concern'):.1f}/min, blinks "
+                   f"{rate(synth, 'blinks'):.1f}/min, nods after a pause "
+                   f"{synth['nods_after_pause'] / max(1, synth['pauses']):.2f} per pause.")  # fmt: skip
+    return out
 
 
 def busiest_window(motion: np.ndarray, fps: float, seconds: float, step: float = 0.5) -> tuple[float, float]:

@@ -193,6 +193,14 @@ class Streamer:
         self.latents = listener.latents(seed, sample) if self.model.config.latent_dim else None  # as offline
         self.buf = np.zeros(0, np.float32)
         self.offset = 0  # global index of buf[0]
+        # extractors with an incremental form (logmel_norm) compute each 10 ms hop once; the others
+        #   re-extract a window's audio with its context
+        self.fs = ex.stream() if hasattr(ex, "stream") else None
+        self.feats = np.zeros((0, ex.dim), np.float32)  # raw features of frames [fbase, ...), stream mode
+        self.fbase = 0
+        self.total = 0  # samples pushed
+        # re-extraction starts at multiples of this many samples (0.1 s at 30 fps: whole frames and hops)
+        self.block = 3 * SAMPLE_RATE // 30 if listener.fps == 30 else SAMPLE_RATE
         self.window = 0  # next window to produce
         self.done = False
 
@@ -207,14 +215,18 @@ class Streamer:
         chunk = np.asarray(chunk, np.float32).reshape(-1)
         if not np.all(np.isfinite(chunk)):
             raise RealmInputError(None, "audio chunk holds NaN/inf samples")
-        self.buf = np.concatenate([self.buf, chunk])
+        self.total += len(chunk)
+        if self.fs is not None:
+            self.fs.feed(chunk)
+        else:
+            self.buf = np.concatenate([self.buf, chunk])
         out = []
         while self._ready():
             out.append(self._produce(final=False))
         return np.concatenate(out) if out else np.zeros((0, self.model.spec.dim), np.float32)
 
     def flush(self) -> np.ndarray:
-        total = self.offset + len(self.buf)
+        total = self.total
         out = []
         while self.window * self.W < n_frames(total):
             out.append(self._produce(final=True))
@@ -226,24 +238,46 @@ class Streamer:
         return n_samples_for(frame, self.listener.fps)
 
     def _ready(self) -> bool:
-        total = self.offset + len(self.buf)
+        total = self.total
         need = self._frame_sample((self.window + 1) * self.W) + self.ex.ahead
         return total >= need
+
+    def _raw_features(self, first: int, last: int, final: bool) -> np.ndarray:
+        """Raw features of frames [first, last), as offline extraction of the whole audio gives them."""
+        if self.fs is not None:
+            if final and not self.fs.done:
+                self.feats = np.concatenate([self.feats, self.fs.flush()])
+            elif not final and last > self.fbase + len(self.feats):
+                self.feats = np.concatenate([self.feats, self.fs.take(last)])
+            return self.feats[first - self.fbase : last - self.fbase]
+        # re-extract from a block boundary ``context`` samples before the first frame
+        g0 = max(0, (self._frame_sample(first) - self.ex.context) // self.block * self.block)
+        end = self.total if final else min(self.total, self._frame_sample(last) + self.ex.ahead)
+        feats = self.ex(self.buf[g0 - self.offset : end - self.offset])  # frames from global frame t0
+        t0 = round(g0 * self.listener.fps / SAMPLE_RATE)
+        return feats[first - t0 : last - t0]
+
+    def _forget(self, first: int) -> None:
+        """Drop the audio or features no window from frame ``first`` on needs."""
+        if self.fs is not None:
+            if first > self.fbase:
+                self.feats, self.fbase = self.feats[first - self.fbase :], first
+            return
+        keep = max(0, self._frame_sample(first) - self.ex.context - 2 * self.block)
+        if keep > self.offset:
+            self.buf = self.buf[keep - self.offset :]
+            self.offset = keep
 
     @torch.inference_mode()
     def _produce(self, final: bool) -> np.ndarray:
         W, w = self.W, self.window
-        total = self.offset + len(self.buf)
-        block = 3 * SAMPLE_RATE // 30 if self.listener.fps == 30 else SAMPLE_RATE  # 1600: whole frames + hops
+        total = self.total
         C = self.model.config.audio_context
         first = max(0, w * W - C)  # first frame whose features this window reads
-        g0 = max(0, (self._frame_sample(first) - self.ex.context) // block * block)
-        end = total if final else min(total, self._frame_sample((w + 1) * W) + self.ex.ahead)
-        seg = self.buf[g0 - self.offset : end - self.offset]
-        with single_thread_blas():  # a small filterbank product: BLAS threads only add latency
-            feats = self.ex(seg)  # frames from global frame t0
-        t0 = round(g0 * self.listener.fps / SAMPLE_RATE)
-        f = self.listener.feature_stats.apply(feats[first - t0 : min((w + 1) * W, n_frames(total)) - t0])
+        last = min((w + 1) * W, n_frames(total))
+        with single_thread_blas():  # small filterbank products: BLAS threads only add latency
+            raw = self._raw_features(first, last, final)
+        f = self.listener.feature_stats.apply(raw)
         ctx = torch.zeros(1, C + W, f.shape[1])  # [w W - C, (w + 1) W): zeros before the start and past the end
         ctx[0, C - (w * W - first) : C - (w * W - first) + len(f)] = torch.from_numpy(f.astype(np.float32))
         a = ctx[:, C:]
@@ -260,10 +294,7 @@ class Streamer:
         if self.refine and self.model.refinement is not None:
             motion = self.refiner.push(motion, a)
         self.window += 1
-        keep = max(0, self._frame_sample(max(0, self.window * W - C)) - self.ex.context - 2 * block)
-        if keep > self.offset:  # drop audio no later window needs
-            self.buf = self.buf[keep - self.offset :]
-            self.offset = keep
+        self._forget(max(0, self.window * W - C))
         frames = self.listener.stats.invert(motion[0, :n].numpy()).astype(np.float32)
         return self.model.spec.clamp(frames) if self.clamp else frames
 

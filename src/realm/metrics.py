@@ -981,6 +981,68 @@ def out_of_range(motion: np.ndarray, lo: np.ndarray, hi: np.ndarray, margin: flo
             "excess": float(past[:, worst].max()) if worst is not None else 0.0}  # fmt: skip
 
 
+#: Seconds after a speech offset within which a nod counts as "after a pause" (:func:`behaviour_numbers`).
+PAUSE_WINDOW_S = 1.5
+#: The columns of a behaviour table: key, header, format (``benchmarks/real_speech.py``, the demo report).
+BEHAVIOUR_COLUMNS = (
+    ("pauses_pm", "pauses/min", "{:.1f}"),
+    ("blinks_pm", "blinks/min", "{:.1f}"),
+    ("nods_pm", "nods/min", "{:.1f}"),
+    ("nods_after_pause_pm", "nods after pause/min", "{:.1f}"),
+    ("smiles_pm", "smiles/min", "{:.1f}"),
+    ("concern_pm", "concern/min", "{:.1f}"),
+    ("pitch_range_deg", "pitch range deg", "{:.1f}"),
+    ("yaw_range_deg", "yaw range deg", "{:.1f}"),
+    ("drift", "drift 1st->3rd third", "{:.3f}"),
+)
+
+
+def behaviour_numbers(motion: np.ndarray, pauses: Sequence[int], spec: str | MotionSpec = "arkit58",
+                      fps: float = 30.0) -> dict:  # fmt: skip
+    """What a listener does in one (T, D) motion, as counts and ranges (the real-speech checks).
+
+    ``pauses``: the speech-offset frames of its audio (:func:`speech_offsets`). Counts: ``blinks``
+    (:func:`detect_blinks`), ``nods``, ``smiles``, ``concern`` (the event detectors of event F1,
+    :func:`detect_events`), ``nods_after_pause`` (nods whose onset is 0-``PAUSE_WINDOW_S`` s
+    after a pause); ranges: ``pitch_range_deg``/``yaw_range_deg`` (max - min of the head's pitch
+    and yaw); ``drift``: the expression's rest drift from the first to the last third,
+    ``mean_d |median(last third)[d] - median(first third)[d]|`` (:func:`rest_drift` with the first
+    third's median as the rest). Pool several with :func:`pool_behaviour`. Variant: ours.
+    """
+    spec = get_spec(spec)
+    m = _as2d(motion)
+    T = len(m)
+    events = detect_events(m, spec, fps, kinds=("smile", "concern", "nod"))
+    nods = [e["frame"] for e in events if e["kind"] == "nod"]
+    p = np.asarray(sorted(pauses), np.int64)
+    win = PAUSE_WINDOW_S * fps
+    after = sum(1 for n in nods if np.any((n - p >= 0) & (n - p <= win)))
+    ex, rot = spec.block("expression").slice, spec.block("rotation").slice
+    head = np.degrees(m[:, rot])
+    third = max(1, T // 3)
+    first = np.median(m[:third, ex], axis=0)
+    drift = float(rest_drift(m[-third:, ex], first, fps, segments=((0.0, None),))[0])
+    return {
+        "minutes": T / fps / 60, "pauses": len(p), "blinks": len(detect_blinks(m, spec, fps)), "nods": len(nods),
+        "nods_after_pause": after, "smiles": sum(e["kind"] == "smile" for e in events),
+        "concern": sum(e["kind"] == "concern" for e in events),
+        "pitch_range_deg": float(np.ptp(head[:, 0])), "yaw_range_deg": float(np.ptp(head[:, 1])), "drift": drift,
+    }  # fmt: skip
+
+
+def pool_behaviour(items: Sequence[dict]) -> dict:
+    """:func:`behaviour_numbers` of several motions as per-minute rates (``KEY_pm``: counts summed
+    over their minutes; ``n`` motions); ranges and drift: means over the motions."""
+    minutes = sum(i["minutes"] for i in items)
+    out = {"minutes": minutes, "n": len(items)}
+    for k in ("pauses", "blinks", "nods", "nods_after_pause", "smiles", "concern"):
+        out[k] = int(sum(i[k] for i in items))
+        out[f"{k}_pm"] = out[k] / minutes if minutes else 0.0
+    for k in ("pitch_range_deg", "yaw_range_deg", "drift"):
+        out[k] = float(np.mean([i[k] for i in items])) if items else 0.0
+    return out
+
+
 def seam_ratio(motion: np.ndarray, window: int = 16, offset: int = 0) -> float:
     """How visible the edges of ``window``-frame generation steps are: the mean frame-to-frame jump
     ``mean_d |x[t] - x[t-1]|`` across window edges (``t = offset + k * window``, k >= 1) over the

@@ -168,8 +168,38 @@ def _demo_section(path: Path, root: Path) -> str:
     meta = (f"checkpoint <code>{html.escape(str(res.get('checkpoint', '')))}</code>; "
             f"{len(res.get('test_clips', []))} held-out test clip(s); REALM: mean of {res.get('samples', '?')} "
             "samples per clip; lower is better; GT resample = a second listener realisation (the floor).")  # fmt: skip
-    return "\n".join([f"<h2>Demo metrics: <code>{html.escape(rel)}</code></h2>", f'<p class="meta">{meta}</p>',
-                      _table(["model"] + cols, rows, [""] + ["num"] * len(cols))])  # fmt: skip
+    parts = [f"<h2>Demo metrics: <code>{html.escape(rel)}</code></h2>", f'<p class="meta">{meta}</p>',
+             _table(["model"] + cols, rows, [""] + ["num"] * len(cols)), _help(res.get("column_help")),
+             _findings(res.get("findings"))]  # fmt: skip
+    real = res.get("real_speech")
+    if real:
+        try:
+            rcols, rrows = list(real["columns"]), dict(real["rows"])
+        except (KeyError, TypeError) as e:
+            raise RealmInputError(path, f"not a demo metrics file (real_speech: {type(e).__name__}: {e})") from None
+        parts += ["<h3>Real speech next to the synthetic listeners (per minute)</h3>",
+                  '<p class="meta">The same detectors on the ground truth of the synthetic conversations (every '
+                  "listener realisation), on REALM's output for their test clips and on REALM's output for the real "
+                  "recording (mean over its samples). The synthetic ground truth is the behaviour REALM learned; "
+                  "real speech has no ground-truth listener.</p>",
+                  _table(["motion"] + rcols, [[n] + [f"{v:.3f}" if "drift" in c else f"{v:.1f}" for c, v in zip(rcols, vals, strict=True)]
+                                              for n, vals in rrows.items()], [""] + ["num"] * len(rcols)),
+                  _help(real.get("column_help")), _findings(real.get("findings"))]  # fmt: skip
+    return "\n".join(p for p in parts if p)
+
+
+def _help(helps) -> str:
+    if not helps:
+        return ""
+    items = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>" for k, v in dict(helps).items())
+    return f'<details><summary>What the columns measure</summary><ul class="meta">{items}</ul></details>'
+
+
+def _findings(findings) -> str:
+    if not findings:
+        return ""
+    items = "".join(f"<li>{html.escape(str(f))}</li>" for f in findings)
+    return f"<p><b>Where REALM stands</b></p><ul>{items}</ul>"
 
 
 def _num(v) -> str:

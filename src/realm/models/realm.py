@@ -295,6 +295,10 @@ def banded_causal_mask(T: int, span: int, device=None) -> torch.Tensor:
     return torch.zeros(T, T, device=device).masked_fill(~allowed, float("-inf"))
 
 
+#: Frames before t that the refinement's event hazard at t reads (its k5 and k5-dilated-4 convolutions).
+HAZARD_SPAN = 20
+
+
 class Refinement(nn.Module):
     """Audio-modulated noise injection for high-frequency expression detail (stage 2).
 
@@ -340,7 +344,7 @@ class Refinement(nn.Module):
         nn.init.zeros_(self.out.bias)
         self.event_k, self.refractory = c.event_template, c.event_refractory
         if n_events:
-            # hazard: 20 frames of context (k5, then k5 dilated 4), enough to hear a pause begin tau ago
+            # hazard: HAZARD_SPAN = 20 frames of context (k5, then k5 dilated 4), enough to hear a pause begin tau ago
             self.hazard = nn.Sequential(conv(2 * h, h, 5), nn.GELU(), conv(h, h, 5, 4), nn.GELU(), nn.Conv1d(h, n_events, 1))
             nn.init.constant_(self.hazard[-1].bias, -4.0)  # about 1 % a frame to start with
             self.template = nn.Conv1d(n_events, exp_dim, self.event_k, bias=False)  # causal: onset -> frames after it
@@ -361,7 +365,7 @@ class Refinement(nn.Module):
         template - 1, the larger of the two). Whole mode: unbounded (-1)."""
         if not self.causal:
             return -1
-        events = 4 + 20 + max(self.refractory - 1, 0) + self.event_k - 1 if self.n_events else 0
+        events = 4 + HAZARD_SPAN + max(self.refractory - 1, 0) + self.event_k - 1 if self.n_events else 0
         return max(4 + (self.span - 1) + self.span + 2, events)
 
     def squeeze(self, f: torch.Tensor) -> torch.Tensor:
@@ -379,35 +383,64 @@ class Refinement(nn.Module):
         prev = F.pad(x, (n, 0))[..., :-1]  # frame t reads frames [t - n, t - 1]
         return F.avg_pool1d(prev, n, stride=1) * n if how == "sum" else F.max_pool1d(prev, n, stride=1)
 
-    def detail(self, f: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    def detail(self, f: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: torch.Tensor,
+               keep: int | None = None) -> torch.Tensor:  # fmt: skip
         # f, gamma, beta, eps (B, h, T) -> N(eps) (B, E, T): audio-modulated noise, channel attention,
-        #   temporal self-attention, output convolution
+        #   temporal self-attention, output convolution [only the last ``keep`` frames: (B, E, keep)]
         g = f + gamma * eps + beta
         g = g * self.se(self.squeeze(g))  # squeeze-excitation channel attention
-        mask = banded_causal_mask(g.shape[2], self.span, g.device) if self.causal else None
+        T = g.shape[2]
+        if keep is not None and self.causal and keep + 2 < T and len(self.temporal.layers) == 1 and self.temporal.norm is None:
+            # a streamer keeps only the last frames: attention queries for those (and the 2 frames the
+            #   output convolution reads before them), keys over their span; the same maths
+            q = keep + 2
+            x = self._attend_tail(g[..., max(0, T - q - self.span) :].transpose(1, 2), q)  # (B, q, h)
+            return self.out(x.transpose(1, 2))[..., 2:]  # (B, E, keep)
+        mask = banded_causal_mask(T, self.span, g.device) if self.causal else None
         g = self.temporal(g.transpose(1, 2), mask=mask).transpose(1, 2)
-        return self.out(g)
+        out = self.out(g)
+        return out if keep is None else out[..., T - keep :]
+
+    def _attend_tail(self, x: torch.Tensor, q: int) -> torch.Tensor:
+        """The temporal layer (one post-norm encoder layer, banded causal attention) for the last ``q``
+        of the (B, Tk, h) frames ``x`` only: (B, q, h), what the whole sequence gives for those frames."""
+        layer = self.temporal.layers[0]
+        Tk = x.shape[1]
+        i = torch.arange(Tk - q, Tk, device=x.device).view(-1, 1)
+        j = torch.arange(Tk, device=x.device).view(1, -1)
+        mask = torch.zeros(q, Tk, device=x.device).masked_fill(~((j <= i) & (j >= i - self.span)), float("-inf"))
+        xq = x[:, Tk - q :]
+        sa = layer.self_attn(xq, x, x, attn_mask=mask, need_weights=False)[0]
+        y = layer.norm1(xq + layer.dropout1(sa))
+        return layer.norm2(y + layer.dropout2(layer.linear2(layer.dropout(layer.activation(layer.linear1(y))))))
 
     def forward(self, exp: torch.Tensor, audio: torch.Tensor, noise: torch.Tensor | None = None,
-                events: torch.Tensor | None = None, parts: bool = False):  # fmt: skip
+                events: torch.Tensor | None = None, parts: bool = False, keep: int | None = None):  # fmt: skip
         # exp (B, T, E), audio (B, T, A), noise (B, noise_dim, T) or None (drawn), events (B, T, K)
         #   given onsets (training) or None (drawn from the noise) -> refined exp (B, T, E)
         #   [, {"onset_logit": (B, T, K) logit of q, "hazard": (B, T, K) p, "events": (B, T, E) the
-        #   event term} with parts=True]
+        #   event term} with parts=True]; ``keep``: only the last ``keep`` frames (T -> keep), the
+        #   frames before them context (a streamer's)
         x = exp.transpose(1, 2)
         f = self.local(x)  # (B, h, T)
         h = f.shape[1]
         gamma, beta = self.modulator(audio.transpose(1, 2)).chunk(2, dim=1)
         eps = torch.randn(f.shape[0], self.noise_dim, f.shape[2], device=f.device) if noise is None else noise
+        T = x.shape[2]
+        keep = T if keep is None else min(keep, T)
         if self.odd:  # detail (N(eps) - N(-eps)) / 2: the +eps and -eps halves as one batch
             B = f.shape[0]
             detail = self.detail(torch.cat([f, f]), torch.cat([gamma, gamma]), torch.cat([beta, beta]),
-                                 torch.cat([eps[:, :h], -eps[:, :h]]))  # fmt: skip
-            out = x + 0.5 * (detail[:B] - detail[B:])
+                                 torch.cat([eps[:, :h], -eps[:, :h]]), keep=keep)  # fmt: skip
+            out = x[..., T - keep :] + 0.5 * (detail[:B] - detail[B:])
         else:
-            out = x + self.detail(f, gamma, beta, eps[:, :h])
+            out = x[..., T - keep :] + self.detail(f, gamma, beta, eps[:, :h], keep=keep)
         logit = term = p = None
         if self.n_events:
+            # with ``keep``, only the frames the kept ones read: template, refractory and hazard spans
+            e0 = 0 if keep == T else max(0, T - keep - (self.event_k - 1) - max(self.refractory - 1, 0) - HAZARD_SPAN)
+            f, beta, eps, T = f[..., e0:], beta[..., e0:], eps[..., e0:], T - e0
+            events = None if events is None else events[:, e0:]
             logit = self.hazard(torch.cat([f, beta], dim=1))  # (B, K, T)
             p = torch.sigmoid(logit)
             # q_t: the chance of an onset at t, a candidate (prob. p_t) with none in the R - 1 frames
@@ -422,10 +455,10 @@ class Refinement(nn.Module):
                 z = events.transpose(1, 2).to(p.dtype)
             innovation = F.pad(z - q.detach(), (self.event_k - 1, 0))  # zero mean over the noise
             term = F.conv1d(innovation, self.template.weight * self.event_mask)
-            out = out + term
+            out = out + term[..., T - keep :]
         out = out.transpose(1, 2)
         if parts:
-            logit, p, term = (None if v is None else v.transpose(1, 2) for v in (logit, p, term))
+            logit, p, term = (None if v is None else v[..., T - keep :].transpose(1, 2) for v in (logit, p, term))
             return out, {"onset_logit": logit, "hazard": p, "events": term}
         return out
 
@@ -627,21 +660,24 @@ class REALM(nn.Module):
 
     # -- refinement ----------------------------------------------------------------
     def refine(self, motion: torch.Tensor, audio: torch.Tensor, noise: torch.Tensor | None = None,
-               events: torch.Tensor | None = None, parts: bool = False):  # fmt: skip
+               events: torch.Tensor | None = None, parts: bool = False, keep: int | None = None):  # fmt: skip
         """Replace the refined block of ``motion`` (B, T, D) by its refinement given ``audio`` (B, T, A).
 
         ``noise`` (B, refinement.noise_dim, T): drawn when None. ``events`` (B, T, K): onsets of the
         fast events (training: the ground truth's); drawn from the noise when None. ``parts``: also
         ``{"onset_logit": (B, T, K), "hazard": (B, T, K), "events": (B, T, E)}`` (the logit of an
         onset's probability q, the candidates' hazard p, and the events' term of the refined block;
-        None without events).
+        None without events). ``keep``: return only the last ``keep`` frames (B, keep, D), the frames
+        before them read as context (what a streamer does: cheaper than refining them all).
         """
         empty = {"onset_logit": None, "hazard": None, "events": None}
+        keep = motion.shape[1] if keep is None else min(keep, motion.shape[1])
         if self.refinement is None:
-            return (motion, empty) if parts else motion
+            out = motion[:, motion.shape[1] - keep :]
+            return (out, empty) if parts else out
         a = audio if self.config.use_audio else torch.zeros_like(audio)
-        out = motion.clone()
-        refined, got = self.refinement(motion[:, :, self.exp], a, noise, events, parts=True)
+        out = motion[:, motion.shape[1] - keep :].clone()
+        refined, got = self.refinement(motion[:, :, self.exp], a, noise, events, parts=True, keep=keep)
         out[:, :, self.exp] = refined
         return (out, got) if parts else out
 
@@ -804,7 +840,7 @@ class RefineStream:
         else:
             m, a = torch.cat([self.ctx[0], coarse], dim=1), torch.cat([self.ctx[1], audio], dim=1)
         c = m.shape[1] - n  # context frames in front
-        out = self.model.refine(m, a, self.noise(self.done - c, self.done + n).to(m.device))[:, c:]
+        out = self.model.refine(m, a, self.noise(self.done - c, self.done + n).to(m.device), keep=n)
         self.ctx = (m[:, -self.R :], a[:, -self.R :]) if self.R > 0 else (m[:, :0], a[:, :0])
         self.done += n
         return out
