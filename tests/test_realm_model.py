@@ -369,3 +369,22 @@ def test_rest_leak_is_the_leaky_recursion_and_pulls_back_to_the_start_frame():
     torch.testing.assert_close(out[:, -1] - a, torch.full((2, 58), 0.9**16), atol=1e-5, rtol=0)
     plain = REALM(REALMConfig(spec="arkit58", audio_dim=20, d_model=32, ff_dim=64))
     assert not hasattr(plain, "leak_logit")  # off: the paper's integration
+
+
+def test_generation_path_of_the_transformer_layers_is_the_same_maths():
+    """Eval without autograd (generation) runs the decoder layers through decoder_layer_eval; with
+    autograd, through nn.TransformerDecoderLayer: the same motion either way (masks included: the
+    shifted-ALiBi bias per head, the queries' causal mask)."""
+    torch.manual_seed(0)
+    m = REALM(REALMConfig(spec="arkit58", audio_dim=16, d_model=32, ff_dim=64, refine_dim=32, refine_ff=64,
+                          latent_dim=4, audio_context=8)).eval()  # fmt: skip
+    for p in m.parameters():  # away from the zero-initialised heads: every layer shows in the output
+        torch.nn.init.normal_(p, std=0.2) if p.dim() > 1 else None
+    audio, frame0, latents = torch.randn(2, 72, 16), torch.randn(2, 58), torch.randn(2, 5, 4)
+    with torch.no_grad():
+        fast, _ = m.rollout(audio, frame0=frame0, latents=latents)
+    slow, _ = m.rollout(audio, frame0=frame0, latents=latents)  # eval with autograd: the nn modules
+    assert slow.requires_grad and not fast.requires_grad
+    scale = float(fast.abs().max())  # float rounding, summed over 72 autoregressive frames
+    torch.testing.assert_close(fast, slow.detach(), rtol=0, atol=1e-5 * max(1.0, scale))
+    assert (fast[:, 1:] - fast[:, :1]).abs().max() > 1e-2  # the motion moves: the comparison means something

@@ -155,6 +155,46 @@ def _decoder_layer(c: REALMConfig, d: int | None = None, ff: int | None = None) 
     )
 
 
+def _attention(attn: nn.MultiheadAttention, x: torch.Tensor, mem: torch.Tensor | None, mask: torch.Tensor | None,
+               weights: list | None = None) -> torch.Tensor:  # fmt: skip
+    """``attn(x, kv, kv, attn_mask=mask)`` in eval mode (kv = ``mem``, or ``x`` when None), without
+    nn.MultiheadAttention's per-call checks. x (B, Tq, d), mem (B, Tk, d), mask (Tq, Tk) or (B * heads, Tq, Tk).
+    ``weights``: a list to append the attention probabilities (B, heads, Tq, Tk) to."""
+    d, h = attn.embed_dim, attn.num_heads
+    w, b = attn.in_proj_weight, attn.in_proj_bias
+    if mem is None:
+        q, k, v = F.linear(x, w, b).chunk(3, dim=-1)
+    else:
+        q = F.linear(x, w[:d], b[:d])
+        k, v = F.linear(mem, w[d:], b[d:]).chunk(2, dim=-1)
+    B, Tq, Tk = x.shape[0], x.shape[1], k.shape[1]
+    q, k, v = (t.reshape(B, -1, h, d // h).transpose(1, 2) for t in (q, k, v))  # (B, h, T, d / h)
+    if mask is not None and mask.dim() == 3:
+        mask = mask.reshape(B, h, Tq, Tk)
+    o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, h, Tq, d / h)
+    if weights is not None:  # the attention probabilities, for inspection (B, h, Tq, Tk)
+        logits = q @ k.transpose(-2, -1) / math.sqrt(d // h)
+        weights.append(torch.softmax(logits if mask is None else logits + mask, dim=-1))
+    return attn.out_proj(o.transpose(1, 2).reshape(B, Tq, d))
+
+
+def decoder_layer_eval(layer: nn.TransformerDecoderLayer, x: torch.Tensor, mem: torch.Tensor,
+                       self_mask: torch.Tensor | None = None, mem_mask: torch.Tensor | None = None,
+                       cross_weights: list | None = None) -> torch.Tensor:  # fmt: skip
+    """A post-norm ``nn.TransformerDecoderLayer`` (GELU) in eval mode: the same maths as
+    ``layer(x, mem, tgt_mask=self_mask, memory_mask=mem_mask)`` with less Python per call (generation
+    runs one small window at a time, where the module's checks cost more than the products).
+    ``cross_weights``: a list to append the cross-attention's probabilities to."""
+    x = layer.norm1(x + _attention(layer.self_attn, x, None, self_mask))
+    x = layer.norm2(x + _attention(layer.multihead_attn, x, mem, mem_mask, cross_weights))
+    return layer.norm3(x + layer.linear2(F.gelu(layer.linear1(x))))
+
+
+def _eval_fast(module: nn.Module) -> bool:
+    """Generation (eval mode, no autograd): the lean path of :func:`decoder_layer_eval`."""
+    return not module.training and not torch.is_grad_enabled()
+
+
 class SpeakerEncoder(nn.Module):
     """Conv1d(audio -> d, k3) + GELU, positions, 2 post-norm encoder layers, LayerNorm."""
 
@@ -202,12 +242,16 @@ class ReactiveFusion(nn.Module):
         self.norm = nn.LayerNorm(c.d_model)
         self.pe = SinusoidalPE(c.d_model, c.dropout)
         self.register_buffer("bias", shifted_alibi_bias(c.history, c.window, c.n_heads, c.tau), persistent=False)
+        self.watch: list | None = None  # record_internals: where generation appends the cross-attention
 
     def forward(self, audio_enc: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         # audio_enc (B, W, d), history (B, K, D) -> F (B, K, d)
         q = self.listener_proj(history)  # no positions; self-attention over history unmasked
         mask = self.bias.repeat(q.shape[0], 1, 1)  # (B * heads, K, W)
-        fused = self.layer(tgt=q, memory=audio_enc, memory_mask=mask)
+        if _eval_fast(self):
+            fused = decoder_layer_eval(self.layer, q, audio_enc, mem_mask=mask, cross_weights=self.watch)
+        else:
+            fused = self.layer(tgt=q, memory=audio_enc, memory_mask=mask)
         return self.pe(self.norm(fused))
 
 
@@ -272,7 +316,12 @@ class CoarseDecoder(nn.Module):
                 raise ValueError("a model with latent_dim > 0 needs each window's latent")
             q = q + self.latent(latent).unsqueeze(1)
         q = self.pe(q)
-        x = self.decoder(tgt=q, memory=memory, tgt_mask=self.causal, tgt_is_causal=True)  # (the hint skips a check)
+        if _eval_fast(self):
+            x = q
+            for layer in self.decoder.layers:
+                x = decoder_layer_eval(layer, x, memory, self_mask=self.causal)
+        else:
+            x = self.decoder(tgt=q, memory=memory, tgt_mask=self.causal, tgt_is_causal=True)  # (the hint skips a check)
         x, _ = self.lstm(x)
         return torch.cat([head(x) for head in self.heads.values()], dim=-1), alpha
 
@@ -707,8 +756,9 @@ class REALM(nn.Module):
             rec["alpha"]      # one (B, K, 1) tensor per window: the reactive gate's values
             rec["attention"]  # one (B, heads, K, W) tensor per window: shifted-ALiBi cross-attention
 
-        Forward hooks only: outputs are unchanged. The attention weights are recomputed from the
-        same inputs with ``need_weights=True`` (the decoder layer itself does not ask for them).
+        Outputs are unchanged. Generation (eval, no autograd) appends the attention probabilities as it
+        computes them; with autograd a forward hook recomputes them from the same inputs with
+        ``need_weights=True`` (the decoder layer itself does not ask for them).
         """
         rec: dict[str, list[torch.Tensor]] = {"alpha": [], "attention": []}
         attn = self.fusion.layer.multihead_attn
@@ -731,9 +781,11 @@ class REALM(nn.Module):
 
         handles = [attn.register_forward_pre_hook(on_attention, with_kwargs=True),
                    self.decoder.gate.register_forward_hook(on_gate)]  # fmt: skip
+        self.fusion.watch = rec["attention"]  # the generation path appends them itself (the hook: with autograd)
         try:
             yield rec
         finally:
+            self.fusion.watch = None
             for h in handles:
                 h.remove()
 
