@@ -145,3 +145,25 @@ def test_cli_bench_without_realm(tmp_path):
     assert "REALM was not among the models" in doc
     r = CliRunner().invoke(app, ["bench", "--out", str(tmp_path / "run"), "--models", "nope"])
     assert r.exit_code == 2 and "unknown model" in r.output
+    r = CliRunner().invoke(app, ["bench", "--out", str(tmp_path / "run"), "--models", "mirror", "--minutes", "mirror:3"])
+    assert r.exit_code == 2 and "expected NAME=MINUTES" in r.output
+
+
+def test_the_stochastic_bounded_variant_runs_three_steps_with_its_own_budget(bench, tmp_path, monkeypatch):
+    """realm_sb: stages 1 and 2, then step 3 (the demo's recipe) from them; what the bench evaluates is step 3's
+    model (a latent per window, the leak to rest); per-model budgets are checked and recorded."""
+    root, _, _ = bench
+    monkeypatch.setenv("REALM_CACHE", str(root / "cache4"))
+    with pytest.raises(ValueError, match="not in the run"):
+        tiny(root, minutes={"lstm": 3.0})
+    cfg = tiny(root, out=str(tmp_path / "run"), doc=str(tmp_path / "sb.md"), models=["realm_sb", "static_mean"],
+               splits=["test"], minutes={"realm_sb": 7.0}, step3={"clip_len": 64, "batch_size": 4})  # fmt: skip
+    res = run_bench(cfg)
+    r = res["models"]["realm_sb"]
+    assert r["stage1"]["steps"] == 2 and r["stage2"]["steps"] == 4 and r["step3"]["steps"] == 2 and r["complete"]
+    assert r["key"]["budget_minutes"] is None  # max_steps decides here; the budget is in the key otherwise
+    model = json.loads((tmp_path / "run" / "models" / "realm_sb" / "config.json").read_text())
+    assert model["model"]["latent_dim"] == 16 and model["model"]["rest_leak"] and model["stage"] == 1
+    assert (tmp_path / "run" / "models" / "realm_sb" / "steps12" / "config.json").exists()
+    doc = (tmp_path / "sb.md").read_text()
+    assert "| realm_sb |" in doc and "step 3: 2" in doc

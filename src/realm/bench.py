@@ -1,6 +1,8 @@
 """The whole benchmark in one call (``realm bench``): data, every model, both splits, one document.
 
     realm bench --out runs/bench --doc docs/benchmark.md --force    # 0.5 h, 4 CPU minutes a model; --force replaces the doc
+    realm bench --out runs/bench2h --hours 2 --seed 0 --threads 1 --minutes-per-model 15 \
+        --minutes realm_sb=45 --minutes lstm=45 --models realm,realm_sb,tau0_sb,lstm,...   # the real-budget run
     from realm.bench import BenchConfig, run_bench
     run_bench(BenchConfig(out="runs/bench", hours=0.5, minutes_per_model=4))
 
@@ -15,14 +17,18 @@ Steps (each one resumes: rerun the same command after an interruption):
    every baseline of :data:`realm.models.baselines.BASELINES` and the multimodal-LM listener
    (:data:`LM_VARIANTS`: ``mmlm`` tiny backbone, ``mmlm_smollm2``), each trained into
    ``OUT/models/<name>/`` with the same feature extractor and a fixed **wall-clock budget**
-   (``minutes_per_model``; REALM splits its training time 75 % stage 1 / 25 % stage 2). The
+   (``minutes_per_model``, or a model's own in ``minutes``, ``--minutes NAME=M``; REALM splits
+   its training time 75 % stage 1 / 25 % stage 2). Our stochastic, bounded REALM, ``realm_sb``
+   (and ``tau0_sb``, its tau = 0 ablation), is the demo checkpoint's recipe: stages 1 and 2 into
+   ``OUT/models/<name>/steps12``, then step 3 (:data:`STEP3_MODEL`, :data:`STEP3_TRAIN`) from
+   them; its budget splits :data:`STEP3_SHARES`. The
    budget becomes a step count: a short calibration run times the model's real training steps
    (data loading included), then ``max_steps`` = the time left / the step time (rounded to whole
    epochs, because checkpoints are selected on ``val`` at epoch ends). A step count, not a timer,
    so the learning-rate schedules and the staged baselines (VQ-VAE, then tokens) run their whole
    course within the budget. A model already trained there with the same settings is skipped
    (``bench_train.json`` is its record); a REALM run interrupted after stage 1 continues with
-   stage 2.
+   stage 2 (a ``*_sb`` one interrupted in step 3 redoes step 3).
 3. **Evaluation.** :func:`realm.eval.evaluate` on ``test`` and ``ood`` (``OUT/eval/<split>/``).
 4. **Document.** ``doc`` (default ``docs/benchmark.md``; an existing one is replaced only with
    ``force``, ``--force``): the command, date, machine, dataset,
@@ -59,7 +65,19 @@ REALM_VARIANTS: dict[str, tuple[dict, str]] = {
     "no_refine": ({"use_refinement": False}, "ablation: coarse model only (no stage 2)"),
     "audio_only": ({"use_history": False}, "ablation: never sees its own past motion"),
     "history_only": ({"use_audio": False}, "ablation: audio zeroed ('deaf')"),
+    "realm_sb": ({}, "ours: REALM, then its coarse model fine-tuned stochastic and bounded (the demo's step 3)"),
+    "tau0_sb": ({"tau": 0}, "ablation of ours: realm_sb with tau = 0"),
 }
+#: The step that follows stages 1 and 2 for the ``*_sb`` variants (the demo checkpoint's recipe,
+#: checkpoints/realm-demo/README.md): a 16-d latent per window trained by the energy score on the
+#: expression, a zero-latent rollout by the paper's loss, a learned leak toward the start frame, on
+#: 256-frame rollouts, the hearing and timing frozen; the step-2 refinement kept.
+STEP3_MODEL = {"latent_dim": 16, "rest_leak": True, "rest_leak_init": 0.005, "latent_temperature": 0.5}
+STEP3_TRAIN = {"coarse_loss": "energy", "energy_blocks": ["expression"], "mean_rollout": True, "batch_size": 32,
+               "clip_len": 256, "lr": 5e-4, "val_every": 0,
+               "freeze": ["audio_encoder", "fusion", "decoder.gate", "waypoint"]}  # fmt: skip
+#: Shares of a ``*_sb`` variant's training time: stage 1, stage 2, step 3.
+STEP3_SHARES = (0.55, 0.15, 0.30)
 
 #: Metrics REALM must lead on (DESIGN 13), and the ones compared with the floor.
 HEADLINE = ("fd_exp", "fd_pose", "p_fd_exp", "p_fd_pose", "rpcc_exp", "rpcc_pose")
@@ -102,12 +120,14 @@ class BenchConfig:
     # -- models and training
     models: list[str] = field(default_factory=default_models)
     minutes_per_model: float = 4.0  # wall-clock budget per model (calibration + training)
+    minutes: dict = field(default_factory=dict)  # name -> its own budget in minutes (else minutes_per_model)
     stage1_fraction: float = 0.75  # REALM: share of the training time for stage 1
     max_steps: int = 0  # > 0: this many steps per stage instead of the time budget
     extractor: str = "logmel"
     batch_size: int = 64  # CPU cap on every recipe's batch size (0: the recipes' own)
     audio_context: int = -1  # REALM audio_context (-1: 16 for frame-local features, else 0)
     train: dict = field(default_factory=dict)  # further TrainConfig fields for every model
+    step3: dict = field(default_factory=dict)  # TrainConfig fields over STEP3_TRAIN (the *_sb variants' step 3)
     model_overrides: dict = field(default_factory=dict)  # name -> model config fields ("realm": every variant)
     accelerator: str = "auto"
     devices: str = "auto"
@@ -128,6 +148,11 @@ class BenchConfig:
             raise ValueError(f"models named twice: {self.models}")
         if self.minutes_per_model <= 0 and self.max_steps <= 0:
             raise ValueError("minutes_per_model must be > 0 (or give max_steps)")
+        odd = [m for m in self.minutes if m not in self.models]
+        if odd:
+            raise ValueError(f"budgets for models not in the run: {odd}")
+        if any(float(v) <= 0 for v in self.minutes.values()):
+            raise ValueError(f"per-model minutes must be > 0: {self.minutes}")
         if not 0 < self.stage1_fraction <= 1:
             raise ValueError(f"stage1_fraction must be in (0, 1], got {self.stage1_fraction}")
 
@@ -323,7 +348,7 @@ def _record_key(name: str, cfg: BenchConfig, synth: dict, tcfg) -> dict:
         t.pop(k, None)
     return json.loads(json.dumps({
         "model": name, "model_fields": _model_fields(name, cfg), "train": t, "data": synth,
-        "budget_minutes": cfg.minutes_per_model if cfg.max_steps <= 0 else None, "max_steps": cfg.max_steps,
+        "budget_minutes": _budget(cfg, name) / 60.0 if cfg.max_steps <= 0 else None, "max_steps": cfg.max_steps,
         "stage1_fraction": cfg.stage1_fraction,
     }))  # fmt: skip
 
@@ -354,8 +379,8 @@ def train_model(name: str, cfg: BenchConfig, data: Path, synth: dict, command: s
 
 
 def _stage1_done(old: dict | None, mdir: Path) -> bool:
-    """A REALM run of ours interrupted after its stage 1 (it continues with stage 2)."""
-    state = mdir / "train_state.json"
+    """A REALM run of ours interrupted after its stage 1 (it continues with stage 2, or step 3)."""
+    state = (mdir / "steps12" if mdir.name.endswith("_sb") else mdir) / "train_state.json"
     if not (old and old.get("stage1") and state.exists()):
         return False
     try:
@@ -364,8 +389,9 @@ def _stage1_done(old: dict | None, mdir: Path) -> bool:
         return False
 
 
-def _budget(cfg: BenchConfig) -> float:
-    return cfg.minutes_per_model * 60.0
+def _budget(cfg: BenchConfig, name: str) -> float:
+    """Model ``name``'s wall-clock budget in seconds."""
+    return float(cfg.minutes.get(name, cfg.minutes_per_model)) * 60.0
 
 
 def _plan_steps(seconds: float, step_s: float, per_epoch: int) -> int:
@@ -384,8 +410,12 @@ def _train_realm_variant(name, cfg: BenchConfig, tcfg, mdir: Path, key: dict, ol
     t_start = time.time()
     fields_ = _model_fields(name, cfg)
     refine = REALMConfig(**fields_).use_refinement
-    budget = _budget(cfg)
-    rec = {"key": key, "model": name, "kind": "realm", "what": REALM_VARIANTS[name][1], "complete": False,
+    budget = _budget(cfg, name)
+    three = name.endswith("_sb")  # stages 1 and 2 in mdir/steps12, step 3 from them in mdir/step3, copied to mdir
+    run12 = mdir / "steps12" if three else mdir
+    if three:
+        budget *= sum(STEP3_SHARES[:2])
+    rec = {"key": key, "model": name, "kind": "realm" if not three else "ours", "what": REALM_VARIANTS[name][1], "complete": False,
            "budget_s": None if cfg.max_steps > 0 else budget, "batch_size": tcfg.batch_size,
            "extractor": tcfg.extractor}  # fmt: skip
     if old is not None:  # train_model checked it: stage 1 done before an interruption
@@ -399,26 +429,66 @@ def _train_realm_variant(name, cfg: BenchConfig, tcfg, mdir: Path, key: dict, ol
             cal = calibrate_realm(tcfg, REALMConfig(**fields_), refine, seconds=min(20.0, max(2.0, 0.08 * budget)))
             left = budget - (time.time() - t_start) - (2 if refine else 1) * (cal["prep_s"] + 2.0) - cal.get("rollout_s", 0.0)
             train_s = 0.9 * max(left, 0.0)
-            s1 = train_s * (cfg.stage1_fraction if refine else 1.0)
+            frac = STEP3_SHARES[0] / sum(STEP3_SHARES[:2]) if three else cfg.stage1_fraction
+            s1 = train_s * (frac if refine else 1.0)
             rec["calibration"] = cal
             rec["plan"] = {
                 "stage1_steps": _plan_steps(s1, cal["stage1_step_s"], cal["batches_per_epoch"]),
                 "stage2_batches": _plan_steps(train_s - s1, cal["stage2_step_s"], cal["batches_per_epoch"]) if refine else 0,
             }  # fmt: skip
         tcfg.max_steps, tcfg.stages = rec["plan"]["stage1_steps"], (1,)
-        res = train_realm(tcfg, REALMConfig(**fields_), mdir, progress=False, command=command)
+        res = train_realm(tcfg, REALMConfig(**fields_), run12, progress=False, command=command)
         rec["stage1"] = _stage_summary(res.get("stage1", {}))
         rec["seconds"] = round(time.time() - t_start, 1)
         write_json(mdir / RECORD, rec)  # stage 1 survives an interruption
-    if refine:
+    if refine and "stage2" not in rec:
         t2 = time.time()
         tcfg.max_steps, tcfg.stages = rec["plan"]["stage2_batches"], (2,)
-        res = train_realm(tcfg, REALMConfig(**fields_), mdir, resume=True, progress=False, command=command)
+        res = train_realm(tcfg, REALMConfig(**fields_), run12, resume=True, progress=False, command=command)
         rec["stage2"] = _stage_summary(res.get("stage2", {}))
         rec["seconds"] = round(rec.get("seconds", 0.0) + time.time() - t2, 1) if resumed else round(time.time() - t_start, 1)
+        write_json(mdir / RECORD, rec)
+    if three:
+        _train_step3(name, cfg, tcfg, mdir, run12, fields_, rec, command)
     rec["complete"] = True
     write_json(mdir / RECORD, rec)
     return rec
+
+
+def _step3_configs(tcfg, fields_: dict, init: Path, over: dict | None = None):
+    """(TrainConfig, REALMConfig) of step 3 on the two-stage run ``init`` (``over``: TrainConfig fields over STEP3_TRAIN)."""
+    from dataclasses import replace
+
+    from realm.models.realm import REALMConfig
+
+    t3 = replace(tcfg, init=str(init), stages=(1,), **{**STEP3_TRAIN, **(over or {})})
+    return t3, REALMConfig(**{**fields_, **STEP3_MODEL})
+
+
+def _train_step3(name, cfg: BenchConfig, tcfg, mdir: Path, run12: Path, fields_: dict, rec: dict, command: str) -> None:
+    """Step 3 of a ``*_sb`` variant, into ``mdir`` (the model the bench evaluates), from ``run12``."""
+    from realm.train import train_realm
+
+    t3 = time.time()
+    t3cfg, m3 = _step3_configs(tcfg, fields_, run12, cfg.step3)
+    if cfg.max_steps > 0:
+        steps = cfg.max_steps
+    else:
+        budget = _budget(cfg, name) * STEP3_SHARES[2]
+        cal = calibrate_realm(t3cfg, m3, False, seconds=min(20.0, max(2.0, 0.08 * budget)))
+        left = budget - (time.time() - t3) - cal["prep_s"] - 2.0 - cal.get("rollout_s", 0.0)
+        steps = _plan_steps(0.9 * max(left, 0.0), cal["stage1_step_s"], cal["batches_per_epoch"])
+        rec["calibration_step3"] = cal
+    rec.setdefault("plan", {})["step3_steps"] = t3cfg.max_steps = steps
+    run3 = mdir / "step3"
+    if run3.exists():  # a step 3 interrupted earlier: again from its start
+        shutil.rmtree(run3)
+    res = train_realm(t3cfg, m3, run3, progress=False, command=command)
+    for f in sorted(run3.iterdir()):  # the exported model, where the bench evaluates it
+        if f.is_file() and f.name != "train_state.json":
+            shutil.copy2(f, mdir / f.name)
+    rec["step3"] = _stage_summary(res.get("stage1", {}))
+    rec["seconds"] = round(rec.get("seconds", 0.0) + time.time() - t3, 1)
 
 
 def _stage_summary(r: dict) -> dict:
@@ -432,7 +502,7 @@ def _train_baseline(name, cfg: BenchConfig, tcfg, mdir: Path, key: dict, command
     model_name = harness_model(name)[0]
     info = MODELS[model_name]
     what = LM_VARIANTS[name][2] if name in LM_VARIANTS else info.summary
-    budget = _budget(cfg)
+    budget = _budget(cfg, name)
     rec = {"key": key, "model": name, "kind": "baseline" if name in BASELINES else "ours", "what": what, "complete": False,
            "budget_s": (None if cfg.max_steps > 0 else budget) if info.trained else None,
            "batch_size": tcfg.batch_size if info.trained else None, "extractor": tcfg.extractor}  # fmt: skip
@@ -701,10 +771,10 @@ def _training_table(trained: dict) -> list[str]:
     for name, r in trained.items():
         cal = r.get("calibration", {})
         budget = "—" if r.get("budget_s") is None else f"{r['budget_s']:.0f}"
-        if r["kind"] == "realm":
+        if "stage1" in r:  # REALM and its variants
             st = [f"{cal['stage1_step_s']:.3g}"] if "stage1_step_s" in cal else []
             st += [f"{cal['stage2_step_s']:.3g}"] if "stage2_step_s" in cal else []
-            s1, s2 = r.get("stage1", {}), r.get("stage2")
+            s1, s2, s3 = r.get("stage1", {}), r.get("stage2"), r.get("step3")
             plan = r.get("plan", {})
             steps = f"stage 1: {s1.get('steps', '?')}{_planned(s1.get('steps'), plan.get('stage1_steps'))}"
             if s2 is not None:
@@ -714,6 +784,11 @@ def _training_table(trained: dict) -> list[str]:
                 val = f"loss {_g(s1.get('val/loss'))}; stage-2 score {_g(s2.get('val/select'))}"
             else:
                 val = f"loss {_g(s1.get('val/loss'))}" + (f"; FD_delta {_g(s2.get('val/fd_delta'))}" if s2 else "")
+            if s3 is not None:
+                cal3 = r.get("calibration_step3", {})
+                st += [f"{cal3['stage1_step_s']:.3g}"] if "stage1_step_s" in cal3 else []
+                steps += f"; step 3: {s3.get('steps', '?')}{_planned(s3.get('steps'), plan.get('step3_steps'))}"
+                val += f"; step 3 loss {_g(s3.get('val/loss'))}"
         elif "train" in r:
             st = [f"{cal['step_s']:.3g}"] if "step_s" in cal else []
             steps = f"{r['train'].get('steps', '?')}{_planned(r['train'].get('steps'), r.get('plan', {}).get('steps'))}"
@@ -730,9 +805,11 @@ def document(result: dict, evals: dict) -> str:
     cfg, m, ds = result["config"], result["machine"], result["dataset"]
     gpu = f"{m['gpu']} (x{m['gpus']})" if m["gpu"] else "none"
     clips = "all clips" if cfg["max_clips"] is None else f"the first {cfg['max_clips']} clips"
+    own = ", ".join(f"{k} {v:g} min" for k, v in (cfg.get("minutes") or {}).items())
     budget = ("a fixed step count: " + str(cfg["max_steps"]) + " steps per stage") if cfg["max_steps"] > 0 else (
-        f"{cfg['minutes_per_model']:g} min of wall-clock time per model (calibration included; REALM: "
-        f"{cfg['stage1_fraction']:.0%} stage 1 / {1 - cfg['stage1_fraction']:.0%} stage 2)")  # fmt: skip
+        f"{cfg['minutes_per_model']:g} min of wall-clock time per model{' (' + own + ')' if own else ''} (calibration "
+        f"included; REALM: {cfg['stage1_fraction']:.0%} stage 1 / {1 - cfg['stage1_fraction']:.0%} stage 2; the *_sb "
+        f"variants: {' / '.join(f'{x:.0%}' for x in STEP3_SHARES)} stage 1 / stage 2 / step 3)")  # fmt: skip
     lines = [
         "# Benchmark: REALM, its ablations and the baselines on the synthetic reactive-dyads data",
         "",

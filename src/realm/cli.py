@@ -504,8 +504,9 @@ def bench_cmd(
     workers: int = typer.Option(0, help="Data synthesis processes (0: min(8, CPUs))."),
     models: str = typer.Option("", "--models", help="Comma-separated models (default: realm, its ablations, every baseline)."),
     minutes_per_model: float = typer.Option(4.0, "--minutes-per-model", help="Wall-clock training budget per model (REALM: 75 % stage 1, 25 % stage 2)."),
+    minutes: list[str] = typer.Option(None, "--minutes", help="A model's own budget, NAME=MINUTES (repeatable), e.g. --minutes realm_sb=45 --minutes lstm=45."),
     max_steps: int = typer.Option(0, "--max-steps", help="> 0: this many steps per stage instead of the time budget."),
-    extractor: str = typer.Option("logmel", "--extractor", "-e", help="Speaker features for every model: logmel | whisper | vico45 | prosody"),
+    extractor: str = typer.Option("logmel", "--extractor", "-e", help="Speaker features for every model: logmel | logmel_norm | pcen | whisper | vico45 | prosody"),
     batch_size: int = typer.Option(64, "--batch-size", help="Cap on each model's recipe batch size (CPU; 0: the recipes')."),
     audio_context: int = typer.Option(-1, "--audio-context", help="REALM audio context frames (-1: 16 for frame-local features, 0 for whisper)."),
     samples: int = typer.Option(3, help="Samples per clip for stochastic models."),
@@ -523,10 +524,19 @@ def bench_cmd(
 
     _quiet_lightning()
     names = [m.strip() for m in models.split(",") if m.strip()] if models else default_models()
+    own = {}
+    for item in minutes or []:
+        name, sep, value = item.partition("=")
+        try:
+            own[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ValueError(f"--minutes {item!r}: expected NAME=MINUTES, e.g. realm_sb=45")
     cfg = BenchConfig(
         out=str(out_dir), doc=str(doc), force=force, data=str(data) if data else "", hours=hours, seed=seed, backend=backend,
         listener_samples=listener_samples, workers=workers, models=names, minutes_per_model=minutes_per_model,
-        max_steps=max_steps, extractor=extractor, batch_size=batch_size, audio_context=audio_context, samples=samples,
+        minutes=own, max_steps=max_steps, extractor=extractor, batch_size=batch_size, audio_context=audio_context, samples=samples,
         max_clips=max_clips, accelerator=accelerator, devices=devices, threads=threads,
         command="realm " + " ".join(sys.argv[1:]),
     )  # fmt: skip
