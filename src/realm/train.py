@@ -863,6 +863,11 @@ def _safe_to_save(trainer) -> bool:
         return False
 
 
+#: Multi-process runs: optimiser steps between the ranks' agreement on stopping and saving (one
+#: all-reduce each time; a Ctrl-C then takes effect within this many steps).
+AGREE_EVERY = 8
+
+
 class ResumableCheckpoint(ModelCheckpoint):
     """``best.ckpt`` (selected on ``monitor``) and a ``last.ckpt`` a run resumes from exactly:
     written after every validation (Lightning writes it only when the best improves), at least every
@@ -913,6 +918,8 @@ class ResumableCheckpoint(ModelCheckpoint):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if trainer.world_size > 1 and trainer.global_step % AGREE_EVERY:  # ranks agree every few steps, not every batch
+            return
         stop, due = self._agree(trainer, pl_module, time.monotonic() - self._saved_at >= self.every_s)
         if (stop or due) and _safe_to_save(trainer):
             self._save_last(trainer)
