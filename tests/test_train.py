@@ -201,3 +201,26 @@ def test_frozen_modules_do_not_move_in_stage_1(synth_dir, tmp_path):
     assert any(n.startswith("decoder.decoder.") for n in trained) and any(n.startswith("audio_encoder.") for n in trained)
     with pytest.raises(ValueError, match="freeze: REALM has no module 'fusoin'"):
         REALMTask(REALMConfig(**TINY).to_dict(), TrainConfig(data="d", freeze=("fusoin",)).__dict__, 1)
+
+
+def test_stage1_can_export_the_last_validation_instead_of_the_lowest_val_loss(synth_dir, tmp_path):
+    """stage1_select="last": the weights of the last validation (last.ckpt), which differ from the best
+    one's when the val loss rose; the choice is recorded in config.json."""
+    from safetensors.torch import load_file
+
+    from realm.train import best_model_state
+
+    runs = {}
+    for sel in ("val_loss", "last"):
+        run = tmp_path / sel
+        train_realm(cfg(synth_dir, stages=(1,), max_steps=6, val_every=2, stage1_select=sel), REALMConfig(**TINY), run,
+                    progress=False)  # fmt: skip
+        runs[sel] = run
+    last = best_model_state(runs["last"] / "lightning/stage1/last.ckpt")
+    exported = load_file(runs["last"] / "model.safetensors")
+    assert all(torch.equal(exported[k], last[k]) for k in exported)
+    conf = json.loads((runs["last"] / "config.json").read_text())
+    assert "last validation" in conf["selected_on"] and conf["train"]["stage1_select"] == "last"
+    assert json.loads((runs["val_loss"] / "config.json").read_text())["selected_on"] == "val"
+    with pytest.raises(ValueError, match="stage1_select"):
+        TrainConfig(stage1_select="best")
