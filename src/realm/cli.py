@@ -13,6 +13,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -478,6 +479,17 @@ def demo_cmd(
         t.add_row(name + (" (floor)" if name == "GT resample" else ""), *cells)
     out.print(t)
     out.print(f"REALM: mean of {res['samples']} samples per clip; GT resample = a second listener realisation.")
+    if "real_speech" in res:
+        real = res["real_speech"]
+        r = Table(title="per minute: the synthetic listeners and REALM on real speech")
+        r.add_column("motion")
+        for c in real["columns"]:
+            r.add_column(c, justify="right")
+        for name, vals in real["rows"].items():
+            r.add_row(name, *[f"{v:.3f}" if "drift" in c else f"{v:.1f}" for c, v in zip(real["columns"], vals, strict=True)])
+        out.print(r)
+        for line in res.get("findings", []) + real.get("findings", []):
+            out.print(f"  {escape(line)}")
     out.print(f"outputs in {out_dir}/: held-out set {res['synth_dir']}, motion {', '.join(res['outputs']['test'])}"
               + (f", speech {res['outputs']['speech']}" if "speech" in res["outputs"] else "")
               + f", metrics {out_dir}/demo_metrics.json  ({time.time() - t0:.0f} s)")  # fmt: skip
