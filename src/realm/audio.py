@@ -141,6 +141,23 @@ def audio_hash(y: np.ndarray) -> str:
 # ---------------------------------------------------------------- helpers shared by extractors
 
 
+def hop_frames(k, hop_s: float, fps: float = FPS):
+    """The motion interval of feature frame(s) ``k`` centred at ``k * hop_s``: ``floor(k hop_s fps)``."""
+    return np.floor(np.asarray(k) * hop_s * fps + 1e-9).astype(int)
+
+
+def _trailing_windows(hist: np.ndarray, new: np.ndarray, n: int, fill: float) -> np.ndarray:
+    """(K, n, ...) views: for each of the K rows of ``new``, rows k - n + 1 .. k of [hist, new]
+    (oldest first), ``fill`` for rows before the first."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    both = np.concatenate([hist, new])
+    short = n - 1 - len(hist)
+    if short > 0:
+        both = np.concatenate([np.full((short, *new.shape[1:]), fill), both])
+    return np.moveaxis(sliding_window_view(both, n, axis=0), -1, 1)
+
+
 def _pool_runs(feats: np.ndarray, dest: np.ndarray, T: int) -> tuple[np.ndarray, np.ndarray]:
     """Sums (T, F) and counts (T,) of the rows of ``feats`` by their non-decreasing interval ``dest``
     (each interval's rows are one run: summed in row order, in float64)."""
@@ -159,7 +176,7 @@ def pool_to_frames(feats: np.ndarray, hop_s: float, T: int, fps: float = FPS) ->
     possible when hop_s > 1/fps) takes the nearest one.
     """
     n = feats.shape[0]
-    dest = np.floor(np.arange(n) * hop_s * fps + 1e-9).astype(int)
+    dest = hop_frames(np.arange(n), hop_s, fps)
     keep = dest < T
     out, cnt = _pool_runs(np.asarray(feats)[keep], dest[keep], T)
     empty = cnt == 0
@@ -477,13 +494,13 @@ def _mel_basis(n_fft: int, n_mels: int) -> np.ndarray:
     return basis
 
 
-def _mel(y: np.ndarray, n_fft: int, hop: int, n_mels: int, power: float) -> np.ndarray:
-    """(N, n_mels) mel spectrogram (frame k centred at k * hop), float64: what
-    ``librosa.feature.melspectrogram(y, sr=16000, n_fft, hop_length=hop, n_mels, power, center=True)``
-    computes, with the filterbank cached."""
+def _mel(y: np.ndarray, n_fft: int, hop: int, n_mels: int, power: float, center: bool = True) -> np.ndarray:
+    """(N, n_mels) mel spectrogram (frame k centred at k * hop; ``center=False``: frame k reads
+    y[k hop : k hop + n_fft]), float64: what ``librosa.feature.melspectrogram(y, sr=16000, n_fft,
+    hop_length=hop, n_mels, power, center)`` computes, with the filterbank cached."""
     import librosa
 
-    S = np.abs(librosa.stft(y, n_fft=n_fft, hop_length=hop, win_length=n_fft, center=True, pad_mode="constant")) ** power
+    S = np.abs(librosa.stft(y, n_fft=n_fft, hop_length=hop, win_length=n_fft, center=center, pad_mode="constant")) ** power
     return np.einsum("...ft,mf->...mt", S, _mel_basis(n_fft, n_mels), optimize=True).T.astype(np.float64)
 
 
@@ -597,9 +614,13 @@ class LogMelNorm(Extractor):
         snr = e - np.maximum(causal_min(e, N), log_floor)
         Ls = np.log(Es + floor[:, None])
         band_snr = Ls - np.maximum(causal_min(Ls, N), log_floor[:, None])
+        return pool_to_frames(self.rows(norm, snr, band_snr), self.hop / SAMPLE_RATE, T, self.fps)
+
+    def rows(self, norm: np.ndarray, snr: np.ndarray, band_snr: np.ndarray) -> np.ndarray:
+        """(K, 82) hop features from the normalised log mel (K, 80), the broadband SNR cue (K,) and
+        the per-band SNRs (K, 80): dims 0-79, 80 and the band-activity cue 81."""
         active = np.clip((band_snr - self.cue_offset) / self.cue_range, 0.0, 1.0).mean(axis=1)
-        feats = np.concatenate([norm, snr[:, None], active[:, None]], axis=1)
-        return pool_to_frames(feats, self.hop / SAMPLE_RATE, T, self.fps)
+        return np.concatenate([norm, snr[:, None], active[:, None]], axis=1)
 
 
 class LogMelNormStream:
@@ -674,30 +695,19 @@ class LogMelNormStream:
         return self._frames(n_frames(self.n, self.ex.fps))
 
     def _dest(self, k: int) -> int:
-        return math.floor(k * self.hop / SAMPLE_RATE * self.ex.fps + 1e-9)
+        return int(hop_frames(k, self.hop / SAMPLE_RATE, self.ex.fps))
 
     # -- internals
     def _hops(self, k1: int) -> None:
         """Compute hops [self.k, k1) and append their feature rows."""
-        import librosa
-
         k0, ex, N = self.k, self.ex, self.N
         if k1 <= k0:
             return
         a = k0 * self.hop - self.b0
         seg = self.buf[a : a + (k1 - k0 - 1) * self.hop + self.n_fft]
-        S = np.abs(librosa.stft(seg, n_fft=self.n_fft, hop_length=self.hop, win_length=self.n_fft, center=False)) ** 2
-        E = np.einsum("...ft,mf->...mt", S, _mel_basis(self.n_fft, ex.n_mels), optimize=True).T.astype(np.float64)
+        E = _mel(seg, self.n_fft, self.hop, ex.n_mels, power=2.0, center=False)  # hops [k0, k1)
         idx = np.arange(k0, k1)
-
-        def window(hist, new, n, fill):  # (K, n, ...) rows k - n + 1 .. k of [hist, new], ``fill`` before hop 0
-            from numpy.lib.stride_tricks import sliding_window_view
-
-            both = np.concatenate([hist, new])
-            short = n - 1 - len(hist)
-            if short > 0:
-                both = np.concatenate([np.full((short, *new.shape[1:]), fill), both])
-            return np.moveaxis(sliding_window_view(both, n, axis=0), -1, 1)
+        window = _trailing_windows
 
         # Es: the smooth-hop mean (fewer rows at the start, as causal_mean)
         sm = ex.smooth
@@ -712,8 +722,7 @@ class LogMelNormStream:
         snr = e - np.maximum(window(self.e, e, N, np.inf).min(axis=1), log_floor)
         Ls = np.log(Es + floor[:, None])
         band = Ls - np.maximum(window(self.Ls, Ls, N, np.inf).min(axis=1), log_floor[:, None])
-        active = np.clip((band - ex.cue_offset) / ex.cue_range, 0.0, 1.0).mean(axis=1)
-        self.rows = np.concatenate([self.rows, np.concatenate([norm, snr[:, None], active[:, None]], axis=1)])
+        self.rows = np.concatenate([self.rows, ex.rows(norm, snr, band)])
         keep = N - 1
         self.E = np.concatenate([self.E, E])[-(sm - 1) :] if sm > 1 else self.E
         self.peak_in = np.concatenate([self.peak_in, em])[-keep:]
@@ -728,17 +737,14 @@ class LogMelNormStream:
         """Pool the hop rows of frames [self.t, t1) (frame t: hops k with floor(k hop_s fps) = t)."""
         if t1 <= self.t:
             return np.zeros((0, self.ex.dim), np.float32)
-        hop_s = self.hop / SAMPLE_RATE
-        ks = np.arange(self.r0, self.r0 + len(self.rows))
-        dest = np.floor(ks * hop_s * self.ex.fps + 1e-9).astype(int)
+        dest = hop_frames(np.arange(self.r0, self.r0 + len(self.rows)), self.hop / SAMPLE_RATE, self.ex.fps)
         use = dest < t1
         out, cnt = _pool_runs(self.rows[use], dest[use] - self.t, t1 - self.t)
         if (cnt == 0).any():
             raise RuntimeError("a motion frame without a hop")  # pragma: no cover - hop < frame for every mel extractor
         n_used = int(use.sum())
         self.rows, self.r0, self.t = self.rows[n_used:], self.r0 + n_used, t1
-        out = (out / cnt[:, None]).astype(np.float32)
-        return out
+        return (out / cnt[:, None]).astype(np.float32)
 
 
 EXTRACTORS: dict[str, type[Extractor]] = {

@@ -380,13 +380,18 @@ def train_model(name: str, cfg: BenchConfig, data: Path, synth: dict, command: s
 
 def _stage1_done(old: dict | None, mdir: Path) -> bool:
     """A REALM run of ours interrupted after its stage 1 (it continues with stage 2, or step 3)."""
-    state = (mdir / "steps12" if mdir.name.endswith("_sb") else mdir) / "train_state.json"
+    state = (mdir / "steps12" if _has_step3(mdir.name) else mdir) / "train_state.json"
     if not (old and old.get("stage1") and state.exists()):
         return False
     try:
         return 1 in json.loads(state.read_text()).get("done", [])
     except ValueError:
         return False
+
+
+def _has_step3(name: str) -> bool:
+    """The ``*_sb`` variants: stages 1 and 2, then step 3 (:data:`STEP3_MODEL`)."""
+    return name.endswith("_sb")
 
 
 def _budget(cfg: BenchConfig, name: str) -> float:
@@ -410,13 +415,11 @@ def _train_realm_variant(name, cfg: BenchConfig, tcfg, mdir: Path, key: dict, ol
     t_start = time.time()
     fields_ = _model_fields(name, cfg)
     refine = REALMConfig(**fields_).use_refinement
-    budget = _budget(cfg, name)
-    three = name.endswith("_sb")  # stages 1 and 2 in mdir/steps12, step 3 from them in mdir/step3, copied to mdir
+    three = _has_step3(name)  # stages 1 and 2 in mdir/steps12, step 3 from them in mdir/step3, copied to mdir
     run12 = mdir / "steps12" if three else mdir
-    if three:
-        budget *= sum(STEP3_SHARES[:2])
+    budget = _budget(cfg, name) * (sum(STEP3_SHARES[:2]) if three else 1.0)  # stages 1 and 2
     rec = {"key": key, "model": name, "kind": "realm" if not three else "ours", "what": REALM_VARIANTS[name][1], "complete": False,
-           "budget_s": None if cfg.max_steps > 0 else budget, "batch_size": tcfg.batch_size,
+           "budget_s": None if cfg.max_steps > 0 else _budget(cfg, name), "batch_size": tcfg.batch_size,
            "extractor": tcfg.extractor}  # fmt: skip
     if old is not None:  # train_model checked it: stage 1 done before an interruption
         rec, resumed = dict(old), True  # stage 1 done before an interruption

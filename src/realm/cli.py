@@ -303,7 +303,7 @@ def train_realm_cmd(
 # ---------------------------------------------------------------- realm train <baseline>
 
 
-def _parse_sets(items: list[str]) -> dict:
+def _parse_sets(items: list[str], option: str = "--set", form: str = "FIELD=VALUE") -> dict:
     """``["hidden=128", "vel_weights={\\"expression\\": 0.01}"]`` -> model config overrides (values as JSON)."""
     import json
 
@@ -311,7 +311,7 @@ def _parse_sets(items: list[str]) -> dict:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--set {item!r}: expected FIELD=VALUE")
+            raise ValueError(f"{option} {item!r}: expected {form}")
         try:
             out_cfg[key.strip()] = json.loads(value)
         except ValueError:
@@ -462,6 +462,7 @@ def demo_cmd(
     import time
 
     from realm.demo import run_demo
+    from realm.metrics import behaviour_cell
 
     t0 = time.time()
     with _progress() as p:
@@ -486,7 +487,7 @@ def demo_cmd(
         for c in real["columns"]:
             r.add_column(c, justify="right")
         for name, vals in real["rows"].items():
-            r.add_row(name, *[f"{v:.3f}" if "drift" in c else f"{v:.1f}" for c, v in zip(real["columns"], vals, strict=True)])
+            r.add_row(name, *[behaviour_cell(c, v) for c, v in zip(real["columns"], vals, strict=True)])
         out.print(r)
         for line in res.get("findings", []) + real.get("findings", []):
             out.print(f"  {escape(line)}")
@@ -536,15 +537,10 @@ def bench_cmd(
 
     _quiet_lightning()
     names = [m.strip() for m in models.split(",") if m.strip()] if models else default_models()
-    own = {}
-    for item in minutes or []:
-        name, sep, value = item.partition("=")
-        try:
-            own[name.strip()] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep:
-            raise ValueError(f"--minutes {item!r}: expected NAME=MINUTES, e.g. realm_sb=45")
+    own = _parse_sets(minutes or [], "--minutes", "NAME=MINUTES")
+    for name, value in own.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"--minutes {name}={value!r}: expected NAME=MINUTES, e.g. realm_sb=45")
     cfg = BenchConfig(
         out=str(out_dir), doc=str(doc), force=force, data=str(data) if data else "", hours=hours, seed=seed, backend=backend,
         listener_samples=listener_samples, workers=workers, models=names, minutes_per_model=minutes_per_model,

@@ -997,6 +997,11 @@ BEHAVIOUR_COLUMNS = (
 )
 
 
+def behaviour_cell(header: str, value: float) -> str:
+    """``value`` of the :data:`BEHAVIOUR_COLUMNS` column named ``header`` in that column's format (other headers: 4 digits)."""
+    return next((fmt for _, h, fmt in BEHAVIOUR_COLUMNS if h == header), "{:.4g}").format(value)
+
+
 def behaviour_numbers(motion: np.ndarray, pauses: Sequence[int], spec: str | MotionSpec = "arkit58",
                       fps: float = 30.0) -> dict:  # fmt: skip
     """What a listener does in one (T, D) motion, as counts and ranges (the real-speech checks).

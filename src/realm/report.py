@@ -173,6 +173,8 @@ def _demo_section(path: Path, root: Path) -> str:
              _findings(res.get("findings"))]  # fmt: skip
     real = res.get("real_speech")
     if real:
+        from realm.metrics import behaviour_cell
+
         try:
             rcols, rrows = list(real["columns"]), dict(real["rows"])
         except (KeyError, TypeError) as e:
@@ -182,7 +184,7 @@ def _demo_section(path: Path, root: Path) -> str:
                   "listener realisation), on REALM's output for their test clips and on REALM's output for the real "
                   "recording (mean over its samples). The synthetic ground truth is the behaviour REALM learned; "
                   "real speech has no ground-truth listener.</p>",
-                  _table(["motion"] + rcols, [[n] + [f"{v:.3f}" if "drift" in c else f"{v:.1f}" for c, v in zip(rcols, vals, strict=True)]
+                  _table(["motion"] + rcols, [[n] + [behaviour_cell(c, v) for c, v in zip(rcols, vals, strict=True)]
                                               for n, vals in rrows.items()], [""] + ["num"] * len(rcols)),
                   _help(real.get("column_help")), _findings(real.get("findings"))]  # fmt: skip
     return "\n".join(p for p in parts if p)

@@ -869,8 +869,9 @@ def _safe_to_save(trainer) -> bool:
         return False
 
 
-#: Multi-process runs: optimiser steps between the ranks' agreement on stopping and saving (one
-#: all-reduce each time; a Ctrl-C then takes effect within this many steps).
+#: Multi-process runs: batches between the ranks' agreement on stopping and saving (one all-reduce
+#: each time; a Ctrl-C then takes effect within this many batches). Counted in batches, which every
+#: rank sees alike (its optimiser steps need not be: stage 2 steps the discriminator conditionally).
 AGREE_EVERY = 8
 
 
@@ -924,7 +925,7 @@ class ResumableCheckpoint(ModelCheckpoint):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        if trainer.world_size > 1 and trainer.global_step % AGREE_EVERY:  # ranks agree every few steps, not every batch
+        if trainer.world_size > 1 and batch_idx % AGREE_EVERY:  # ranks agree every few batches, not every batch
             return
         stop, due = self._agree(trainer, pl_module, time.monotonic() - self._saved_at >= self.every_s)
         if (stop or due) and _safe_to_save(trainer):

@@ -336,12 +336,13 @@ class CausalConv1d(nn.Conv1d):
         return super().forward(F.pad(x, ((self.kernel_size[0] - 1) * self.dilation[0], 0)))
 
 
-def banded_causal_mask(T: int, span: int, device=None) -> torch.Tensor:
-    """(T, T) additive mask: query t may attend keys [t - span, t], -inf elsewhere."""
-    i = torch.arange(T, device=device).view(-1, 1)
+def banded_causal_mask(T: int, span: int, device=None, last: int | None = None) -> torch.Tensor:
+    """(T, T) additive mask: query t may attend keys [t - span, t], -inf elsewhere (``last``: the
+    rows of the last ``last`` queries only, (last, T))."""
+    i = torch.arange(0 if last is None else T - last, T, device=device).view(-1, 1)
     j = torch.arange(T, device=device).view(1, -1)
     allowed = (j <= i) & (j >= i - span)
-    return torch.zeros(T, T, device=device).masked_fill(~allowed, float("-inf"))
+    return torch.zeros(len(i), T, device=device).masked_fill(~allowed, float("-inf"))
 
 
 #: Frames before t that the refinement's event hazard at t reads (its k5 and k5-dilated-4 convolutions).
@@ -439,7 +440,8 @@ class Refinement(nn.Module):
         g = f + gamma * eps + beta
         g = g * self.se(self.squeeze(g))  # squeeze-excitation channel attention
         T = g.shape[2]
-        if keep is not None and self.causal and keep + 2 < T and len(self.temporal.layers) == 1 and self.temporal.norm is None:
+        if (keep is not None and self.causal and keep + 2 < T and not self.training and len(self.temporal.layers) == 1
+                and self.temporal.norm is None):  # fmt: skip
             # a streamer keeps only the last frames: attention queries for those (and the 2 frames the
             #   output convolution reads before them), keys over their span; the same maths
             q = keep + 2
@@ -451,17 +453,13 @@ class Refinement(nn.Module):
         return out if keep is None else out[..., T - keep :]
 
     def _attend_tail(self, x: torch.Tensor, q: int) -> torch.Tensor:
-        """The temporal layer (one post-norm encoder layer, banded causal attention) for the last ``q``
-        of the (B, Tk, h) frames ``x`` only: (B, q, h), what the whole sequence gives for those frames."""
+        """The temporal layer (one post-norm GELU encoder layer, banded causal attention; eval mode) for
+        the last ``q`` of the (B, Tk, h) frames ``x`` only: (B, q, h), what the whole sequence gives them."""
         layer = self.temporal.layers[0]
-        Tk = x.shape[1]
-        i = torch.arange(Tk - q, Tk, device=x.device).view(-1, 1)
-        j = torch.arange(Tk, device=x.device).view(1, -1)
-        mask = torch.zeros(q, Tk, device=x.device).masked_fill(~((j <= i) & (j >= i - self.span)), float("-inf"))
-        xq = x[:, Tk - q :]
-        sa = layer.self_attn(xq, x, x, attn_mask=mask, need_weights=False)[0]
-        y = layer.norm1(xq + layer.dropout1(sa))
-        return layer.norm2(y + layer.dropout2(layer.linear2(layer.dropout(layer.activation(layer.linear1(y))))))
+        xq = x[:, x.shape[1] - q :]
+        mask = banded_causal_mask(x.shape[1], self.span, x.device, last=q)
+        y = layer.norm1(xq + _attention(layer.self_attn, xq, x, mask))
+        return layer.norm2(y + layer.linear2(F.gelu(layer.linear1(y))))
 
     def forward(self, exp: torch.Tensor, audio: torch.Tensor, noise: torch.Tensor | None = None,
                 events: torch.Tensor | None = None, parts: bool = False, keep: int | None = None):  # fmt: skip
