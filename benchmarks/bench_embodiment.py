@@ -78,9 +78,9 @@ def table(rows: dict[str, dict]) -> str:
 
 
 def run(data: Path, models: dict[str, str], profile: str, split: str, max_clips: int | None, seed: int) -> dict:
+    from realm.checkpoint import load
     from realm.data import load_any
     from realm.embodiment.profile import load_profile
-    from realm.generate import load
 
     prof = load_profile(profile)
     clips = sorted(load_any(data, splits=split), key=lambda c: c.clip_id)

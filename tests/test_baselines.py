@@ -12,8 +12,9 @@ import realm
 from realm.cli import app
 from realm.data import load_any
 from realm.errors import RealmInputError
-from realm.models.baselines import BASELINES, baseline_train_config, train_baseline
 from realm.motion import NormStats
+from realm.registry import BASELINES
+from realm.train.baselines import baseline_train_config, train_baseline
 
 #: tiny model sizes so the whole file trains every baseline in seconds on 2 CPU cores
 TINY = {

@@ -1,4 +1,4 @@
-"""The speaker-emotion classifier (realm.emotion): labels, learning, causality, checkpoints, CLI."""
+"""The speaker-emotion classifier (realm.models.emotion, realm.train.emotion): labels, learning, causality, checkpoints, CLI."""
 
 import json
 
@@ -10,17 +10,9 @@ from typer.testing import CliRunner
 from realm.audio import SAMPLE_RATE, extract
 from realm.data import load_dataset
 from realm.data.clip import Clip
-from realm.emotion import (
-    IGNORE,
-    EmotionConfig,
-    EmotionNet,
-    EmotionTrainConfig,
-    clip_labels,
-    fit,
-    frame_metrics,
-    load_emotion,
-)
 from realm.errors import RealmInputError
+from realm.models.emotion import IGNORE, EmotionConfig, EmotionNet, clip_labels, frame_metrics, load_emotion
+from realm.train.emotion import EmotionTrainConfig, fit
 
 FPS = 30
 

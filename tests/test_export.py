@@ -27,6 +27,7 @@ from realm.embodiment.export import (
 )
 from realm.embodiment.safety import check_limits
 from realm.errors import RealmInputError
+from realm.motion import SPECS
 
 runner = CliRunner()
 
@@ -235,3 +236,25 @@ def test_a_multi_sample_file_needs_sample_and_exports_the_chosen_one(tmp_path):
     assert outs[0] != outs[1]
     r = runner.invoke(app, ["export", "--motion", str(path), "--format", "bvh", "--out", str(tmp_path / "b.bvh"), "--sample", "2"])
     assert r.exit_code == 2 and "sample 2 requested but the file holds 2" in r.output
+
+
+def test_one_control_pipeline_streams_what_export_and_sim_write():
+    """Frame by frame (serve) and whole trajectory (export, sim) give the same safe controls."""
+    from realm.embodiment.controls import ControlPipeline
+    from realm.embodiment.sim import commands_from_motion
+
+    rng = np.random.default_rng(3)
+    spec = SPECS["arkit58"]
+    x = np.zeros((150, spec.dim))
+    x[:, :52] = np.clip(np.cumsum(rng.normal(0, 0.05, (150, 52)), axis=0), 0, 1)
+    x[:, 52:55] = np.cumsum(rng.normal(0, 0.02, (150, 3)), axis=0)  # drifts past the head's range: clamped
+    whole = ControlPipeline("ameca", rate_hz=30.0).run(x)
+    live = ControlPipeline("ameca", rate_hz=30.0)
+    cuts = [0, 1, 17, 33, 80, 81, 150]
+    streamed = np.concatenate([live.step(x[a:b], a / 30.0) for a, b in zip(cuts[:-1], cuts[1:], strict=True)])
+    np.testing.assert_allclose(streamed, whole, atol=1e-9)
+    np.testing.assert_allclose(prepare(x, 30.0, 30.0, "ameca").controls, whole, atol=1e-9)
+    np.testing.assert_allclose(commands_from_motion(x, 30.0, "ameca", 30.0)[0], whole, atol=1e-9)
+    assert np.abs(ControlPipeline(None).arkit(x)[:, 52:55]).max() <= np.radians(30) + 1e-9
+    with pytest.raises(ValueError, match="needs a linear map to arkit58.*--map"):
+        ControlPipeline("ameca", spec="flame56")

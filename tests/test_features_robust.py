@@ -196,9 +196,9 @@ def test_streamer_gives_the_offline_frames_for_a_logmel_norm_checkpoint(tmp_path
     import torch
 
     import realm
+    from realm.checkpoint import save
     from realm.models.realm import REALM, REALMConfig
     from realm.motion import NormStats
-    from realm.train import export
 
     torch.manual_seed(0)
     model = REALM(REALMConfig(spec="arkit58", audio_dim=82, d_model=32, ff_dim=64, refine_dim=32, refine_ff=64,
@@ -206,7 +206,7 @@ def test_streamer_gives_the_offline_frames_for_a_logmel_norm_checkpoint(tmp_path
     rng = np.random.default_rng(0)
     stats = NormStats(rng.uniform(0, 0.3, 58).astype(np.float32), rng.uniform(0.01, 0.1, 58).astype(np.float32), "arkit58")
     fstats = NormStats(np.zeros(82, np.float32), np.ones(82, np.float32), "logmel_norm")
-    export(tmp_path / "run", model, (stats, fstats), "logmel_norm", {"stage": 2})
+    save(tmp_path / "run", model, stats, fstats, "logmel_norm", {"stage": 2})
     lis = realm.load(tmp_path / "run")
     y = jfk[: int(SAMPLE_RATE * 6.1)]
     offline = lis.generate(y, seed=1)[0]

@@ -9,11 +9,11 @@ from typer.testing import CliRunner
 
 import realm
 from realm.audio import load_audio
+from realm.checkpoint import save
 from realm.cli import app
 from realm.errors import RealmInputError
 from realm.models.realm import REALM, REALMConfig
 from realm.motion import NormStats
-from realm.train import export
 from tests.conftest import JFK
 
 SMALL = dict(spec="arkit58", audio_dim=80, d_model=32, ff_dim=64, refine_dim=32, refine_ff=64)
@@ -27,7 +27,7 @@ def make_run(root, **extra):
     rng = np.random.default_rng(0)
     stats = NormStats(rng.uniform(0, 0.3, 58).astype(np.float32), rng.uniform(0.01, 0.1, 58).astype(np.float32), "arkit58")
     fstats = NormStats(rng.normal(-5, 1, 80).astype(np.float32), rng.uniform(1, 3, 80).astype(np.float32), "logmel")
-    export(root, model, (stats, fstats), "logmel", {"stage": 2})
+    save(root, model, stats, fstats, "logmel", {"stage": 2})
     return root
 
 
@@ -46,7 +46,7 @@ def test_round_trip_is_bit_identical(run_dir, tmp_path):
     y = load_audio(JFK)[: 16000 * 3]
     m1 = a.generate(y, samples=2, seed=5)
     assert m1.shape == (2, 90, 58) and not np.array_equal(m1[0], m1[1])
-    export(tmp_path / "again", a.model, (a.stats, a.feature_stats), a.extractor, {})
+    save(tmp_path / "again", a.model, a.stats, a.feature_stats, a.extractor, {})
     b = realm.load(tmp_path / "again")
     assert np.array_equal(m1, b.generate(y, samples=2, seed=5))
     assert np.array_equal(m1, a.generate(y, samples=2, seed=5))  # same seed, same output
@@ -236,8 +236,7 @@ def test_a_long_file_is_featurised_a_block_at_a_time_as_if_whole(tmp_path, extra
     whole-file features, also for a stereo file and a last block shorter than the others."""
     import soundfile as sf
 
-    from realm.audio import extract, load_audio
-    from realm.generate import file_features
+    from realm.audio import extract, file_features, load_audio
 
     y = load_audio(JFK)
     mono, stereo = tmp_path / "mono.flac", tmp_path / "stereo.wav"

@@ -12,8 +12,8 @@ import realm
 from realm.cli import app
 from realm.data import load_any
 from realm.errors import RealmInputError
-from realm.models.baselines import baseline_train_config, train_baseline
 from realm.models.mmlm import FRAMES_PER_TOKEN, MMLM, MMLMConfig, build_context
+from realm.train.baselines import baseline_train_config, train_baseline
 
 TINY_VQ = {"width": 32, "code_dim": 32, "codes": 16, "depth": 1, "id_width": 16, "id_dim": 16}
 TINY = {"vq": TINY_VQ, "ref_frames": 64, "dim": 32, "layers": 1, "heads": 2, "audio_hidden": 16}

@@ -179,8 +179,7 @@ def test_ctrl_c_saves_says_how_to_resume_and_resume_is_bit_exact(tiny_synth, ref
 
 
 def test_a_baseline_resumes_from_ctrl_c_bit_exact(tiny_synth, tmp_path, monkeypatch):
-    from realm.models.baselines import baseline_train_config, train_baseline
-    from realm.models.baselines.train import BaselineTask
+    from realm.train.baselines import BaselineTask, baseline_train_config, train_baseline
 
     cfg = lambda: baseline_train_config("lstm", data=str(tiny_synth), extractor="prosody", batch_size=8, epochs=2,  # noqa: E731
                                         clip_len=32, clip_stride=16, val_stride=32, accelerator="cpu", devices="1")  # fmt: skip

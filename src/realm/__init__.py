@@ -10,8 +10,8 @@ from realm.motion import SPECS, MotionSpec, NormStats, get_spec  # noqa: E402
 
 
 def load(run):
-    """Load a trained listener (run directory) ready to ``generate``; see :mod:`realm.generate`."""
-    from realm.generate import load as _load
+    """Load a trained listener (run directory) ready to ``generate``; see :mod:`realm.checkpoint` and :mod:`realm.generate`."""
+    from realm.checkpoint import load as _load
 
     return _load(run)
 

@@ -792,3 +792,51 @@ def extract(
     feats = ex(y)
     save_npy(path, feats)
     return feats
+
+
+# ---------------------------------------------------------------- long files
+
+#: Audio files longer than this (seconds) are featurised a block at a time (:func:`file_features`).
+LONG_AUDIO_S = 600.0
+#: Seconds of audio per block of :func:`file_features` (a multiple of 0.1 s: whole frames and hops).
+FEATURE_BLOCK_S = 60.0
+
+
+def file_features(extractor: str, path: str | Path, block_s: float = FEATURE_BLOCK_S,
+                  min_s: float = LONG_AUDIO_S) -> np.ndarray | None:  # fmt: skip
+    """Raw (T, A) features of a long 16 kHz file read ``block_s`` seconds at a time, each block
+    with the extractor's ``context`` samples of audio before it and ``ahead`` after (so every frame sees the
+    audio it sees offline, and the result equals whole-file extraction to float rounding; tested).
+    Memory: the features and one block, not the waveform (an hour at 16 kHz is 230 MB as float32).
+
+    None (the caller reads the file whole) for a file shorter than ``min_s``, not at 16 kHz (it
+    needs resampling), not readable by libsndfile, or an extractor without a bounded context.
+    """
+    import soundfile as sf
+
+    ex = get_extractor(extractor)
+    if ex.context is None:
+        return None
+    try:
+        info = sf.info(str(path))
+    except Exception:
+        return None
+    if info.samplerate != SAMPLE_RATE or info.frames < min_s * SAMPLE_RATE:
+        return None
+    unit = SAMPLE_RATE // 10  # 0.1 s = 3 frames at 30 fps: a block boundary is a frame boundary
+    B = unit * max(1, round(block_s * 10))
+    left = -(-ex.context // unit) * unit  # the context, rounded up to whole units
+    N, T = info.frames, n_frames(info.frames)
+    out = []
+    with sf.SoundFile(str(path)) as f:
+        for s0 in range(0, N, B):
+            g0, g1 = max(0, s0 - left), min(N, s0 + B + ex.ahead)
+            f.seek(g0)
+            seg = f.read(g1 - g0, dtype="float32", always_2d=True).mean(axis=1)  # as load_audio mixes
+            if not np.all(np.isfinite(seg)):
+                raise RealmInputError(path, "audio holds NaN/inf samples")
+            feats = ex(seg)
+            t0, a = n_frames(g0), n_frames(s0)
+            b = T if g1 == N else n_frames(s0 + B)
+            out.append(feats[a - t0 : b - t0])
+    return np.concatenate(out)

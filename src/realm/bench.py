@@ -14,7 +14,7 @@ Steps (each one resumes: rerun the same command after an interruption):
    parallelism aside) is reused, one with another config is an error.
 2. **Models.** REALM, its ablations (``tau0``: tau = 0, plain one-sided ALiBi; ``no_gate``;
    ``no_refine``: coarse only; ``audio_only``: no listener history; ``history_only``: no audio)
-   every baseline of :data:`realm.models.baselines.BASELINES` and the multimodal-LM listener
+   every baseline of :data:`realm.registry.BASELINES` and the multimodal-LM listener
    (:data:`LM_VARIANTS`: ``mmlm`` tiny backbone, ``mmlm_smollm2``), each trained into
    ``OUT/models/<name>/`` with the same feature extractor and a fixed **wall-clock budget**
    (``minutes_per_model``, or a model's own in ``minutes``, ``--minutes NAME=M``; REALM splits
@@ -53,7 +53,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from realm.io import atomic_path, refuse_existing, write_json
-from realm.models.baselines import BASELINES, MODELS
+from realm.registry import BASELINES, MODELS
 
 log = logging.getLogger(__name__)
 
@@ -330,7 +330,7 @@ def _train_config(name: str, cfg: BenchConfig, data: Path):
     if name in REALM_VARIANTS:
         base = TrainConfig(**{**common, **cfg.train})
     else:
-        from realm.models.baselines import baseline_train_config
+        from realm.train.baselines import baseline_train_config
 
         base = baseline_train_config(harness_model(name)[0], **{**common, **cfg.train})
     if "batch_size" not in cfg.train:
@@ -499,7 +499,7 @@ def _stage_summary(r: dict) -> dict:
 
 
 def _train_baseline(name, cfg: BenchConfig, tcfg, mdir: Path, key: dict, command: str) -> dict:
-    from realm.models.baselines import train_baseline
+    from realm.train.baselines import train_baseline
 
     t_start = time.time()
     model_name = harness_model(name)[0]
@@ -613,8 +613,8 @@ def calibrate_realm(tcfg, mcfg, refine: bool, seconds: float = 10.0, max_batches
 
 def calibrate_baseline(name: str, tcfg, model_cfg: dict | None, seconds: float = 10.0, max_batches: int = 10) -> dict:
     """Seconds per training batch of neural baseline ``name`` (staged models: over their stages)."""
-    from realm.models.baselines.train import BaselineTask, make_model
     from realm.train import _jsonable, prepare_data
+    from realm.train.baselines import BaselineTask, make_model
 
     t0 = time.time()
     prep = prepare_data(tcfg)

@@ -4,7 +4,7 @@
     res = evaluate({"realm": "runs/realm", "mirror": "runs/mirror"}, "data/synth", split="test",
                    samples=3, out="results/synth-test")
 
-Every model loads with :func:`realm.generate.load` (or is passed loaded) and shares one
+Every model loads with :func:`realm.checkpoint.load` (``realm.load``; or is passed loaded) and shares one
 interface: ``generate(audio, first_frame, samples, seed, speaker=, words=) -> (N, T, D)``.
 For each clip of the split, each model generates from the clip's audio with frame 0 of the
 ground truth as its first frame (``first_frame="gt"``), and every metric of
@@ -81,7 +81,7 @@ class Row:
 
 def load_models(models: dict) -> dict:
     """``{name: loaded model}`` from ``{name: run directory or loaded model}``."""
-    from realm.generate import load
+    from realm.checkpoint import load
 
     out = {}
     for name, m in models.items():
@@ -256,7 +256,7 @@ def evaluate(
 
 def _refines(model) -> bool:
     """A REALM whose output goes through a refinement (stage 2)."""
-    return getattr(getattr(model, "model", None), "refinement", None) is not None and getattr(model, "name", "") == "realm"
+    return bool(getattr(model, "refines", False))  # the listener contract's capability (fakes in tests may lack it)
 
 
 def _context(clips) -> dict:

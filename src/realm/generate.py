@@ -27,67 +27,35 @@ and cannot be streamed exactly, so a whisper checkpoint refuses to stream.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 
 from realm.audio import SAMPLE_RATE, get_extractor, n_frames, n_samples_for
 from realm.errors import RealmInputError
-from realm.models.realm import REALM, REALMConfig, RefineStream, WindowLatents, refine_sequence
-from realm.motion import SPECS, MotionSpec, NormStats, get_spec
+from realm.models.listener import RunModel
+from realm.models.realm import REALM, RefineStream, WindowLatents, refine_sequence
 from realm.threads import single_thread_blas
-
-CHECKPOINT_FILES = ("config.json", "model.safetensors", "stats.npz", "feature_stats.npz")
-
-
-@dataclass
-class RunModel:
-    """A loaded run directory: the model with everything it needs to run on raw audio.
-
-    Shared by REALM (:class:`Listener`) and the baselines (``BaselineListener``).
-    """
-
-    model: torch.nn.Module
-    stats: NormStats
-    feature_stats: NormStats
-    extractor: str
-    config: dict
-    path: Path
-
-    @property
-    def spec(self):
-        return self.model.spec
-
-    @property
-    def fps(self) -> float:
-        return float(self.config.get("fps", 30.0))
-
-    def features(self, audio) -> np.ndarray:
-        """Normalised (T, A) features of a file path or a 16 kHz waveform. A file longer than
-        :data:`LONG_AUDIO_S` is read and featurised a block at a time (:func:`file_features`), so
-        its waveform is never held whole."""
-        from realm.audio import extract
-
-        if isinstance(audio, (str, Path)):
-            blocks = file_features(self.extractor, audio)
-            if blocks is not None:
-                return self.feature_stats.apply(blocks)
-        return self.feature_stats.apply(extract(audio, self.extractor))
 
 
 @dataclass
 class Listener(RunModel):
-    """A trained REALM with everything it needs to run on raw audio."""
+    """A trained REALM with everything it needs to run on raw audio (:class:`RunModel`'s contract)."""
 
     model: REALM
+    streams: ClassVar[bool] = True
 
     @property
     def name(self) -> str:
         return "realm"
+
+    @property
+    def refines(self) -> bool:
+        return self.model.refinement is not None
 
     @property
     def stochastic(self) -> bool:
@@ -299,102 +267,6 @@ class Streamer:
         return self.model.spec.clamp(frames) if self.clamp else frames
 
 
-# ---------------------------------------------------------------- long files
-
-#: Audio files longer than this (seconds) are featurised a block at a time (:func:`file_features`).
-LONG_AUDIO_S = 600.0
-#: Seconds of audio per block of :func:`file_features` (a multiple of 0.1 s: whole frames and hops).
-FEATURE_BLOCK_S = 60.0
-
-
-def file_features(extractor: str, path: str | Path, block_s: float = FEATURE_BLOCK_S,
-                  min_s: float = LONG_AUDIO_S) -> np.ndarray | None:  # fmt: skip
-    """Raw (T, A) features of a long 16 kHz file read ``block_s`` seconds at a time, each block
-    with the extractor's ``context`` samples of audio before it and ``ahead`` after (so every frame sees the
-    audio it sees offline, and the result equals whole-file extraction to float rounding; tested).
-    Memory: the features and one block, not the waveform (an hour at 16 kHz is 230 MB as float32).
-
-    None (the caller reads the file whole) for a file shorter than ``min_s``, not at 16 kHz (it
-    needs resampling), not readable by libsndfile, or an extractor without a bounded context.
-    """
-    import soundfile as sf
-
-    ex = get_extractor(extractor)
-    if ex.context is None:
-        return None
-    try:
-        info = sf.info(str(path))
-    except Exception:
-        return None
-    if info.samplerate != SAMPLE_RATE or info.frames < min_s * SAMPLE_RATE:
-        return None
-    unit = SAMPLE_RATE // 10  # 0.1 s = 3 frames at 30 fps: a block boundary is a frame boundary
-    B = unit * max(1, round(block_s * 10))
-    left = -(-ex.context // unit) * unit  # the context, rounded up to whole units
-    N, T = info.frames, n_frames(info.frames)
-    out = []
-    with sf.SoundFile(str(path)) as f:
-        for s0 in range(0, N, B):
-            g0, g1 = max(0, s0 - left), min(N, s0 + B + ex.ahead)
-            f.seek(g0)
-            seg = f.read(g1 - g0, dtype="float32", always_2d=True).mean(axis=1)  # as load_audio mixes
-            if not np.all(np.isfinite(seg)):
-                raise RealmInputError(path, "audio holds NaN/inf samples")
-            feats = ex(seg)
-            t0, a = n_frames(g0), n_frames(s0)
-            b = T if g1 == N else n_frames(s0 + B)
-            out.append(feats[a - t0 : b - t0])
-    return np.concatenate(out)
-
-
-# ---------------------------------------------------------------- loading
-
-
-def load(run: str | Path) -> Listener:
-    """Load a run directory (``config.json``, ``model.safetensors``, ``stats.npz``, ``feature_stats.npz``).
-
-    Runs of other model types (the baselines) load through :func:`realm.models.baselines.load`.
-    """
-    from realm.io import load_weights
-
-    run = Path(run)
-    try:  # other model types (the baselines) have their own loader
-        model_type = json.loads((run / "config.json").read_text()).get("model_type", "realm")
-    except (OSError, ValueError, AttributeError):
-        model_type = "realm"  # missing or unreadable: the checks below report it
-    if model_type != "realm":
-        from realm.models.baselines import load as load_baseline
-
-        return load_baseline(run)
-    if not run.is_dir():
-        raise RealmInputError(run, "checkpoint directory not found")
-    for name in CHECKPOINT_FILES:
-        if not (run / name).exists():
-            raise RealmInputError(run / name, "missing checkpoint file (is this a realm run directory?)")
-    try:
-        config = json.loads((run / "config.json").read_text())
-        mcfg = REALMConfig.from_dict(config["model"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise RealmInputError(run / "config.json", f"invalid checkpoint config ({e})") from None
-    if config.get("model_type", "realm") != "realm":
-        raise RealmInputError(run / "config.json", f"unsupported model type {config.get('model_type')!r}")
-    model = REALM(mcfg)
-    state = load_weights(run / "model.safetensors")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-        raise RealmInputError(run / "model.safetensors", f"weights do not match config.json ({first})") from None
-    stats = NormStats.load(run / "stats.npz")
-    fstats = NormStats.load(run / "feature_stats.npz")
-    spec = get_spec(mcfg.spec)
-    if stats.mean.shape != (spec.dim,):
-        raise RealmInputError(run / "stats.npz", f"stats have {stats.mean.shape[0]} dims, spec {spec.name} {spec.dim}")
-    if fstats.mean.shape != (mcfg.audio_dim,):
-        raise RealmInputError(run / "feature_stats.npz", f"{fstats.mean.shape[0]} feature dims, model expects {mcfg.audio_dim}")
-    return Listener(model.eval(), stats, fstats, config.get("feature_extractor", "logmel"), config, run)
-
-
 def generate_file(
     listener: Listener, audio: str | Path, out: str | Path, force: bool = False, **kw
 ) -> np.ndarray:
@@ -410,73 +282,3 @@ def generate_file(
         samples=np.array(motion.shape[0]), audio=np.array(str(audio)), checkpoint=np.array(str(listener.path)),
     )  # fmt: skip
     return motion
-
-
-def _read_motion_arrays(path: str | Path) -> tuple[np.ndarray, str | None, float | None]:
-    """One read of a motion file: the raw float32 array (key ``listener`` of a .npz, or its first array;
-    or a .npy) and the file's ``spec`` and ``fps`` entries (None when absent)."""
-    path = Path(path)
-    if not path.exists():
-        raise RealmInputError(path, "motion file not found")
-    spec = fps = None
-    try:
-        if path.suffix == ".npy":
-            x = np.load(path)
-        else:
-            with np.load(path) as d:
-                x = d["listener" if "listener" in d else d.files[0]]
-                spec = str(d["spec"]) if "spec" in d.files else None
-                fps = float(d["fps"]) if "fps" in d.files else None
-    except Exception as e:
-        raise RealmInputError(path, f"unreadable motion file ({type(e).__name__})") from None
-    return np.asarray(x, np.float32), spec, fps
-
-
-@dataclass
-class MotionFile:
-    """A motion file with its spec and frame rate: ``motion`` (N, T, D), one row per realisation."""
-
-    motion: np.ndarray
-    spec: MotionSpec
-    fps: float
-    path: Path
-
-
-def load_motion_file(path: str | Path, spec: str | None = None) -> MotionFile:
-    """Read a motion .npz/.npy once. The spec is ``spec``, else the file's ``spec`` entry, else the one
-    built-in spec of the frames' width; every realisation is validated against it; ``fps`` is the file's
-    entry when it is a positive number, else the spec's."""
-    path = Path(path)
-    x, file_spec, fps = _read_motion_arrays(path)
-    if x.ndim == 1:
-        x = x[None]
-    if x.ndim == 2:
-        x = x[None]
-    if x.ndim != 3:
-        raise RealmInputError(path, f"motion must be (T, D) or (N, T, D), got shape {x.shape}")
-    chosen = spec or file_spec
-    if chosen and chosen not in SPECS:
-        raise RealmInputError(path, f"unknown motion spec {chosen!r}; known: {sorted(SPECS)}")
-    if not chosen:
-        widths = [name for name, sp in SPECS.items() if sp.dim == x.shape[-1]]
-        if len(widths) != 1:
-            known = ", ".join(f"{n} ({sp.dim})" for n, sp in SPECS.items())
-            raise RealmInputError(path, f"cannot tell the motion spec of {x.shape[-1]}-wide frames (known: {known}); pass a spec")
-        chosen = widths[0]
-    sp = get_spec(chosen)
-    for k in range(x.shape[0]):
-        sp.validate(x[k], path)
-    ok = fps is not None and np.isfinite(fps) and fps > 0
-    return MotionFile(x, sp, float(fps) if ok else float(sp.fps), path)
-
-
-def read_motion(path: str | Path, spec: str | None = None) -> np.ndarray:
-    """A (T, D) motion array from a .npz (key ``listener``, first realisation) or .npy file."""
-    x, _, _ = _read_motion_arrays(path)
-    while x.ndim > 2:
-        x = x[0]
-    if x.ndim == 1:
-        x = x[None]
-    if spec is not None:
-        get_spec(spec).validate(x, path)
-    return x

@@ -371,3 +371,86 @@ def _like(a: np.ndarray, x):
 
 def spec_to_json(spec: MotionSpec) -> str:
     return json.dumps({"name": spec.name, "blocks": [list(b) for b in spec.blocks], "fps": spec.fps})
+
+
+# ---------------------------------------------------------------- motion files
+
+
+def _read_motion_arrays(path: str | Path) -> tuple[np.ndarray, str | None, float | None]:
+    """One read of a motion file: the raw float32 array (key ``listener`` of a .npz, or its first array;
+    or a .npy) and the file's ``spec`` and ``fps`` entries (None when absent)."""
+    path = Path(path)
+    if not path.exists():
+        raise RealmInputError(path, "motion file not found")
+    spec = fps = None
+    try:
+        if path.suffix == ".npy":
+            x = np.load(path)
+        else:
+            with np.load(path) as d:
+                x = d["listener" if "listener" in d else d.files[0]]
+                spec = str(d["spec"]) if "spec" in d.files else None
+                fps = float(d["fps"]) if "fps" in d.files else None
+    except Exception as e:
+        raise RealmInputError(path, f"unreadable motion file ({type(e).__name__})") from None
+    return np.asarray(x, np.float32), spec, fps
+
+
+@dataclass
+class MotionFile:
+    """A motion file with its spec and frame rate: ``motion`` (N, T, D), one row per realisation."""
+
+    motion: np.ndarray
+    spec: MotionSpec
+    fps: float
+    path: Path
+
+    def realisation(self, sample: int | None) -> np.ndarray:
+        """Realisation ``sample`` (T, D). A robot or an avatar plays one trajectory: None is
+        allowed only when the file holds one, so a sample is never picked silently."""
+        n = self.motion.shape[0]
+        if sample is None and n > 1:
+            raise RealmInputError(self.path, f"the file holds {n} samples: choose one with --sample 0..{n - 1}")
+        if not 0 <= (sample or 0) < n:
+            raise RealmInputError(self.path, f"sample {sample} requested but the file holds {n}")
+        return self.motion[sample or 0]
+
+
+def load_motion_file(path: str | Path, spec: str | None = None) -> MotionFile:
+    """Read a motion .npz/.npy once. The spec is ``spec``, else the file's ``spec`` entry, else the one
+    built-in spec of the frames' width; every realisation is validated against it; ``fps`` is the file's
+    entry when it is a positive number, else the spec's."""
+    path = Path(path)
+    x, file_spec, fps = _read_motion_arrays(path)
+    if x.ndim == 1:
+        x = x[None]
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim != 3:
+        raise RealmInputError(path, f"motion must be (T, D) or (N, T, D), got shape {x.shape}")
+    chosen = spec or file_spec
+    if chosen and chosen not in SPECS:
+        raise RealmInputError(path, f"unknown motion spec {chosen!r}; known: {sorted(SPECS)}")
+    if not chosen:
+        widths = [name for name, sp in SPECS.items() if sp.dim == x.shape[-1]]
+        if len(widths) != 1:
+            known = ", ".join(f"{n} ({sp.dim})" for n, sp in SPECS.items())
+            raise RealmInputError(path, f"cannot tell the motion spec of {x.shape[-1]}-wide frames (known: {known}); pass a spec")
+        chosen = widths[0]
+    sp = get_spec(chosen)
+    for k in range(x.shape[0]):
+        sp.validate(x[k], path)
+    ok = fps is not None and np.isfinite(fps) and fps > 0
+    return MotionFile(x, sp, float(fps) if ok else float(sp.fps), path)
+
+
+def read_motion(path: str | Path, spec: str | None = None) -> np.ndarray:
+    """A (T, D) motion array from a .npz (key ``listener``, first realisation) or .npy file."""
+    x, _, _ = _read_motion_arrays(path)
+    while x.ndim > 2:
+        x = x[0]
+    if x.ndim == 1:
+        x = x[None]
+    if spec is not None:
+        get_spec(spec).validate(x, path)
+    return x

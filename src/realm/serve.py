@@ -262,7 +262,7 @@ class Session:
     id: int
     options: dict = field(default_factory=lambda: dict(DEFAULT_OPTIONS))
     streamer: object = None
-    safety: object = None
+    pipeline: object = None  # realm.embodiment.controls.ControlPipeline (with a robot profile)
     streaming: bool = False
     chunks: int = 0  # audio messages of this stream
     samples: int = 0
@@ -423,7 +423,7 @@ class ListenerServer:
             )
         if bool(self.config.tls_cert) != bool(self.config.tls_key):
             raise ValueError("TLS needs both a certificate (--tls-cert) and its key (--tls-key)")
-        if not hasattr(listener, "streamer"):
+        if not listener.streams:  # the listener contract's declared capability (realm.models.listener)
             raise RealmInputError(
                 getattr(listener, "path", None),
                 f"model {getattr(listener, 'name', '?')!r} has no streaming generator; serve a REALM checkpoint",
@@ -439,13 +439,13 @@ class ListenerServer:
         self.linear_map = linear_map
         if profile is not None:
             from realm.embodiment.profile import load_profile
-            from realm.embodiment.retarget import ARKIT
+            from realm.embodiment.retarget import check_map
 
             self.profile = load_profile(profile)
-            if listener.spec.name != ARKIT and linear_map is None:
-                raise RealmInputError(
-                    listener.path, f"motion spec {listener.spec.name} needs --map (a linear map to arkit58) for robot controls"
-                )
+            try:
+                check_map(listener.spec.name, linear_map)
+            except ValueError as e:
+                raise RealmInputError(listener.path, str(e)) from None
         self.executor = ThreadPoolExecutor(
             max_workers=self.config.workers, thread_name_prefix="realm-serve",
             initializer=set_torch_threads, initargs=(self.config.torch_threads,),  # per worker: OpenMP's count is per thread
@@ -567,13 +567,13 @@ class ListenerServer:
         loop = asyncio.get_running_loop()
 
         def one():
-            streamer, safety = self.listener.streamer(), self._new_safety()
-            self._run_model(streamer, safety, 0, np.zeros(SAMPLE_RATE, np.float32))
-            self._run_model(streamer, safety, 0, None)
-            streamer, safety = self.listener.streamer(), self._new_safety()
+            streamer, pipeline = self.listener.streamer(), self._new_controls()
+            self._run_model(streamer, pipeline, 0, np.zeros(SAMPLE_RATE, np.float32))
+            self._run_model(streamer, pipeline, 0, None)
+            streamer, pipeline = self.listener.streamer(), self._new_controls()
             t0, audio = time.perf_counter(), np.zeros(2 * SAMPLE_RATE, np.float32)
-            n = sum(len(self._run_model(streamer, safety, 0, audio[k : k + 1600])[0]) for k in range(0, len(audio), 1600))
-            frames = n + len(self._run_model(streamer, safety, 0, None)[0])
+            n = sum(len(self._run_model(streamer, pipeline, 0, audio[k : k + 1600])[0]) for k in range(0, len(audio), 1600))
+            frames = n + len(self._run_model(streamer, pipeline, 0, None)[0])
             return (time.perf_counter() - t0) / frames
 
         per_frame = await asyncio.gather(*[loop.run_in_executor(self.executor, one) for _ in range(self.config.workers)])
@@ -860,18 +860,19 @@ class ListenerServer:
     def _begin(self, s: Session) -> None:
         o = s.options
         s.streamer = self.listener.streamer(seed=o["seed"], sample=o["sample"], refine=o["refine"])
-        s.safety = self._new_safety()
+        s.pipeline = self._new_controls()
         s.streaming, s.chunks, s.samples, s.frames, s.dropped, s.late, s.held, s.last = True, 0, 0, 0, 0, 0, 0, None
         s.first_audio, s.pending, s.pending_n = None, [], 0
         s.compute_s.clear()
 
-    def _new_safety(self):
-        """A fresh safety layer at the frame rate (neutral, ramping in), or None without a profile."""
+    def _new_controls(self):
+        """A fresh motion -> controls pipeline at the frame rate (the one export and sim use; its
+        safety layer at neutral, ramping in), or None without a profile."""
         if self.profile is None:
             return None
-        from realm.embodiment.safety import SafetyLayer
+        from realm.embodiment.controls import ControlPipeline
 
-        return SafetyLayer(self.profile, rate_hz=self.listener.fps)
+        return ControlPipeline(self.profile, self.listener.spec.name, self.linear_map, self.listener.fps)
 
     def _ready(self, s: Session) -> dict:
         spec, cfg = self.listener.spec, self.config
@@ -892,12 +893,12 @@ class ListenerServer:
     async def _compute(self, s: Session, audio: np.ndarray | None):
         """Push audio (None: flush) through this session's streamer on a model thread, in its turn:
         the turn of a chunk is when its audio ends at real-time pace (AHEAD_GRACE_S early), or now if later."""
-        streamer, safety, start = s.streamer, s.safety, s.frames
+        streamer, pipeline, start = s.streamer, s.pipeline, s.frames
         now = asyncio.get_running_loop().time()
         key = now if audio is None else max(now, s.origin + s.samples / SAMPLE_RATE - AHEAD_GRACE_S)
         t0 = time.perf_counter()
         (frames, controls, took), _, ahead = await self.scheduler.run(
-            key, self._timed, streamer, safety, start, audio
+            key, self._timed, streamer, pipeline, start, audio
         )  # fmt: skip
         if len(frames):
             s.compute_s.append(time.perf_counter() - t0)
@@ -906,21 +907,17 @@ class ListenerServer:
                 self._lags.append((now, s.compute_s[-1]))
         return frames, controls
 
-    def _timed(self, streamer, safety, start: int, audio):
+    def _timed(self, streamer, pipeline, start: int, audio):
         """:meth:`_run_model` and the seconds it took on its thread."""
         t0 = time.perf_counter()
-        frames, controls = self._run_model(streamer, safety, start, audio)
+        frames, controls = self._run_model(streamer, pipeline, start, audio)
         return frames, controls, time.perf_counter() - t0
 
-    def _run_model(self, streamer, safety, start: int, audio):
+    def _run_model(self, streamer, pipeline, start: int, audio):
         frames = streamer.flush() if audio is None else streamer.push(audio)
         controls = None
-        if safety is not None and len(frames):
-            from realm.embodiment.retarget import retarget
-
-            raw = retarget(frames, self.profile, self.listener.spec.name, self.linear_map)
-            fps = self.listener.fps
-            controls = np.stack([safety.step(c, (start + k) / fps) for k, c in enumerate(raw)])
+        if pipeline is not None and len(frames):  # the session's ControlPipeline, frame by frame
+            controls = pipeline.step(frames, start / self.listener.fps)
         return frames, controls
 
     def _emit(self, s: Session, result, chunk: int) -> None:

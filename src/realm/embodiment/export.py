@@ -27,19 +27,19 @@ import csv
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from realm.embodiment.controls import ControlPipeline, resample
 from realm.embodiment.profile import RobotProfile, load_profile
-from realm.embodiment.retarget import ARKIT, LinearMap, retarget
-from realm.embodiment.safety import SafetyLayer
+from realm.embodiment.retarget import ARKIT, LinearMap
 from realm.errors import RealmInputError
 from realm.io import atomic_path
 from realm.motion import ARKIT_BLENDSHAPES, SPECS
 
-FORMATS = ("ameca-jsonl", "ros2-trajectory", "livelink-csv", "bvh")
 AMECA_RATE = (20.0, 60.0)
 
 #: Live Link Face's CSV column order of the 52 blendshapes (capitalised ARKit names; note
@@ -74,17 +74,6 @@ def livelink_name(arkit: str) -> str:
 # ---------------------------------------------------------------- resampling and the pipeline
 
 
-def resample(x: np.ndarray, fps: float, rate: float) -> tuple[np.ndarray, np.ndarray]:
-    """(T, D) frames at ``fps`` -> (times, frames) at ``rate`` over the same span, linearly."""
-    x = np.asarray(x, dtype=np.float64)
-    if fps <= 0 or rate <= 0:
-        raise ValueError(f"frame rates must be > 0 (fps {fps}, rate {rate})")
-    duration = (len(x) - 1) / fps
-    times = np.arange(int(math.floor(duration * rate + 1e-9)) + 1) / rate
-    src = np.arange(len(x)) / fps
-    return times, np.stack([np.interp(times, src, x[:, j]) for j in range(x.shape[1])], axis=1)
-
-
 @dataclass
 class Prepared:
     """Motion ready for export: times at the export rate and what each format needs."""
@@ -101,23 +90,12 @@ def prepare(
     motion: np.ndarray, fps: float, rate: float, profile: RobotProfile | str | None = "ameca",
     spec: str = ARKIT, linear_map: LinearMap | None = None, safety: bool = True, safety_kw: dict | None = None,
 ) -> Prepared:  # fmt: skip
-    """Resample ``motion`` to ``rate``; map to arkit58 if needed; retarget and make safe for ``profile``."""
+    """Resample ``motion`` to ``rate``, then the :class:`~realm.embodiment.controls.ControlPipeline`:
+    arkit58 (through ``linear_map`` for other specs), clamped, retargeted and made safe for ``profile``."""
+    pipe = ControlPipeline(profile, spec, linear_map, rate, safety=safety, safety_kw=safety_kw)
     times, x = resample(motion, fps, rate)
-    if spec != ARKIT:
-        if linear_map is None:
-            raise ValueError(
-                f"motion spec {spec} needs a linear map to arkit58 (realm embody fit-map; --map)"
-            )
-        x = linear_map.apply(x, source=spec)
-        spec = ARKIT
-    arkit = SPECS[ARKIT].clamp(x)
-    controls, prof = None, None
-    if profile is not None:
-        prof = load_profile(profile)
-        controls = retarget(arkit, prof)
-        if safety:
-            controls = SafetyLayer(prof, rate, **(safety_kw or {})).run(controls)
-    return Prepared(times, float(rate), arkit, controls, prof, spec)
+    controls = None if profile is None else pipe.run(x)
+    return Prepared(times, float(rate), pipe.arkit(x), controls, pipe.profile, ARKIT)
 
 
 # ---------------------------------------------------------------- ameca-jsonl
@@ -382,18 +360,42 @@ def read_bvh(path: str | Path) -> dict:
     return {"channels": channels, "frame_time": frame_time, "angles": angles}
 
 
+# ---------------------------------------------------------------- the format registry
+
+
+@dataclass(frozen=True)
+class Format:
+    """One export format: how a :class:`Prepared` motion is written, and read back for round trips.
+
+    ``robot``: the format holds a profile's controls (motion goes through retargeting and the
+    safety layer); else arkit58 values. ``rates``: the export rates (Hz) it accepts, or None.
+    """
+
+    name: str
+    robot: bool
+    write: Callable[[Path, Prepared, bool], None]  # (path, prepared, force)
+    read: Callable[..., object]
+    rates: tuple[float, float] | None = None
+
+
+#: Every export format by name; a new format is its writer and reader plus one entry here.
+WRITERS: dict[str, Format] = {
+    f.name: f
+    for f in (
+        Format("ameca-jsonl", True, lambda path, p, force: write_ameca_jsonl(path, p.times, p.profile, p.controls, force=force),
+               read_ameca_jsonl, AMECA_RATE),
+        Format("ros2-trajectory", True, lambda path, p, force: write_ros2_trajectory(path, p.times, p.profile, p.controls, force=force),
+               read_ros2_trajectory),
+        Format("livelink-csv", False, lambda path, p, force: write_livelink_csv(path, p.times, p.arkit, p.rate, force=force),
+               read_livelink_csv),
+        Format("bvh", True, lambda path, p, force: write_bvh(path, bvh_angles(p.profile, p.controls), p.rate, force=force),
+               read_bvh),
+    )
+}  # fmt: skip
+FORMATS = tuple(WRITERS)
+
+
 # ---------------------------------------------------------------- one call for the CLI
-
-
-def one_sample(motion: np.ndarray, sample: int | None, path: str | Path) -> np.ndarray:
-    """Realisation ``sample`` (T, D) of a motion file's (N, T, D) array. A robot plays one
-    trajectory: None is allowed only when N is 1, so a sample is never picked silently."""
-    n = motion.shape[0]
-    if sample is None and n > 1:
-        raise RealmInputError(path, f"the file holds {n} samples: choose one with --sample 0..{n - 1}")
-    if not 0 <= (sample or 0) < n:
-        raise RealmInputError(path, f"sample {sample} requested but the file holds {n}")
-    return motion[sample or 0]
 
 
 def export_motion(
@@ -402,30 +404,23 @@ def export_motion(
 ) -> dict:  # fmt: skip
     """Read a motion file, export realisation ``sample`` of it as ``fmt`` to ``out``; returns a
     short summary. ``sample`` may be None only for a file with one realisation."""
-    from realm.generate import load_motion_file
+    from realm.motion import load_motion_file
 
-    if fmt not in FORMATS:
+    if fmt not in WRITERS:
         raise ValueError(f"unknown export format {fmt!r}; formats: {', '.join(FORMATS)}")
+    writer = WRITERS[fmt]
     if not (np.isfinite(rate) and 0 < rate <= 1000):
         raise ValueError(f"--rate must be in (0, 1000] Hz, got {rate}")
-    if fmt == "ameca-jsonl" and not AMECA_RATE[0] <= rate <= AMECA_RATE[1]:
-        raise ValueError(f"ameca-jsonl needs a rate of {AMECA_RATE[0]:g}-{AMECA_RATE[1]:g} Hz, got {rate:g}")
+    if writer.rates is not None and not writer.rates[0] <= rate <= writer.rates[1]:
+        raise ValueError(f"{fmt} needs a rate of {writer.rates[0]:g}-{writer.rates[1]:g} Hz, got {rate:g}")
     out = Path(out)
     if out.exists() and not force:
         raise FileExistsError(f"{out}: exists (use --force to overwrite)")
     mf = load_motion_file(motion_path)
-    x, spec, fps = one_sample(mf.motion, sample, motion_path), mf.spec.name, mf.fps
+    x, spec, fps = mf.realisation(sample), mf.spec.name, mf.fps
     lmap = LinearMap.load(map_path) if map_path is not None else None
-    robot = fmt != "livelink-csv"
-    p = prepare(x, fps, rate, profile if robot else None, spec=spec, linear_map=lmap)
-    if fmt == "ameca-jsonl":
-        write_ameca_jsonl(out, p.times, p.profile, p.controls, force=force)
-    elif fmt == "ros2-trajectory":
-        write_ros2_trajectory(out, p.times, p.profile, p.controls, force=force)
-    elif fmt == "livelink-csv":
-        write_livelink_csv(out, p.times, p.arkit, rate, force=force)
-    else:
-        write_bvh(out, bvh_angles(p.profile, p.controls), rate, force=force)
+    p = prepare(x, fps, rate, profile if writer.robot else None, spec=spec, linear_map=lmap)
+    writer.write(out, p, force)
     return {"format": fmt, "out": str(out), "frames": len(p.times), "rate": rate, "spec": spec, "sample": sample or 0,
             "profile": p.profile.name if p.profile else None, "duration_s": float(p.times[-1])}  # fmt: skip
 

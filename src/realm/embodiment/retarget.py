@@ -50,16 +50,22 @@ def retarget_arkit(motion: np.ndarray, profile: RobotProfile | str) -> np.ndarra
         return profile.neutral_vector() + profile.gain_vector() * delta
 
 
+NEEDS_MAP = ("motion spec {spec} needs a linear map to arkit58 for robot controls: fit one with `realm embody fit-map`; "
+             "the command needs --map FILE")
+
+
+def check_map(spec: str, linear_map: LinearMap | None) -> None:
+    """The one check that a non-arkit58 spec comes with a map to arkit58 (a ValueError otherwise)."""
+    if spec != ARKIT and linear_map is None:
+        raise ValueError(NEEDS_MAP.format(spec=spec))
+
+
 def retarget(
     motion: np.ndarray, profile: RobotProfile | str, spec: str = ARKIT, linear_map: LinearMap | None = None
 ) -> np.ndarray:
     """(T, D) motion of ``spec`` -> (T, n_controls); non-ARKit specs need ``linear_map`` to arkit58."""
+    check_map(spec, linear_map)
     if spec != ARKIT:
-        if linear_map is None:
-            raise ValueError(
-                f"motion spec {spec} needs a linear map to arkit58: fit one with `realm embody fit-map` "
-                "and pass it with --map"
-            )
         motion = linear_map.apply(motion, source=spec)
     return retarget_arkit(motion, profile)
 

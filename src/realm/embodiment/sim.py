@@ -483,12 +483,12 @@ def commands_from_motion(
 ) -> tuple[np.ndarray, float]:  # fmt: skip
     """Motion (T, D) at ``fps`` -> (commands (T', n), rate): resampled to ``rate`` (default the profile's),
     retargeted, and passed through the safety layer unless ``safety=False`` (raw retargeted commands)."""
-    from realm.embodiment.export import prepare
+    from realm.embodiment.controls import ControlPipeline, resample
 
     profile = load_profile(profile)
     rate = float(rate or profile.rate_hz)
-    p = prepare(motion, fps, rate, profile, spec=spec, linear_map=linear_map, safety=safety)
-    return p.controls, rate
+    pipe = ControlPipeline(profile, spec, linear_map, rate, safety=safety)
+    return pipe.run(resample(motion, fps, rate)[1]), rate
 
 
 def simulate_motion_file(
@@ -498,16 +498,15 @@ def simulate_motion_file(
     """Read a motion file, retarget realisation ``sample`` of it (through the safety layer unless
     ``safety=False``; None only for a one-sample file), simulate it and write the outputs of
     :func:`write_sim` to ``out_dir``; returns the metrics."""
-    from realm.embodiment.export import one_sample
     from realm.embodiment.retarget import LinearMap
-    from realm.generate import load_motion_file
+    from realm.motion import load_motion_file
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
         raise FileExistsError(f"{out_dir}: exists (use --force to overwrite)")
     profile = load_profile(profile)
     mf = load_motion_file(motion_path)
-    x, spec, fps = one_sample(mf.motion, sample, motion_path), mf.spec.name, mf.fps
+    x, spec, fps = mf.realisation(sample), mf.spec.name, mf.fps
     lmap = LinearMap.load(map_path) if map_path is not None else None
     cmd, rate = commands_from_motion(x, fps, profile, rate, spec=spec, linear_map=lmap, safety=safety)
     run = simulate(profile, cmd, rate)

@@ -2,7 +2,7 @@
 
     speaker audio features (T, A) ──► causal conv encoder ──► h (T, d) ──► a_j = h at frame 8 j + 7
                                                                (the last frame of motion token j)
-                                  └─► emotion classifier (realm.emotion.EmotionNet: causal dilated
+                                  └─► emotion classifier (realm.models.emotion.EmotionNet: causal dilated
                                       convs, 2.1 s look-back) ──► p_emotion (T, C)   (CE on the labels)
     listener motion (T, D) ──► IDVQ encoder (instance norm, no affine) ──► tokens m_0 .. m_n-1 (content)
 
@@ -34,7 +34,7 @@ Backbones (``backbone``):
 Training (one run, like LM-Listener's two stages): the first ``vq_fraction`` of the steps train the
 IDVQ tokenizer (with AdaIN references from another window of the same listener) and the emotion
 classifier; the rest train the LM (and the classifier, on its own loss: its probabilities enter the
-LM detached), the tokenizer frozen. Emotion labels per frame come from :func:`realm.emotion.clip_labels`
+LM detached), the tokenizer frozen. Emotion labels per frame come from :func:`realm.models.emotion.clip_labels`
 (synthetic phrases spoken with their prosody, neutral pauses; a per-clip label such as ViCo's attitude). ``vq_run`` takes a
 tokenizer trained by ``realm train idvq`` instead and trains the LM from the first step.
 Half of the motion-token inputs are replaced by random codes in training (LM-Listener's recipe).
@@ -55,10 +55,10 @@ from einops import rearrange
 from torch import nn
 from torch.utils.data import Dataset
 
-from realm.asr import normalise_word
-from realm.emotion import IGNORE, EmotionConfig, EmotionNet, clip_label_names, clip_labels
 from realm.models.baselines.base import Baseline, BaselineConfig, seeded, top_p_sample
+from realm.models.emotion import IGNORE, EmotionConfig, EmotionNet, clip_label_names, clip_labels
 from realm.models.idvq import IDVQ, IDVQConfig
+from realm.text import normalise_word
 
 log = logging.getLogger(__name__)
 
@@ -602,26 +602,17 @@ class IDVQRun(Baseline):
 
 
 def _read_vq_config(run: str | Path) -> dict:
-    import json
+    """The tokenizer config of a `realm train idvq` run (one-line errors from :mod:`realm.checkpoint`)."""
+    from realm.checkpoint import read_config
 
-    from realm.errors import RealmInputError
-
-    p = Path(run) / "config.json"
-    try:
-        cfg = json.loads(p.read_text())
-    except (OSError, ValueError) as e:
-        raise RealmInputError(p, f"cannot read the idvq run's config ({type(e).__name__})") from None
-    if cfg.get("model_type") != "idvq":
-        raise RealmInputError(p, f"vq_run must be a `realm train idvq` run, this is {cfg.get('model_type')!r}")
-    return cfg["model"]["vq"]
+    return read_config(run, "idvq")["model"]["vq"]
 
 
 def load_vq_weights(vq: IDVQ, run: str | Path) -> None:
     """Copy the tokenizer weights of an idvq run into ``vq`` (same config)."""
-    from realm.io import load_weights
+    from realm.checkpoint import load_state
 
-    state = load_weights(Path(run) / "model.safetensors")
-    vq.load_state_dict({k[len("vq.") :]: v for k, v in state.items() if k.startswith("vq.")})
+    load_state(run, vq, prefix="vq.")
 
 
 def restyle(run, motion: np.ndarray, identity_ref: np.ndarray) -> np.ndarray:

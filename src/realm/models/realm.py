@@ -530,6 +530,8 @@ class Discriminator(nn.Module):
 
 
 class REALM(nn.Module):
+    Config = REALMConfig  # what a run's config.json "model" entry builds (realm.checkpoint.load)
+
     def __init__(self, config: REALMConfig):
         super().__init__()
         self.config = c = config

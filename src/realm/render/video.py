@@ -79,12 +79,10 @@ def load_track(name: str, path: str | Path, spec: str | None = None, sample: int
 
     ``sample`` picks the realisation of an (N, T, D) array; ``spec`` overrides the file's spec.
     """
-    from realm.generate import load_motion_file
+    from realm.motion import load_motion_file
 
     mf = load_motion_file(path, spec)
-    if not 0 <= sample < mf.motion.shape[0]:
-        raise RealmInputError(path, f"sample {sample} requested but the file holds {mf.motion.shape[0]}")
-    return Track(name, mf.motion[sample], mf.spec, mf.fps)
+    return Track(name, mf.realisation(sample), mf.spec, mf.fps)
 
 
 def load_words(words: str | Path | Sequence | None) -> list[Word]:

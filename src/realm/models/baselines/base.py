@@ -19,10 +19,8 @@ directory holds the same four files as a REALM run::
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -32,12 +30,11 @@ from torch import nn
 
 from realm.data.clip import LENGTH_TOLERANCE_FRAMES
 from realm.errors import RealmInputError
-from realm.generate import RunModel
+from realm.models.listener import RunModel
 from realm.motion import NormStats, get_spec
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FILES = ("config.json", "model.safetensors", "stats.npz", "feature_stats.npz")
 
 
 # ---------------------------------------------------------------- config and model base
@@ -338,58 +335,3 @@ class BaselineListener(RunModel):
         if progress is not None:
             progress(1.0)
         return self.spec.clamp(out) if clamp else out
-
-
-# ---------------------------------------------------------------- export and load
-
-
-def export(run: Path, model: Baseline, stats: NormStats, feature_stats: NormStats, extractor: str, extra: dict) -> None:
-    """Write a baseline in REALM's run-directory format (:func:`realm.train.export`)."""
-    from realm.train import export as export_run
-
-    export_run(run, model, (stats, feature_stats), extractor, extra, model_type=model.name)
-
-
-def load(run: str | Path) -> BaselineListener:
-    """Load a baseline run directory; every problem is a :class:`RealmInputError` naming the file."""
-    from realm.io import load_weights
-    from realm.models.baselines import MODELS
-
-    run = Path(run)
-    if not run.is_dir():
-        raise RealmInputError(run, "checkpoint directory not found")
-    for name in CHECKPOINT_FILES:
-        if not (run / name).exists():
-            raise RealmInputError(run / name, "missing checkpoint file (is this a realm run directory?)")
-    cpath = run / "config.json"
-    try:
-        config = json.loads(cpath.read_text())
-        kind = config["model_type"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise RealmInputError(cpath, f"invalid checkpoint config ({type(e).__name__}: {e})") from None
-    if kind not in MODELS:
-        raise RealmInputError(cpath, f"unsupported model type {kind!r} (known: realm, {', '.join(MODELS)})")
-    cls = MODELS[kind].load_class()
-    try:
-        mcfg = cls.Config.from_dict(config["model"])
-        model = cls(mcfg)
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise RealmInputError(cpath, f"invalid {kind} model config ({type(e).__name__}: {e})") from None
-    state = load_weights(run / "model.safetensors")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        lines = str(e).splitlines()
-        first = lines[1].strip() if len(lines) > 1 else str(e)
-        raise RealmInputError(run / "model.safetensors", f"weights do not match config.json ({first})") from None
-    stats = NormStats.load(run / "stats.npz")
-    fstats = NormStats.load(run / "feature_stats.npz")
-    if stats.mean.shape != (model.spec.dim,):
-        raise RealmInputError(
-            run / "stats.npz", f"stats have {stats.mean.shape[0]} dims, spec {model.spec.name} {model.spec.dim}"
-        )
-    if fstats.mean.shape != (mcfg.audio_dim,):
-        raise RealmInputError(
-            run / "feature_stats.npz", f"{fstats.mean.shape[0]} feature dims, model expects {mcfg.audio_dim}"
-        )
-    return BaselineListener(model.eval(), stats, fstats, config.get("feature_extractor", "logmel"), config, run)

@@ -36,8 +36,8 @@ from einops import rearrange
 from torch import nn
 from torch.utils.data import Dataset
 
-from realm.asr import normalise_word
 from realm.models.baselines.base import Baseline, BaselineConfig
+from realm.text import normalise_word
 
 log = logging.getLogger(__name__)
 

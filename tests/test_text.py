@@ -1,4 +1,4 @@
-"""Offline ASR with word timestamps, transcript files, and the words precedence (realm.asr)."""
+"""Offline ASR with word timestamps, transcript files, and the words precedence (realm.text)."""
 
 import json
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from realm.asr import ASRWord, normalise_word, read_transcript, tidy_words, transcribe, words_for
 from realm.audio import SAMPLE_RATE
 from realm.data.clip import Clip, Word
 from realm.errors import RealmInputError
+from realm.text import ASRWord, normalise_word, read_transcript, tidy_words, transcribe, words_for
 from tests.conftest import JFK
 
 pytest.importorskip("faster_whisper")
@@ -35,9 +35,9 @@ def test_transcribe_jfk_words_and_cache(tmp_path, monkeypatch):
     country = [w for w in words if w.word == "country"]
     assert country[0].start == pytest.approx(6.0, abs=0.5)  # "...what your country can do for you"
     # the second call is served from the on-disk cache: the model is never consulted
-    import realm.asr
+    import realm.text
 
-    monkeypatch.setattr(realm.asr, "_whisper_model", lambda cfg: pytest.fail("cache miss"))
+    monkeypatch.setattr(realm.text, "_whisper_model", lambda cfg: pytest.fail("cache miss"))
     assert transcribe(JFK) == words
 
 
@@ -126,12 +126,12 @@ def _clip(words=None, audio_path=None, T=60):
 
 
 def test_words_for_precedence(tmp_path, monkeypatch):
-    import realm.asr
+    import realm.text
 
     calls = []
     asr_words = [ASRWord("asr", 0.1, 0.2)]
     monkeypatch.setattr(
-        realm.asr, "transcribe", lambda audio, config=None, cache=True: calls.append(audio) or asr_words
+        realm.text, "transcribe", lambda audio, config=None, cache=True: calls.append(audio) or asr_words
     )
     transcript = _write(tmp_path, [{"word": "From", "start": 0.5, "end": 0.8}])
     own = [Word("dataset", 0.0, 0.3)]

@@ -6,7 +6,12 @@ from pathlib import Path
 
 import typer
 
-from realm.cli import _friendly, _progress, app, console, out, train_app  # noqa: F401
+from realm.cli.common import (
+    app,
+    friendly,
+    out,
+    progress_bar,
+)
 
 
 def _parse_motion(item: str) -> tuple[str, Path]:
@@ -21,7 +26,7 @@ def _parse_motion(item: str) -> tuple[str, Path]:
 
 
 @app.command("render")
-@_friendly
+@friendly
 def render_cmd(
     motion: list[str] = typer.Option([], "--motion", "-m", help="Listener motion to show, NAME=PATH (.npz from realm generate, or .npy); repeat for more panels."),
     out_path: Path = typer.Option(..., "--out", "-o", help="Output video: .mp4 (H.264 + audio) or .gif."),
@@ -65,7 +70,7 @@ def render_cmd(
     if not tracks and audio is None:
         raise ValueError("nothing to render: give --motion NAME=PATH and/or --audio (or --data with --clip)")
     gif_path = out_path.with_suffix(".gif") if gif and out_path.suffix.lower() != ".gif" else None
-    with _progress() as p:
+    with progress_bar() as p:
         task = p.add_task("rendering frames", total=None)
         res = render_video(out_path, tracks, audio=audio, words=words if words is not None else clip_words,
                            start=start, duration=duration, fps=fps, gif=gif_path, force=force,
@@ -76,7 +81,7 @@ def render_cmd(
 
 
 @app.command("report")
-@_friendly
+@friendly
 def report_cmd(
     src: Path = typer.Argument(..., help="A realm eval, bench or demo output directory."),
     out_path: Path = typer.Option(None, "--out", "-o", help="HTML file to write (default: SRC/report.html)."),

@@ -24,11 +24,12 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from realm.checkpoint import save
 from realm.data.clip import read_meta
 from realm.errors import RealmInputError
 from realm.io import write_json
-from realm.models.baselines import MODELS
-from realm.models.baselines.base import Baseline, export
+from realm.models.baselines.base import Baseline
+from realm.registry import MODELS
 from realm.threads import cpu_attention
 from realm.train import (
     AtomicCheckpointIO,
@@ -164,7 +165,7 @@ def train_baseline(
     model.fit_data(prep)  # non-parametric baselines: everything; neural models: what they need before training
     if not cls.trainable:
         results = {"fit": {"seconds": round(time.time() - t0, 1), "train_clips": len(prep.train.clips)}}
-        export(out, model.eval(), prep.stats, prep.feature_stats, cfg.extractor, {**extra, "results": results})
+        save(out, model.eval(), prep.stats, prep.feature_stats, cfg.extractor, {**extra, "results": results}, model.name)
         return results
     write_json(out / "train_state.json", {"model": model.config.to_dict(), "train": extra["train"]})
     try:
@@ -220,7 +221,7 @@ def _fit_neural(name, model, prep, cfg, out, resume, progress, extra, t0) -> dic
     }  # fmt: skip
     if trainer.global_rank == 0:
         model.load_state_dict(best_model_state(best))
-        export(out, model.eval(), prep.stats, prep.feature_stats, cfg.extractor, {**extra, "results": results})
+        save(out, model.eval(), prep.stats, prep.feature_stats, cfg.extractor, {**extra, "results": results}, model.name)
     return results
 
 

@@ -53,6 +53,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from realm.checkpoint import save
 from realm.data.clip import read_meta
 from realm.data.windows import WindowDataset, clip_features
 from realm.errors import check_choices
@@ -1009,32 +1010,6 @@ def _read_state(path: Path) -> dict:
 # ---------------------------------------------------------------- run directory: export and load
 
 
-def export(run: Path, model, prepared_or_stats, extractor: str, extra: dict, model_type: str = "realm") -> None:
-    """Write a model (REALM or a baseline: ``model_type``) as safetensors weights + JSON config +
-    normalisation stats, each file atomically."""
-    from safetensors.torch import save_file
-
-    from realm.io import atomic_path, write_json
-
-    run = Path(run)
-    run.mkdir(parents=True, exist_ok=True)
-    stats, fstats = prepared_or_stats
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(run / "model.safetensors") as tmp:
-        save_file(state, str(tmp))
-    stats.save(run / "stats.npz")
-    fstats.save(run / "feature_stats.npz")
-    config = {
-        "model_type": model_type,
-        "model": model.config.to_dict(),
-        "spec": model.spec.name,
-        "fps": model.spec.fps,
-        "feature_extractor": extractor,
-        **extra,
-    }
-    write_json(run / "config.json", config)
-
-
 #: Coarse-model fields a stage-1 retraining from ``--init`` takes from the command: additions to
 #: the init run's architecture, whose new parameters start from their initialisation.
 COARSE_ADDED_FIELDS = ("latent_dim", "rest_leak", "rest_leak_init")
@@ -1047,7 +1022,8 @@ REFINE_FIELDS = ("use_refinement", "refine_dim", "refine_ff", "refine_block", "r
 def _from_init(cfg: TrainConfig, model_cfg: REALMConfig) -> tuple[REALMConfig, dict, tuple[NormStats, NormStats]]:
     """Model config, weights and stats of ``cfg.init``: its coarse model as it is, the refinement
     fields from ``model_cfg``; refinement weights are kept only when stage 2 is not retrained."""
-    from realm.generate import Listener, load
+    from realm.checkpoint import load
+    from realm.generate import Listener
 
     lis = load(cfg.init)
     if not isinstance(lis, Listener):
@@ -1252,7 +1228,7 @@ def _export_best(out, best, model_cfg, prep, cfg, stage, results, command):
     if cfg.init:  # provenance of the weights this run started from (its stage 1, with --stages 2)
         init = json.loads((Path(cfg.init) / "config.json").read_text())
         extra["init"] = {"path": str(cfg.init), **{k: init.get(k) for k in ("command", "results", "init")}}
-    export(out, model, (prep.stats, prep.feature_stats), cfg.extractor, extra)
+    save(out, model, prep.stats, prep.feature_stats, cfg.extractor, extra)
 
 
 def _devices(d: str):

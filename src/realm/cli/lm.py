@@ -1,11 +1,13 @@
 """CLI commands of one area: `realm asr`, `realm train emotion|idvq|mmlm`: the multimodal-LM listener's commands."""
 
+from __future__ import annotations
+
 import sys
 from pathlib import Path
 
 import typer
 
-from realm.cli import (
+from realm.cli.common import (
     ACCELERATOR,
     DEVICES,
     NUM_NODES,
@@ -14,19 +16,21 @@ from realm.cli import (
     RESUME,
     SEED,
     STRATEGY,
-    _friendly,
-    _progress,
     app,
     console,
+    friendly,
     out,
+    parse_sets,
+    progress_bar,
+    quiet_lightning,
     train_app,
-)  # noqa: F401
+)
 
 # ---------------------------------------------------------------- words and speaker emotion (realm asr, realm train emotion)
 
 
 @app.command("asr")
-@_friendly
+@friendly
 def asr_cmd(
     audio: Path = typer.Argument(..., help="Audio file: wav, flac, mp3, ogg; any rate, mono or stereo."),
     out_path: Path = typer.Option(
@@ -38,8 +42,8 @@ def asr_cmd(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
 ):
     """Transcribe speech offline (Whisper tiny.en) into words with timestamps: [{word, start, end, raw, probability}]."""
-    from realm.asr import ASRConfig, transcribe
     from realm.io import write_json
+    from realm.text import ASRConfig, transcribe
 
     out_path = out_path or Path(f"{audio.stem}.words.json")
     if out_path.exists() and not force:
@@ -52,7 +56,7 @@ def asr_cmd(
 
 
 @train_app.command("emotion")
-@_friendly
+@friendly
 def train_emotion_cmd(
     data: Path = typer.Option(
         ..., "--data", help="Dataset directory (any supported layout) with emotion labels."
@@ -74,13 +78,13 @@ def train_emotion_cmd(
     force: bool = typer.Option(False, "--force", help="Replace an existing run directory."),
 ):
     """Train the speaker-emotion classifier (causal conv over frame features; plain PyTorch loop)."""
-    from realm.emotion import EmotionTrainConfig, train_emotion
+    from realm.train.emotion import EmotionTrainConfig, train_emotion
 
     cfg = EmotionTrainConfig(
         data=str(data), extractor=extractor, epochs=epochs, batch_size=batch_size, window=window, lr=lr,
         cue_only=not all_phrases, seed=seed,
     )  # fmt: skip
-    with _progress() as p:
+    with progress_bar() as p:
         task = p.add_task("training emotion classifier", total=epochs)
         report = train_emotion(
             cfg, out_dir, force=force, command="realm " + " ".join(sys.argv[1:]),
@@ -102,7 +106,7 @@ def train_emotion_cmd(
 
 def _train_opts(data, extractor, epochs, batch_size, max_steps, lr, clip_len, clip_stride, seed, accelerator, devices,
                 strategy, num_nodes, precision, num_workers, name):  # fmt: skip
-    from realm.models.baselines import baseline_train_config
+    from realm.train.baselines import baseline_train_config
 
     return baseline_train_config(
         name, data=str(data), extractor=extractor, epochs=epochs, batch_size=batch_size, max_steps=max_steps, lr=lr,
@@ -122,7 +126,7 @@ _OUT = typer.Option(..., "--out", help="Run directory (exported model, logs, Lig
 
 
 @train_app.command("idvq")
-@_friendly
+@friendly
 def train_idvq_cmd(
     data: Path = _DATA,
     out_dir: Path = _OUT,
@@ -150,15 +154,14 @@ def train_idvq_cmd(
     resume: bool = RESUME,
 ):
     """Train the identity-disentangled motion VQ-VAE (IN encoder, AdaIN decoder); checkpoint selected on val."""
-    from realm.cli import _parse_sets, _quiet_lightning
-    from realm.models.baselines import train_baseline
     from realm.models.mmlm import IDVQRunConfig
+    from realm.train.baselines import train_baseline
 
-    _quiet_lightning()
+    quiet_lightning()
     # the tokenizer reads no audio; the harness still prepares features: logmel is the cheapest (and usually cached)
     cfg = _train_opts(data, "logmel", epochs, batch_size, max_steps, lr, clip_len, clip_stride, seed, accelerator,
                       devices, strategy, num_nodes, precision, num_workers, "idvq")  # fmt: skip
-    vq = {**IDVQRunConfig().vq, **_parse_sets(sets)}
+    vq = {**IDVQRunConfig().vq, **parse_sets(sets)}
     if plain:
         vq["use_in_adain"] = False
     results = train_baseline(
@@ -168,7 +171,7 @@ def train_idvq_cmd(
 
 
 @train_app.command("mmlm")
-@_friendly
+@friendly
 def train_mmlm_cmd(
     data: Path = _DATA,
     out_dir: Path = _OUT,
@@ -208,15 +211,14 @@ def train_mmlm_cmd(
     resume: bool = RESUME,
 ):
     """Train the multimodal-LM listener (words + acoustics + speaker emotion -> IDVQ motion tokens)."""
-    from realm.cli import _parse_sets, _quiet_lightning
-    from realm.models.baselines import train_baseline
+    from realm.train.baselines import train_baseline
 
     if backbone not in ("tiny", "smollm2"):
         raise ValueError(f"--backbone {backbone}: expected tiny or smollm2")
-    _quiet_lightning()
+    quiet_lightning()
     cfg = _train_opts(data, extractor, epochs, batch_size, max_steps, lr, clip_len, clip_stride, seed, accelerator,
                       devices, strategy, num_nodes, precision, num_workers, "mmlm")  # fmt: skip
-    model_cfg = {"backbone": backbone, "lora_r": lora_r, **_parse_sets(sets)}
+    model_cfg = {"backbone": backbone, "lora_r": lora_r, **parse_sets(sets)}
     if vq_run is not None:
         model_cfg["vq_run"] = str(vq_run.resolve())
     if lm_path is not None:
@@ -228,7 +230,7 @@ def train_mmlm_cmd(
 
 
 @app.command("restyle")
-@_friendly
+@friendly
 def restyle_cmd(
     checkpoint: Path = typer.Option(
         ..., "--checkpoint", "-c", help="An idvq or mmlm run (its IDVQ tokenizer)."
@@ -244,8 +246,8 @@ def restyle_cmd(
 ):
     """Re-decode listener motion in another listener's style: the same IDVQ tokens, another AdaIN reference."""
     import realm
-    from realm.generate import read_motion
     from realm.models.mmlm import restyle
+    from realm.motion import read_motion
 
     if out_path.exists() and not force:
         raise FileExistsError(f"{out_path}: exists (use --force to overwrite)")

@@ -6,11 +6,16 @@ from pathlib import Path
 
 import typer
 
-from realm.cli import _friendly, app, console, out
+from realm.cli.common import (
+    app,
+    console,
+    friendly,
+    out,
+)
 
 
 @app.command("serve")
-@_friendly
+@friendly
 def serve_cmd(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="REALM run with streaming features (logmel, vico45, prosody)."),
     profile: str = typer.Option(None, help="Robot profile (ameca, neck3 or a YAML path): adds safe robot controls to each frame."),
@@ -90,7 +95,7 @@ def serve_cmd(
 
 
 @app.command("listen")
-@_friendly
+@friendly
 def listen_cmd(
     server: str = typer.Option("ws://127.0.0.1:8765", "--server", help="WebSocket URL of `realm serve`."),
     audio: Path = typer.Option(..., "--audio", "-a", help="Speaker audio (any format; sent as 16 kHz 16-bit PCM)."),

@@ -5,8 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.table import Table
 
-from realm.cli import _friendly, _progress, app, console, out, train_app  # noqa: F401
+from realm.cli.common import (
+    app,
+    console,
+    friendly,
+    out,
+)
 
 embody_app = typer.Typer(
     help="Robot embodiment: profiles, retargeting maps, simulation (docs/embodiment.md).",
@@ -16,7 +22,7 @@ app.add_typer(embody_app, name="embody")
 
 
 @app.command("export")
-@_friendly
+@friendly
 def export_cmd(
     motion: Path = typer.Option(
         ..., "--motion", help="Listener motion (.npz from `realm generate`, or .npy)."
@@ -42,7 +48,7 @@ def export_cmd(
 
 
 @embody_app.command("fit-map")
-@_friendly
+@friendly
 def fit_map_cmd(
     source: Path = typer.Option(..., "--source", help="Motion in the source space (e.g. vico70, flame56)."),
     target: Path = typer.Option(..., "--target", help="The same frames in arkit58."),
@@ -55,7 +61,7 @@ def fit_map_cmd(
 
     from realm.embodiment.retarget import ARKIT, fit_linear_map
     from realm.errors import RealmInputError
-    from realm.generate import load_motion_file
+    from realm.motion import load_motion_file
 
     if out_path.exists() and not force:
         raise FileExistsError(f"{out_path}: exists (use --force to overwrite)")
@@ -72,11 +78,9 @@ def fit_map_cmd(
 
 
 @embody_app.command("profile")
-@_friendly
+@friendly
 def profile_cmd(name: str = typer.Argument("ameca", help="ameca, neck3 or a profile YAML path.")):
     """Show a robot profile's controls, limits and rates (and validate a profile file)."""
-    from rich.table import Table
-
     from realm.embodiment.profile import load_profile
 
     p = load_profile(name)
@@ -96,7 +100,7 @@ def profile_cmd(name: str = typer.Argument("ameca", help="ameca, neck3 or a prof
 
 
 @embody_app.command("sim")
-@_friendly
+@friendly
 def sim_cmd(
     motion: Path = typer.Option(
         ..., "--motion", help="Listener motion (.npz from `realm generate`, or .npy)."

@@ -1,0 +1,5 @@
+"""``python -m realm.cli``."""
+
+from realm.cli import app
+
+app()
