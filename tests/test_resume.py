@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from torch.utils.data import Dataset
 
 from realm.models.realm import REALMConfig
-from realm.train import REALMTask, ResumableLoader, TrainConfig, TrainingInterrupted, train_realm
+from realm.train import REALMTask, TrainConfig, train_realm
+from realm.train.harness import ResumableLoader, TrainingInterrupted
 
 MODEL = dict(d_model=32, ff_dim=64, refine_dim=32, refine_ff=64)
 #: on tiny_synth: 3 training batches an epoch; stage 1 two epochs (6 batches, validated after
@@ -81,16 +82,17 @@ def trained(monkeypatch):
 
 
 #: A training process killed by SIGKILL where ``kill`` says: before a stage's n-th batch, or halfway
-#: through writing the n-th ``last.ckpt`` of the process (``every``: realm.train.LAST_EVERY_S).
+#: through writing the n-th ``last.ckpt`` of the process (``every``: realm.train.harness.LAST_EVERY_S).
 LEG = r"""
 import io, json, os, signal, sys
 import torch
 import realm.train as rt
+import realm.train.harness as rh
 from realm.models.realm import REALMConfig
 
 args, kill = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 torch.set_num_threads(1)  # as the test process (bit equality needs the same summation order)
-rt.LAST_EVERY_S = kill.get("every", rt.LAST_EVERY_S)
+rh.LAST_EVERY_S = kill.get("every", rh.LAST_EVERY_S)
 if "batch" in kill:
     step, seen = rt.REALMTask.training_step, {}
     def training_step(self, batch, i):

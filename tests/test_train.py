@@ -183,9 +183,10 @@ def test_presets_set_the_recipe_and_options_override_them(synth_dir, tmp_path):
 def test_a_resumed_run_keeps_its_recipe():
     from dataclasses import asdict
 
-    from realm.train import _jsonable, _resumed_train_config
+    from realm.train import _resumed_train_config
+    from realm.train.harness import jsonable
 
-    saved = _jsonable(asdict(TrainConfig(data="d", batch_size=512, epochs=200)))
+    saved = jsonable(asdict(TrainConfig(data="d", batch_size=512, epochs=200)))
     now = TrainConfig(data="d", batch_size=64, epochs=8, max_steps=10, devices="2")
     got = _resumed_train_config(now, saved)
     assert (got.batch_size, got.epochs) == (512, 200)  # the run's recipe, not today's defaults

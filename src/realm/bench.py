@@ -340,9 +340,9 @@ def _train_config(name: str, cfg: BenchConfig, data: Path):
 
 def _record_key(name: str, cfg: BenchConfig, synth: dict, tcfg) -> dict:
     """What decides whether a model trained earlier can be reused."""
-    from realm.train import _jsonable
+    from realm.train.harness import jsonable
 
-    t = _jsonable(asdict(tcfg))
+    t = jsonable(asdict(tcfg))
     t.pop("data", None)
     for k in ("accelerator", "devices", "max_steps"):
         t.pop(k, None)
@@ -584,7 +584,8 @@ def calibrate_realm(tcfg, mcfg, refine: bool, seconds: float = 10.0, max_batches
     """Seconds per stage-1 and stage-2 batch of REALM ``mcfg`` on ``tcfg``'s data (weights untrained)."""
     import torch
 
-    from realm.train import CoarseSegments, REALMTask, _jsonable, coarse_rollouts, prepare_data
+    from realm.train import CoarseSegments, REALMTask, coarse_rollouts, prepare_data
+    from realm.train.harness import jsonable
 
     t0 = time.time()
     prep = prepare_data(tcfg)
@@ -594,9 +595,9 @@ def calibrate_realm(tcfg, mcfg, refine: bool, seconds: float = 10.0, max_batches
     out = {"prep_s": round(prep_s, 2), "batches_per_epoch": len(dl)}
     rng = torch.get_rng_state()
     share = seconds / (2 if refine else 1)
-    out["stage1_step_s"] = _time_steps(REALMTask(mcfg.to_dict(), _jsonable(asdict(tcfg)), 1), dl, tcfg, max_batches, share)
+    out["stage1_step_s"] = _time_steps(REALMTask(mcfg.to_dict(), jsonable(asdict(tcfg)), 1), dl, tcfg, max_batches, share)
     if refine:
-        task = REALMTask(mcfg.to_dict(), _jsonable(asdict(tcfg)), 2)
+        task = REALMTask(mcfg.to_dict(), jsonable(asdict(tcfg)), 2)
         dl2 = dl
         if tcfg.stage2_rollout == "clip":  # stage 2 first rolls the coarse model over every clip: time a few
             t1 = time.time()
@@ -613,15 +614,16 @@ def calibrate_realm(tcfg, mcfg, refine: bool, seconds: float = 10.0, max_batches
 
 def calibrate_baseline(name: str, tcfg, model_cfg: dict | None, seconds: float = 10.0, max_batches: int = 10) -> dict:
     """Seconds per training batch of neural baseline ``name`` (staged models: over their stages)."""
-    from realm.train import _jsonable, prepare_data
+    from realm.train import prepare_data
     from realm.train.baselines import BaselineTask, make_model
+    from realm.train.harness import jsonable
 
     t0 = time.time()
     prep = prepare_data(tcfg)
     prep_s = time.time() - t0
     model = make_model(name, prep, model_cfg)
     dl = _loader(model.wrap_dataset(prep.train), tcfg)
-    task = BaselineTask(name, model.config.to_dict(), _jsonable(asdict(tcfg)), model=model)
+    task = BaselineTask(name, model.config.to_dict(), jsonable(asdict(tcfg)), model=model)
     # max_steps of the calibration trainer = its batches, so a staged model's progress covers its stages
     step = _time_steps(task, dl, tcfg, max_batches, seconds)
     return {"prep_s": round(prep_s, 2), "batches_per_epoch": len(dl), "step_s": step, "seconds": round(time.time() - t0, 2)}

@@ -34,24 +34,16 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import random
-import signal
 import sys
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
-from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.plugins.io import TorchCheckpointIO
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader
 
 from realm.checkpoint import save
 from realm.data.clip import read_meta
@@ -62,6 +54,20 @@ from realm.metrics import blink_rate, block_columns, event_onsets, fd_delta_per_
 from realm.models.realm import REALM, REALMConfig, refine_prefix, refine_sequence
 from realm.motion import NormStats
 from realm.threads import cpu_attention
+from realm.train.harness import (
+    ResumableCheckpoint,
+    ResumableLoader,
+    StopRequested,
+    best_model_state,
+    fit_resumable,
+    interrupted,
+    jsonable,
+    launched_rank,
+    make_trainer,
+    read_state,
+    seed_all,
+    seed_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -693,320 +699,6 @@ class REALMTask(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": warmup_cosine(opt, total, c.warmup), "interval": "step"}}
 
 
-# ---------------------------------------------------------------- resume: exactly where an interrupted run stopped
-#
-# A resumed run equals an uninterrupted one with the same seed (bit for bit on a CPU; tests/test_resume.py):
-# * every random draw of a training step (dropout, the coarse latents, the refinement's noise, the
-#   discriminator's label noise) comes from generators seeded by (seed, stage, epoch, batch), and
-#   each stage starts from its own seed (its initialisation and the stage-2 hand-over do not
-#   depend on what ran before in the process);
-# * the data order and each item's draws (a window's listener realisation) are pure functions of
-#   (seed, stage, epoch, position), and the loader's position is part of every checkpoint, so a
-#   run resumes mid-epoch at the next batch;
-# * checkpoints (model, both stage-2 optimisers, schedulers, loops, the best-model tracker, the
-#   data position) are written only where Lightning resumes exactly: after a validation, or at the
-#   end of a batch that no validation follows; each file atomically (a SIGKILL leaves the last
-#   complete one, never a torn file); ``last.ckpt`` after every validation and at least every
-#   :data:`LAST_EVERY_S` seconds of training;
-# * Ctrl-C (SIGINT) finishes the current batch, saves ``last.ckpt`` and stops with
-#   :class:`TrainingInterrupted`, whose message (also printed) says how to resume.
-
-#: Longest stretch of training a SIGKILL can lose: ``last.ckpt`` is also written at the end of the
-#: first batch after this many seconds without a checkpoint.
-LAST_EVERY_S = 600.0
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped on Ctrl-C; the message says where it was saved and how to resume."""
-
-
-class _StopRequested(Exception):
-    """Raised inside ``Trainer.fit`` once the interrupted run is saved (not a KeyboardInterrupt,
-    which Lightning turns into ``sys.exit(1)``)."""
-
-
-def seed_key(*parts: int) -> int:
-    """A 64-bit seed that is a pure function of ``parts`` (non-negative after mod 2^64)."""
-    return int(np.random.SeedSequence([int(p) % (1 << 64) for p in parts]).generate_state(1, np.uint64)[0])
-
-
-def seed_all(key: int) -> None:
-    """Seed torch (CPU and every GPU), numpy's and Python's global generators."""
-    random.seed(key)
-    np.random.seed(key % (1 << 32))
-    torch.manual_seed(key)
-
-
-def launched_rank() -> int:
-    """0 in the process a launcher started first (LOCAL_RANK + NODE_RANK, both 0 when not launched
-    by one): known before any process group exists."""
-    return int(os.environ.get("LOCAL_RANK", 0)) + int(os.environ.get("NODE_RANK", 0))
-
-
-def best_model_state(path) -> dict[str, torch.Tensor]:
-    """The model's weights in one of our Lightning checkpoints (loaded weights-only), without the
-    task's ``model.`` prefix."""
-    sd = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-    return {k[len("model.") :]: v for k, v in sd.items() if k.startswith("model.")}
-
-
-def _world() -> tuple[int, int]:
-    """(world size, rank) of the process group, (1, 0) without one."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size(), torch.distributed.get_rank()
-    return 1, 0
-
-
-class _EpochOrder(DistributedSampler):
-    """Shuffled order of epoch ``e``: a pure function of (seed, e), sharded by rank under DDP, from
-    item ``start`` of this rank's share. Yields ``(epoch, index)`` keys (:class:`_Keyed`). A
-    DistributedSampler only so that Lightning keeps it under DDP instead of wrapping it."""
-
-    def __init__(self, n: int, seed: int):  # no process group is needed before iterating
-        self.n, self.seed, self.epoch, self.start, self.shuffle, self.drop_last = n, seed, 0, 0, True, False
-        self.used = (0, 0)  # (epoch, start) of the last order drawn
-
-    def __len__(self) -> int:
-        return math.ceil(self.n / _world()[0])
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.epoch, self.start = epoch, 0
-
-    def __iter__(self):
-        W, rank = _world()
-        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(seed_key(self.seed, self.epoch))).tolist()
-        total = math.ceil(self.n / W) * W  # padded as DistributedSampler pads: every rank the same share
-        order = (order * math.ceil(total / max(1, self.n)))[:total][rank::W]
-        self.used = (self.epoch, self.start)
-        return iter([(self.epoch, i) for i in order[self.start :]])
-
-
-def _rng_holders(ds) -> list:
-    """The datasets in ``ds``'s chain (``windows``, ``dataset``, ``base`` attributes) that draw from
-    their own ``rng`` (a WindowDataset picking a listener realisation per item)."""
-    out, todo, seen = [], [ds], set()
-    while todo:
-        d = todo.pop()
-        if id(d) in seen:
-            continue
-        seen.add(id(d))
-        if isinstance(getattr(d, "rng", None), np.random.Generator):
-            out.append(d)
-        todo += [getattr(d, a) for a in ("windows", "dataset", "base") if isinstance(getattr(d, a, None), Dataset)]
-    return out
-
-
-class _Keyed(Dataset):
-    """``ds`` read by ``(epoch, i)`` keys: item ``i``, its random draws a pure function of
-    (seed, epoch, i), never of the items read before it (nor of which worker reads it)."""
-
-    def __init__(self, ds, seed: int):
-        self.ds, self.seed, self.holders = ds, seed, _rng_holders(ds)
-
-    def __len__(self) -> int:
-        return len(self.ds)
-
-    def __getitem__(self, key):
-        epoch, i = key
-        for j, d in enumerate(self.holders):
-            d.rng = np.random.default_rng([self.seed % (1 << 64), epoch, i, j])  # ~15 us an item
-        return self.ds[i]
-
-
-class ResumableLoader(DataLoader):
-    """The shuffling training loader of a resumable run: order and items pure functions of
-    (seed, epoch, position); its state (``{"epoch", "batches"}``: the batches given out in the
-    epoch) is saved with every checkpoint and restored before the first batch of a resumed run."""
-
-    def __init__(self, dataset, seed: int, batch_size: int, drop_last: bool = False, **kw):
-        self.order = _EpochOrder(len(dataset), seed)
-        super().__init__(_Keyed(dataset, seed), batch_size=batch_size, sampler=self.order, drop_last=drop_last, **kw)
-        self.position = (0, 0)  # (epoch, batches given out in it)
-
-    def __iter__(self):
-        first = True
-        for batch in super().__iter__():
-            if first:  # the order this iterator draws from (drawn lazily without workers)
-                epoch, start = self.order.used
-                self.position, first = (epoch, start // self.batch_size), False
-            self.position = (self.position[0], self.position[1] + 1)
-            yield batch
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.position[0], "batches": self.position[1]}
-
-    def load_state_dict(self, state: dict) -> None:
-        epoch, batches = int(state["epoch"]), int(state["batches"])
-        if batches >= len(self):  # saved at the end of an epoch: the next one starts
-            epoch, batches = epoch + 1, 0
-        self.order.epoch, self.order.start, self.position = epoch, batches * self.batch_size, (epoch, batches)
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint writer, each file written beside its name, synced, then renamed onto
-    it (Lightning's own goes through a temporary file in $TMPDIR, which is a non-atomic copy when
-    that is another file system, and leaves the temporary file behind when killed)."""
-
-    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-        from realm.io import atomic_path
-
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-
-
-def _safe_to_save(trainer) -> bool:
-    """Whether a checkpoint written at the end of the current training batch resumes exactly: not
-    when a validation follows the batch (a run resumed from it skips that validation) nor at the
-    end of an epoch (epoch-end work follows)."""
-    loop = trainer.fit_loop.epoch_loop
-    if loop.batch_progress.is_last_batch:
-        return False
-    try:
-        return not loop._should_check_val_fx(trainer.fit_loop._data_fetcher)
-    except AttributeError:  # another Lightning: checkpoints only after validations
-        return False
-
-
-#: Multi-process runs: batches between the ranks' agreement on stopping and saving (one all-reduce
-#: each time; a Ctrl-C then takes effect within this many batches). Counted in batches, which every
-#: rank sees alike (its optimiser steps need not be: stage 2 steps the discriminator conditionally).
-AGREE_EVERY = 8
-
-
-class ResumableCheckpoint(ModelCheckpoint):
-    """``best.ckpt`` (selected on ``monitor``) and a ``last.ckpt`` a run resumes from exactly:
-    written after every validation (Lightning writes it only when the best improves), at least every
-    :data:`LAST_EVERY_S` seconds at the end of a batch, and on Ctrl-C (:meth:`request_stop`) at
-    the end of the current batch, after which training stops. Its state holds the loader's position."""
-
-    def __init__(self, dirpath, monitor: str, loader: ResumableLoader | None = None, label: str = "training",
-                 every_s: float | None = None):  # fmt: skip
-        super().__init__(dirpath=dirpath, filename="best", monitor=monitor, mode="min", save_top_k=1, save_last=True,
-                         enable_version_counter=False)  # fmt: skip
-        self.loader, self.label, self.every_s = loader, label, LAST_EVERY_S if every_s is None else every_s
-        self.interrupted = False
-        self._saved_at = time.monotonic()
-
-    @property
-    def state_key(self) -> str:  # ModelCheckpoint's: runs saved before this class keep their best-model tracker
-        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
-
-    @property
-    def last_path(self) -> str:
-        return os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
-
-    def request_stop(self, signum=None, frame=None) -> None:
-        """SIGINT handler: stop at the end of this batch with a checkpoint; a second one stops at once."""
-        if self.interrupted:
-            raise _StopRequested(f"{self.label} stopped without saving (its last checkpoint is in {self.dirpath})")
-        self.interrupted = True
-        if _world()[1] == 0:
-            print("\ninterrupt: saving a checkpoint at the end of this batch (Ctrl-C again to stop without it)",
-                  file=sys.stderr, flush=True)  # fmt: skip
-
-    def _agree(self, trainer, pl_module, due: bool) -> tuple[bool, bool]:
-        """(stop, save), the same on every rank: any rank's Ctrl-C or clock decides."""
-        stop = self.interrupted
-        if trainer.world_size > 1:
-            t = trainer.strategy.reduce(torch.tensor([float(stop), float(due)], device=pl_module.device), reduce_op="sum")
-            stop, due = bool(t[0] > 0), bool(t[1] > 0)
-        return stop, due
-
-    def _save_last(self, trainer) -> None:
-        self.last_model_path = self.last_path  # part of the state it saves
-        trainer.save_checkpoint(self.last_path, weights_only=False)  # the whole state, optimisers included
-        self._saved_at = time.monotonic()
-
-    def _stop(self, trainer) -> None:
-        batches = trainer.fit_loop.epoch_loop.batch_progress.total.processed
-        raise _StopRequested(f"{self.label} saved after {batches} batches in {self.last_path}")
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        if trainer.world_size > 1 and batch_idx % AGREE_EVERY:  # ranks agree every few batches, not every batch
-            return
-        stop, due = self._agree(trainer, pl_module, time.monotonic() - self._saved_at >= self.every_s)
-        if (stop or due) and _safe_to_save(trainer):
-            self._save_last(trainer)
-            if stop:
-                self._stop(trainer)
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        super().on_validation_end(trainer, pl_module)
-        if trainer.sanity_checking or trainer.state.fn != "fit":
-            return
-        if self._last_global_step_saved != trainer.global_step:  # the best did not improve: last.ckpt not written
-            self._save_last(trainer)
-        self._saved_at = time.monotonic()
-        if self._agree(trainer, pl_module, False)[0]:
-            self._stop(trainer)
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), **({"loader": self.loader.state_dict()} if self.loader is not None else {})}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        super().load_state_dict(state_dict)
-        if self.loader is not None and "loader" in state_dict:  # before the loader's first iterator is made
-            self.loader.load_state_dict(state_dict["loader"])
-
-
-@contextmanager
-def _sigint_to(handler):
-    """Route SIGINT to ``handler`` inside the block (main thread only; restored after)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, old)
-
-
-def resume_hint(out: Path, command: str | None, where: str | None = None) -> str:
-    """One line: where an interrupted run was saved and the command that resumes it."""
-    where = where or f"its last checkpoints are in {Path(out) / 'lightning'}"
-    if command and command.split()[:2] == ["realm", "train"] and "--resume" not in command.split():
-        command += " --resume"
-    how = command or f"the same command with --resume (run directory {out})"
-    return f"interrupted: {where}; resume with: {how}"
-
-
-def fit_resumable(trainer, task, train_dl, val_dl, ckpt: ResumableCheckpoint, resume: bool) -> str:
-    """``trainer.fit`` for every training of ours: from ``ckpt``'s last checkpoint when resuming (loaded
-    weights-only: our own checkpoints hold tensors and plain values, never code), Ctrl-C finishing the
-    batch, saving and stopping (:meth:`ResumableCheckpoint.request_stop`). Returns the best checkpoint
-    (the last one when no validation kept a best)."""
-    last = ckpt.last_path
-    with _sigint_to(ckpt.request_stop):
-        trainer.fit(task, train_dl, val_dl, ckpt_path=last if resume and os.path.exists(last) else None,
-                    weights_only=True)  # fmt: skip
-    return ckpt.best_model_path or last
-
-
-def keep_csv_log(log_dir: Path) -> None:
-    """Lightning's CSVLogger deletes the ``metrics.csv`` it finds: a resumed run keeps the one before
-    as ``metrics.1.csv`` (``.2``, ...)."""
-    old = Path(log_dir) / "metrics.csv"
-    if old.is_file():
-        n = 1
-        while (old.parent / f"metrics.{n}.csv").exists():
-            n += 1
-        os.replace(old, old.parent / f"metrics.{n}.csv")
-
-
-def _read_state(path: Path) -> dict:
-    """``train_state.json`` of a run, or a one-line error naming it."""
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e}); the run's state file is damaged") from None
-
-
-
 # ---------------------------------------------------------------- run directory: export and load
 
 
@@ -1067,7 +759,7 @@ def _resumed_train_config(cfg: TrainConfig, saved: dict | None) -> TrainConfig:
     epochs, schedule...); only :data:`RUNTIME_FIELDS` come from the command. Logs what differed."""
     if not saved:
         return cfg
-    now = _jsonable(asdict(cfg))
+    now = jsonable(asdict(cfg))
     differ = sorted(k for k in saved if k in now and k not in RUNTIME_FIELDS and saved[k] != now[k])
     if differ:
         log.warning("resuming with the run's saved training config (%s differ on the command line; ignored)", ", ".join(differ))
@@ -1093,17 +785,8 @@ def train_realm(
     """
     try:
         return _train_realm(cfg, model_cfg, out, resume, progress, command)
-    except (_StopRequested, KeyboardInterrupt) as e:
-        raise _interrupted(out, command, e) from None
-
-
-def _interrupted(out, command: str | None, e: BaseException) -> TrainingInterrupted:
-    """The resume line (printed once, by rank 0) as the exception a Ctrl-C ends training with."""
-    where = e.args[0] if isinstance(e, _StopRequested) and e.args else None
-    msg = resume_hint(Path(out), command, where)
-    if launched_rank() == 0:
-        print(msg, file=sys.stderr, flush=True)
-    return TrainingInterrupted(msg)
+    except (StopRequested, KeyboardInterrupt) as e:
+        raise interrupted(out, command, e) from None
 
 
 def _train_realm(cfg: TrainConfig, model_cfg: REALMConfig, out, resume: bool, progress: bool, command: str | None) -> dict:
@@ -1111,7 +794,7 @@ def _train_realm(cfg: TrainConfig, model_cfg: REALMConfig, out, resume: bool, pr
     if launched_rank() == 0 and out.exists() and any(out.iterdir()) and not resume:  # ranks > 0 join rank 0's run
         raise FileExistsError(f"{out}: run directory exists and is not empty (use --resume to continue it)")
     state_path = out / "train_state.json"
-    state = _read_state(state_path) if resume and state_path.exists() else {"done": []}
+    state = read_state(state_path) if resume and state_path.exists() else {"done": []}
     cfg = _resumed_train_config(cfg, state.get("train"))  # the run's own recipe, not today's defaults
     init_state = init_stats = None
     if cfg.init:
@@ -1127,18 +810,15 @@ def _train_realm(cfg: TrainConfig, model_cfg: REALMConfig, out, resume: bool, pr
         if saved and saved != model_cfg.to_dict():
             log.warning("resuming with the saved model config (command-line model options ignored)")
             model_cfg = REALMConfig(**saved)
-    state.update({"model": model_cfg.to_dict(), "train": _jsonable(asdict(cfg))})
+    state.update({"model": model_cfg.to_dict(), "train": jsonable(asdict(cfg))})
     loader_kw = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
-    from lightning.pytorch.callbacks import RichProgressBar
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-
     results = {}
     prev_best = stopped = None
     for stage in cfg.stages:
         if stage == 2 and not model_cfg.use_refinement:
             continue
         if stopped:  # Ctrl-C in the last batch of the stage before: it finished, the next one waits
-            raise _StopRequested(stopped)
+            raise StopRequested(stopped)
         ckdir = out / "lightning" / f"stage{stage}"
         monitor = "val/loss" if stage == 1 else ("val/select" if cfg.stage2_select == "behaviour" else "val/fd_delta")
         if stage in state["done"]:
@@ -1148,7 +828,7 @@ def _train_realm(cfg: TrainConfig, model_cfg: REALMConfig, out, resume: bool, pr
         # each stage from its own seed: its initialisation, the stage-2 hand-over (coarse rollouts)
         # and data do not depend on what ran before in this process (a resumed run skips that)
         seed_all(seed_key(cfg.seed, stage))
-        task = REALMTask(model_cfg.to_dict(), _jsonable(asdict(cfg)), stage)
+        task = REALMTask(model_cfg.to_dict(), jsonable(asdict(cfg)), stage)
         best1 = prev_best or state.get("best1")
         if stage == 2 and best1 is not None:
             task.model.load_state_dict(best_model_state(best1), strict=False)
@@ -1164,34 +844,17 @@ def _train_realm(cfg: TrainConfig, model_cfg: REALMConfig, out, resume: bool, pr
         train_dl = ResumableLoader(train_ds, seed_key(cfg.seed, stage), drop_last=len(train_ds) > cfg.batch_size, **loader_kw)
         val_dl = DataLoader(val_ds, shuffle=False, **val_kw)
         ckpt = ResumableCheckpoint(ckdir, monitor, loader=train_dl, label=f"stage {stage}")
-        callbacks = [ckpt] + ([RichProgressBar()] if progress else [])
-        keep_csv_log(out / "logs" / f"stage{stage}")  # a resumed run's CSV log goes on beside it
-        trainer = L.Trainer(
+        trainer = make_trainer(
+            cfg, out, f"stage{stage}", ckpt, progress, len(train_dl),
             max_epochs=cfg.epochs if stage == 1 else cfg.stage2_epochs,
             # stage 2 steps two optimizers per batch: the budget counts batches in both stages
             max_steps=cfg.max_steps * (2 if stage == 2 and cfg.max_steps > 0 else 1),
-            max_time=timedelta(minutes=cfg.max_minutes) if cfg.max_minutes > 0 else None,
-            accelerator=cfg.accelerator,
-            devices=_devices(cfg.devices),
-            # stage 2 is a GAN: each of its two backward passes reaches only one network
-            strategy="ddp_find_unused_parameters_true" if stage == 2 and cfg.strategy == "ddp" else cfg.strategy,
-            num_nodes=cfg.num_nodes,
-            precision=cfg.precision,
-            callbacks=callbacks,
-            logger=[
-                TensorBoardLogger(out / "logs", name=f"stage{stage}", version=""),
-                CSVLogger(out / "logs", name=f"stage{stage}", version=""),
-            ],
-            enable_progress_bar=progress,
-            enable_model_summary=False,
-            log_every_n_steps=max(1, min(50, len(train_dl))),
+            max_minutes=cfg.max_minutes,
+            unused_parameters=stage == 2,  # stage 2 is a GAN: each of its two backward passes reaches one network
             # a step budget shorter than an epoch still ends with a validation
             val_check_interval=(min(cfg.val_every, len(train_dl)) if cfg.val_every > 0
-                                else cfg.max_steps if 0 < cfg.max_steps < len(train_dl) else None),  # fmt: skip
-            num_sanity_val_steps=0,
-            deterministic=False,
-            plugins=[AtomicCheckpointIO()],
-        )
+                                else cfg.max_steps if 0 < cfg.max_steps < len(train_dl) else None),
+        )  # fmt: skip
         t0 = time.time()
         best = fit_resumable(trainer, task, train_dl, val_dl, ckpt, resume)
         if stage == 1 and cfg.stage1_select == "last":
@@ -1220,7 +883,7 @@ def _export_best(out, best, model_cfg, prep, cfg, stage, results, command):
     model = REALM(model_cfg)
     model.load_state_dict(best_model_state(best))
     extra = {
-        "stage": stage, "train": _jsonable(asdict(cfg)), "results": results,
+        "stage": stage, "train": jsonable(asdict(cfg)), "results": results,
         "command": command or " ".join(sys.argv),
         "selected_on": "val" if stage == 2 or cfg.stage1_select == "val_loss" else "the last validation (stage1_select)",
         "data_config": read_meta(cfg.data).get("config", {}),
@@ -1229,13 +892,3 @@ def _export_best(out, best, model_cfg, prep, cfg, stage, results, command):
         init = json.loads((Path(cfg.init) / "config.json").read_text())
         extra["init"] = {"path": str(cfg.init), **{k: init.get(k) for k in ("command", "results", "init")}}
     save(out, model, prep.stats, prep.feature_stats, cfg.extractor, extra)
-
-
-def _devices(d: str):
-    if d == "auto":
-        return "auto"
-    return [int(x) for x in d.split(",")] if "," in d else int(d)
-
-
-def _jsonable(d: dict) -> dict:
-    return json.loads(json.dumps(d, default=list))

@@ -13,7 +13,6 @@ through. A run directory holds::
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -31,19 +30,18 @@ from realm.io import write_json
 from realm.models.baselines.base import Baseline
 from realm.registry import MODELS
 from realm.threads import cpu_attention
-from realm.train import (
-    AtomicCheckpointIO,
+from realm.train import TrainConfig, prepare_data
+from realm.train.harness import (
     ResumableCheckpoint,
     ResumableLoader,
-    TrainConfig,
-    _interrupted,
-    _read_state,
-    _StopRequested,
+    StopRequested,
     best_model_state,
     fit_resumable,
-    keep_csv_log,
+    interrupted,
+    jsonable,
     launched_rank,
-    prepare_data,
+    make_trainer,
+    read_state,
     seed_all,
     seed_key,
 )
@@ -152,13 +150,13 @@ def train_baseline(
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     prep = prepare_data(cfg)
     if resume and (out / "train_state.json").exists():
-        saved = _read_state(out / "train_state.json").get("model")
+        saved = read_state(out / "train_state.json").get("model")
         if saved and model_cfg and any(saved.get(k) != v for k, v in model_cfg.items()):
             log.warning("resuming with the saved model config (command-line model options ignored)")
         model_cfg = saved or model_cfg
     model = make_model(name, prep, model_cfg)
     extra = {
-        "train": _jsonable(asdict(cfg)), "command": command or " ".join(sys.argv), "selected_on": "val",
+        "train": jsonable(asdict(cfg)), "command": command or " ".join(sys.argv), "selected_on": "val",
         "data_config": read_meta(cfg.data).get("config", {}), "baseline": name,
     }  # fmt: skip
     t0 = time.time()
@@ -170,46 +168,25 @@ def train_baseline(
     write_json(out / "train_state.json", {"model": model.config.to_dict(), "train": extra["train"]})
     try:
         return _fit_neural(name, model, prep, cfg, out, resume, progress, extra, t0)
-    except (_StopRequested, KeyboardInterrupt) as e:  # Ctrl-C: saved; say how to resume
-        raise _interrupted(out, command, e) from None
+    except (StopRequested, KeyboardInterrupt) as e:  # Ctrl-C: saved; say how to resume
+        raise interrupted(out, command, e) from None
 
 
 def _fit_neural(name, model, prep, cfg, out, resume, progress, extra, t0) -> dict:
-    from lightning.pytorch.callbacks import RichProgressBar
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     loader_kw = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
     train_ds, val_ds = model.wrap_dataset(prep.train), model.wrap_dataset(prep.val)
     # order and items pure functions of (seed, epoch, position), resumable mid-epoch (realm.train)
     train_dl = ResumableLoader(train_ds, seed_key(cfg.seed, 0), drop_last=len(train_ds) > cfg.batch_size, **loader_kw)
     val_dl = DataLoader(val_ds, shuffle=False, **loader_kw)
-    task = BaselineTask(name, model.config.to_dict(), _jsonable(asdict(cfg)), model=model)  # with what fit_data set
-    ckdir = out / "lightning"
-    ckpt = ResumableCheckpoint(ckdir, "val/loss", loader=train_dl, label=name)
-    keep_csv_log(out / "logs" / name)  # a resumed run's CSV log goes on beside it
-    from realm.train import _devices
-
-    trainer = L.Trainer(
-        max_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        accelerator=cfg.accelerator,
-        devices=_devices(cfg.devices),
+    task = BaselineTask(name, model.config.to_dict(), jsonable(asdict(cfg)), model=model)  # with what fit_data set
+    ckpt = ResumableCheckpoint(out / "lightning", "val/loss", loader=train_dl, label=name)
+    trainer = make_trainer(
+        cfg, out, name, ckpt, progress, len(train_dl), max_epochs=cfg.epochs, max_steps=cfg.max_steps,
         # staged models (VQ-VAE, then the token model) leave one part without gradients at a time
-        strategy="ddp_find_unused_parameters_true" if model.staged and cfg.strategy == "ddp" else cfg.strategy,
-        num_nodes=cfg.num_nodes,
-        precision=cfg.precision,
-        callbacks=[ckpt] + ([RichProgressBar()] if progress else []),
-        logger=[
-            TensorBoardLogger(out / "logs", name=name, version=""),
-            CSVLogger(out / "logs", name=name, version=""),
-        ],
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        log_every_n_steps=max(1, min(50, len(train_dl))),
+        unused_parameters=model.staged,
         val_check_interval=cfg.max_steps if 0 < cfg.max_steps < len(train_dl) else None,  # a short budget still validates
-        num_sanity_val_steps=0,
-        plugins=[AtomicCheckpointIO()],  # every checkpoint file atomic
-    )
+    )  # fmt: skip
     best = fit_resumable(trainer, task, train_dl, val_dl, ckpt, resume)  # Ctrl-C: finish the batch, save, stop
     score = ckpt.best_model_score
     results = {
@@ -223,7 +200,3 @@ def _fit_neural(name, model, prep, cfg, out, resume, progress, extra, t0) -> dic
         model.load_state_dict(best_model_state(best))
         save(out, model.eval(), prep.stats, prep.feature_stats, cfg.extractor, {**extra, "results": results}, model.name)
     return results
-
-
-def _jsonable(d: dict) -> dict:
-    return json.loads(json.dumps(d, default=list))
