@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("motion consumers (no model, no torch)", ("realm.embodiment", "realm.embodiment.", "realm.render", "realm.render.")),
     ("models", ("realm.models", "realm.models.")),
     ("running models", ("realm.generate", "realm.eval", "realm.serve", "realm.train", "realm.train.")),
-    ("jobs", ("realm.bench", "realm.demo", "realm.report")),
+    ("jobs", ("realm.bench", "realm.bench.", "realm.demo", "realm.report")),
     ("front end", ("realm.cli", "realm.cli.")),
 ]
 

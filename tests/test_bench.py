@@ -5,7 +5,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from realm.bench import BenchConfig, _plan_steps, prepare_benchmark_data, reading, run_bench
+from realm.bench import BenchConfig, plan_steps, prepare_benchmark_data, reading, run_bench
 from realm.cli import app
 from realm.eval import FLOOR
 
@@ -94,10 +94,10 @@ def test_the_time_budget_is_calibrated_into_steps(bench, tmp_path, monkeypatch):
 
 
 def test_plan_steps_rounds_to_whole_epochs_past_one():
-    assert _plan_steps(5.0, 1.0, per_epoch=10) == 5  # less than an epoch: as many as fit
-    assert _plan_steps(25.0, 1.0, per_epoch=10) == 20  # 2.5 epochs: 2 (3 would overrun by 20 %)
-    assert _plan_steps(29.0, 1.0, per_epoch=10) == 30  # nearest, within 10 % of the budget
-    assert _plan_steps(0.0, 1.0, per_epoch=10) == 1
+    assert plan_steps(5.0, 1.0, per_epoch=10) == 5  # less than an epoch: as many as fit
+    assert plan_steps(25.0, 1.0, per_epoch=10) == 20  # 2.5 epochs: 2 (3 would overrun by 20 %)
+    assert plan_steps(29.0, 1.0, per_epoch=10) == 30  # nearest, within 10 % of the budget
+    assert plan_steps(0.0, 1.0, per_epoch=10) == 1
 
 
 def _result(rows, tau=8.0):

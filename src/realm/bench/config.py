@@ -1,0 +1,146 @@
+"""What the benchmark runs: the models (REALM, its ablations, ours, the LM listener), the step-3 recipe, :class:`BenchConfig`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from realm.registry import BASELINES
+
+log = logging.getLogger(__name__)
+
+
+#: REALM and its ablations: name -> (REALMConfig fields, what it is).
+REALM_VARIANTS: dict[str, tuple[dict, str]] = {
+    "realm": ({}, "REALM as released (DESIGN 7)"),
+    "tau0": ({"tau": 0}, "ablation: tau = 0 (plain one-sided ALiBi, no reaction delay)"),
+    "no_gate": ({"use_gate": False}, "ablation: no reactive gate"),
+    "no_refine": ({"use_refinement": False}, "ablation: coarse model only (no stage 2)"),
+    "audio_only": ({"use_history": False}, "ablation: never sees its own past motion"),
+    "history_only": ({"use_audio": False}, "ablation: audio zeroed ('deaf')"),
+    "realm_sb": ({}, "ours: REALM, then its coarse model fine-tuned stochastic and bounded (the demo's step 3)"),
+    "tau0_sb": ({"tau": 0}, "ablation of ours: realm_sb with tau = 0"),
+}
+
+
+#: The step that follows stages 1 and 2 for the ``*_sb`` variants (the demo checkpoint's recipe,
+#: checkpoints/realm-demo/README.md): a 16-d latent per window trained by the energy score on the
+#: expression, a zero-latent rollout by the paper's loss, a learned leak toward the start frame, on
+#: 256-frame rollouts, the hearing and timing frozen; the step-2 refinement kept.
+STEP3_MODEL = {"latent_dim": 16, "rest_leak": True, "rest_leak_init": 0.005, "latent_temperature": 0.5}
+
+
+STEP3_TRAIN = {"coarse_loss": "energy", "energy_blocks": ["expression"], "mean_rollout": True, "batch_size": 32,
+               "clip_len": 256, "lr": 5e-4, "val_every": 0,
+               "freeze": ["audio_encoder", "fusion", "decoder.gate", "waypoint"]}  # fmt: skip
+
+
+#: Shares of a ``*_sb`` variant's training time: stage 1, stage 2, step 3.
+STEP3_SHARES = (0.55, 0.15, 0.30)
+
+
+#: Metrics REALM must lead on (DESIGN 13), and the ones compared with the floor.
+HEADLINE = ("fd_exp", "fd_pose", "p_fd_exp", "p_fd_pose", "rpcc_exp", "rpcc_pose")
+
+
+FLOOR_KEYS = ("l1_exp", "fd_exp", "fd_pose", "fd_delta_exp", "p_fd_exp", "p_fd_pose", "rpcc_exp", "rpcc_pose")
+
+
+RECORD = "bench_train.json"
+
+
+SYNTH_IGNORED = ("workers",)  # generator fields that do not change the data
+
+
+#: The multimodal-LM listener (seed 2) in its two backbones: bench name -> (harness model, config fields, what).
+LM_VARIANTS: dict[str, tuple[str, dict, str]] = {
+    "mmlm": ("mmlm", {"backbone": "tiny"}, "multimodal-LM listener, small transformer from scratch (seed 2)"),
+    "mmlm_smollm2": ("mmlm", {"backbone": "smollm2"}, "multimodal-LM listener, SmolLM2-135M + LoRA (seed 2)"),
+}
+
+
+def default_models() -> list[str]:
+    return list(REALM_VARIANTS) + list(BASELINES) + list(LM_VARIANTS)
+
+
+def harness_model(name: str) -> tuple[str, dict]:
+    """(model of the harness, config fields it implies) of a bench model that is not a REALM variant."""
+    if name in LM_VARIANTS:
+        return LM_VARIANTS[name][0], dict(LM_VARIANTS[name][1])
+    return name, {}
+
+
+@dataclass
+class BenchConfig:
+    out: str = "runs/bench"  # OUT: models/, eval/, bench.json, bench_results.json
+    doc: str = "docs/benchmark.md"
+    force: bool = False  # replace an existing doc (refused before anything runs, and when it is written)
+    data: str = ""  # dataset directory ("": OUT/data)
+    # -- data (DESIGN 5)
+    hours: float = 0.5
+    seed: int = 0
+    backend: str = "piper"
+    listener_samples: int = 2
+    synth: dict = field(default_factory=dict)  # further SynthConfig fields
+    workers: int = 0  # synthesis processes (0: min(8, CPUs)); does not change the data
+    # -- models and training
+    models: list[str] = field(default_factory=default_models)
+    minutes_per_model: float = 4.0  # wall-clock budget per model (calibration + training)
+    minutes: dict = field(default_factory=dict)  # name -> its own budget in minutes (else minutes_per_model)
+    stage1_fraction: float = 0.75  # REALM: share of the training time for stage 1
+    max_steps: int = 0  # > 0: this many steps per stage instead of the time budget
+    extractor: str = "logmel"
+    batch_size: int = 64  # CPU cap on every recipe's batch size (0: the recipes' own)
+    audio_context: int = -1  # REALM audio_context (-1: 16 for frame-local features, else 0)
+    train: dict = field(default_factory=dict)  # further TrainConfig fields for every model
+    step3: dict = field(default_factory=dict)  # TrainConfig fields over STEP3_TRAIN (the *_sb variants' step 3)
+    model_overrides: dict = field(default_factory=dict)  # name -> model config fields ("realm": every variant)
+    accelerator: str = "auto"
+    devices: str = "auto"
+    threads: int = 0  # torch CPU threads for the whole run (0: torch's default); 1 is best on a busy machine
+    # -- evaluation
+    samples: int = 3
+    max_clips: int | None = None
+    splits: list[str] = field(default_factory=lambda: ["test", "ood"])
+    command: str = ""  # the command line recorded in the document ("" : this config's repr)
+
+    def __post_init__(self):
+        unknown = [m for m in self.models if m not in REALM_VARIANTS and m not in BASELINES and m not in LM_VARIANTS]
+        if unknown:
+            raise ValueError(f"unknown model(s) {unknown}; known: {', '.join(default_models())}")
+        if not self.models:
+            raise ValueError("no models to benchmark")
+        if len(set(self.models)) != len(self.models):
+            raise ValueError(f"models named twice: {self.models}")
+        if self.minutes_per_model <= 0 and self.max_steps <= 0:
+            raise ValueError("minutes_per_model must be > 0 (or give max_steps)")
+        odd = [m for m in self.minutes if m not in self.models]
+        if odd:
+            raise ValueError(f"budgets for models not in the run: {odd}")
+        if any(float(v) <= 0 for v in self.minutes.values()):
+            raise ValueError(f"per-model minutes must be > 0: {self.minutes}")
+        if not 0 < self.stage1_fraction <= 1:
+            raise ValueError(f"stage1_fraction must be in (0, 1], got {self.stage1_fraction}")
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.data) if self.data else Path(self.out) / "data"
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BenchConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+Progress = Callable[[str, int, "int | None"], None]  # (step, done, total): a step's progress
+
+
+def _audio_context(cfg: BenchConfig) -> int:
+    from realm.train import LOCAL_EXTRACTORS
+
+    if cfg.audio_context >= 0:
+        return cfg.audio_context
+    return 16 if cfg.extractor in LOCAL_EXTRACTORS else 0
+
