@@ -162,3 +162,15 @@ def test_train_emotion_cli_on_synthetic_data(synth_dir, tmp_path):
     assert prob.shape == (clip.n_frames, 3)
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 2 and "exists" in r.output
+
+
+def test_the_checkpoint_module_loads_it_and_realm_load_refuses_it_in_one_line(trained, tmp_path):
+    import realm
+    from realm.checkpoint import load_any
+    from realm.models.emotion import EmotionClassifier
+
+    clf, _ = trained
+    clf.save(tmp_path / "run")
+    assert isinstance(load_any(tmp_path / "run"), EmotionClassifier)
+    with pytest.raises(RealmInputError, match="'emotion' run is not a listener: load it with realm.models.emotion"):
+        realm.load(tmp_path / "run")

@@ -258,3 +258,19 @@ def test_one_control_pipeline_streams_what_export_and_sim_write():
     assert np.abs(ControlPipeline(None).arkit(x)[:, 52:55]).max() <= np.radians(30) + 1e-9
     with pytest.raises(ValueError, match="needs a linear map to arkit58.*--map"):
         ControlPipeline("ameca", spec="flame56")
+
+
+@pytest.mark.parametrize("fmt", ["ameca-jsonl", "ros2-trajectory", "livelink-csv", "bvh"])
+def test_every_registered_format_writes_and_reads_back(fmt, tmp_path):
+    """Each WRITERS entry: its writer's file read back by its reader (a new format must bring both)."""
+    from realm.embodiment.export import FORMATS, WRITERS
+
+    assert FORMATS == tuple(WRITERS) and fmt in WRITERS
+    x = np.zeros((45, 58))
+    x[:, 52] = np.linspace(0, 0.3, 45)  # a nod down
+    f = WRITERS[fmt]
+    p = prepare(x, 30.0, 30.0, "ameca" if f.robot else None)
+    out = tmp_path / ("m.yaml" if fmt == "ros2-trajectory" else "m.out")
+    f.write(out, p, False)
+    back = f.read(out)
+    assert back is not None and out.stat().st_size > 0

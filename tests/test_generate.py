@@ -232,7 +232,7 @@ def test_latent_temperature_scales_the_samples_spread_around_the_mean(latent_run
 
 @pytest.mark.parametrize("extractor", ["logmel", "prosody"])
 def test_a_long_file_is_featurised_a_block_at_a_time_as_if_whole(tmp_path, extractor):
-    """realm.generate.file_features (long files: the waveform is never held whole) gives the
+    """realm.audio.file_features (long files: the waveform is never held whole) gives the
     whole-file features, also for a stereo file and a last block shorter than the others."""
     import soundfile as sf
 

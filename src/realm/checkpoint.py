@@ -1,7 +1,8 @@
 """Run directories: the one on-disk format of every trained model, saved and loaded with one set of checks.
 
     import realm
-    listener = realm.load("runs/demo")      # = realm.checkpoint.load: any model type of realm.registry
+    listener = realm.load("runs/demo")      # = realm.checkpoint.load: any listener type of realm.registry
+    clf = realm.checkpoint.load_any("runs/emotion")   # any run type (the emotion classifier too)
 
 A run directory holds
 
@@ -15,7 +16,7 @@ A run directory holds
 ``feature_stats.npz``  the audio feature normalisation
 =====================  ==================================================================
 
-written by :func:`save` (each file atomically) and read by :func:`load`. Every problem is a
+written by :func:`save` (each file atomically) and read by :func:`load` (listeners) or :func:`load_any`. Every problem is a
 one-line :class:`~realm.errors.RealmInputError` naming the file. Run types with a layout of
 their own (the emotion classifier) name their loader in the registry and use the same checks
 (:func:`check_files`, :func:`read_config`).
@@ -44,8 +45,9 @@ def check_files(run: str | Path, files: tuple[str, ...] = CHECKPOINT_FILES, what
     return run
 
 
-def read_config(run: str | Path, model_type: str | None = None) -> dict:
-    """A run's ``config.json`` as a dict; with ``model_type``, refused unless the run is of that type."""
+def read_config(run: str | Path, model_type: str | None = None, hint: str = "") -> dict:
+    """A run's ``config.json`` as a dict; with ``model_type``, refused unless the run is of that type
+    (``hint`` is added to that message)."""
     path = Path(run) / "config.json"
     try:
         config = json.loads(path.read_text())
@@ -56,13 +58,8 @@ def read_config(run: str | Path, model_type: str | None = None) -> dict:
     if not isinstance(config, dict):
         raise RealmInputError(path, "invalid checkpoint config (not a JSON object)")
     if model_type is not None and config.get("model_type", "realm") != model_type:
-        raise RealmInputError(path, f"model_type is {config.get('model_type', 'realm')!r}, not {model_type!r}")
+        raise RealmInputError(path, f"model_type is {config.get('model_type', 'realm')!r}, not {model_type!r}{hint}")
     return config
-
-
-def model_type(run: str | Path) -> str:
-    """The run's ``model_type`` (``"realm"`` when absent: the first checkpoints had none)."""
-    return str(read_config(run).get("model_type", "realm"))
 
 
 def load_state(run: str | Path, model, prefix: str = ""):
@@ -122,19 +119,40 @@ def save(run: str | Path, model, stats: NormStats, feature_stats: NormStats, ext
     write_json(run / "config.json", config)
 
 
+def _kind(run: Path) -> str:
+    """The run's model type, ``"realm"`` when config.json is missing or unreadable (the checks
+    that follow name the problem: missing files first, then the config)."""
+    try:
+        config = json.loads((run / "config.json").read_text())
+        return str(config.get("model_type", "realm")) if isinstance(config, dict) else "realm"
+    except (OSError, ValueError):
+        return "realm"
+
+
+def load_any(run: str | Path):
+    """Load a run directory of any registry type: a listener (:func:`load`) or, for a run type
+    with its own loader (the emotion classifier), what that loader returns."""
+    run = Path(run)
+    info = MODELS.get(_kind(run)) if run.is_dir() else None
+    if info is not None and info.loader:
+        return info.custom_loader()(run)
+    return load(run)
+
+
 def load(run: str | Path):
-    """Load any run directory into its listener (:class:`realm.models.listener.RunModel`), or, for
-    a run type with its own loader (the emotion classifier), into what that loader returns."""
+    """Load a run directory into its listener (:class:`realm.models.listener.RunModel`): REALM, a
+    baseline, the mmlm or the tokenizer (``realm.load``). Other run types are refused in one line
+    (the emotion classifier: :func:`realm.models.emotion.load_emotion`, or :func:`load_any`)."""
     run = Path(run)
     if not run.is_dir():
         raise RealmInputError(run, "checkpoint directory not found")
     cpath = run / "config.json"
-    kind = model_type(run) if cpath.exists() else "realm"  # a missing config.json: check_files names it
+    kind = _kind(run)
     if kind not in MODELS:
         raise RealmInputError(cpath, f"unsupported model type {kind!r} (known: {', '.join(MODELS)})")
     info = MODELS[kind]
-    if info.loader:
-        return info.custom_loader()(run)
+    if not info.listener:
+        raise RealmInputError(run, f"a {kind!r} run is not a listener: load it with {info.loader.replace(':', '.')}")
     check_files(run)
     config = read_config(run)
     cls = info.load_class()

@@ -45,7 +45,8 @@ class ModelInfo:
     cls: str
     summary: str
     kind: str = "listener"  # listener | tokenizer | classifier
-    trained: bool = True  # by gradient descent (Lightning); else fitted in one pass
+    trained: bool = True  # by gradient descent; else fitted in one pass
+    trainer: str = "realm.train.baselines"  # the module that trains it (``realm train NAME``)
     baseline: bool = False  # one of DESIGN section 10's baselines
     listener: str = "realm.models.baselines.base:BaselineListener"  # the loaded run's class
     loader: str = ""  # a run type with its own directory layout: "module:function" loading it
@@ -82,12 +83,13 @@ BASELINES: dict[str, ModelInfo] = {
 
 MODELS: dict[str, ModelInfo] = {
     "realm": ModelInfo("realm", "realm.models.realm", "REALM", "REALM: reactive gated fusion, shifted ALiBi, coarse decoder + refinement (seed 1)",
-                       listener="realm.generate:Listener"),
+                       listener="realm.generate:Listener", trainer="realm.train"),
     **BASELINES,
     "mmlm": ModelInfo("mmlm", "realm.models.mmlm", "MMLM", "multimodal-LM listener: words + acoustics + emotion -> IDVQ motion tokens (seed 2)"),
     "idvq": ModelInfo("idvq", "realm.models.mmlm", "IDVQRun", "identity-disentangled motion VQ-VAE (IN encoder, AdaIN decoder)", kind="tokenizer"),
     "emotion": ModelInfo("emotion", "realm.models.emotion", "EmotionNet", "speaker emotion classifier over audio features (mmlm input)",
-                         kind="classifier", listener="", loader="realm.models.emotion:EmotionClassifier.load"),
+                         kind="classifier", listener="", loader="realm.models.emotion:EmotionClassifier.load",
+                         trainer="realm.train.emotion"),
 }  # fmt: skip
 
 

@@ -1,7 +1,8 @@
 """The whole benchmark in one call (``realm bench``): data, every model, both splits, one document.
 
     realm bench --out runs/bench --doc docs/benchmark.md --force    # 0.5 h, 4 CPU minutes a model; --force replaces the doc
-    realm bench --out runs/bench2h --hours 2 --seed 0 --threads 1 --minutes-per-model 15         --minutes realm_sb=45 --minutes lstm=45 --models realm,realm_sb,tau0_sb,lstm,...   # the real-budget run
+    realm bench --out runs/bench2h --hours 2 --seed 0 --threads 1 --minutes-per-model 15 \\
+        --minutes realm_sb=45 --minutes lstm=45 --models realm,realm_sb,tau0_sb,lstm,...   # the real-budget run
     from realm.bench import BenchConfig, run_bench
     run_bench(BenchConfig(out="runs/bench", hours=0.5, minutes_per_model=4))
 

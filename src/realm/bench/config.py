@@ -137,7 +137,7 @@ class BenchConfig:
 Progress = Callable[[str, int, "int | None"], None]  # (step, done, total): a step's progress
 
 
-def _audio_context(cfg: BenchConfig) -> int:
+def audio_context(cfg: BenchConfig) -> int:
     from realm.train import LOCAL_EXTRACTORS
 
     if cfg.audio_context >= 0:

@@ -6,7 +6,7 @@ import logging
 import os
 import platform
 
-from realm.bench.config import FLOOR_KEYS, HEADLINE, REALM_VARIANTS, STEP3_SHARES, BenchConfig, _audio_context
+from realm.bench.config import FLOOR_KEYS, HEADLINE, REALM_VARIANTS, STEP3_SHARES, BenchConfig, audio_context
 from realm.registry import BASELINES
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ def document(result: dict, evals: dict) -> str:
         f"- Machine: {m['platform']}, {m['processor']}, {m['cpus']} CPUs ({m['torch_threads']} torch threads), "
         f"Python {m['python']}, torch {m['torch']}, Lightning {m['lightning']}; GPU: {gpu}; "
         f"accelerator {m['accelerator']}, devices {m['devices']}",
-        f"- Features: `{cfg['extractor']}` for every model; REALM audio context {_audio_context(BenchConfig.from_dict(cfg))} frames",
+        f"- Features: `{cfg['extractor']}` for every model; REALM audio context {audio_context(BenchConfig.from_dict(cfg))} frames",
         f"- Training budget: {budget}; batch size capped at {cfg['batch_size'] or 'the recipes'}",
         f"- Evaluation: {cfg['samples']} samples per clip for stochastic models (mean ± std over samples), "
         f"{clips} of each split, "

@@ -18,7 +18,7 @@ from realm.bench.config import (
     STEP3_SHARES,
     STEP3_TRAIN,
     BenchConfig,
-    _audio_context,
+    audio_context,
     harness_model,
 )
 from realm.io import write_json
@@ -31,7 +31,7 @@ def _model_fields(name: str, cfg: BenchConfig) -> dict:
     """Config fields of model ``name``: REALM variants get the bench's audio context, the "realm" overrides and their flags."""
     if name in REALM_VARIANTS:
         own = cfg.model_overrides.get(name, {}) if name != "realm" else {}
-        return {"audio_context": _audio_context(cfg), **cfg.model_overrides.get("realm", {}), **own,
+        return {"audio_context": audio_context(cfg), **cfg.model_overrides.get("realm", {}), **own,
                 **REALM_VARIANTS[name][0]}  # fmt: skip
     return {**harness_model(name)[1], **cfg.model_overrides.get(name, {})}
 

@@ -13,6 +13,7 @@ from realm.cli.common import (
     friendly,
     out,
 )
+from realm.embodiment.export import FORMATS
 
 embody_app = typer.Typer(
     help="Robot embodiment: profiles, retargeting maps, simulation (docs/embodiment.md).",
@@ -27,7 +28,7 @@ def export_cmd(
     motion: Path = typer.Option(
         ..., "--motion", help="Listener motion (.npz from `realm generate`, or .npy)."
     ),
-    fmt: str = typer.Option(..., "--format", help="ameca-jsonl | ros2-trajectory | livelink-csv | bvh."),
+    fmt: str = typer.Option(..., "--format", help=" | ".join(FORMATS) + "."),
     out_path: Path = typer.Option(..., "--out", help="File to write (ros2-trajectory: .yaml or .json)."),
     profile: str = typer.Option("ameca", help="Robot profile: ameca, neck3 or a profile YAML path."),
     rate: float = typer.Option(30.0, help="Output rate in Hz (ameca-jsonl: 20-60)."),

@@ -82,8 +82,3 @@ class ControlPipeline:
         dt = 1.0 / self.rate_hz
         out = [self.safety.step(c, None if t0 is None else t0 + k * dt) for k, c in enumerate(raw)]
         return np.stack(out) if out else np.zeros((0, len(self.profile.names)))
-
-    def reset(self) -> None:
-        """Back to the start of a stream (the safety layer at neutral, ramping in)."""
-        if self.safety is not None:
-            self.safety.reset()

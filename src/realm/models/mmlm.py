@@ -605,7 +605,7 @@ def _read_vq_config(run: str | Path) -> dict:
     """The tokenizer config of a `realm train idvq` run (one-line errors from :mod:`realm.checkpoint`)."""
     from realm.checkpoint import read_config
 
-    return read_config(run, "idvq")["model"]["vq"]
+    return read_config(run, "idvq", hint=" (vq_run must be a `realm train idvq` run)")["model"]["vq"]
 
 
 def load_vq_weights(vq: IDVQ, run: str | Path) -> None:

@@ -699,7 +699,7 @@ class REALMTask(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": warmup_cosine(opt, total, c.warmup), "interval": "step"}}
 
 
-# ---------------------------------------------------------------- run directory: export and load
+# ---------------------------------------------------------------- starting from another run; the fit
 
 
 #: Coarse-model fields a stage-1 retraining from ``--init`` takes from the command: additions to
@@ -780,7 +780,7 @@ def train_realm(
     With ``cfg.init`` the run starts from another run's weights and normalisation: ``stages=(2,)``
     retrains the refinement on that run's coarse model (whose architecture fields are kept).
     ``resume`` continues the run in ``out`` exactly as if it had not stopped (a SIGKILL anywhere
-    included). Ctrl-C saves the current step and raises :class:`TrainingInterrupted`, after printing
+    included). Ctrl-C saves the current step and raises :class:`realm.train.harness.TrainingInterrupted`, after printing
     one line that says how to resume.
     """
     try:
@@ -854,6 +854,7 @@ def _train_realm(cfg: TrainConfig, model_cfg: REALMConfig, out, resume: bool, pr
             # a step budget shorter than an epoch still ends with a validation
             val_check_interval=(min(cfg.val_every, len(train_dl)) if cfg.val_every > 0
                                 else cfg.max_steps if 0 < cfg.max_steps < len(train_dl) else None),
+            deterministic=False,
         )  # fmt: skip
         t0 = time.time()
         best = fit_resumable(trainer, task, train_dl, val_dl, ckpt, resume)

@@ -49,9 +49,13 @@ from realm.train.harness import (
 log = logging.getLogger(__name__)
 
 
+#: The registry's models this trainer trains: the baselines, the mmlm and its tokenizer.
+HARNESS_MODELS = tuple(n for n, m in MODELS.items() if m.trainer == __name__)
+
+
 def baseline_class(name: str) -> type[Baseline]:
-    if name not in MODELS:
-        raise KeyError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    if name not in HARNESS_MODELS:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(HARNESS_MODELS)}")
     return MODELS[name].load_class()
 
 
@@ -176,7 +180,7 @@ def _fit_neural(name, model, prep, cfg, out, resume, progress, extra, t0) -> dic
 
     loader_kw = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
     train_ds, val_ds = model.wrap_dataset(prep.train), model.wrap_dataset(prep.val)
-    # order and items pure functions of (seed, epoch, position), resumable mid-epoch (realm.train)
+    # order and items pure functions of (seed, epoch, position), resumable mid-epoch (realm.train.harness)
     train_dl = ResumableLoader(train_ds, seed_key(cfg.seed, 0), drop_last=len(train_ds) > cfg.batch_size, **loader_kw)
     val_dl = DataLoader(val_ds, shuffle=False, **loader_kw)
     task = BaselineTask(name, model.config.to_dict(), jsonable(asdict(cfg)), model=model)  # with what fit_data set

@@ -2,17 +2,16 @@
 Ctrl-C that saves, the Trainer every model is fitted with.
 
 REALM's staged task (:mod:`realm.train`) and the baselines', the mmlm's and the tokenizer's task
-(:mod:`realm.train.baselines`) are LightningModules; both are fitted by :func:`fit_task`, which
-builds the one Trainer (:func:`make_trainer`: accelerator, devices, strategy, nodes and precision
-from the training config, so multi-GPU and multi-node runs are a flag; TensorBoard and CSV logs;
-atomic checkpoint files) and resumes exactly (below). The emotion classifier trains in a plain
+(:mod:`realm.train.baselines`) are LightningModules; both are fitted with the one Trainer
+(:func:`make_trainer`: accelerator, devices, strategy, nodes and precision from the training
+config, so multi-GPU and multi-node runs are a flag; TensorBoard and CSV logs; atomic checkpoint
+files) through :func:`fit_resumable`, which resumes exactly (below). The emotion classifier trains in a plain
 loop (:mod:`realm.train.emotion`: one small model, seconds on a CPU, no resume or devices needed).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import random
@@ -30,9 +29,6 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
-
-log = logging.getLogger(__name__)
-
 
 # ---------------------------------------------------------------- resume: exactly where an interrupted run stopped
 #
@@ -364,7 +360,7 @@ def interrupted(out, command: str | None, e: BaseException) -> TrainingInterrupt
 
 def make_trainer(cfg, out: Path, name: str, ckpt: ResumableCheckpoint, progress: bool, n_batches: int, *,
                  max_epochs: int, max_steps: int = -1, max_minutes: float = 0.0, unused_parameters: bool = False,
-                 val_check_interval=None) -> L.Trainer:  # fmt: skip
+                 val_check_interval=None, deterministic: bool | None = None) -> L.Trainer:  # fmt: skip
     """The Trainer of every Lightning task: runtime fields of ``cfg`` (accelerator, devices, strategy,
     num_nodes, precision), ``ckpt`` (+ a progress bar), TensorBoard and CSV logs under
     ``out/logs/name`` (a resumed run's CSV log goes on beside the old one), atomic checkpoint files.
@@ -393,7 +389,7 @@ def make_trainer(cfg, out: Path, name: str, ckpt: ResumableCheckpoint, progress:
         log_every_n_steps=max(1, min(50, n_batches)),
         val_check_interval=val_check_interval,
         num_sanity_val_steps=0,
-        deterministic=False,
+        deterministic=deterministic,
         plugins=[AtomicCheckpointIO()],  # every checkpoint file atomic
     )
 
