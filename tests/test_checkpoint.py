@@ -65,3 +65,25 @@ def test_one_set_of_checks_and_messages(tmp_path):
         load_stats(run, 70, 80, "arkit58")
     with pytest.raises(ValueError, match="unknown model type"):
         save(tmp_path / "x", load(run).model, *load_stats(run, 58, 80), "logmel", {}, model_type="gpt9")
+
+
+def test_generate_options_are_one_frozen_dataclass_checked_against_the_model(tmp_path):
+    from dataclasses import FrozenInstanceError
+
+    from realm.models.listener import GenerateOptions
+
+    lis = load(make_run(tmp_path / "r"))
+    y = np.zeros(16000 * 2, np.float32)
+    o = GenerateOptions(samples=2, seed=4)
+    with pytest.raises(FrozenInstanceError):
+        o.seed = 5
+    np.testing.assert_array_equal(lis.generate(y, o), lis.generate(y, samples=2, seed=4))
+    np.testing.assert_array_equal(lis.generate(y, o, seed=5), lis.generate(y, samples=2, seed=5))  # keywords replace
+    with pytest.raises(ValueError, match="realm does not take temperature"):
+        lis.generate(y, temperature=0.5)
+    with pytest.raises(TypeError, match="unknown generate option.*tempreature"):
+        lis.generate(y, tempreature=0.5)
+    with pytest.raises(ValueError, match="samples must be a whole number >= 1"):
+        GenerateOptions(samples=0)
+    with pytest.raises(ValueError, match="top_p must be in"):
+        GenerateOptions(top_p=1.5)

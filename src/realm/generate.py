@@ -37,7 +37,7 @@ import torch
 
 from realm.audio import SAMPLE_RATE, get_extractor, n_frames, n_samples_for
 from realm.errors import RealmInputError
-from realm.models.listener import RunModel
+from realm.models.listener import GenerateOptions, RunModel
 from realm.models.realm import REALM, RefineStream, WindowLatents, refine_sequence
 from realm.threads import single_thread_blas
 
@@ -84,16 +84,15 @@ class Listener(RunModel):
     def generate(
         self,
         audio,
+        options: GenerateOptions | None = None,
+        *,
         first_frame: np.ndarray | None = None,
         history: np.ndarray | None = None,
-        samples: int = 1,
-        seed: int = 0,
-        refine: bool = True,
         features: np.ndarray | None = None,
-        clamp: bool = True,
         speaker: np.ndarray | None = None,
         words: list | None = None,
         progress: Callable[[float], None] | None = None,
+        **option_fields,
     ) -> np.ndarray:
         """Listener motion (samples, T, D), de-normalised, for ``audio`` (path or 16 kHz waveform).
 
@@ -105,7 +104,11 @@ class Listener(RunModel):
         ``words`` (list of :class:`realm.data.clip.Word`) are part of the interface every model
         shares (baselines and the multimodal LM use them); REALM hears audio only and ignores them.
         ``progress(fraction)`` is called as generation goes (0..1; the coarse windows are 80 %).
+        How to sample (``samples``, ``seed``, ``refine``, ``clamp``): ``options`` and/or its fields
+        as keywords (:class:`realm.models.listener.GenerateOptions`).
         """
+        o = self.options(options, **option_fields)
+        samples, seed, refine, clamp = o.samples, o.seed, o.refine, o.clamp
         self.model.eval()
         feats = self.features(audio) if features is None else features
         a = torch.from_numpy(np.asarray(feats, np.float32))[None]  # (1, T, A)

@@ -30,7 +30,7 @@ from torch import nn
 
 from realm.data.clip import LENGTH_TOLERANCE_FRAMES
 from realm.errors import RealmInputError
-from realm.models.listener import RunModel
+from realm.models.listener import GenerateOptions, RunModel
 from realm.motion import NormStats, get_spec
 
 log = logging.getLogger(__name__)
@@ -285,19 +285,16 @@ class BaselineListener(RunModel):
     def generate(
         self,
         audio,
+        options: GenerateOptions | None = None,
+        *,
         first_frame: np.ndarray | None = None,
         history: np.ndarray | None = None,
-        samples: int = 1,
-        seed: int = 0,
         features: np.ndarray | None = None,
-        clamp: bool = True,
         speaker: np.ndarray | None = None,
         words: list | None = None,
-        refine: bool = True,
         identity_ref: np.ndarray | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
         progress=None,
+        **option_fields,
     ) -> np.ndarray:
         """Listener motion (samples, T, D), de-normalised, for ``audio`` (path or 16 kHz waveform).
 
@@ -306,14 +303,16 @@ class BaselineListener(RunModel):
         (LSTM, ListenFormer); the default is the training mean frame; the other baselines ignore
         it. ``speaker`` (T, Ds) is the speaker's raw motion (mirror, LSTM, ListenFormer, L2L),
         ``words`` (list of :class:`realm.data.clip.Word`) the speaker's words (LM-Listener).
-        ``refine`` is REALM's option, accepted and ignored.
         ``identity_ref`` (Tr >= 60, D) motion of the target listener (the mmlm decodes in its style;
-        else from ``history`` when it is >= 2 s), ``temperature`` (0 = greedy) and ``top_p``: token sampling
-        of the models that have it (mmlm); the others reject them. ``progress(fraction)`` is
-        called at the end (1.0), as REALM calls it along the way.
+        else from ``history`` when it is >= 2 s; the others reject it). How to sample: ``options``
+        and/or its fields as keywords (:class:`realm.models.listener.GenerateOptions`):
+        ``samples``, ``seed``, ``clamp``; ``temperature`` (0 = greedy) and ``top_p`` for the
+        models that have token sampling (mmlm), refused by the others; ``refine`` is REALM's
+        (these models have no refinement stage). ``progress(fraction)`` is called at the end
+        (1.0), as REALM calls it along the way.
         """
-        if samples < 1:
-            raise ValueError("samples must be >= 1")
+        o = self.options(options, **option_fields)
+        samples, seed, clamp, temperature, top_p = o.samples, o.seed, o.clamp, o.temperature, o.top_p
         self.model.eval()
         feats = self.features(audio) if features is None else np.asarray(features, np.float32)
         if feats.ndim != 2 or feats.shape[1] != self.model.config.audio_dim:
