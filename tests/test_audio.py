@@ -123,3 +123,19 @@ def test_prosody_marks_a_tone_voiced_and_silence_unvoiced():
     f = extract(y, "prosody", cache=False)
     assert f[:25, 1].mean() == 1.0 and f[35:, 1].mean() == 0.0
     assert np.exp(np.median(f[5:25, 0])) == pytest.approx(150, rel=0.02)
+
+
+def test_the_streams_running_extremes_and_weighted_mean_equal_their_sliding_window_definitions():
+    """LogMelNormStream's O(n + K) running min/max and banded-matrix running mean (realm.audio) against
+    the sliding windows they replace, for a history of at most n - 1 rows (as the stream keeps)."""
+    from realm.audio import _trailing_extreme, _trailing_weighted_sum, _trailing_windows
+
+    rng = np.random.default_rng(0)
+    for hl, K, n in [(0, 5, 8), (3, 5, 8), (7, 5, 8), (7, 12, 8), (7, 1, 8), (0, 1, 1), (7, 7, 8), (7, 8, 8)]:
+        hist, new = rng.normal(size=(hl, 4)), rng.normal(size=(K, 4))
+        for op, fill in ((np.minimum, np.inf), (np.maximum, -np.inf)):
+            want = op.reduce(_trailing_windows(hist, new, n, fill), axis=1)
+            np.testing.assert_array_equal(_trailing_extreme(hist, new, n, fill, op), want)
+        w = rng.uniform(size=n)
+        want = np.einsum("knf,n->kf", _trailing_windows(hist, new, n, 0.0), w[::-1])
+        np.testing.assert_allclose(_trailing_weighted_sum(hist, new, w), want, atol=1e-12)

@@ -158,6 +158,41 @@ def _trailing_windows(hist: np.ndarray, new: np.ndarray, n: int, fill: float) ->
     return np.moveaxis(sliding_window_view(both, n, axis=0), -1, 1)
 
 
+def _padded(hist: np.ndarray, new: np.ndarray, n: int, fill: float) -> np.ndarray:
+    """[hist, new] with ``fill`` rows in front so that it starts ``n - 1`` rows before ``new``."""
+    both = np.concatenate([hist, new])
+    short = n - 1 - len(hist)
+    return np.concatenate([np.full((short, *new.shape[1:]), fill), both]) if short > 0 else both[len(hist) - (n - 1) :]
+
+
+def _trailing_extreme(hist: np.ndarray, new: np.ndarray, n: int, fill: float, op) -> np.ndarray:
+    """``op`` (np.minimum or np.maximum) over rows k - n + 1 .. k of [hist, new] for each row k of
+    ``new``: exact, in O((n + K) F) when the K new rows are fewer than n (a suffix extreme of the
+    history beside a prefix extreme of the new rows), else over sliding windows."""
+    K = len(new)
+    if n == 1:
+        return np.array(new, dtype=np.float64)
+    if K >= n:
+        return op.reduce(_trailing_windows(hist, new, n, fill), axis=1)
+    both = _padded(hist, new, n, fill)
+    # the window of new row i: history-part rows i .. n - 2 and new rows 0 .. i
+    suffix = op.accumulate(both[: n - 1][::-1], axis=0)[::-1]  # suffix[i]: history-part rows i .. n - 2
+    prefix = op.accumulate(both[n - 1 :], axis=0)  # prefix[i]: new rows 0 .. i
+    return op(suffix[:K], prefix)
+
+
+def _trailing_weighted_sum(hist: np.ndarray, new: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``sum_j w[j] row[k - j]`` (j < len(w)) over [hist, new] for each row k of ``new`` (zeros before
+    the first row): one matrix product with the banded (K, n - 1 + K) weight matrix."""
+    n, K = len(w), len(new)
+    both = _padded(hist, new, n, 0.0)
+    M = np.zeros((K, n - 1 + K))
+    wr = w[::-1]
+    for i in range(K):
+        M[i, i : i + n] = wr
+    return M @ both
+
+
 def _pool_runs(feats: np.ndarray, dest: np.ndarray, T: int) -> tuple[np.ndarray, np.ndarray]:
     """Sums (T, F) and counts (T,) of the rows of ``feats`` by their non-decreasing interval ``dest``
     (each interval's rows are one run: summed in row order, in float64)."""
@@ -713,15 +748,15 @@ class LogMelNormStream:
         sm = ex.smooth
         Es = window(self.E, E, sm, 0.0).sum(axis=1) / np.minimum(idx + 1, sm)[:, None]
         em = Es.mean(axis=1)
-        floor = ex.abs_floor + ex.rel_floor * window(self.peak_in, em, N, -np.inf).max(axis=1)
+        floor = ex.abs_floor + ex.rel_floor * _trailing_extreme(self.peak_in, em, N, -np.inf, np.maximum)
         L = np.log(E + floor[:, None])
-        Lw = window(self.L, L, N, 0.0)  # (K, N, F): rows k - N + 1 .. k
-        norm = L - np.einsum("knf,n->kf", Lw, self.w[::-1]) / self.wsum[np.minimum(idx, N - 1)][:, None]
+        # the running mean of rows k - N + 1 .. k (exponential weights), one banded matrix product
+        norm = L - _trailing_weighted_sum(self.L, L, self.w) / self.wsum[np.minimum(idx, N - 1)][:, None]
         log_floor = np.log(floor)
         e = np.log(em + floor)
-        snr = e - np.maximum(window(self.e, e, N, np.inf).min(axis=1), log_floor)
+        snr = e - np.maximum(_trailing_extreme(self.e, e, N, np.inf, np.minimum), log_floor)
         Ls = np.log(Es + floor[:, None])
-        band = Ls - np.maximum(window(self.Ls, Ls, N, np.inf).min(axis=1), log_floor[:, None])
+        band = Ls - np.maximum(_trailing_extreme(self.Ls, Ls, N, np.inf, np.minimum), log_floor[:, None])
         self.rows = np.concatenate([self.rows, ex.rows(norm, snr, band)])
         keep = N - 1
         self.E = np.concatenate([self.E, E])[-(sm - 1) :] if sm > 1 else self.E
