@@ -151,11 +151,7 @@ def _trailing_windows(hist: np.ndarray, new: np.ndarray, n: int, fill: float) ->
     (oldest first), ``fill`` for rows before the first."""
     from numpy.lib.stride_tricks import sliding_window_view
 
-    both = np.concatenate([hist, new])
-    short = n - 1 - len(hist)
-    if short > 0:
-        both = np.concatenate([np.full((short, *new.shape[1:]), fill), both])
-    return np.moveaxis(sliding_window_view(both, n, axis=0), -1, 1)
+    return np.moveaxis(sliding_window_view(_padded(hist, new, n, fill), n, axis=0), -1, 1)
 
 
 def _padded(hist: np.ndarray, new: np.ndarray, n: int, fill: float) -> np.ndarray:
@@ -184,13 +180,12 @@ def _trailing_extreme(hist: np.ndarray, new: np.ndarray, n: int, fill: float, op
 def _trailing_weighted_sum(hist: np.ndarray, new: np.ndarray, w: np.ndarray) -> np.ndarray:
     """``sum_j w[j] row[k - j]`` (j < len(w)) over [hist, new] for each row k of ``new`` (zeros before
     the first row): one matrix product with the banded (K, n - 1 + K) weight matrix."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
     n, K = len(w), len(new)
-    both = _padded(hist, new, n, 0.0)
-    M = np.zeros((K, n - 1 + K))
-    wr = w[::-1]
-    for i in range(K):
-        M[i, i : i + n] = wr
-    return M @ both
+    band = np.concatenate([np.zeros(K - 1), w[::-1], np.zeros(K - 1)])
+    M = sliding_window_view(band, n - 1 + K)[::-1]  # row i: w reversed at columns i .. i + n - 1
+    return M @ _padded(hist, new, n, 0.0)
 
 
 def _pool_runs(feats: np.ndarray, dest: np.ndarray, T: int) -> tuple[np.ndarray, np.ndarray]:

@@ -119,21 +119,23 @@ def save(run: str | Path, model, stats: NormStats, feature_stats: NormStats, ext
     write_json(run / "config.json", config)
 
 
-def _kind(run: Path) -> str:
-    """The run's model type, ``"realm"`` when config.json is missing or unreadable (the checks
-    that follow name the problem: missing files first, then the config)."""
+def _peek(run: Path) -> tuple[str, dict | None]:
+    """The run's model type and its config (``("realm", None)`` when config.json is missing or
+    unreadable: the checks that follow name the problem, missing files first, then the config)."""
     try:
         config = json.loads((run / "config.json").read_text())
-        return str(config.get("model_type", "realm")) if isinstance(config, dict) else "realm"
     except (OSError, ValueError):
-        return "realm"
+        return "realm", None
+    if not isinstance(config, dict):
+        return "realm", None
+    return str(config.get("model_type", "realm")), config
 
 
 def load_any(run: str | Path):
     """Load a run directory of any registry type: a listener (:func:`load`) or, for a run type
     with its own loader (the emotion classifier), what that loader returns."""
     run = Path(run)
-    info = MODELS.get(_kind(run)) if run.is_dir() else None
+    info = MODELS.get(_peek(run)[0]) if run.is_dir() else None
     if info is not None and info.loader:
         return info.custom_loader()(run)
     return load(run)
@@ -147,14 +149,14 @@ def load(run: str | Path):
     if not run.is_dir():
         raise RealmInputError(run, "checkpoint directory not found")
     cpath = run / "config.json"
-    kind = _kind(run)
+    kind, config = _peek(run)
     if kind not in MODELS:
         raise RealmInputError(cpath, f"unsupported model type {kind!r} (known: {', '.join(MODELS)})")
     info = MODELS[kind]
     if not info.listener:
         raise RealmInputError(run, f"a {kind!r} run is not a listener: load it with {info.loader.replace(':', '.')}")
     check_files(run)
-    config = read_config(run)
+    config = config if config is not None else read_config(run)  # read once; read_config names the problem
     cls = info.load_class()
     try:
         mcfg = cls.Config.from_dict(config["model"])

@@ -321,10 +321,9 @@ class BaselineListener(RunModel):
             )
         T = feats.shape[0]
         a = torch.from_numpy(np.ascontiguousarray(feats, np.float32))[None]  # (1, T, A)
+        if identity_ref is not None and "identity_ref" not in self.model.sample_options:
+            raise ValueError(f"{self.name} does not take identity_ref")  # temperature, top_p: checked by options()
         opts = {"identity_ref": identity_ref, "temperature": temperature, "top_p": top_p}
-        given = {k for k, v in opts.items() if v is not None}
-        if given - self.model.sample_options:
-            raise ValueError(f"{self.name} does not take {', '.join(sorted(given - self.model.sample_options))}")
         kw = {k: v for k, v in opts.items() if k in self.model.sample_options}
         if "identity_ref" in self.model.sample_options:
             kw["identity_ref"] = self._motion(identity_ref, "identity_ref")
