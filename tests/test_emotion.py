@@ -174,3 +174,38 @@ def test_the_checkpoint_module_loads_it_and_realm_load_refuses_it_in_one_line(tr
     assert isinstance(load_any(tmp_path / "run"), EmotionClassifier)
     with pytest.raises(RealmInputError, match="'emotion' run is not a listener: load it with realm.models.emotion"):
         realm.load(tmp_path / "run")
+
+
+def test_training_is_a_harness_task_that_resumes_from_ctrl_c_bit_exact(tones, tmp_path, monkeypatch):
+    """The classifier trains in the one Lightning harness: Ctrl-C mid-epoch saves, and the resumed
+    run ends with the weights and the per-epoch history of an uninterrupted one."""
+    import os
+    import signal
+
+    from realm.train.emotion import EmotionTask
+    from realm.train.harness import TrainingInterrupted
+
+    cfg = EmotionTrainConfig(extractor="logmel", epochs=4, batch_size=4, window=120, seed=3, model={"hidden": 16},
+                             accelerator="cpu", devices="1")  # fmt: skip
+    train, val = tones[:6], tones[6:]
+    args = ([f for f, _ in train], [y for _, y in train], [f for f, _ in val], [y for _, y in val], ["low", "high"],
+            "logmel", cfg)  # fmt: skip
+    ref, ref_hist = fit(*args, out=tmp_path / "ref")
+    assert len(ref_hist["epochs"]) == 4 and (tmp_path / "ref" / "lightning" / "best.ckpt").is_file()
+    n, step = [0], EmotionTask.training_step
+
+    def training_step(self, batch, i):
+        n[0] += 1
+        if n[0] == 5:  # the second epoch's second batch (3 batches an epoch)
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self, batch, i)
+
+    monkeypatch.setattr(EmotionTask, "training_step", training_step)
+    with pytest.raises(TrainingInterrupted, match="emotion saved after 5 batches"):
+        fit(*args, out=tmp_path / "run")
+    clf, hist = fit(*args, out=tmp_path / "run", resume=True)
+    assert n[0] == 12  # the 5 batches before the interrupt, then the other 7
+    assert [h["val_macro_f1"] for h in hist["epochs"]] == [h["val_macro_f1"] for h in ref_hist["epochs"]]
+    assert hist["best_epoch"] == ref_hist["best_epoch"]
+    for k, v in ref.net.state_dict().items():
+        assert torch.equal(v, clf.net.state_dict()[k]), k

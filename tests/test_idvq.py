@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from realm.models.idvq import IDVQ, IDVQConfig, channel_stats, fit_tiny
+from realm.models.idvq import IDVQ, IDVQConfig, channel_stats
 
 torch.set_num_threads(1)
 
@@ -43,6 +43,45 @@ def make_data(K=4, per=16, T=64, R=4, seed=0):
     content = content - content.mean(1, keepdim=True)
     ids = torch.arange(K).repeat_interleave(per)
     return content * scale[ids] + off[ids], ids
+
+
+def fit_tiny(
+    model: IDVQ,
+    clips: torch.Tensor,
+    steps: int = 200,
+    lr: float = 2e-3,
+    seed: int = 0,
+    ids: torch.Tensor | None = None,
+    batch: int = 16,
+) -> list[float]:
+    """Plain Adam loop on clips (N, T, D) (normalised). With ``ids`` (N,) each clip's reference is a random
+    clip of the same identity (itself only when it is the only one), else the clip itself. Returns the losses."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # the quantiser's dead-code reset draws from the global generator
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    N = len(clips)
+    groups = None
+    if ids is not None:
+        groups = {int(k): (ids == k).nonzero()[:, 0] for k in ids.unique()}
+    model.train()
+    losses = []
+    for _ in range(steps):
+        idx = torch.randint(N, (min(batch, N),), generator=g)
+        ref = None
+        if groups is not None:
+            pick = []
+            for i in idx.tolist():
+                same = groups[int(ids[i])]
+                others = same[same != i] if len(same) > 1 else same
+                pick.append(int(others[torch.randint(len(others), (1,), generator=g)]))
+            ref = clips[pick]
+        _, out = model(clips[idx], ref)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(float(out["loss"].detach()))
+    model.eval()
+    return losses
 
 
 @pytest.fixture(scope="module")

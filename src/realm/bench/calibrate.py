@@ -7,6 +7,7 @@ import math
 import tempfile
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +38,11 @@ def _timer_callback(max_batches: int, max_seconds: float):
 
 def _time_steps(task, train_dl, tcfg, max_batches: int, seconds: float, opt_steps_per_batch: int = 1) -> float:
     """Seconds per training batch of a LightningModule, measured on the real loader (a few batches)."""
-    import lightning as L
+    from realm.train.harness import make_timing_trainer
 
     timer = _timer_callback(max_batches, seconds)
     with tempfile.TemporaryDirectory(prefix="realm-bench-cal-") as tmp:
-        trainer = L.Trainer(
-            max_steps=(max_batches + 1) * opt_steps_per_batch, max_epochs=10_000, accelerator=tcfg.accelerator,
-            devices=1, precision=tcfg.precision, callbacks=[timer], logger=False, enable_checkpointing=False,
-            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
-            default_root_dir=tmp,
-        )  # fmt: skip
+        trainer = make_timing_trainer(tcfg, [timer], (max_batches + 1) * opt_steps_per_batch, Path(tmp))
         trainer.fit(task, train_dl)
     step = timer.step_s
     if not math.isfinite(step):

@@ -74,20 +74,29 @@ def train_emotion_cmd(
     all_phrases: bool = typer.Option(
         False, "--all-phrases", help="Also train on synthetic phrases spoken without emotional prosody."
     ),
-    seed: int = typer.Option(0),
-    force: bool = typer.Option(False, "--force", help="Replace an existing run directory."),
+    seed: int = typer.Option(0, help="Random seed."),
+    accelerator: str = ACCELERATOR,
+    devices: str = DEVICES,
+    strategy: str = STRATEGY,
+    num_nodes: int = NUM_NODES,
+    precision: str = PRECISION,
+    num_workers: int = NUM_WORKERS,
+    resume: bool = RESUME,
+    force: bool = typer.Option(False, "--force", help="Start an existing run directory over."),
 ):
-    """Train the speaker-emotion classifier (causal conv over frame features; plain PyTorch loop)."""
+    """Train the speaker-emotion classifier (causal conv over frame features; the Lightning harness, resumable)."""
     from realm.train.emotion import EmotionTrainConfig, train_emotion
 
+    quiet_lightning()
     cfg = EmotionTrainConfig(
         data=str(data), extractor=extractor, epochs=epochs, batch_size=batch_size, window=window, lr=lr,
-        cue_only=not all_phrases, seed=seed,
+        cue_only=not all_phrases, seed=seed, accelerator=accelerator, devices=devices, strategy=strategy,
+        num_nodes=num_nodes, precision=precision, num_workers=num_workers,
     )  # fmt: skip
     with progress_bar() as p:
         task = p.add_task("training emotion classifier", total=epochs)
         report = train_emotion(
-            cfg, out_dir, force=force, command="realm " + " ".join(sys.argv[1:]),
+            cfg, out_dir, force=force, resume=resume, command="realm " + " ".join(sys.argv[1:]),
             progress=lambda epoch, n, msg: p.update(task, completed=epoch, total=n, description=f"emotion {msg}"),
         )  # fmt: skip
     for split, r in report["results"].items():

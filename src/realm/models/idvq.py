@@ -43,8 +43,8 @@ Choices (ours):
   (a clip with a big smile is not forced to the variance of a quiet reference).
 - **Identity encoder input**: the pooled conv features plus the reference's per-channel mean and log
   std (the style IN removed), so the identity code sees the statistics it must restore directly.
-- **Training reference**: another clip of the same listener when identities are known (``fit_tiny``
-  with ``ids``), else the clip itself; :meth:`IDVQ.forward` defaults to the clip itself.
+- **Training reference**: another clip of the same listener when identities are known (as the
+  training run picks it), else the clip itself; :meth:`IDVQ.forward` defaults to the clip itself.
 - ``use_in_adain=False`` is the plain VQ-VAE of the ablation: no input IN, no AdaIN, no reference
   statistics; the reference is ignored and the tokens carry identity and content together.
 - **Length**: ``T`` not a multiple of 8 is padded at the end by repeating the last frame (after the
@@ -57,7 +57,7 @@ Choices (ours):
 Training runs through the model harness as ``realm train idvq`` (:class:`realm.models.mmlm.IDVQRun`:
 Lightning, references from other clips of the same listener id, checkpoint selected on val); the
 multimodal-LM listener (:mod:`realm.models.mmlm`) decodes its tokens with it (``realm generate
---identity-ref``). :func:`fit_tiny` is a plain PyTorch loop for tests and experiments.
+--identity-ref``).
 """
 
 from __future__ import annotations
@@ -287,41 +287,3 @@ class IDVQ(nn.Module):
         used = torch.tensor(float(tokens.unique().numel()))
         return recon, {"loss": loss, "recon": rec, "vel": vel, "commit": commit, "codes_used": used}
 
-
-def fit_tiny(
-    model: IDVQ,
-    clips: torch.Tensor,
-    steps: int = 200,
-    lr: float = 2e-3,
-    seed: int = 0,
-    ids: torch.Tensor | None = None,
-    batch: int = 16,
-) -> list[float]:
-    """Plain Adam loop on clips (N, T, D) (normalised). With ``ids`` (N,) each clip's reference is a random
-    clip of the same identity (itself only when it is the only one), else the clip itself. Returns the losses."""
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # the quantiser's dead-code reset draws from the global generator
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    N = len(clips)
-    groups = None
-    if ids is not None:
-        groups = {int(k): (ids == k).nonzero()[:, 0] for k in ids.unique()}
-    model.train()
-    losses = []
-    for _ in range(steps):
-        idx = torch.randint(N, (min(batch, N),), generator=g)
-        ref = None
-        if groups is not None:
-            pick = []
-            for i in idx.tolist():
-                same = groups[int(ids[i])]
-                others = same[same != i] if len(same) > 1 else same
-                pick.append(int(others[torch.randint(len(others), (1,), generator=g)]))
-            ref = clips[pick]
-        _, out = model(clips[idx], ref)
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-        losses.append(float(out["loss"].detach()))
-    model.eval()
-    return losses

@@ -1,12 +1,13 @@
 """The training harness every Lightning task plugs into: resumable data order, atomic checkpoints,
 Ctrl-C that saves, the Trainer every model is fitted with.
 
-REALM's staged task (:mod:`realm.train`) and the baselines', the mmlm's and the tokenizer's task
-(:mod:`realm.train.baselines`) are LightningModules; both are fitted with the one Trainer
-(:func:`make_trainer`: accelerator, devices, strategy, nodes and precision from the training
-config, so multi-GPU and multi-node runs are a flag; TensorBoard and CSV logs; atomic checkpoint
-files) through :func:`fit_resumable`, which resumes exactly (below). The emotion classifier trains in a plain
-loop (:mod:`realm.train.emotion`: one small model, seconds on a CPU, no resume or devices needed).
+Every model that learns is a LightningModule task: REALM's staged task (:mod:`realm.train`), the
+baselines', the mmlm's and the tokenizer's (:mod:`realm.train.baselines`) and the emotion
+classifier's (:mod:`realm.train.emotion`). All are fitted with the one Trainer (:func:`make_trainer`:
+accelerator, devices, strategy, nodes and precision from the training config, so multi-GPU and
+multi-node runs are a flag; TensorBoard and CSV logs; atomic checkpoint files) through
+:func:`fit_resumable`, which resumes exactly (below); ``realm bench`` times their steps with
+:func:`make_timing_trainer`.
 """
 
 from __future__ import annotations
@@ -392,6 +393,16 @@ def make_trainer(cfg, out: Path, name: str, ckpt: ResumableCheckpoint, progress:
         deterministic=deterministic,
         plugins=[AtomicCheckpointIO()],  # every checkpoint file atomic
     )
+
+
+def make_timing_trainer(cfg, callbacks: list, max_steps: int, root: Path) -> L.Trainer:
+    """The Trainer that times a task's training steps (``realm bench``'s calibration): ``cfg``'s
+    accelerator and precision on one device, no checkpoints, logs, validation or progress bar."""
+    return L.Trainer(
+        max_steps=max_steps, max_epochs=10_000, accelerator=cfg.accelerator, devices=1, precision=cfg.precision,
+        callbacks=callbacks, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=root,
+    )  # fmt: skip
 
 
 def devices(d: str):
