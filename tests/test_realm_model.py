@@ -209,6 +209,29 @@ def test_refining_a_sequence_does_not_depend_on_its_chunking():
     assert torch.equal(noise(10, 40)[..., 5:], noise(15, 40)) and torch.equal(noise(-20, 3)[..., 20:], noise(0, 3))
 
 
+@pytest.mark.parametrize("refine_context", [8, 32])
+def test_the_incremental_refinement_gives_what_the_whole_sequence_gives(refine_context):
+    """Streaming refines each frame once (Refinement.step carries every causal layer's context);
+    pushed in chunks of any size it gives what the whole-sequence forward gives, events included."""
+    from realm.models.realm import RefineStream, SequenceNoise, refine_prefix
+
+    m = _busy_refinement(refine_context=refine_context)
+    torch.nn.init.normal_(m.refinement.template.weight, std=0.5)  # events visible in the output
+    torch.nn.init.constant_(m.refinement.hazard[-1].bias, -1.0)  # a blink candidate every few frames
+    T, R = 150, m.refine_context
+    coarse, audio = torch.randn(1, T, 58), torch.randn(1, T, 16)
+    assert m.refinement.steppable
+    with torch.no_grad():
+        mp, ap = refine_prefix(coarse, audio, R)
+        noise = SequenceNoise(m.refinement.noise_dim, seed=4, sample=1)(-R, T)
+        whole, parts = m.refine(mp, ap, noise, parts=True)
+        for size in (1, 16, 37, T):
+            rs = RefineStream(m, seed=4, sample=1)
+            pushed = torch.cat([rs.push(coarse[:, a : a + size], audio[:, a : a + size]) for a in range(0, T, size)], 1)
+            torch.testing.assert_close(pushed, whole[:, R:], rtol=0, atol=1e-5)
+    assert (parts["events"][0, R:].abs().amax(-1) > 1e-3).sum() > 5  # the event term is exercised
+
+
 def test_first_window_integrates_from_frame_zero_or_from_the_guide():
     torch.manual_seed(0)
     kw = dict(spec="arkit58", audio_dim=16, d_model=32, ff_dim=64)

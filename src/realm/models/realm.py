@@ -336,6 +336,14 @@ class CausalConv1d(nn.Conv1d):
         return super().forward(F.pad(x, ((self.kernel_size[0] - 1) * self.dilation[0], 0)))
 
 
+class _Masked:
+    """A bias-free causal convolution's weights in the shape :meth:`Refinement.step` reads (the event
+    template, masked to its channels)."""
+
+    def __init__(self, weight: torch.Tensor):
+        self.weight, self.bias, self.kernel_size, self.dilation = weight, None, (weight.shape[2],), (1,)
+
+
 def banded_causal_mask(T: int, span: int, device=None, last: int | None = None) -> torch.Tensor:
     """(T, T) additive mask: query t may attend keys [t - span, t], -inf elsewhere (``last``: the
     rows of the last ``last`` queries only, (last, T))."""
@@ -460,6 +468,74 @@ class Refinement(nn.Module):
         mask = banded_causal_mask(x.shape[1], self.span, x.device, last=q)
         y = layer.norm1(xq + _attention(layer.self_attn, xq, x, mask))
         return layer.norm2(y + layer.linear2(F.gelu(layer.linear1(y))))
+
+    # -- incremental form (causal mode, generation): each frame computed once
+    @property
+    def steppable(self) -> bool:
+        """Whether :meth:`step` applies: causal mode, eval, one post-norm temporal layer (the layer
+        :meth:`_attend_tail` computes)."""
+        return self.causal and not self.training and len(self.temporal.layers) == 1 and self.temporal.norm is None
+
+    def step(self, exp: torch.Tensor, audio: torch.Tensor, eps: torch.Tensor, cache: dict | None) -> tuple[torch.Tensor, dict]:
+        """The next frames of a causal refinement, each frame computed once: exp (B, L, E), audio
+        (B, L, A), eps (B, noise_dim, L) -> refined exp (B, L, E) and the cache for the next call.
+
+        ``cache`` (None at the start) holds what the next frames read of the frames before them:
+        each causal convolution's last ``(k - 1) d`` inputs, the squeeze's last ``span - 1``
+        frames, the attention's last ``span`` keys, the hazard's last refractory frames and the
+        template's last ``event_k - 1`` innovations; zeros (no keys) at the start, which is what
+        :meth:`forward` pads with. So frames pushed in any chunks give what :meth:`forward` gives for
+        the whole sequence (float rounding aside), at the cost of the new frames only.
+        """
+        c = {} if cache is None else cache
+        x = exp.transpose(1, 2)  # (B, E, L)
+        B, h, L = x.shape[0], self.local[0].out_channels, x.shape[2]
+
+        def conv(name: str, layer: nn.Conv1d, inp: torch.Tensor) -> torch.Tensor:  # causal conv over cached + new frames
+            n = (layer.kernel_size[0] - 1) * layer.dilation[0]
+            full = torch.cat([c.get(name, inp.new_zeros(inp.shape[0], inp.shape[1], n)), inp], dim=2)
+            c[name] = full[..., full.shape[2] - n :]
+            d = layer.dilation[0]
+            if d == 1:
+                return F.conv1d(full, layer.weight, layer.bias)
+            # dilated: the taps gathered and contracted at once (PyTorch's dilated CPU conv loops over channels)
+            out = torch.einsum("bclk,ock->bol", full.unfold(2, n + 1, 1)[..., ::d], layer.weight)  # (B, C', L)
+            return out if layer.bias is None else out + layer.bias[:, None]
+
+        def before(name: str, v: torch.Tensor, how: str) -> torch.Tensor:  # sum / max of the refractory frames before
+            n = self.refractory - 1
+            if n < 1:
+                return torch.zeros_like(v)
+            full = torch.cat([c.get(name, v.new_zeros(v.shape[0], v.shape[1], n)), v], dim=2)
+            c[name] = full[..., full.shape[2] - n :]
+            prev = full[..., :-1]
+            return F.avg_pool1d(prev, n, stride=1) * n if how == "sum" else F.max_pool1d(prev, n, stride=1)
+
+        f = F.gelu(conv("local1", self.local[2], F.gelu(conv("local0", self.local[0], x))))  # (B, h, L)
+        gamma, beta = self.modulator[2](F.gelu(conv("mod0", self.modulator[0], audio.transpose(1, 2)))).chunk(2, dim=1)
+        e = eps[:, :h]
+        if self.odd:  # the +eps and -eps halves as one batch, as in forward
+            g = torch.cat([f, f]) + torch.cat([gamma, gamma]) * torch.cat([e, -e]) + torch.cat([beta, beta])
+        else:
+            g = f + gamma * e + beta  # (B', h, L)
+        span = self.span
+        full = torch.cat([c.get("squeeze", g.new_zeros(g.shape[0], h, span - 1)), g], dim=2)
+        c["squeeze"] = full[..., full.shape[2] - (span - 1) :]
+        g = g * self.se(F.avg_pool1d(full, span, stride=1))  # squeeze-excitation over the last span frames
+        keys = torch.cat([c.get("keys", g.new_zeros(g.shape[0], 0, h)), g.transpose(1, 2)], dim=1)  # (B', n + L, h)
+        c["keys"] = keys[:, max(0, keys.shape[1] - span) :]
+        y = self._attend_tail(keys, L).transpose(1, 2)  # (B', h, L)
+        detail = conv("out", self.out, y)  # (B', E, L)
+        out = x + (0.5 * (detail[:B] - detail[B:]) if self.odd else detail)
+        if self.n_events:
+            hz = self.hazard
+            logit = hz[4](F.gelu(conv("hazard2", hz[2], F.gelu(conv("hazard0", hz[0], torch.cat([f, beta], dim=1))))))
+            p = torch.sigmoid(logit)  # (B, K, L)
+            q = (F.logsigmoid(logit) + before("neg", F.logsigmoid(-logit), "sum")).exp()
+            cand = (0.5 * (1 + torch.erf(eps[:, h:] / math.sqrt(2))) < p).float()
+            z = cand * (1 - before("cand", cand, "max"))
+            out = out + conv("template", _Masked(self.template.weight * self.event_mask), z - q)
+        return out.transpose(1, 2), c
 
     def forward(self, exp: torch.Tensor, audio: torch.Tensor, noise: torch.Tensor | None = None,
                 events: torch.Tensor | None = None, parts: bool = False, keep: int | None = None):  # fmt: skip
@@ -730,6 +806,14 @@ class REALM(nn.Module):
         out[:, :, self.exp] = refined
         return (out, got) if parts else out
 
+    def refine_step(self, motion: torch.Tensor, audio: torch.Tensor, noise: torch.Tensor, cache: dict | None):
+        """The next frames of a causal refinement (:meth:`Refinement.step`): motion (B, L, D), audio
+        (B, L, A), noise (B, noise_dim, L) -> (B, L, D) with the refined block replaced, and the cache."""
+        a = audio if self.config.use_audio else torch.zeros_like(audio)
+        out = motion.clone()
+        out[:, :, self.exp], cache = self.refinement.step(motion[:, :, self.exp], a, noise, cache)
+        return out, cache
+
     @property
     def refine_context(self) -> int:
         """Frames before a refined frame that it depends on: causal mode R (then frames before the
@@ -882,11 +966,21 @@ class RefineStream:
         self.R = model.refine_context if self.causal else model.config.refine_context
         self.done = 0  # frames refined so far
         self.ctx: tuple[torch.Tensor, torch.Tensor] | None = None  # the last R coarse and audio frames
+        self.cache: dict | None = None  # causal mode: the refinement's incremental state (Refinement.step)
 
     def push(self, coarse: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         n = coarse.shape[1]
         if self.model.refinement is None or n == 0:
             return coarse
+        if self.causal and self.model.refinement.steppable:  # each frame once, the state carried
+            if self.cache is None:  # the frames before 0: the first frame held, with silence
+                m, a = refine_prefix(coarse, audio, self.R)
+            else:
+                m, a = coarse, audio
+            c = m.shape[1] - n
+            out, self.cache = self.model.refine_step(m, a, self.noise(self.done - c, self.done + n).to(m.device), self.cache)
+            self.done += n
+            return out[:, c:]
         if self.ctx is None:  # causal: the frames before 0 are the first frame held, with silence
             m, a = refine_prefix(coarse, audio, self.R if self.causal else 0)
         else:
