@@ -94,6 +94,62 @@ def test_kv_cached_decoding_gives_the_tokens_of_full_decoding(hop):
         assert set(np.diff(starts)) <= {0, step} and min(j - s for j, s in enumerate(starts) if j >= 6) == 6 - step
 
 
+# ---------------------------------------------------------------- blinks as their own channel
+
+
+def _blinking(T=300, onsets=(30, 95, 181, 250), seed=0):
+    """Raw arkit58 motion: a slow eyelid drift plus 150-200 ms synthetic blinks (realm.data.synth's pulses)."""
+    from realm.data.synth import BS, pulse
+    from realm.motion import get_spec
+
+    rng = np.random.default_rng(seed)
+    m = np.zeros((T, 58), np.float32)
+    m[:, BS["eyeBlinkLeft"]] = m[:, BS["eyeBlinkRight"]] = 0.1 + 0.05 * np.sin(np.arange(T) / 40)
+    m[:, BS["mouthSmileLeft"]] = 0.2 + 0.1 * np.sin(np.arange(T) / 25)
+    for f in onsets:
+        p = pulse(T, (f - 0.5) / 30, float(rng.uniform(0.15, 0.2)))
+        for ch in ("eyeBlinkLeft", "eyeBlinkRight"):
+            m[:, BS[ch]] = np.maximum(m[:, BS[ch]], 0.95 * p)
+    return m, get_spec("arkit58")
+
+
+def test_deblinking_removes_the_blinks_and_nothing_else_and_the_channel_puts_them_back():
+    from realm.metrics import detect_blinks
+    from realm.models.mmlm import blink_classes, blink_spans, deblink
+    from realm.motion import NormStats
+
+    raw, spec = _blinking()
+    spans = blink_spans(raw, spec, 30.0)
+    onsets = [a for a, _ in spans]
+    assert len(onsets) == 4 and all(abs(a - f) <= 1 for a, f in zip(onsets, (30, 95, 181, 250), strict=True))
+    lids = [spec.channel("eyeBlinkLeft"), spec.channel("eyeBlinkRight")]
+    flat = deblink(raw, spans, lids)
+    assert detect_blinks(flat, spec) == [] and flat[:, lids].max() < 0.2  # the eyelids keep their slow drift only
+    others = [i for i in range(58) if i not in lids]
+    assert np.array_equal(flat[:, others], raw[:, others])
+    classes = blink_classes(spans, 300 // FRAMES_PER_TOKEN)
+    assert [(j, c - 1) for j, c in enumerate(classes) if c] == [(a // 8, a % 8) for a in onsets]
+    # the model draws its template at those onsets: the blinks come back where they were
+    torch.manual_seed(0)
+    m = MMLM(MMLMConfig(spec="arkit58", audio_dim=4, emotions=["neutral"], dim=16, layers=1, heads=2, audio_hidden=8,
+                        vq=TINY_VQ)).eval()  # fmt: skip
+    assert m.blinks and m.blink_head.out_features == FRAMES_PER_TOKEN + 1
+    stats = NormStats.fit([raw], "arkit58")
+
+    class Clip:
+        def samples(self):
+            return raw[None]
+
+    from realm.models.mmlm import blink_template
+
+    m.blink_template.copy_(torch.from_numpy(blink_template([Clip()], stats, spec, m.config.blink_frames)))
+    back = m.add_blinks(torch.from_numpy(stats.apply(flat).astype(np.float32))[None], torch.from_numpy(classes)[None])
+    back = stats.invert(back[0].numpy())
+    assert [b["frame"] for b in detect_blinks(back, spec)] == onsets
+    np.testing.assert_allclose(back[:, others], raw[:, others], atol=1e-5)
+    assert MMLMConfig.from_dict({}).blink_channel is False and MMLMConfig().blink_channel is True  # older runs: none
+
+
 # ---------------------------------------------------------------- words reach the prediction
 
 

@@ -138,6 +138,83 @@ class Listener(RunModel):
         return Streamer(self, **kw)
 
 
+class FeatureFeed:
+    """The speaker's features as 16 kHz audio arrives: ``push(chunk)``, then the raw features of
+    any frames whose audio (plus the extractor's look-ahead) is in, exactly as offline extraction
+    of the whole audio gives them. Extractors with an incremental form (``logmel_norm``) compute
+    each 10 ms hop once; the others re-extract a block-aligned span with its context. Shared by
+    REALM's :class:`Streamer` and the multimodal-LM listener's (:mod:`realm.generate_lm`)."""
+
+    def __init__(self, extractor: str, fps: float):
+        ex = get_extractor(extractor)
+        if ex.context is None:
+            raise ValueError(
+                f"the {ex.name!r} extractor cannot be streamed exactly (it needs the whole clip); "
+                "use a checkpoint trained on logmel, logmel_norm, pcen, vico45 or prosody features"
+            )
+        self.ex, self.fps = ex, fps
+        self.buf = np.zeros(0, np.float32)
+        self.offset = 0  # global index of buf[0]
+        self.fs = ex.stream() if hasattr(ex, "stream") else None
+        self.feats = np.zeros((0, ex.dim), np.float32)  # raw features of frames [fbase, ...), stream mode
+        self.fbase = 0
+        self.total = 0  # samples pushed
+        # re-extraction starts at multiples of this many samples (0.1 s at 30 fps: whole frames and hops)
+        self.block = 3 * SAMPLE_RATE // 30 if fps == 30 else SAMPLE_RATE
+
+    @property
+    def ahead(self) -> int:
+        """Samples of audio after a frame that its features read."""
+        return self.ex.ahead
+
+    def push(self, chunk: np.ndarray) -> None:
+        chunk = np.asarray(chunk, np.float32).reshape(-1)
+        if not np.all(np.isfinite(chunk)):
+            raise RealmInputError(None, "audio chunk holds NaN/inf samples")
+        self.total += len(chunk)
+        if self.fs is not None:
+            self.fs.feed(chunk)
+        else:
+            self.buf = np.concatenate([self.buf, chunk])
+
+    def ready(self, frames: int) -> bool:
+        """Whether the features of frames [0, ``frames``) can be computed now."""
+        return self.total >= n_samples_for(frames, self.fps) + self.ex.ahead
+
+    @property
+    def frames(self) -> int:
+        """Frames of the audio pushed so far (the offline extraction's count)."""
+        return n_frames(self.total)
+
+    def raw(self, first: int, last: int, final: bool) -> np.ndarray:
+        """Raw features of frames [first, last), as offline extraction of the whole audio gives them
+        (``final``: the audio has ended, the last frames may use what remains)."""
+        with single_thread_blas():  # small filterbank products: BLAS threads only add latency
+            if self.fs is not None:
+                if final and not self.fs.done:
+                    self.feats = np.concatenate([self.feats, self.fs.flush()])
+                elif not final and last > self.fbase + len(self.feats):
+                    self.feats = np.concatenate([self.feats, self.fs.take(last)])
+                return self.feats[first - self.fbase : last - self.fbase]
+            # re-extract from a block boundary ``context`` samples before the first frame
+            g0 = max(0, (n_samples_for(first, self.fps) - self.ex.context) // self.block * self.block)
+            end = self.total if final else min(self.total, n_samples_for(last, self.fps) + self.ex.ahead)
+            feats = self.ex(self.buf[g0 - self.offset : end - self.offset])  # frames from global frame t0
+            t0 = round(g0 * self.fps / SAMPLE_RATE)
+            return feats[first - t0 : last - t0]
+
+    def forget(self, first: int) -> None:
+        """Drop the audio or features no later read from frame ``first`` on needs."""
+        if self.fs is not None:
+            if first > self.fbase:
+                self.feats, self.fbase = self.feats[first - self.fbase :], first
+            return
+        keep = max(0, n_samples_for(first, self.fps) - self.ex.context - 2 * self.block)
+        if keep > self.offset:
+            self.buf = self.buf[keep - self.offset :]
+            self.offset = keep
+
+
 class Streamer:
     """Streaming generation: ``push`` 16 kHz mono chunks of any size, get frames as they are ready.
 
@@ -147,13 +224,8 @@ class Streamer:
 
     def __init__(self, listener: Listener, first_frame=None, history=None, seed: int = 0, sample: int = 0,
                  refine: bool = True, clamp: bool = True):  # fmt: skip
-        ex = get_extractor(listener.extractor)
-        if ex.context is None:
-            raise ValueError(
-                f"the {ex.name!r} extractor cannot be streamed exactly (it needs the whole clip); "
-                "use a checkpoint trained on logmel, logmel_norm, pcen, vico45 or prosody features"
-            )
-        self.listener, self.ex = listener, ex
+        self.feed = FeatureFeed(listener.extractor, listener.fps)
+        self.listener, self.ex = listener, self.feed.ex
         self.model = listener.model.eval()
         self.W = self.model.config.window
         self.K = self.model.config.history
@@ -162,16 +234,6 @@ class Streamer:
         self.refine, self.clamp = refine, clamp
         self.refiner = RefineStream(self.model, seed, sample)
         self.latents = listener.latents(seed, sample) if self.model.config.latent_dim else None  # as offline
-        self.buf = np.zeros(0, np.float32)
-        self.offset = 0  # global index of buf[0]
-        # extractors with an incremental form (logmel_norm) compute each 10 ms hop once; the others
-        #   re-extract a window's audio with its context
-        self.fs = ex.stream() if hasattr(ex, "stream") else None
-        self.feats = np.zeros((0, ex.dim), np.float32)  # raw features of frames [fbase, ...), stream mode
-        self.fbase = 0
-        self.total = 0  # samples pushed
-        # re-extraction starts at multiples of this many samples (0.1 s at 30 fps: whole frames and hops)
-        self.block = 3 * SAMPLE_RATE // 30 if listener.fps == 30 else SAMPLE_RATE
         self.window = 0  # next window to produce
         self.done = False
 
@@ -183,76 +245,36 @@ class Streamer:
     def push(self, chunk: np.ndarray) -> np.ndarray:
         if self.done:
             raise RuntimeError("the stream was flushed; start a new Streamer")
-        chunk = np.asarray(chunk, np.float32).reshape(-1)
-        if not np.all(np.isfinite(chunk)):
-            raise RealmInputError(None, "audio chunk holds NaN/inf samples")
-        self.total += len(chunk)
-        if self.fs is not None:
-            self.fs.feed(chunk)
-        else:
-            self.buf = np.concatenate([self.buf, chunk])
+        self.feed.push(chunk)
         out = []
         while self._ready():
             out.append(self._produce(final=False))
         return np.concatenate(out) if out else np.zeros((0, self.model.spec.dim), np.float32)
 
     def flush(self) -> np.ndarray:
-        total = self.total
         out = []
-        while self.window * self.W < n_frames(total):
+        while self.window * self.W < self.feed.frames:
             out.append(self._produce(final=True))
         self.done = True
         return np.concatenate(out) if out else np.zeros((0, self.model.spec.dim), np.float32)
 
     # -- internals
-    def _frame_sample(self, frame: int) -> int:
-        return n_samples_for(frame, self.listener.fps)
-
     def _ready(self) -> bool:
-        total = self.total
-        need = self._frame_sample((self.window + 1) * self.W) + self.ex.ahead
-        return total >= need
-
-    def _raw_features(self, first: int, last: int, final: bool) -> np.ndarray:
-        """Raw features of frames [first, last), as offline extraction of the whole audio gives them."""
-        if self.fs is not None:
-            if final and not self.fs.done:
-                self.feats = np.concatenate([self.feats, self.fs.flush()])
-            elif not final and last > self.fbase + len(self.feats):
-                self.feats = np.concatenate([self.feats, self.fs.take(last)])
-            return self.feats[first - self.fbase : last - self.fbase]
-        # re-extract from a block boundary ``context`` samples before the first frame
-        g0 = max(0, (self._frame_sample(first) - self.ex.context) // self.block * self.block)
-        end = self.total if final else min(self.total, self._frame_sample(last) + self.ex.ahead)
-        feats = self.ex(self.buf[g0 - self.offset : end - self.offset])  # frames from global frame t0
-        t0 = round(g0 * self.listener.fps / SAMPLE_RATE)
-        return feats[first - t0 : last - t0]
-
-    def _forget(self, first: int) -> None:
-        """Drop the audio or features no window from frame ``first`` on needs."""
-        if self.fs is not None:
-            if first > self.fbase:
-                self.feats, self.fbase = self.feats[first - self.fbase :], first
-            return
-        keep = max(0, self._frame_sample(first) - self.ex.context - 2 * self.block)
-        if keep > self.offset:
-            self.buf = self.buf[keep - self.offset :]
-            self.offset = keep
+        return self.feed.ready((self.window + 1) * self.W)
 
     @torch.inference_mode()
     def _produce(self, final: bool) -> np.ndarray:
         W, w = self.W, self.window
-        total = self.total
+        total = self.feed.frames
         C = self.model.config.audio_context
         first = max(0, w * W - C)  # first frame whose features this window reads
-        last = min((w + 1) * W, n_frames(total))
-        with single_thread_blas():  # small filterbank products: BLAS threads only add latency
-            raw = self._raw_features(first, last, final)
+        last = min((w + 1) * W, total)
+        raw = self.feed.raw(first, last, final)
         f = self.listener.feature_stats.apply(raw)
         ctx = torch.zeros(1, C + W, f.shape[1])  # [w W - C, (w + 1) W): zeros before the start and past the end
         ctx[0, C - (w * W - first) : C - (w * W - first) + len(f)] = torch.from_numpy(f.astype(np.float32))
         a = ctx[:, C:]
-        n = min(W, n_frames(total) - w * W)
+        n = min(W, total - w * W)
         enc = self.model.encode_window(ctx)
         if self.hist is None:
             self.hist, _ = self.model.start(a, self.f0, self.history)
@@ -265,7 +287,7 @@ class Streamer:
         if self.refine and self.model.refinement is not None:
             motion = self.refiner.push(motion, a)
         self.window += 1
-        self._forget(max(0, self.window * W - C))
+        self.feed.forget(max(0, self.window * W - C))
         frames = self.listener.stats.invert(motion[0, :n].numpy()).astype(np.float32)
         return self.model.spec.clamp(frames) if self.clamp else frames
 

@@ -56,9 +56,11 @@ from einops import rearrange
 from torch import nn
 from torch.utils.data import Dataset
 
+from realm.metrics import detect_blinks
 from realm.models.baselines.base import Baseline, BaselineConfig, seeded, top_p_sample
 from realm.models.emotion import IGNORE, EmotionConfig, EmotionNet, clip_label_names, clip_labels
 from realm.models.idvq import IDVQ, IDVQConfig
+from realm.motion import FAST_EVENTS, events_in_spec
 from realm.text import normalise_word
 
 log = logging.getLogger(__name__)
@@ -107,6 +109,16 @@ class MMLMConfig(BaselineConfig):
     top_p: float = 0.9
     decode_hop: int = 0  # slots the decoding window advances at a time (0: half a window; 1: every slot, no cache reuse)
     kv_cache: bool = True  # decode with the backbone's key/value cache (same tokens, fewer computations)
+    # fast events (ours): blinks as their own channel beside the motion tokens (False: the seed's tokens only)
+    blink_channel: bool = True
+    w_blink: float = 1.0
+    blink_frames: int = 12  # frames of the blink template (400 ms)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MMLMConfig:
+        if "blink_channel" not in d:  # runs saved before the blink channel: without it
+            d = {**d, "blink_channel": False}
+        return super().from_dict(d)
 
 
 # ---------------------------------------------------------------- the context builder
@@ -133,6 +145,57 @@ def build_context(n_slots: int, word_ends: list[int], first_token: int = 0) -> l
             w += 1
         out.append(("slot", j))
     return out
+
+
+# ---------------------------------------------------------------- blinks as their own channel
+
+
+def blink_spans(raw: np.ndarray, spec, fps: float) -> list[tuple[int, int]]:
+    """(onset, end) frames of the blinks of raw (T, D) motion: the onset of
+    :func:`realm.metrics.detect_blinks`, the end where the eyelids are 90 % reopened."""
+    T = len(raw)
+    return [(b["frame"], min(T, b["frame"] + max(1, round(b["duration_s"] * fps)))) for b in detect_blinks(raw, spec, fps)]
+
+
+def deblink(x: np.ndarray, spans: list[tuple[int, int]], channels: list[int]) -> np.ndarray:
+    """``x`` (T, D) without its blinks: on the eyelid ``channels``, each span [onset, end) replaced by
+    the straight line from the frame before the onset to the frame at the end (linear, so the same
+    in raw and normalised units)."""
+    out = np.array(x, copy=True)
+    T = len(x)
+    for a, b in spans:
+        lo, hi = max(0, a - 1), min(T - 1, b)
+        w = (np.arange(a, min(b, T)) - lo) / max(1, hi - lo)
+        out[a : min(b, T)][:, channels] = (1 - w)[:, None] * x[lo, channels] + w[:, None] * x[hi, channels]
+    return out
+
+
+def blink_classes(spans: list[tuple[int, int]], n_tokens: int) -> np.ndarray:
+    """Per motion token: 0 = no blink starts in its 8 frames, 1 + k = the first one starts at its frame k."""
+    out = np.zeros(n_tokens, np.int64)
+    for a, _ in sorted(spans):
+        j = a // FRAMES_PER_TOKEN
+        if j < n_tokens and out[j] == 0:
+            out[j] = 1 + a % FRAMES_PER_TOKEN
+    return out
+
+
+def blink_template(clips, stats, spec, frames: int, max_blinks: int = 2000) -> np.ndarray:
+    """The mean blink (frames, D) in normalised units: motion minus its deblinked version, aligned at
+    each onset, over the blinks of every realisation of ``clips`` (zero but on the eyelids)."""
+    channels = [spec.channel(ch) for ch in FAST_EVENTS["blink"]]
+    acc, n = np.zeros((frames, spec.dim)), 0
+    for clip in clips:
+        for raw in clip.samples():
+            spans = blink_spans(raw, spec, spec.fps)
+            res = stats.apply(raw) - stats.apply(deblink(raw, spans, channels))
+            for a, _ in spans:
+                seg = res[a : a + frames]
+                acc[: len(seg)] += seg
+                n += 1
+            if n >= max_blinks:
+                break
+    return (acc / max(1, n)).astype(np.float32)
 
 
 # ---------------------------------------------------------------- backbones
@@ -304,6 +367,12 @@ class MMLM(Baseline):
         self.emotion_proj = nn.Linear(self.emotion.config.n_classes, H)
         self.slot_emb = nn.Parameter(torch.zeros(H))
         self.head = nn.Linear(H, K)
+        # blinks: a per-slot onset class (none, or the token's frame 0-7) and a template drawn there
+        self.blinks = c.blink_channel and bool(events_in_spec(self.spec, ("blink",)))
+        if self.blinks:
+            self.blink_head = nn.Linear(H, FRAMES_PER_TOKEN + 1)
+            self.register_buffer("blink_template", torch.zeros(c.blink_frames, self.spec.dim))
+            self.blink_channels = [self.spec.channel(ch) for ch in FAST_EVENTS["blink"]]
         nn.init.normal_(self.code_emb.weight, std=0.02)
         self.register_buffer("default_ref", torch.zeros(c.ref_frames, self.spec.dim))
         self.register_load_state_dict_post_hook(MMLM._forgive_external)
@@ -349,6 +418,9 @@ class MMLM(Baseline):
     def fit_data(self, data) -> None:
         """Before training: the default identity reference, and the tokenizer of ``vq_run``."""
         self.default_ref.copy_(torch.from_numpy(default_reference(data.train, self.config.ref_frames)))
+        if self.blinks:
+            t = blink_template(data.train.clips, data.train.stats, self.spec, self.config.blink_frames)
+            self.blink_template.copy_(torch.from_numpy(t))
         if self.config.vq_run:
             load_vq_weights(self.vq, self.config.vq_run)
 
@@ -410,14 +482,17 @@ class MMLM(Baseline):
             x[b, : len(r)], real[b, : len(r)] = r, True
         return x, torch.tensor(slot_pos, device=x.device), real
 
-    def logits(self, x: torch.Tensor, real: torch.Tensor, slot_pos: torch.Tensor) -> torch.Tensor:
-        """Backbone over (B, L, H) -> motion-token logits at the slots (B, n, K)."""
+    def slot_hidden(self, x: torch.Tensor, real: torch.Tensor, slot_pos: torch.Tensor) -> torch.Tensor:
+        """Backbone over (B, L, H) -> its states at the slots (B, n, H)."""
         if isinstance(self.backbone, PretrainedBackbone):
             hid = self.backbone(x, attention_mask=real.long())
         else:
             hid = self.backbone(x)  # causal with right padding: padding never reaches real positions
-        hid = hid.gather(1, slot_pos[..., None].expand(-1, -1, hid.shape[-1]))
-        return self.head(hid)
+        return hid.gather(1, slot_pos[..., None].expand(-1, -1, hid.shape[-1]))
+
+    def logits(self, x: torch.Tensor, real: torch.Tensor, slot_pos: torch.Tensor) -> torch.Tensor:
+        """Backbone over (B, L, H) -> motion-token logits at the slots (B, n, K)."""
+        return self.head(self.slot_hidden(x, real, slot_pos))
 
     # -- training
     def loss(self, batch, progress=0.0):
@@ -431,13 +506,13 @@ class MMLM(Baseline):
             if (lab != IGNORE).any() else emo_logits.sum() * 0  # fmt: skip
         out = {"emotion": emo}
         if self.training and progress < self.config.vq_fraction and not self.config.vq_run:  # stage 1: the tokenizer
-            _, vq = self.vq(motion, batch["ref"])
+            _, vq = self.vq(batch.get("motion_vq", motion), batch["ref"])
             out.update({f"vq_{k}": v for k, v in vq.items() if k != "loss"})
             out["loss"] = vq["loss"] + self.config.w_emotion * emo
             return out
         with torch.no_grad():  # stage 2: the LM, the tokenizer frozen
             self.vq.eval()
-            tokens = self.vq.encode(motion)  # (B, n)
+            tokens = self.vq.encode(batch.get("motion_vq", motion))  # (B, n): blinks are not the tokens' job
             self.vq.train(self.training and not self.config.vq_run)
         n = tokens.shape[1]
         slots_in = torch.cat([torch.full_like(tokens[:, :1], self.start), tokens[:, :-1]], 1)
@@ -446,14 +521,22 @@ class MMLM(Baseline):
             slots_in = torch.where(swap, torch.randint_like(slots_in, self.start), slots_in)
         words, ends = self._batch_words(batch)
         x, pos, real = self.sequence(slots_in, self.slot_features(batch["audio"], n), words, ends)
-        logits = self.logits(x, real, pos)  # (B, n, K)
+        hid = self.slot_hidden(x, real, pos)  # (B, n, H)
+        logits = self.head(hid)  # (B, n, K)
         tok_mask = mask[:, ::FRAMES_PER_TOKEN]
         tgt = tokens.masked_fill(~tok_mask, -100)
         ce = F.cross_entropy(rearrange(logits, "b n k -> (b n) k"), tgt.reshape(-1), ignore_index=-100)
         out.update({"ce": ce, "loss": ce + self.config.w_emotion * emo})
+        if self.blinks and "blink" in batch:
+            blink_tgt = batch["blink"].masked_fill(~tok_mask, -100)
+            out["blink"] = F.cross_entropy(rearrange(self.blink_head(hid), "b n k -> (b n) k"), blink_tgt.reshape(-1),
+                                           ignore_index=-100)  # fmt: skip
+            out["loss"] = out["loss"] + self.config.w_blink * out["blink"]
         if not self.training:  # validation: motion error of the decoded teacher-forced argmax tokens
             with torch.no_grad():
                 rec = self.vq.decode(logits.argmax(-1), batch["ref"], T)
+                if "blink" in batch:  # with the ground truth's blinks: the val loss stays the tokens' measure
+                    rec = self.add_blinks(rec, batch["blink"])
                 m = mask.float()[..., None]
                 out["loss"] = (F.smooth_l1_loss(rec, motion, reduction="none") * m).sum() / (m.sum() * motion.shape[-1]).clamp(min=1)
         return out
@@ -473,11 +556,29 @@ class MMLM(Baseline):
                temperature=None, top_p=None):  # fmt: skip
         T = audio.shape[1]
         ref = self._reference(identity_ref, history)
-        tokens = self.generate_tokens(audio, words, samples, seed, temperature, top_p)  # (samples, n)
-        return torch.cat([self.vq.decode(t[None], ref, T) for t in tokens])
+        tokens, blinks = self.generate_tokens(audio, words, samples, seed, temperature, top_p, with_blinks=True)
+        motion = torch.cat([self.vq.decode(t[None], ref, T) for t in tokens])  # (samples, T, D)
+        return self.add_blinks(motion, blinks) if blinks is not None else motion
 
-    def generate_tokens(self, audio, words=None, samples=1, seed=0, temperature=None, top_p=None) -> torch.Tensor:
-        """Motion tokens (samples, ceil(T / 8)) for normalised audio features (1, T, A) and ``words``."""
+    def add_blinks(self, motion: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """Draw the blink template into ``motion`` (B, T, D) at the onsets of ``classes`` (B, n): class
+        1 + k of token j is an onset at frame 8 j + k."""
+        if not self.blinks:
+            return motion
+        B, T, _ = motion.shape
+        onsets = torch.zeros(B, 1, T + FRAMES_PER_TOKEN, device=motion.device)
+        b, j = (classes > 0).nonzero(as_tuple=True)
+        onsets[b, 0, j * FRAMES_PER_TOKEN + classes[b, j] - 1] = 1.0
+        L = self.blink_template.shape[0]
+        kernel = self.blink_template.T.flip(-1)[:, None]  # (D, 1, L): onset at t draws template[0] at t
+        drawn = F.conv1d(F.pad(onsets[..., :T], (L - 1, 0)).expand(-1, self.spec.dim, -1), kernel, groups=self.spec.dim)
+        return motion + drawn.transpose(1, 2)
+
+    def generate_tokens(self, audio, words=None, samples=1, seed=0, temperature=None, top_p=None,
+                        with_blinks: bool = False):  # fmt: skip
+        """Motion tokens (samples, ceil(T / 8)) for normalised audio features (1, T, A) and ``words``;
+        ``with_blinks``: also the blink classes (samples, n), always sampled (a blink is a chance,
+        greedy decoding would never blink), from their own generators (None without a blink channel)."""
         c, f = self.config, FRAMES_PER_TOKEN
         temperature = c.temperature if temperature is None else temperature
         top_p = c.top_p if top_p is None else top_p
@@ -492,7 +593,9 @@ class MMLM(Baseline):
         # the samples decode together (one batch: the backbone's weights are read once a step for all);
         #   each draws from its own generator, so sample s is the same whatever the number of samples
         gens = [seeded(seed, s) for s in range(samples)]
+        blink_gens = [seeded(seed, 1_000_003 + s) for s in range(samples)]
         tokens: list[list[int]] = [[] for _ in range(samples)]
+        blinks = torch.zeros(samples, n, dtype=torch.long)
         window, cache, done = -1, None, 0  # the window the cache holds, the cache, its positions
         for j in range(n):
             j0 = self.window_start(j)  # the window's first slot: slot j sees slots j0 .. j
@@ -501,15 +604,22 @@ class MMLM(Baseline):
             x, pos, real = self.sequence(prev, cond[:, j0 : j + 1].expand(samples, -1, -1), [[ids[i] for i in keep]] * samples,
                                          [[ends[i] for i in keep]] * samples, first_token=j0)  # fmt: skip
             if not c.kv_cache:
-                logits = self.logits(x, real, pos)[:, -1]  # (S, K)
+                hid = self.slot_hidden(x, real, pos)[:, -1]  # (S, H)
             else:  # within a window the sequence only grows (words heard since, then slot j): extend the cache
                 if j0 != window:
                     window, cache, done = j0, None, 0
-                hid, cache = self.backbone.extend(x[:, done:], cache)  # (S, L - done, H)
+                states, cache = self.backbone.extend(x[:, done:], cache)  # (S, L - done, H)
                 done = x.shape[1]
-                logits = self.head(hid[:, -1])  # slot j is the sequence's last position
+                hid = states[:, -1]  # slot j is the sequence's last position
+            logits = self.head(hid)  # (S, K)
             for s in range(samples):
                 tokens[s].append(int(top_p_sample(logits[s : s + 1], temperature, top_p, gens[s])[0]))
+            if with_blinks and self.blinks:
+                p = self.blink_head(hid).softmax(-1)  # (S, 9)
+                for s in range(samples):
+                    blinks[s, j] = int(torch.multinomial(p[s], 1, generator=blink_gens[s])[0])
+        if with_blinks:
+            return torch.tensor(tokens), (blinks if self.blinks else None)
         return torch.tensor(tokens)
 
     def window_start(self, j: int) -> int:
@@ -587,6 +697,8 @@ class MMLMWindows(ReferenceWindows):
     def __init__(self, windows, model: MMLM):
         c = model.config
         super().__init__(windows, c.ref_frames)
+        self.spec = model.spec
+        self.blink_channels = model.blink_channels if model.blinks else None
         self.max_words, self.k, self.context_s = c.max_words, c.subwords, c.word_context_s
         self.labels = [clip_labels(clip, list(c.emotions)) for clip in windows.clips]
         self.word_ids = [[model.word_token_ids(w.word) for w in clip.words or []] for clip in windows.clips]
@@ -607,7 +719,14 @@ class MMLMWindows(ReferenceWindows):
                 tok[k, : len(ids[: self.k])] = torch.tensor(ids[: self.k])
                 end[k] = e
                 k += 1
-        return {**item, "emotion": torch.from_numpy(lab), "word_tok": tok, "word_end": end}
+        out = {**item, "emotion": torch.from_numpy(lab), "word_tok": tok, "word_end": end}
+        if self.blink_channels is not None:  # the tokens learn the motion without its blinks; the blink head their onsets
+            n = int(item["mask"].sum())
+            motion = item["motion"].numpy()
+            spans = blink_spans(self.windows.stats.invert(motion[:n]), self.spec, self.spec.fps)
+            out["motion_vq"] = torch.from_numpy(deblink(motion, spans, self.blink_channels).astype(np.float32))
+            out["blink"] = torch.from_numpy(blink_classes(spans, L // FRAMES_PER_TOKEN))
+        return out
 
 
 # ---------------------------------------------------------------- the tokenizer alone: `realm train idvq`
