@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("data and metrics", ("realm.data", "realm.data.", "realm.text", "realm.metrics", "realm.checkpoint", "realm")),
     ("motion consumers (no model, no torch)", ("realm.embodiment", "realm.embodiment.", "realm.render", "realm.render.")),
     ("models", ("realm.models", "realm.models.")),
-    ("running models", ("realm.generate", "realm.eval", "realm.serve", "realm.train", "realm.train.")),
+    ("running models", ("realm.generate", "realm.generate_lm", "realm.eval", "realm.serve", "realm.train", "realm.train.")),
     ("jobs", ("realm.bench", "realm.bench.", "realm.demo", "realm.report")),
     ("front end", ("realm.cli", "realm.cli.")),
 ]

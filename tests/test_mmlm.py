@@ -147,7 +147,7 @@ def test_deblinking_removes_the_blinks_and_nothing_else_and_the_channel_puts_the
     back = stats.invert(back[0].numpy())
     assert [b["frame"] for b in detect_blinks(back, spec)] == onsets
     np.testing.assert_allclose(back[:, others], raw[:, others], atol=1e-5)
-    assert MMLMConfig.from_dict({}).blink_channel is False and MMLMConfig().blink_channel is True  # older runs: none
+    assert MMLMConfig.from_saved({}).blink_channel is False and MMLMConfig.from_dict({}).blink_channel  # older runs: none
 
 
 # ---------------------------------------------------------------- words reach the prediction
@@ -212,7 +212,11 @@ def test_mmlm_run_directory_and_generation(runs, ds):
     listener = realm.load(runs / "mmlm")
     clip = load_any(ds, splits="test")[0]
     greedy = listener.generate(clip.audio_path, words=clip.words, samples=2)
-    assert greedy.shape == (2, clip.n_frames, 58) and np.allclose(greedy[0], greedy[1])
+    lids = [listener.spec.channel(c) for c in ("eyeBlinkLeft", "eyeBlinkRight")]
+    others = [i for i in range(58) if i not in lids]
+    assert greedy.shape == (2, clip.n_frames, 58) and np.allclose(greedy[0][:, others], greedy[1][:, others])
+    assert not np.allclose(greedy[0][:, lids], greedy[1][:, lids])  # greedy tokens; blinks are always drawn
+    assert listener.stochastic
     hot = listener.generate(clip.audio_path, words=clip.words, samples=2, temperature=1.5, top_p=1.0, seed=3)
     assert not np.allclose(hot[0], hot[1])
     again = listener.generate(clip.audio_path, words=clip.words, samples=2, temperature=1.5, top_p=1.0, seed=3)
@@ -284,3 +288,94 @@ def test_smollm2_backbone_loads_offline_and_trains_one_step(ds, tmp_path, monkey
     listener = realm.load(tmp_path / "smol")  # the frozen base weights come back from the package
     clip = load_any(ds, splits="test")[0]
     assert listener.generate(clip.audio_path, words=clip.words[:3]).shape == (1, clip.n_frames, 58)
+
+
+def test_the_streaming_mmlm_gives_the_offline_frames_of_windowed_decoding(runs, ds, tmp_path):
+    """Audio pushed in chunks and words as they end give what offline generation gives with the
+    streamer's windowed token decoding (decode_window): the same tokens, blinks and frames."""
+    import shutil
+
+    from realm.audio import load_audio
+
+    run = tmp_path / "mm"
+    shutil.copytree(runs / "mmlm", run)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["model"]["decode_window"] = 4  # the fixture's windows are 4 tokens (32 frames)
+    (run / "config.json").write_text(json.dumps(cfg))
+    listener = realm.load(run)
+    assert listener.streams and listener.model.blinks
+    clip = load_any(ds, splits="test")[0]
+    y = load_audio(clip.audio_path)
+    offline = listener.generate(y, words=clip.words, seed=4, temperature=1.0)[0]
+    s = listener.streamer(seed=4, temperature=1.0)
+    assert abs(s.latency_s - (8 * 3 / 30 + s.ex.ahead / 16000)) < 1e-9
+    out, given = [], 0
+    for a in range(0, len(y), 3000):
+        heard = [w for w in clip.words[given:] if w.end * 16000 <= a + 3000]  # each word once its audio is in
+        given += len(heard)
+        out.append(s.push(y[a : a + 3000], words=heard))
+        assert len(out[-1]) % 8 == 0
+    out.append(s.flush())
+    streamed = np.concatenate(out)
+    assert streamed.shape == offline.shape
+    np.testing.assert_allclose(streamed, offline, atol=1e-5)
+    # a second sample of the same seed: the offline run's sample 1
+    two = listener.generate(y, words=clip.words, seed=4, temperature=1.0, samples=2)[1]
+    s1 = listener.streamer(seed=4, sample=1, temperature=1.0)
+    np.testing.assert_allclose(np.concatenate([s1.push(y, words=clip.words), s1.flush()]), two, atol=1e-5)
+
+
+def test_realm_serve_streams_the_mmlm_with_words_sent_as_they_are_heard(runs, ds):
+    """`realm serve` runs the mmlm's streamer: words arrive as control messages and count from the
+    next model call; the frames are the streamer's for the same audio and words, bit for bit."""
+    import asyncio
+
+    pytest.importorskip("websockets")
+    from websockets.asyncio.client import connect
+
+    from realm.audio import load_audio
+    from realm.serve import ListenerServer, ServerConfig, encode_pcm16, quantise_pcm16
+
+    listener = realm.load(runs / "mmlm")
+    clip = load_any(ds, splits="test")[0]
+    q = quantise_pcm16(load_audio(clip.audio_path)[: 16000 * 3])
+    words = [w for w in clip.words if w.end < 3.0]
+    assert words
+
+    async def scenario():
+        server = await ListenerServer(listener, config=ServerConfig(port=0)).start()
+        try:
+            async with connect(server.url) as ws:
+                await ws.send(json.dumps({"type": "start", "seed": 2}))
+                ready = json.loads(await ws.recv())
+                assert ready["type"] == "ready" and ready["window"] == 8
+                codes = []
+                for bad in ({"type": "words", "words": "great"}, {"type": "words", "words": [{"word": "a", "start": 2, "end": 1}]}):
+                    await ws.send(json.dumps(bad))
+                    while (m := json.loads(await ws.recv()))["type"] != "error":
+                        pass
+                    codes.append(m["code"])
+                await ws.send(json.dumps({"type": "words", "words": [w.to_dict() for w in words]}))
+                for k in range(0, len(q), 1600):
+                    await ws.send(encode_pcm16(q[k : k + 1600]))
+                await ws.send(json.dumps({"type": "stop"}))
+                frames = []
+                while (m := json.loads(await ws.recv()))["type"] != "end":
+                    if m["type"] == "frame":
+                        frames.append(m["motion"])
+                return codes, np.array(frames, np.float32)
+        finally:
+            await server.close()
+
+    codes, frames = asyncio.run(asyncio.wait_for(scenario(), 120))
+    assert codes == ["bad_words", "bad_words"]
+    n = torch.get_num_threads()
+    torch.set_num_threads(ServerConfig().torch_threads)  # as a server worker: the same sums, the same bits
+    try:
+        st = listener.streamer(seed=2)
+        st.add_words([type(w)(w.word, round(w.start, 4), round(w.end, 4)) for w in words])  # as sent (to_dict rounds)
+        expected = np.concatenate([st.push(q[k : k + 1600]) for k in range(0, len(q), 1600)] + [st.flush()])
+    finally:
+        torch.set_num_threads(n)
+    assert frames.shape == expected.shape == (90, 58)
+    np.testing.assert_array_equal(frames, expected)

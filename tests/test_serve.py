@@ -179,6 +179,7 @@ def test_bad_messages_are_answered_and_the_session_goes_on(listener, speech):
                     encode_pcm16(speech[:9000]),  # over max_chunk_bytes (but under the WebSocket limit)
                     json.dumps({"type": "start"}),
                     json.dumps({"type": "config", "seed": 1}),
+                    json.dumps({"type": "words", "words": []}),  # REALM hears audio only
                 ]:
                     await ws.send(msg)
                     codes.append((await recv_json(ws, "error"))["code"])
@@ -197,7 +198,7 @@ def test_bad_messages_are_answered_and_the_session_goes_on(listener, speech):
     assert codes == [
         "bad_json", "bad_message", "unknown_type", "not_started", "not_started", "bad_sample_rate",
         "bad_encoding", "bad_channels", "bad_option", "bad_option", "bad_option",
-        "odd_length", "chunk_too_large", "already_started", "streaming",
+        "odd_length", "chunk_too_large", "already_started", "streaming", "no_words",
     ]  # fmt: skip
     assert end["frames"] == len(frames) == 30 and end["dropped"] == 0
     np.testing.assert_array_equal(frames, offline_stream(listener, speech[:16000], seed=3))

@@ -159,7 +159,7 @@ def load(run: str | Path):
     config = config if config is not None else read_config(run)  # read once; read_config names the problem
     cls = info.load_class()
     try:
-        mcfg = cls.Config.from_dict(config["model"])
+        mcfg = cls.Config.from_saved(config["model"])  # older runs: the fields they lack as they were trained
         model = cls(mcfg)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise RealmInputError(cpath, f"invalid {kind} model config ({type(e).__name__}: {e})") from None

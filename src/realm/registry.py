@@ -5,7 +5,7 @@ name               kind        loads into
 =================  ==========  =================================================================
 realm              listener    :class:`realm.generate.Listener` (streams)
 the baselines      listener    :class:`realm.models.baselines.base.BaselineListener`
-mmlm               listener    ``BaselineListener`` (seed 2's multimodal-LM listener)
+mmlm               listener    :class:`realm.generate_lm.MMLMListener` (seed 2's multimodal-LM listener; streams)
 idvq               tokenizer   ``BaselineListener`` (the IN/AdaIN motion tokenizer; ``generate``
                                reconstructs, ``realm lm restyle`` re-decodes in another style)
 emotion            classifier  :class:`realm.models.emotion.EmotionClassifier` (speaker emotion, mmlm input)
@@ -85,7 +85,8 @@ MODELS: dict[str, ModelInfo] = {
     "realm": ModelInfo("realm", "realm.models.realm", "REALM", "REALM: reactive gated fusion, shifted ALiBi, coarse decoder + refinement (seed 1)",
                        listener="realm.generate:Listener", trainer="realm.train"),
     **BASELINES,
-    "mmlm": ModelInfo("mmlm", "realm.models.mmlm", "MMLM", "multimodal-LM listener: words + acoustics + emotion -> IDVQ motion tokens (seed 2)"),
+    "mmlm": ModelInfo("mmlm", "realm.models.mmlm", "MMLM", "multimodal-LM listener: words + acoustics + emotion -> IDVQ motion tokens (seed 2)",
+                      listener="realm.generate_lm:MMLMListener"),
     "idvq": ModelInfo("idvq", "realm.models.mmlm", "IDVQRun", "identity-disentangled motion VQ-VAE (IN encoder, AdaIN decoder)", kind="tokenizer"),
     "emotion": ModelInfo("emotion", "realm.models.emotion", "EmotionNet", "speaker emotion classifier over audio features (mmlm input)",
                          kind="classifier", listener="", loader="realm.models.emotion:EmotionClassifier.load",

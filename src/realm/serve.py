@@ -13,6 +13,9 @@ One connection is one listener. Protocol version 1 (docs/serving.md has the full
     answered by ``{"type": "config", "options": {...}}``.
   - ``{"type": "start", ...options}``: begin a stream; answered by ``{"type": "ready", ...}``
     (fps, spec and value names, control names, window, algorithmic latency, limits).
+  - ``{"type": "words", "words": [{"word", "start", "end"}, ...]}``: the speaker's words as they are
+    recognised (seconds from the start of the stream), for listeners that read words (the mmlm);
+    each counts from the next model call on (docs/serving.md).
   - ``{"type": "stop"}``: end the stream; the server sends the remaining frames, then
     ``{"type": "end", "frames", "dropped", "late", "chunks", "audio_s", "held", "compute_ms_p50",
     "compute_ms_p95"}`` (held: non-finite model frames replaced by the last frame sent, so no
@@ -74,6 +77,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import math
 import os
 import socket
 import time
@@ -211,6 +215,28 @@ def check_options(options: dict, base: dict) -> dict:
     return out
 
 
+#: Most words one ``words`` message may carry, and the longest word.
+MAX_WORDS, MAX_WORD_CHARS = 256, 64
+
+
+def parse_words(items) -> list:
+    """The ``words`` of a ``{"type": "words", "words": [{"word", "start", "end"}, ...]}`` message as
+    :class:`realm.data.clip.Word` (seconds from the start of the stream), or a ProtocolError."""
+    from realm.data.clip import Word
+
+    if not isinstance(items, list) or len(items) > MAX_WORDS:
+        raise ProtocolError("bad_words", f'"words" must be a list of at most {MAX_WORDS} objects')
+    out = []
+    for w in items:
+        ok = isinstance(w, dict) and isinstance(w.get("word"), str) and 0 < len(w["word"]) <= MAX_WORD_CHARS
+        times = [w.get("start"), w.get("end")] if ok else []
+        ok = ok and all(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) for t in times)
+        if not ok or not 0 <= times[0] <= times[1]:
+            raise ProtocolError("bad_words", 'each word is {"word": text, "start": s, "end": s} with 0 <= start <= end')
+        out.append(Word(w["word"], float(times[0]), float(times[1])))
+    return out
+
+
 def decode_pcm16(data: bytes) -> np.ndarray:
     """16-bit little-endian PCM bytes -> float32 samples in [-1, 1)."""
     return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
@@ -273,6 +299,7 @@ class Session:
     origin: float = 0.0  # loop time of audio time 0 at real-time pace (first audio minus its own length)
     pending: list = field(default_factory=list)  # audio messages not yet run (together under MIN_PUSH samples)
     pending_n: int = 0  # their samples
+    words: list = field(default_factory=list)  # words received since the last model call (listeners that read words)
     queue: deque = field(default_factory=deque)
     queued_frames: int = 0  # frames in queue
     queued_other: int = 0  # other messages in queue
@@ -826,8 +853,14 @@ class ListenerServer:
                    "compute_ms_p50": float(np.median(ms)) if len(ms) else None,
                    "compute_ms_p95": float(np.percentile(ms, 95)) if len(ms) else None}  # fmt: skip
             self._put(s, _Item(json.dumps(end, allow_nan=False)))
+        elif kind == "words":
+            if not s.streaming:
+                raise ProtocolError("not_started", 'send {"type": "start"} before words')
+            if not self.listener.uses_words:
+                raise ProtocolError("no_words", f"this server's model ({self.listener.name}) does not read words")
+            s.words.extend(parse_words(msg.get("words")))
         else:
-            raise ProtocolError("unknown_type", f"unknown message type {shown(kind)}; use config, start or stop")
+            raise ProtocolError("unknown_type", f"unknown message type {shown(kind)}; use config, start, words or stop")
 
     async def _on_audio(self, s: Session, data: bytes) -> None:
         if not s.streaming:
@@ -855,6 +888,11 @@ class ListenerServer:
         s.pending, s.pending_n = [], 0
         self._emit(s, await self._compute(s, audio), chunk)
 
+    @staticmethod
+    def _take_words(s: Session) -> list:
+        words, s.words = s.words, []
+        return words
+
     # ------------------------------------------------------------------ model and robot
 
     def _begin(self, s: Session) -> None:
@@ -862,7 +900,7 @@ class ListenerServer:
         s.streamer = self.listener.streamer(seed=o["seed"], sample=o["sample"], refine=o["refine"])
         s.pipeline = self._new_controls()
         s.streaming, s.chunks, s.samples, s.frames, s.dropped, s.late, s.held, s.last = True, 0, 0, 0, 0, 0, 0, None
-        s.first_audio, s.pending, s.pending_n = None, [], 0
+        s.first_audio, s.pending, s.pending_n, s.words = None, [], 0, []
         s.compute_s.clear()
 
     def _new_controls(self):
@@ -894,6 +932,8 @@ class ListenerServer:
         """Push audio (None: flush) through this session's streamer on a model thread, in its turn:
         the turn of a chunk is when its audio ends at real-time pace (AHEAD_GRACE_S early), or now if later."""
         streamer, pipeline, start = s.streamer, s.pipeline, s.frames
+        if s.words:  # the words heard since the last call (a session's calls run one after another)
+            streamer.add_words(self._take_words(s))
         now = asyncio.get_running_loop().time()
         key = now if audio is None else max(now, s.origin + s.samples / SAMPLE_RATE - AHEAD_GRACE_S)
         t0 = time.perf_counter()

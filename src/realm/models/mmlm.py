@@ -109,16 +109,20 @@ class MMLMConfig(BaselineConfig):
     top_p: float = 0.9
     decode_hop: int = 0  # slots the decoding window advances at a time (0: half a window; 1: every slot, no cache reuse)
     kv_cache: bool = True  # decode with the backbone's key/value cache (same tokens, fewer computations)
+    # motion from tokens: 0 = the whole clip's tokens at once (the decoder's instance norms over the clip); W > 0 =
+    #   token e from the W tokens ending ``decode_lookahead`` after it (what the streamer computes, W = window_tokens)
+    decode_window: int = 0
+    decode_lookahead: int = 2
     # fast events (ours): blinks as their own channel beside the motion tokens (False: the seed's tokens only)
     blink_channel: bool = True
     w_blink: float = 1.0
     blink_frames: int = 12  # frames of the blink template (400 ms)
 
     @classmethod
-    def from_dict(cls, d: dict) -> MMLMConfig:
+    def from_saved(cls, d: dict) -> MMLMConfig:
         if "blink_channel" not in d:  # runs saved before the blink channel: without it
             d = {**d, "blink_channel": False}
-        return super().from_dict(d)
+        return cls.from_dict(d)
 
 
 # ---------------------------------------------------------------- the context builder
@@ -373,6 +377,7 @@ class MMLM(Baseline):
             self.blink_head = nn.Linear(H, FRAMES_PER_TOKEN + 1)
             self.register_buffer("blink_template", torch.zeros(c.blink_frames, self.spec.dim))
             self.blink_channels = [self.spec.channel(ch) for ch in FAST_EVENTS["blink"]]
+        self.stochastic = self.blinks  # greedy tokens, but blinks are always drawn: samples differ
         nn.init.normal_(self.code_emb.weight, std=0.02)
         self.register_buffer("default_ref", torch.zeros(c.ref_frames, self.spec.dim))
         self.register_load_state_dict_post_hook(MMLM._forgive_external)
@@ -557,8 +562,30 @@ class MMLM(Baseline):
         T = audio.shape[1]
         ref = self._reference(identity_ref, history)
         tokens, blinks = self.generate_tokens(audio, words, samples, seed, temperature, top_p, with_blinks=True)
-        motion = torch.cat([self.vq.decode(t[None], ref, T) for t in tokens])  # (samples, T, D)
+        if self.config.decode_window:
+            motion = torch.cat([self.decode_windowed(t[None], ref, T) for t in tokens])
+        else:
+            motion = torch.cat([self.vq.decode(t[None], ref, T) for t in tokens])  # (samples, T, D)
         return self.add_blinks(motion, blinks) if blinks is not None else motion
+
+    def decode_span(self, tokens: torch.Tensor, ref: torch.Tensor, e: int, n: int) -> torch.Tensor:
+        """Token ``e``'s 8 frames (B, 8, D) decoded with the ``decode_window`` tokens ending
+        ``decode_lookahead`` after it (fewer at the start, none past the ``n`` known): what a
+        streamer emits for it once token e + lookahead is known."""
+        c = self.config
+        W = c.decode_window or c.window_tokens
+        hi = min(e + c.decode_lookahead + 1, n)
+        lo = max(0, hi - W)
+        if hi - lo < 2:  # the AdaIN decoder needs 2 tokens
+            lo, hi = max(0, lo - 1), max(hi, min(n, 2))
+        y = self.vq.decode(tokens[:, lo:hi], ref)  # (B, 8 (hi - lo), D)
+        k = (e - lo) * FRAMES_PER_TOKEN
+        return y[:, k : k + FRAMES_PER_TOKEN]
+
+    def decode_windowed(self, tokens: torch.Tensor, ref: torch.Tensor, length: int) -> torch.Tensor:
+        """Motion (B, length, D) of tokens (B, n), each token from its own window (:meth:`decode_span`)."""
+        n = tokens.shape[1]
+        return torch.cat([self.decode_span(tokens, ref, e, n) for e in range(n)], dim=1)[:, :length]
 
     def add_blinks(self, motion: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """Draw the blink template into ``motion`` (B, T, D) at the onsets of ``classes`` (B, n): class
@@ -579,48 +606,29 @@ class MMLM(Baseline):
         """Motion tokens (samples, ceil(T / 8)) for normalised audio features (1, T, A) and ``words``;
         ``with_blinks``: also the blink classes (samples, n), always sampled (a blink is a chance,
         greedy decoding would never blink), from their own generators (None without a blink channel)."""
-        c, f = self.config, FRAMES_PER_TOKEN
-        temperature = c.temperature if temperature is None else temperature
-        top_p = c.top_p if top_p is None else top_p
+        f = FRAMES_PER_TOKEN
         T = audio.shape[1]
         n = -(-T // f)
         pad = n * f - T
         a = torch.cat([audio, audio[:, -1:].expand(-1, pad, -1)], 1) if pad else audio
         cond = self.slot_features(a, n)  # (1, n, H)
-        fps = self.spec.fps
-        ids = [self.word_token_ids(w.word) for w in words or []]
-        ends = [word_end_frame(w.end, fps) for w in words or []]  # frames from the start of the audio = token 0
-        # the samples decode together (one batch: the backbone's weights are read once a step for all);
-        #   each draws from its own generator, so sample s is the same whatever the number of samples
-        gens = [seeded(seed, s) for s in range(samples)]
-        blink_gens = [seeded(seed, 1_000_003 + s) for s in range(samples)]
-        tokens: list[list[int]] = [[] for _ in range(samples)]
-        blinks = torch.zeros(samples, n, dtype=torch.long)
-        window, cache, done = -1, None, 0  # the window the cache holds, the cache, its positions
+        dec = TokenDecoder(self, samples, seed, temperature, top_p)
         for j in range(n):
-            j0 = self.window_start(j)  # the window's first slot: slot j sees slots j0 .. j
-            keep = [i for i, e in enumerate(ends) if -c.word_context_s * fps <= e - f * j0 < f * j]
-            prev = torch.tensor([[self.start if j0 == 0 else t[j0 - 1]] + t[j0:j] for t in tokens])  # (S, j - j0 + 1)
-            x, pos, real = self.sequence(prev, cond[:, j0 : j + 1].expand(samples, -1, -1), [[ids[i] for i in keep]] * samples,
-                                         [[ends[i] for i in keep]] * samples, first_token=j0)  # fmt: skip
-            if not c.kv_cache:
-                hid = self.slot_hidden(x, real, pos)[:, -1]  # (S, H)
-            else:  # within a window the sequence only grows (words heard since, then slot j): extend the cache
-                if j0 != window:
-                    window, cache, done = j0, None, 0
-                states, cache = self.backbone.extend(x[:, done:], cache)  # (S, L - done, H)
-                done = x.shape[1]
-                hid = states[:, -1]  # slot j is the sequence's last position
-            logits = self.head(hid)  # (S, K)
-            for s in range(samples):
-                tokens[s].append(int(top_p_sample(logits[s : s + 1], temperature, top_p, gens[s])[0]))
-            if with_blinks and self.blinks:
-                p = self.blink_head(hid).softmax(-1)  # (S, 9)
-                for s in range(samples):
-                    blinks[s, j] = int(torch.multinomial(p[s], 1, generator=blink_gens[s])[0])
-        if with_blinks:
-            return torch.tensor(tokens), (blinks if self.blinks else None)
-        return torch.tensor(tokens)
+            dec.step(cond[:, j], words or [])
+        tokens, blinks = dec.result()
+        return (tokens, blinks) if with_blinks else tokens
+
+    def slot_feature_at(self, audio: torch.Tensor) -> torch.Tensor:
+        """The conditioning (1, H) of a slot whose token ends at the last frame of ``audio`` (1, L, A):
+        what :meth:`slot_features` gives it when ``audio`` holds at least the :attr:`audio_lookback`
+        frames before that one (the streamer's)."""
+        h, logits = self.acoustic(audio)
+        return self.audio_proj(h[:, -1]) + self.emotion_proj(logits[:, -1].softmax(-1)) + self.slot_emb
+
+    @property
+    def audio_lookback(self) -> int:
+        """Frames before a frame that its acoustic state and emotion read (causal convolutions)."""
+        return max(self.emotion.config.lookback, 6)
 
     def window_start(self, j: int) -> int:
         """The first slot of the decoding window of slot ``j``. The window holds at most as many slots
@@ -640,6 +648,73 @@ class MMLM(Baseline):
         if identity_ref is not None:
             raise ValueError(f"mmlm: the identity reference needs >= {need} frames, got {identity_ref.shape[-2]}")
         return self.default_ref[None]
+
+
+class TokenDecoder:
+    """Motion tokens one slot at a time, with the backbone's key/value cache: the decoding state of
+    :meth:`MMLM.generate_tokens` and of the streaming listener (:mod:`realm.generate_lm`).
+
+    ``step(cond, words)`` decodes the next slot j from its conditioning (1, H) and the words known
+    now (each placed before the first slot that starts after it ends; words heard after their
+    place in the cached sequence rebuild the cache: the tokens are those of the full computation
+    over the words known at each step). The samples decode as one batch, each with its own token
+    generator and blink generator (seeds ``(seed, s)`` and ``(seed, 1000003 + s)``).
+    """
+
+    def __init__(self, model: MMLM, samples: int = 1, seed: int = 0, temperature=None, top_p=None, first_sample: int = 0):
+        c = model.config
+        self.m, self.samples = model, samples
+        self.temperature = c.temperature if temperature is None else temperature
+        self.top_p = c.top_p if top_p is None else top_p
+        self.gens = [seeded(seed, first_sample + s) for s in range(samples)]
+        self.blink_gens = [seeded(seed, 1_000_003 + first_sample + s) for s in range(samples)]
+        self.tokens: list[list[int]] = [[] for _ in range(samples)]
+        self.blinks: list[list[int]] = [[] for _ in range(samples)]
+        self.cond: list[torch.Tensor] = []  # (1, H) per slot
+        self.ids: dict[str, list[int]] = {}  # backbone token ids per word
+        self.window, self.cache, self.x = -1, None, None  # the window the cache holds, the cache, its inputs
+
+    @property
+    def n(self) -> int:
+        return len(self.cond)
+
+    def _ids(self, word: str) -> list[int]:
+        if word not in self.ids:
+            self.ids[word] = self.m.word_token_ids(word)
+        return self.ids[word]
+
+    def step(self, cond: torch.Tensor, words) -> None:
+        m, c, f, fps = self.m, self.m.config, FRAMES_PER_TOKEN, self.m.spec.fps
+        j = self.n
+        self.cond.append(cond.reshape(1, -1))
+        j0 = m.window_start(j)  # the window's first slot: slot j sees slots j0 .. j
+        ends = [word_end_frame(w.end, fps) for w in words]  # frames from the start of the audio = token 0
+        keep = [i for i, e in enumerate(ends) if -c.word_context_s * fps <= e - f * j0 < f * j]
+        S = self.samples
+        prev = torch.tensor([[m.start if j0 == 0 else t[j0 - 1]] + t[j0:j] for t in self.tokens])  # (S, j - j0 + 1)
+        cond_w = torch.stack(self.cond[j0 : j + 1], dim=1).expand(S, -1, -1)  # (S, j - j0 + 1, H)
+        x, pos, real = m.sequence(prev, cond_w, [[self._ids(words[i].word) for i in keep]] * S,
+                                  [[ends[i] for i in keep]] * S, first_token=j0)  # fmt: skip
+        if not c.kv_cache:
+            hid = m.slot_hidden(x, real, pos)[:, -1]  # (S, H)
+        else:  # within a window the sequence only grows (words heard since, then slot j): extend the cache
+            done = 0 if self.x is None else self.x.shape[1]
+            if j0 != self.window or done > x.shape[1] or not torch.equal(x[:, :done], self.x):
+                self.window, self.cache, done = j0, None, 0  # a new window, or a word heard after its place
+            states, self.cache = m.backbone.extend(x[:, done:], self.cache)  # (S, L - done, H)
+            hid = states[:, -1]  # slot j is the sequence's last position
+        self.x = x
+        logits = m.head(hid)  # (S, K)
+        for s in range(S):
+            self.tokens[s].append(int(top_p_sample(logits[s : s + 1], self.temperature, self.top_p, self.gens[s])[0]))
+        if m.blinks:
+            p = m.blink_head(hid).softmax(-1)  # (S, 9)
+            for s in range(S):
+                self.blinks[s].append(int(torch.multinomial(p[s], 1, generator=self.blink_gens[s])[0]))
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Tokens (S, n) and blink classes (S, n) (None without a blink channel)."""
+        return torch.tensor(self.tokens), (torch.tensor(self.blinks) if self.m.blinks else None)
 
 
 # ---------------------------------------------------------------- data

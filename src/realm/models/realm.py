@@ -125,6 +125,8 @@ class REALMConfig:
         that time were trained with (:data:`LEGACY_DEFAULTS`), not today's default."""
         return cls(**{**LEGACY_DEFAULTS, **d})
 
+    from_saved = from_dict  # the checkpoint loader's name for it (every model config has one)
+
 
 #: What a saved config without the field meant: the behaviour its checkpoint was trained with.
 LEGACY_DEFAULTS = {"first_window": "guide", "refine_mode": "whole", "refine_events": (), "detail": "free",

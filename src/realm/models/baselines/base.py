@@ -61,6 +61,12 @@ class BaselineConfig:
             raise TypeError(f"unknown {cls.__name__} field(s) {unknown}")
         return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
 
+    @classmethod
+    def from_saved(cls, d: dict) -> BaselineConfig:
+        """Build from a run directory's saved config (a model whose newer fields change what an
+        older run computes sets their older values here)."""
+        return cls.from_dict(d)
+
 
 class Baseline(nn.Module):
     """Base of every baseline model (normalised space in and out).
