@@ -172,3 +172,23 @@ def test_piper_backend_speaks_real_words(tmp_path):
     for w in c.words:  # speech where the words are
         seg = y[int(w.start * sr) : int(w.end * sr)]
         assert np.sqrt(np.mean(seg**2)) > 0.01
+
+
+def test_emotional_fraction_sets_how_many_phrases_carry_a_positive_or_negative_word():
+    from realm.data.synth import SynthConfig, make_phrase
+
+    def kinds(f, n=2000):
+        rng = np.random.default_rng(0)
+        return [make_phrase(rng, "train", SynthConfig(emotional_fraction=f)).kind for _ in range(n)]
+
+    f = SynthConfig().emotional_fraction  # the default is the benchmark's mix exactly: the same draws as before the knob
+    assert [0.6 * f, 0.4 * f, 0.7 * (1 - f), 0.3 * (1 - f)] == [0.3, 0.2, 0.35, 0.15]
+    for f in (0.2, 0.5, 0.9):
+        k = kinds(f)
+        emotional = np.mean([x in ("positive", "negative") for x in k])
+        assert abs(emotional - f) < 0.04, (f, emotional)
+        pos = sum(x == "positive" for x in k) / max(1, sum(x in ("positive", "negative") for x in k))
+        assert abs(pos - 0.6) < 0.06
+    assert set(kinds(1.0, 200)) == {"positive", "negative"} and set(kinds(0.0, 200)) == {"neutral", "question"}
+    with pytest.raises(ValueError, match="emotional-fraction must be between 0 and 1"):
+        SynthConfig(emotional_fraction=1.5)

@@ -135,8 +135,14 @@ class SynthConfig:
     n_identities: int = 8  # listeners of train/val/test
     n_ood_identities: int = 3  # unseen listeners of ood
     no_cue_fraction: float = 0.3
+    emotional_fraction: float = 0.5  # phrases with a positive (3/5 of them) or negative (2/5) word; the rest neutral or questions
     split_fractions: tuple[float, float, float, float] = (0.7, 0.1, 0.1, 0.1)  # train, val, test, ood
     workers: int = 1
+
+    def __post_init__(self):
+        for name in ("no_cue_fraction", "emotional_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name.replace('_', '-')} must be between 0 and 1, got {getattr(self, name)}")
 
     def n_clips(self) -> int:
         mean = sum(self.clip_seconds) / 2
@@ -217,7 +223,8 @@ class Phrase:
 
 
 def make_phrase(rng: np.random.Generator, vocab_split: str, cfg: SynthConfig) -> Phrase:
-    kind = rng.choice(["positive", "negative", "neutral", "question"], p=[0.3, 0.2, 0.35, 0.15])
+    f = cfg.emotional_fraction  # 0.5: [0.3, 0.2, 0.35, 0.15], the benchmark's mix (halving is exact in binary)
+    kind = rng.choice(["positive", "negative", "neutral", "question"], p=[0.6 * f, 0.4 * f, 0.7 * (1 - f), 0.3 * (1 - f)])
     template = str(rng.choice(TEMPLATES[kind]))
     words, cats = [], []
     for token in template.split():
