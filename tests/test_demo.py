@@ -173,3 +173,35 @@ def test_streamed_refinement_leaves_no_seam_at_window_edges():
     streamed = np.concatenate([st.push(y[k : k + 1600]) for k in range(0, len(y), 1600)] + [st.flush()])
     np.testing.assert_allclose(streamed, lis.generate(y, seed=0)[0], atol=1e-5)
     assert seam_ratio(streamed[:, lis.spec.indices("expression")], window=16) < 1.2
+
+
+MMLM_CKPT = Path(__file__).resolve().parents[1] / "checkpoints" / "mmlm-demo"
+
+
+def test_the_committed_mmlm_checkpoint_generates_on_real_speech_with_asr_words_blinks_and_streams(tmp_path):
+    """`realm generate` on jfk.flac with the multimodal-LM demo: words by offline ASR, blinks from its
+    blink channel, and its streamer gives frames as the audio and words arrive."""
+    from typer.testing import CliRunner
+
+    from realm.audio import load_audio
+    from realm.cli import app
+    from realm.metrics import detect_blinks
+
+    lis = realm.load(MMLM_CKPT)
+    c = lis.config
+    assert lis.name == "mmlm" and lis.uses_words and lis.streams and lis.model.blinks
+    assert c["command"].startswith("realm train mmlm") and c["feature_extractor"] == "logmel_norm"
+    assert c["data_config"]["channel"]["noise"] > 0 and (MMLM_CKPT / "model.safetensors").stat().st_size < 20e6
+    r = CliRunner().invoke(app, ["generate", "-c", str(MMLM_CKPT), "-a", str(JFK), "-o", str(tmp_path / "m.npz"),
+                                 "--samples", "2", "--seed", "0"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    with np.load(tmp_path / "m.npz") as d:
+        m = d["listener"]
+    assert m.shape == (2, 330, 58) and np.isfinite(m).all()
+    assert sum(len(detect_blinks(x, lis.spec)) for x in m) >= 1  # it blinks (the seed's tokens alone never did)
+    lo, hi = lis.stats.mean - 6 * lis.stats.std, lis.stats.mean + 6 * lis.stats.std
+    assert ((m >= lo) & (m <= hi)).mean() > 0.99  # within the data's spread
+    s = lis.streamer(seed=0)
+    y = load_audio(JFK)
+    first = s.push(y[:16000])  # 1 s: the tokens whose audio and 2 tokens after are in
+    assert first.shape[1] == 58 and 0 < len(first) <= 30 and s.latency_s < 0.9
