@@ -1,0 +1,85 @@
+"""Does the listener react to what is said? Smile and concern reactions split by whether their trigger
+word carried a prosodic cue (issue 19, seed 2's claim).
+
+    python benchmarks/exp_language.py --data DATA --split test -m mmlm=RUN -m realm=checkpoints/realm-demo [--samples 1]
+
+The synthetic benchmark logs every reaction with its trigger, and every trigger with ``cue``:
+whether its phrase was spoken with its emotion's prosody (``realm data synth --no-cue-fraction``).
+A reaction to a trigger without a cue can only come from the *meaning* of the word. For each
+model, smiles and concern events are detected in the generated motion (``realm.metrics.detect_events``)
+and matched one-to-one within +-0.5 s:
+
+* ``all``: against every smile / concern reaction of the ground truth (event F1 per kind);
+* ``no cue``: against the reactions to uncued triggers only, detections matching a cued reaction
+  counting neither way (``match_events``'s ``ignore``): smile and concern pooled.
+
+Words: the dataset's transcripts (as ``realm eval`` gives them). Prints a Markdown table, the machine
+and the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+
+import torch
+
+KINDS = ("smile", "concern")
+TOL_S = 0.5
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--split", default="test")
+    ap.add_argument("-m", "--model", action="append", required=True, help="NAME=RUN, repeatable")
+    ap.add_argument("--samples", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+
+    import realm
+    from realm.data import load_any
+    from realm.metrics import detect_events, match_events, prf
+
+    clips = [c for c in load_any(args.data, splits=args.split) if c.events]
+    truth = []  # per clip: {kind: (cued frames, uncued frames)}
+    for c in clips:
+        trig = c.events.get("triggers", [])
+        t = {}
+        for k in KINDS:
+            rs = [r for r in c.events["reactions"] if r["kind"] == k and r.get("visible_onset", True)]
+            cued = [r["frame"] for r in rs if r.get("trigger") is None or trig[r["trigger"]].get("cue", True)]
+            t[k] = (cued, [r["frame"] for r in rs if r["frame"] not in cued])
+        truth.append(t)
+    n = {k: (sum(len(t[k][0]) for t in truth), sum(len(t[k][1]) for t in truth)) for k in KINDS}
+    print(f"machine: {platform.machine()}, torch {torch.__version__}, 1 thread")
+    print(f"command: python benchmarks/exp_language.py {' '.join(sys.argv[1:])}")
+    print(f"\n{len(clips)} {args.split} clips; reactions (cued + uncued): "
+          + ", ".join(f"{k} {a} + {b}" for k, (a, b) in n.items()) + "\n")
+    print("| model | smile F1 | concern F1 | uncued smile + concern: F1 | recall | precision |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for spec_ in args.model:
+        name, _, run = spec_.partition("=")
+        lis = realm.load(run)
+        counts = {k: [0, 0, 0] for k in KINDS}
+        nocue = [0, 0, 0]
+        for c, t in zip(clips, truth, strict=True):
+            motion = lis.generate(c.audio_path, words=c.words, samples=args.samples, seed=args.seed)
+            for x in motion:
+                found = detect_events(x, lis.spec, lis.fps, list(KINDS))
+                for k in KINDS:
+                    det = [e["frame"] for e in found if e["kind"] == k]
+                    cued, uncued = t[k]
+                    for i, v in enumerate(match_events(det, cued + uncued, TOL_S * lis.fps)):
+                        counts[k][i] += v
+                    for i, v in enumerate(match_events(det, uncued, TOL_S * lis.fps, ignore=cued)):
+                        nocue[i] += v
+        f = {k: prf(*counts[k])["f1"] for k in KINDS}
+        r = prf(*nocue)
+        print(f"| {name} | {f['smile']:.3f} | {f['concern']:.3f} | {r['f1']:.3f} | {r['recall']:.3f} | {r['precision']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
