@@ -241,12 +241,24 @@ def test_identity_ref_changes_the_style_not_the_tokens(runs, ds):
 def test_mmlm_on_a_trained_tokenizer_keeps_it_frozen(runs, ds, tmp_path):
     from safetensors.torch import load_file
 
+    from realm.models.mmlm import _read_vq_config
+
     train_baseline("mmlm", baseline_train_config("mmlm", data=str(ds), **TRAIN), tmp_path / "m2",
                    model_cfg={**TINY, "vq_run": str(runs / "idvq")}, progress=False)  # fmt: skip
     vq = {k: v for k, v in load_file(str(runs / "idvq" / "model.safetensors")).items() if k.startswith("vq.")}
     mm = load_file(str(tmp_path / "m2" / "model.safetensors"))
     for k, v in vq.items():
         torch.testing.assert_close(mm[k], v)  # the LM trained on exactly the tokenizer it was given
+    # another LM on an mmlm run's tokenizer (e.g. SmolLM2 against a tiny backbone, the same tokens)
+    train_baseline("mmlm", baseline_train_config("mmlm", data=str(ds), **TRAIN), tmp_path / "m3",
+                   model_cfg={**TINY, "vq_run": str(runs / "mmlm")}, progress=False)  # fmt: skip
+    first = load_file(str(runs / "mmlm" / "model.safetensors"))
+    third = load_file(str(tmp_path / "m3" / "model.safetensors"))
+    assert all(torch.equal(third[k], v) for k, v in first.items() if k.startswith("vq."))
+    (tmp_path / "notvq").mkdir()
+    (tmp_path / "notvq" / "config.json").write_text(json.dumps({"model_type": "lstm"}))
+    with pytest.raises(RealmInputError, match="vq_run must be a `realm train idvq` or `realm train mmlm` run"):
+        _read_vq_config(tmp_path / "notvq")
 
 
 def test_cli_train_generate_restyle(runs, ds, tmp_path):

@@ -56,6 +56,7 @@ from einops import rearrange
 from torch import nn
 from torch.utils.data import Dataset
 
+from realm.errors import RealmInputError
 from realm.metrics import detect_blinks
 from realm.models.baselines.base import Baseline, BaselineConfig, seeded, top_p_sample
 from realm.models.emotion import IGNORE, EmotionConfig, EmotionNet, clip_label_names, clip_labels
@@ -849,10 +850,15 @@ class IDVQRun(Baseline):
 
 
 def _read_vq_config(run: str | Path) -> dict:
-    """The tokenizer config of a `realm train idvq` run (one-line errors from :mod:`realm.checkpoint`)."""
+    """The tokenizer config of a `realm train idvq` run, or of an mmlm run's tokenizer (its ``vq``:
+    another LM on the same tokens, e.g. a SmolLM2 backbone against a tiny one; one-line errors)."""
     from realm.checkpoint import read_config
 
-    return read_config(run, "idvq", hint=" (vq_run must be a `realm train idvq` run)")["model"]["vq"]
+    config = read_config(run)
+    if config.get("model_type", "realm") not in ("idvq", "mmlm"):
+        raise RealmInputError(Path(run) / "config.json", f"model_type is {config.get('model_type', 'realm')!r}: "
+                              "vq_run must be a `realm train idvq` or `realm train mmlm` run")  # fmt: skip
+    return config["model"]["vq"]
 
 
 def load_vq_weights(vq: IDVQ, run: str | Path) -> None:
