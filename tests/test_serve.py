@@ -794,3 +794,51 @@ def test_tls_serves_wss(listener, speech, tmp_path):
     assert url.startswith("wss://127.0.0.1:") and r.missing == 0 and r.end["frames"] == 30
     with pytest.raises(ValueError, match="both a certificate"):
         ListenerServer(listener, config=ServerConfig(tls_cert=str(cert)))
+
+
+def test_serve_drives_a_robot_at_play_time_survives_a_gateway_restart_and_eases_to_neutral(listener, speech):
+    """`realm serve --robot tritium://HOST:PORT`: the streaming session's safe controls reach the gateway
+    at the frame rate, a gateway that drops and comes back gets them again, and after the stream the
+    robot eases to the profile's neutral controls."""
+    pytest.importorskip("tritium_remote_py")
+    from realm.embodiment.profile import load_profile
+    from realm.serve import neutral_ramp
+    from tests.test_tritium import TOKEN, FakeGateway
+
+    gw = FakeGateway().start()
+    neutral = load_profile("ameca").neutral_vector()
+
+    async def scenario():
+        server = ListenerServer(listener, profile="ameca", config=ServerConfig(port=0),
+                                robot=f"tritium://127.0.0.1:{gw.port}", robot_token=TOKEN)  # fmt: skip
+        server.robot.streamer.backoff_s = (0.05, 0.2)
+        await server.start()
+        try:
+            task = asyncio.create_task(listen_async(server.url, speech, realtime=True, chunk_ms=100))
+            await asyncio.sleep(1.5)
+            gw.stop()  # the robot goes away mid-stream ...
+            before = len(gw.messages())
+            await asyncio.sleep(0.5)
+            gw.start()  # ... and comes back on the same port
+            r = await task
+            await asyncio.sleep(1.5)  # the frames still due, then the ease to neutral
+            return r, before
+        finally:
+            await server.close()
+            gw.stop()
+
+    r, before = run(scenario(), timeout=90)
+    msgs = gw.messages("realm_controls")
+    names = load_profile("ameca").names
+    rows = np.array([[m["controls"][n] for n in names] for m in msgs])
+    assert before > 10 and len(msgs) > before + 20  # frames before the drop, and again after the gateway came back
+    np.testing.assert_allclose(rows[0], neutral)  # the server starts the robot at neutral
+    np.testing.assert_allclose(rows[-1], neutral, atol=1e-9)  # and leaves it there
+    # every other message is one of the session's safe controls or a step of the ease to neutral
+    sent = np.asarray(r.controls)
+    ramp = neutral_ramp(sent[-1], neutral, np.array([c.max_vel for c in load_profile("ameca").controls]), 30.0)
+    known = np.concatenate([sent, ramp, neutral[None]])
+    dist = np.abs(rows[:, None, :] - known[None]).max(-1).min(1)
+    assert dist.max() < 1e-6
+    steps = np.abs(np.diff(ramp, axis=0)).max(0) * 30
+    assert (steps <= np.array([c.max_vel for c in load_profile("ameca").controls]) + 1e-9).all()  # no control too fast

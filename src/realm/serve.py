@@ -215,6 +215,17 @@ def check_options(options: dict, base: dict) -> dict:
     return out
 
 
+def robot_url(robot: str) -> str:
+    """``tritium://HOST[:PORT]`` (or a bare host, or a ws:// URL) -> the gateway's WebSocket URL."""
+    from realm.embodiment.tritium import gateway_url
+
+    if robot.startswith("tritium://"):
+        robot = robot[len("tritium://") :]
+    if not robot.strip("/"):
+        raise ValueError("--robot: expected tritium://HOST[:PORT]")
+    return gateway_url(robot.rstrip("/"))
+
+
 #: Most words one ``words`` message may carry, and the longest word.
 MAX_WORDS, MAX_WORD_CHARS = 256, 64
 
@@ -430,6 +441,92 @@ class FairScheduler:
         self._dispatch()
 
 
+class RobotLink:
+    """The server's robot: one session's safe controls forwarded to a Tritium gateway
+    (:class:`realm.embodiment.tritium.TritiumStreamer`: a sender thread at the profile's rate that
+    reconnects with backoff while frames keep coming), each frame at its play time (first audio +
+    latency + margin + i / fps, the ``realtime`` pace), so the robot moves at the frame rate
+    whatever the bursts of model calls.
+
+    The first session that streams drives the robot until it stops or disconnects; the others get
+    frames but do not move it. When the driving session ends (stop, disconnect, server shutdown) the
+    robot eases back to the profile's neutral controls, no control faster than its ``max_vel``
+    (a half-cosine ramp), and the next session to stream takes it over.
+    """
+
+    def __init__(self, url: str, profile, fps: float, channel: str = "realm_controls", token: str | None = None,
+                 connect=None):  # fmt: skip
+        from realm.embodiment.tritium import TritiumStreamer
+
+        self.profile, self.fps = profile, fps
+        self.neutral = profile.neutral_vector()
+        self.max_vel = np.array([c.max_vel for c in profile.controls], np.float64)
+        self.streamer = TritiumStreamer(url, channel, rate_hz=fps, names=profile.names, auth_token=token, connect=connect)
+        self.owner: int | None = None
+        self.last = self.neutral.copy()  # the last controls handed to the streamer
+        self.tail: tuple[np.ndarray, float] | None = None  # the driving session's last scheduled row and its time
+        self._pending: list[asyncio.TimerHandle] = []
+
+    def start(self) -> RobotLink:
+        self.streamer.start()
+        self._push(self.neutral)
+        return self
+
+    def _push(self, row) -> None:
+        self.last = np.asarray(row, np.float64)
+        self.streamer.push(self.last)
+
+    def forward(self, sid: int, rows, dues) -> None:
+        """Schedule ``rows`` (n, controls) of session ``sid`` at loop times ``dues`` (it drives the
+        robot if no other session does)."""
+        if self.owner is None:
+            self.owner = sid
+            for h in self._pending:  # the previous session's ease to neutral, if still under way
+                h.cancel()
+            self._pending = []
+            log.info("session %d drives the robot (%s)", sid, self.streamer.url)
+        if self.owner != sid:
+            return
+        loop = asyncio.get_running_loop()
+        self._pending = [h for h in self._pending if not h.cancelled() and h.when() > loop.time()]
+        for row, due in zip(rows, dues, strict=True):
+            self._pending.append(loop.call_at(due, self._push, row))
+            self.tail = (np.asarray(row, np.float64), due)
+
+    def release(self, sid: int) -> None:
+        """Session ``sid`` ended: if it drove the robot, its frames already made play out, then the
+        robot eases to neutral."""
+        if self.owner != sid:
+            return
+        self.owner = None
+        loop = asyncio.get_running_loop()
+        row, due = self.tail if self.tail is not None else (self.last, loop.time())
+        start = max(due, loop.time())
+        ramp = neutral_ramp(row, self.neutral, self.max_vel, self.fps)
+        self._pending += [loop.call_at(start + (k + 1) / self.fps, self._push, r) for k, r in enumerate(ramp)]
+        self.tail = None
+        log.info("the robot eases to neutral over %.2f s", len(ramp) / self.fps)
+
+    def close(self) -> None:
+        for h in self._pending:
+            h.cancel()
+        self._push(self.neutral)
+        time.sleep(2 / self.fps)  # the sender's next tick posts it
+        self.streamer.stop()
+
+
+def neutral_ramp(start, neutral, max_vel, fps: float) -> np.ndarray:
+    """(n, controls) from ``start`` to ``neutral`` along a half-cosine, slow enough that no control
+    exceeds its ``max_vel`` (units per second; the ramp's peak speed is pi / 2 times its mean);
+    the last row is ``neutral``."""
+    start, neutral = np.asarray(start, np.float64), np.asarray(neutral, np.float64)
+    span = np.abs(neutral - start)
+    seconds = float(np.max(np.where(max_vel > 0, span / np.maximum(max_vel, 1e-9), 0.0))) * math.pi / 2
+    n = max(1, math.ceil(seconds * fps))
+    w = 0.5 - 0.5 * np.cos(math.pi * np.arange(1, n + 1) / n)  # (n,), 0 -> 1
+    return start + w[:, None] * (neutral - start)
+
+
 class ListenerServer:
     """Serves one streaming checkpoint to many WebSocket clients, each with its own state.
 
@@ -439,7 +536,8 @@ class ListenerServer:
     loopback needs ``config.token`` (ValueError otherwise).
     """
 
-    def __init__(self, listener, profile=None, linear_map=None, config: ServerConfig | None = None):
+    def __init__(self, listener, profile=None, linear_map=None, config: ServerConfig | None = None, robot: str | None = None,
+                 robot_channel: str = "realm_controls", robot_token: str | None = None, robot_connect=None):  # fmt: skip
         from realm.errors import RealmInputError
 
         self.config = config or ServerConfig()
@@ -473,6 +571,11 @@ class ListenerServer:
                 check_map(listener.spec.name, linear_map)
             except ValueError as e:
                 raise RealmInputError(listener.path, str(e)) from None
+        if robot is not None and self.profile is None:
+            raise ValueError("--robot needs --profile: the robot is driven with the profile's safe controls")
+        #: the robot the streaming session drives (``robot``: a Tritium gateway, ``tritium://HOST[:PORT]``)
+        self.robot = None if robot is None else RobotLink(robot_url(robot), self.profile, listener.fps, robot_channel,
+                                                          robot_token, robot_connect)  # fmt: skip
         self.executor = ThreadPoolExecutor(
             max_workers=self.config.workers, thread_name_prefix="realm-serve",
             initializer=set_torch_threads, initargs=(self.config.torch_threads,),  # per worker: OpenMP's count is per thread
@@ -552,6 +655,8 @@ class ListenerServer:
         # streamer already extracts features under one BLAS thread; this covers the rest, e.g.
         # retargeting): before these limits, spinning cost 6x the model's own CPU time per client.
         self._limits = threadpool_limits(limits=self.config.torch_threads)
+        if self.robot is not None:
+            self.robot.start()
         limit = self.config.max_chunk_bytes + 4096  # the WebSocket frame limit: larger messages close the connection
         await self._warm_up()
         tls = self._tls()
@@ -624,6 +729,8 @@ class ListenerServer:
             await self._server.wait_closed()
             self._server = None
         self.note.flush()
+        if self.robot is not None:
+            self.robot.close()
         self.executor.shutdown(wait=True, cancel_futures=True)
         if self._limits is not None:
             self._limits.restore_original_limits()
@@ -754,6 +861,8 @@ class ListenerServer:
             watchdog.cancel()
             s.sender.cancel()
             s.streaming = False
+            if self.robot is not None:
+                self.robot.release(s.id)
             self.sessions.pop(s.id, None)
             self.totals["frames"] += s.frames
             self.totals["dropped"] += s.dropped
@@ -847,6 +956,8 @@ class ListenerServer:
             frames = await self._compute(s, None)
             self._emit(s, frames, chunk=-1)
             s.streaming = False
+            if self.robot is not None:
+                self.robot.release(s.id)
             ms = 1e3 * np.array(s.compute_s)
             end = {"type": "end", "frames": s.frames, "dropped": s.dropped, "late": s.late, "held": s.held,
                    "chunks": s.chunks, "audio_s": s.samples / SAMPLE_RATE,  # compute: null when nothing ran
@@ -979,6 +1090,9 @@ class ListenerServer:
                 msg["controls"] = controls[k]
             due = origin + self.latency_s + s.options["margin_s"] + i / fps if s.options["pace"] == "realtime" else 0.0
             self._put(s, _Item(msg, frame=True, due=due))
+        if self.robot is not None and controls is not None and len(frames) and s.streaming:
+            plays = [origin + self.latency_s + s.options["margin_s"] + (s.frames + k) / fps for k in range(len(frames))]
+            self.robot.forward(s.id, controls, plays)
         s.frames += len(frames)
 
     # ------------------------------------------------------------------ outgoing queue

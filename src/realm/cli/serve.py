@@ -17,7 +17,7 @@ from realm.cli.common import (
 @app.command("serve")
 @friendly
 def serve_cmd(
-    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="REALM run with streaming features (logmel, vico45, prosody)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="A streaming run: REALM (logmel, logmel_norm, vico45, prosody features) or the multimodal-LM listener (send words as they are recognised)."),
     profile: str = typer.Option(None, help="Robot profile (ameca, neck3 or a YAML path): adds safe robot controls to each frame."),
     map_path: Path = typer.Option(None, "--map", help="Linear map to arkit58 when the checkpoint's spec is not arkit58."),
     host: str = typer.Option("127.0.0.1", help="Interface to bind (loopback by default; any other host, e.g. 0.0.0.0, needs --token)."),
@@ -42,6 +42,9 @@ def serve_cmd(
     queue_messages: int = typer.Option(32, "--queue-messages", help="Other outgoing messages kept per client: errors beyond are dropped, others close the connection."),
     max_chunk_s: float = typer.Option(1.0, "--max-chunk-s", help="Largest audio message, in seconds."),
     workers: int = typer.Option(2, help="Model threads shared by all clients."),
+    robot: str = typer.Option(None, "--robot", help="Drive a robot: tritium://HOST[:PORT] (an Engineered Arts Tritium gateway) gets the streaming session's safe controls at the frame rate (needs --profile; docs/serving.md)."),
+    robot_channel: str = typer.Option("realm_controls", "--robot-channel", help="Tritium channel the robot's script reads."),
+    robot_token: str = typer.Option(None, "--robot-token", envvar="TRITIUM_AUTH_TOKEN", help="The gateway's access token (JWT)."),
 ):
     """Serve listener frames (and robot controls) over WebSocket to live audio streams (docs/serving.md)."""
     import asyncio
@@ -64,7 +67,8 @@ def serve_cmd(
         max_bytes_per_s=max_bytes_per_s, max_errors=max_errors, queue_frames=queue_frames,
         queue_messages=queue_messages, max_chunk_s=max_chunk_s, workers=workers,
     )  # fmt: skip
-    server = ListenerServer(realm.load(checkpoint), profile=profile, linear_map=linear_map, config=cfg)
+    server = ListenerServer(realm.load(checkpoint), profile=profile, linear_map=linear_map, config=cfg, robot=robot,
+                            robot_channel=robot_channel, robot_token=robot_token)  # fmt: skip
 
     async def main():
         await server.start()
@@ -72,6 +76,7 @@ def serve_cmd(
         out.print(
             f"serving {checkpoint} ({sp.name}, {server.listener.fps:g} fps"
             + (f", robot profile {server.profile.name}" if server.profile else "")
+            + (f", driving the robot at {server.robot.streamer.url}" if server.robot else "")
             + f") on {server.url}; algorithmic latency {1e3 * server.latency_s:.0f} ms; "
             f"capacity {server.capacity} streams ({server.load:.3f} cores each); Ctrl-C stops"
         )
