@@ -842,3 +842,68 @@ def test_serve_drives_a_robot_at_play_time_survives_a_gateway_restart_and_eases_
     assert dist.max() < 1e-6
     steps = np.abs(np.diff(ramp, axis=0)).max(0) * 30
     assert (steps <= np.array([c.max_vel for c in load_profile("ameca").controls]) + 1e-9).all()  # no control too fast
+
+
+class FakeSoundDevice:
+    """A stand-in for the sounddevice module: a 'microphone' that plays ``y`` (16 kHz) through the
+    InputStream callback, block by block, from its own thread (``speed`` x real time); ``devices=False``
+    is a machine without an input device."""
+
+    def __init__(self, y=None, devices=True, speed=4.0):
+        self.y, self.devices, self.speed = y, devices, speed
+
+    def query_devices(self, device=None, kind=None):
+        if not self.devices:
+            raise ValueError("No input device matching kind 'input'")
+        return {"name": "fake microphone", "max_input_channels": 1, "default_samplerate": 16000.0}
+
+    def InputStream(self, samplerate, channels, dtype, blocksize, device, callback):  # noqa: N802 (sounddevice's name)
+        import threading
+
+        sd = self
+
+        class Stream:
+            def __enter__(self):
+                self.stop = threading.Event()
+
+                def play():
+                    for k in range(0, len(sd.y), blocksize):
+                        if self.stop.wait(blocksize / samplerate / sd.speed):
+                            return
+                        block = np.zeros((blocksize, 1), np.float32)
+                        part = sd.y[k : k + blocksize]
+                        block[: len(part), 0] = part
+                        callback(block, blocksize, None, None)
+
+                self.thread = threading.Thread(target=play, daemon=True)
+                self.thread.start()
+                return self
+
+            def __exit__(self, *exc):
+                self.stop.set()
+                self.thread.join(2)
+
+        return Stream()
+
+
+def test_listen_mic_streams_the_microphone_and_says_when_there_is_none(listener, speech, monkeypatch, tmp_path):
+    """`realm listen --mic`: the microphone's chunks go to the server as they come (frames equal the
+    offline streamer's for what was recorded), and a machine without an input device gets one line."""
+    monkeypatch.setitem(sys.modules, "sounddevice", FakeSoundDevice(devices=False))
+    r = CliRunner().invoke(app, ["listen", "--mic", "--seconds", "1"])
+    assert r.exit_code == 2 and "no microphone" in r.output and "Traceback" not in r.output
+    y = speech[: 16000 * 2]
+    monkeypatch.setitem(sys.modules, "sounddevice", FakeSoundDevice(y))
+
+    async def scenario():
+        server = await started(listener)
+        try:
+            from realm.audio import microphone_chunks
+
+            return await listen_async(server.url, microphone_chunks(2.0, 100.0), chunk_ms=100.0)
+        finally:
+            await server.close()
+
+    res = run(scenario())
+    assert res.motion.shape == (60, 58) and res.stats()["missing"] == 0
+    np.testing.assert_array_equal(res.motion, offline_stream(listener, y))

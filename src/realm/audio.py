@@ -870,3 +870,70 @@ def file_features(extractor: str, path: str | Path, block_s: float = FEATURE_BLO
             b = T if g1 == N else n_frames(s0 + B)
             out.append(feats[a - t0 : b - t0])
     return np.concatenate(out)
+
+
+# ---------------------------------------------------------------- live input
+
+MIC_HINT = "pip install sounddevice (and PortAudio: apt-get install libportaudio2)"
+
+
+def _sounddevice():
+    """The ``sounddevice`` module, or an ImportError that says how to get it (PortAudio included)."""
+    try:
+        import sounddevice
+    except ImportError as e:
+        raise ImportError(f"the microphone needs the sounddevice package: {MIC_HINT}") from e
+    except OSError as e:  # the package is there, PortAudio is not
+        raise ImportError(f"the microphone needs PortAudio ({e}): {MIC_HINT}") from e
+    return sounddevice
+
+
+def input_device(device: int | str | None = None) -> dict:
+    """The microphone that :func:`microphone_chunks` would open (sounddevice's description), or a
+    one-line error saying there is none."""
+    sd = _sounddevice()
+    try:
+        info = sd.query_devices(device, kind="input")
+    except Exception as e:  # PortAudioError, ValueError: no such device, or no input device at all
+        raise ValueError(f"no microphone: {'device ' + repr(device) + ': ' if device is not None else ''}{e}") from None
+    if not info or int(info.get("max_input_channels", 0)) < 1:
+        raise ValueError(f"no microphone: {info.get('name', device) if info else 'no audio input device found'}")
+    return dict(info)
+
+
+async def microphone_chunks(seconds: float | None = None, chunk_ms: float = 100.0, device: int | str | None = None):
+    """Live 16 kHz mono float32 chunks of ``chunk_ms`` from a microphone, for ``seconds`` (None: until
+    the consumer stops iterating). Recorded at 16 kHz by PortAudio (which resamples where the device
+    cannot), one chunk per callback, handed from the audio thread to the event loop; a chunk the
+    loop has not taken after 2 s of backlog is dropped and counted in ``microphone_chunks.dropped``."""
+    import asyncio
+
+    sd = _sounddevice()
+    input_device(device)
+    loop = asyncio.get_running_loop()
+    step = max(1, int(round(chunk_ms * SAMPLE_RATE / 1000)))
+    queue: asyncio.Queue = asyncio.Queue(maxsize=max(4, int(2000 / chunk_ms)))
+    dropped = [0]
+
+    def put(x):
+        if queue.full():
+            dropped[0] += 1
+            return
+        queue.put_nowait(x)
+
+    def callback(indata, frames, time_info, status):  # the audio thread
+        loop.call_soon_threadsafe(put, np.array(indata[:, 0], np.float32))
+
+    total = None if seconds is None else int(round(seconds * SAMPLE_RATE))
+    got = 0
+    with sd.InputStream(samplerate=SAMPLE_RATE, channels=1, dtype="float32", blocksize=step, device=device,
+                        callback=callback):  # fmt: skip
+        try:
+            while total is None or got < total:
+                x = await queue.get()
+                if total is not None:
+                    x = x[: total - got]
+                got += len(x)
+                yield x
+        finally:
+            microphone_chunks.dropped = dropped[0]

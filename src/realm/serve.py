@@ -1226,12 +1226,17 @@ async def listen_async(
 ) -> ListenResult:  # fmt: skip
     """Stream 16 kHz float ``audio`` to a server (at real-time pace or as fast as possible) and collect frames.
 
-    ``token`` is sent as ``Authorization: Bearer TOKEN``; ``ssl`` is an SSL context for wss:// (default: the system's)."""
+    ``audio`` is a waveform, or a live source: an async iterable of float32 chunks (e.g.
+    :func:`realm.audio.microphone_chunks`), sent as they come. ``token`` is sent as
+    ``Authorization: Bearer TOKEN``; ``ssl`` is an SSL context for wss:// (default: the system's)."""
     from websockets.asyncio.client import connect
 
-    audio = np.asarray(audio, np.float32).reshape(-1)
+    live = hasattr(audio, "__aiter__")
+    if not live:
+        audio = np.asarray(audio, np.float32).reshape(-1)
     step = max(1, int(round(chunk_ms * SAMPLE_RATE / 1000)))
-    chunks = [audio[k : k + step] for k in range(0, len(audio), step)]
+    chunks = audio if live else [audio[k : k + step] for k in range(0, len(audio), step)]
+    n_samples = [0]
     sent: list[float] = []
     got: dict[int, tuple] = {}
     errors: list = []
@@ -1245,15 +1250,23 @@ async def listen_async(
         if ready.get("type") != "ready":
             raise ValueError(f"{url}: server refused the stream: {ready.get('message', ready)}")
 
+        async def send_one(c):
+            sent.append(loop.time())
+            n_samples[0] += len(c)
+            await ws.send(encode_pcm16(c))
+
         async def send():
             t0 = loop.time()
-            for k, c in enumerate(chunks):
-                if realtime:
-                    wait = t0 + k * step / SAMPLE_RATE - loop.time()
-                    if wait > 0:
-                        await asyncio.sleep(wait)
-                sent.append(loop.time())
-                await ws.send(encode_pcm16(c))
+            if live:  # a live source paces itself
+                async for c in chunks:
+                    await send_one(np.asarray(c, np.float32).reshape(-1))
+            else:
+                for k, c in enumerate(chunks):
+                    if realtime:
+                        wait = t0 + k * step / SAMPLE_RATE - loop.time()
+                        if wait > 0:
+                            await asyncio.sleep(wait)
+                    await send_one(c)
             state["stop"] = loop.time()
             await ws.send(json.dumps({"type": "stop"}))
 
@@ -1274,7 +1287,7 @@ async def listen_async(
             elif kind == "error":
                 errors.append(msg)
         await sender
-    expected = n_frames(len(audio), ready["fps"])
+    expected = n_frames(n_samples[0], ready["fps"])
     T = max(expected, max(got, default=-1) + 1)
     D = len(ready["names"])
     motion = np.full((T, D), np.nan, np.float32)

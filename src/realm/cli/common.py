@@ -41,7 +41,7 @@ def friendly(fn):
 
         try:
             return fn(*args, **kwargs)
-        except (RealmInputError, FileExistsError, KeyError, ValueError) as e:
+        except (RealmInputError, FileExistsError, KeyError, ValueError, ImportError) as e:  # ImportError: an optional package
             msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
             console.print(f"[red]error:[/red] {msg}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None

@@ -103,7 +103,10 @@ def serve_cmd(
 @friendly
 def listen_cmd(
     server: str = typer.Option("ws://127.0.0.1:8765", "--server", help="WebSocket URL of `realm serve`."),
-    audio: Path = typer.Option(..., "--audio", "-a", help="Speaker audio (any format; sent as 16 kHz 16-bit PCM)."),
+    audio: Path = typer.Option(None, "--audio", "-a", help="Speaker audio (any format; sent as 16 kHz 16-bit PCM)."),
+    mic: bool = typer.Option(False, "--mic", help="Stream the microphone instead of a file (needs sounddevice and PortAudio)."),
+    seconds: float = typer.Option(None, "--seconds", help="With --mic: stop after this long (default: Ctrl-C stops)."),
+    device: str = typer.Option(None, "--device", help="With --mic: the input device (index or name; default: the system's)."),
     out_path: Path = typer.Option(None, "--out", "-o", help="Write what came back (.npz: listener, spec, fps, controls, latency_s)."),
     realtime: bool = typer.Option(False, "--realtime", help="Send at real-time pace (default: as fast as possible)."),
     chunk_ms: float = typer.Option(100.0, "--chunk-ms", help="Audio per message, in ms."),
@@ -113,20 +116,36 @@ def listen_cmd(
     token: str = typer.Option(None, "--token", envvar="REALM_SERVE_TOKEN", help="The server's token (sent as Authorization: Bearer TOKEN)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
 ):
-    """Stream an audio file to `realm serve`, record the frames and print latency statistics."""
-    from realm.audio import load_audio
-    from realm.serve import listen, save_listen
+    """Stream an audio file or the microphone to `realm serve`, record the frames and print latency statistics."""
+    import asyncio
+
+    from realm.audio import input_device, load_audio, microphone_chunks
+    from realm.serve import listen, listen_async, save_listen
 
     if out_path is not None and out_path.exists() and not force:
         raise FileExistsError(f"{out_path}: exists (use --force to overwrite)")
-    y = load_audio(audio)
-    with console.status(f"streaming {len(y) / 16000:.1f} s of audio to {server}" + (" at real-time pace" if realtime else "")):
-        from websockets.exceptions import WebSocketException
+    if mic == (audio is not None):
+        raise ValueError("give --audio FILE or --mic (one of them)")
+    dev = int(device) if device is not None and device.isdigit() else device
+    opts = {"seed": seed, "pace": pace}
+    from websockets.exceptions import WebSocketException
 
-        try:
-            r = listen(server, y, realtime=realtime, chunk_ms=chunk_ms, options={"seed": seed, "pace": pace}, token=token)
-        except (OSError, WebSocketException) as e:
-            raise ValueError(f"{server}: cannot connect or connection lost ({getattr(e, 'strerror', None) or e})") from None
+    try:
+        if mic:
+            name = input_device(dev).get("name", "microphone")  # no input device: one line, before connecting
+            how = f"for {seconds:g} s" if seconds else "until Ctrl-C"
+            with console.status(f"streaming the microphone ({name}) to {server} {how}"):
+                try:
+                    r = asyncio.run(listen_async(server, microphone_chunks(seconds, chunk_ms, dev), chunk_ms=chunk_ms,
+                                                 options=opts, token=token))  # fmt: skip
+                except KeyboardInterrupt:
+                    raise ValueError("stopped before the server's end message (use --seconds to stop cleanly)") from None
+        else:
+            y = load_audio(audio)
+            with console.status(f"streaming {len(y) / 16000:.1f} s of audio to {server}" + (" at real-time pace" if realtime else "")):
+                r = listen(server, y, realtime=realtime, chunk_ms=chunk_ms, options=opts, token=token)
+    except (OSError, WebSocketException) as e:
+        raise ValueError(f"{server}: cannot connect or connection lost ({getattr(e, 'strerror', None) or e})") from None
     for err in r.errors:
         console.print(f"[yellow]server error[/yellow] {err.get('code')}: {err.get('message')}")
     s = r.stats(late_ms)
@@ -139,5 +158,5 @@ def listen_cmd(
         f"max {s['max_ms']:.1f} ms (on top of the model's algorithmic latency {s['algorithmic_latency_ms']:.0f} ms)"
     )
     if out_path is not None:
-        save_listen(r, out_path, audio=str(audio), force=force)
+        save_listen(r, out_path, audio="microphone" if mic else str(audio), force=force)
         out.print(f"wrote {out_path}")
