@@ -44,6 +44,13 @@ def test_bench_writes_the_document_with_both_tables_the_floor_and_a_reading(benc
         assert part in doc, part
     assert doc.count(f"*{FLOOR}* (floor)") >= 4  # expression and pose tables of both splits
     assert "## Metric variants" in doc and doc.count("## Metric variants") == 1
+    # the REACT family, per split, on all samples of the stochastic models at once (FRCorr sums over K = 2)
+    assert doc.count("### REACT family") == 2 and "FRCorr exp ↑" in doc and "FRDiv exp →GT" in doc
+    evals = {s: json.loads((root / "run" / "eval" / s / "results.json").read_text()) for s in ("test", "ood")}
+    for ev in evals.values():
+        realm_row = ev["rows"]["realm"]["metrics"]
+        assert realm_row["frcorr_exp"]["mean"] == pytest.approx(2 * realm_row["frcorr_mean_exp"]["mean"])
+        assert realm_row["frdiv_exp"]["mean"] > 0 and ev["rows"]["static_mean"]["metrics"]["frdiv_exp"]["mean"] == 0.0
     for split in ("test", "ood"):
         sentences = res["reading"][split]
         assert sentences[0].startswith("REALM is"), sentences[0]

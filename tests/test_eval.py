@@ -72,7 +72,20 @@ def test_evaluate_writes_tables_plots_and_the_floor(bench, tmp_path):
     assert saved["rows"][REFERENCE]["metrics"]["l1_exp"]["mean"] is None  # GT vs itself is not shown
     md = (out / "results.md").read_text()
     assert f"*{FLOOR}* (floor)" in md and "→GT" in md and "↓" in md and "**" in md and "± " in md
-    assert md.count("| model |") == 5
+    assert md.count("| model |") == 6 and "## REACT family" in md
+    assert "appropriate real reactions: every listener realisation of the clip" in md
+    # the REACT family: all K = 2 samples at once; a deterministic model's output counts K times
+    assert saved["metric_set"] == "all" and saved["appropriate"] == "every listener realisation of the clip"
+    for k in ("frcorr_exp", "frcorr_mean_exp", "frdist_exp", "frdist_mean_pose", "frdiv_exp", "frdvs_exp", "frvar_exp"):
+        assert realm_row[k]["mean"] is not None and realm_row[k]["std"] is None, k  # one value per set
+    assert realm_row["frcorr_exp"]["mean"] == pytest.approx(2 * realm_row["frcorr_mean_exp"]["mean"])  # REACT's sum
+    assert realm_row["frsyn_exp"]["std"] >= 0  # FRSyn is per sample: mean ± std
+    static = saved["rows"]["static"]["metrics"]
+    assert static["frdiv_exp"]["mean"] == 0.0 and static["frcorr_exp"]["mean"] == pytest.approx(0.0, abs=1e-9)
+    truth = saved["rows"][REFERENCE]["metrics"]  # the real listeners' diversity: two realisations per clip
+    assert truth["frdiv_exp"]["mean"] > 0 and truth["frvar_exp"]["mean"] > 0 and truth["frcorr_exp"]["mean"] is None
+    assert saved["rows"][FLOOR]["metrics"]["frcorr_exp"]["mean"] is None
+    assert saved["rows"]["realm (oracle)"]["metrics"]["frdiv_exp"]["mean"] is None
     lines = (out / "results.csv").read_text().splitlines()
     assert lines[0].startswith("row,kind,samples,metric") and len(lines) == 1 + 6 * len(METRICS)
     with pytest.raises(FileExistsError, match="not empty"):
@@ -100,6 +113,37 @@ def test_floor_is_na_with_one_realisation_and_specs_must_match(bench, tmp_path):
         evaluate({"x": Flame(get_spec("flame56"), np.zeros(56, np.float32))}, data, out=None)
 
 
+def test_metric_sets_and_a_shipped_neighbour_matrix(bench, tmp_path):
+    data, run = bench
+    lis = realm.load(run)
+    static = {"static": StaticMean(lis.spec, lis.stats.mean)}
+    both = evaluate(static, data, samples=2, out=None)
+    assert both["metric_set"] == "all" and both["n_clips"] == 2
+    only_dim = evaluate(static, data, samples=2, out=None, metrics="dim")
+    assert not any(METRICS[k].family == "react" for k in only_dim["metrics"]) and only_dim["appropriate"] is None
+    only_react = evaluate(static, data, samples=2, out=None, metrics="react")
+    assert {METRICS[k].family for k in only_react["metrics"]} == {"react"}
+    assert only_react["rows"]["static"]["metrics"]["frdvs_exp"] == both["rows"]["static"]["metrics"]["frdvs_exp"]
+    with pytest.raises(ValueError, match="metrics must be one of dim, react, all"):
+        evaluate(static, data, out=None, metrics="l2l")
+    # a neighbour matrix over the split's 2 clips (clip_id order): clip 0's appropriate reactions are both listeners
+    n = 2
+    matrix = np.eye(n)
+    matrix[0, :] = 1
+    np.save(data / "neighbours_test.npy", matrix)
+    try:
+        res = evaluate(static, data, samples=2, out=None, metrics="react")
+        assert res["appropriate"] == "neighbour matrix neighbours_test.npy"
+        np.save(data / "neighbours_test.npy", np.eye(n + 1))
+        with pytest.raises(ValueError, match=r"neighbour matrix is \(3, 3\), expected \(2, 2\)"):
+            evaluate(static, data, samples=2, out=None, metrics="react")
+        np.save(data / "neighbours_test.npy", np.zeros((n, n)))
+        with pytest.raises(ValueError, match="row 0 has no appropriate reaction"):
+            evaluate(static, data, samples=2, out=None, metrics="react")
+    finally:
+        (data / "neighbours_test.npy").unlink()
+
+
 def test_eval_command(bench, tmp_path):
     data, run = bench
     out = tmp_path / "cli"
@@ -114,3 +158,10 @@ def test_eval_command(bench, tmp_path):
     assert CliRunner().invoke(app, args + ["--force"]).exit_code == 0
     r = CliRunner().invoke(app, ["eval", "--data", str(data), "--model", "=", "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "NAME=PATH" in r.output
+    r = CliRunner().invoke(app, args[:-2] + ["--out", str(tmp_path / "react"), "--metrics", "react"])
+    assert r.exit_code == 0, r.output
+    saved = json.loads((tmp_path / "react" / "results.json").read_text())
+    assert saved["metric_set"] == "react" and {METRICS[k].family for k in saved["metrics"]} == {"react"}
+    assert saved["rows"]["realm"]["metrics"]["frcorr_exp"]["mean"] is not None and "l1_exp" not in saved["metrics"]
+    r = CliRunner().invoke(app, args[:-2] + ["--out", str(tmp_path / "bad"), "--metrics", "l2l"])
+    assert r.exit_code == 2 and "metrics must be one of" in r.output

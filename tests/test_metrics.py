@@ -133,23 +133,64 @@ def test_diversity_hand_case_and_sampling():
 # ---------------------------------------------------------------- SID and k-means
 
 
+def dim_calcuate_sid(gt, pred, k):
+    """DIM's ``calcuate_sid`` (code/metrics/eval_utils.py), line for line, on pooled (N, D) arrays."""
+    from sklearn.cluster import KMeans
+
+    kmeans_gt = KMeans(n_clusters=k, random_state=0, n_init="auto").fit(gt)
+    kmeans_pred = kmeans_gt.predict(pred)
+    hist_cnt = [0] * k
+    for i in range(len(kmeans_pred)):
+        hist_cnt[kmeans_pred[i]] += 1
+    hist_cnt = np.array(hist_cnt)
+    hist_cnt = hist_cnt / np.sum(hist_cnt)
+    entropy = 0
+    eps = 1e-6
+    for i in range(k):
+        entropy += hist_cnt[i] * np.log2(hist_cnt[i] + eps)
+    return -entropy
+
+
+@pytest.mark.parametrize("dtype,k", [(np.float32, 40), (np.float64, 20)])
+def test_sid_equals_dims_scikit_learn_computation_on_the_same_arrays(dtype, k):
+    rng = np.random.default_rng(7)
+    gts = [rng.normal(size=(n, 6)).astype(dtype) for n in (60, 75, 90)]
+    preds = [(0.7 * rng.normal(size=(n, 6)) + 0.2).astype(dtype) for n in (60, 75, 90)]
+    want = dim_calcuate_sid(np.concatenate(gts), np.concatenate(preds), k)
+    assert M.sid(gts, preds, k=k) == pytest.approx(want, rel=1e-12, abs=1e-15)
+    assert M.sid(gts, gts, k=k) == pytest.approx(dim_calcuate_sid(np.concatenate(gts), np.concatenate(gts), k), rel=1e-12)
+    model = M.kmeans(np.concatenate(gts), k)  # the harness fits once and reuses the model
+    assert M.sid(gts, preds, k=k, model=model) == pytest.approx(want, rel=1e-12)
+    assert model.n_clusters == k and model.random_state == 0
+
+
 def test_sid_of_known_histograms():
     rng = np.random.default_rng(0)
     corners = np.array([[10.0, 10.0], [10.0, -10.0], [-10.0, 10.0], [-10.0, -10.0]])
     gt = [corners[rng.integers(4, size=400)] + rng.normal(0, 0.3, (400, 2))]
     even = [np.repeat(corners, 25, axis=0) + rng.normal(0, 0.3, (100, 2))]
-    assert M.sid(gt, even, k=4) == pytest.approx(2.0)
-    assert M.sid(gt, [np.repeat(corners[:1], 30, 0)], k=4) == 0.0
+    # -4 * 0.25 * log2(0.25 + 1e-6): DIM's eps takes 5.8e-6 bits off the plain 2 bits
+    assert M.sid(gt, even, k=4) == pytest.approx(-math.log2(0.25 + 1e-6), rel=1e-12)
+    assert M.sid(gt, even, k=4, eps=0.0) == 2.0
+    assert M.sid(gt, [np.repeat(corners[:1], 30, 0)], k=4, eps=0.0) == 0.0
+    assert M.sid(gt, [np.repeat(corners[:1], 30, 0)], k=4) == pytest.approx(-math.log2(1 + 1e-6))  # a hair below 0
     half = [np.repeat(corners[:2], 10, axis=0)]
-    assert M.sid(gt, half, k=4) == pytest.approx(1.0)
-    centers = M.kmeans(gt[0], 4, seed=0)
-    assert np.allclose(np.sort(np.round(centers), axis=0), np.sort(corners, axis=0))
-    np.testing.assert_array_equal(centers, M.kmeans(gt[0], 4, seed=0))  # seeded, deterministic
-    # k above the number of distinct frames is cut down: 3 distinct frames, at most log2(3) bits
+    assert M.sid(gt, half, k=4, eps=0.0) == pytest.approx(1.0)
+    model = M.kmeans(gt[0], 4, seed=0)
+    assert np.allclose(np.sort(np.round(model.cluster_centers_), axis=0), np.sort(corners, axis=0))
+    np.testing.assert_array_equal(model.cluster_centers_, M.kmeans(gt[0], 4, seed=0).cluster_centers_)  # seeded
+    # nearest-center assignment of an array of centers agrees with the model's predict
+    np.testing.assert_array_equal(M.kmeans_assign(even[0], model.cluster_centers_), M.kmeans_assign(even[0], model))
+    # fewer frames than k: k is cut to the frames (DIM's code raises); 3 distinct frames, log2(3) bits
     three = [np.repeat(corners[:3], 5, axis=0)]
-    assert len(M.kmeans(three[0], 40)) == 3
-    assert M.sid(three, three, k=40) == pytest.approx(math.log2(3))
-    assert M.sid([np.zeros((5, 2))], [np.ones((5, 2))], k=40) == 0.0  # constant GT: one cluster
+    assert M.kmeans(three[0], 40).n_clusters == 15
+    assert M.sid(three, three, k=40, eps=0.0) == pytest.approx(math.log2(3))
+    assert M.sid([np.zeros((5, 2))], [np.ones((5, 2))], k=40, eps=0.0) == 0.0  # constant GT: one cluster
+    assert M.entropy_bits(np.array([0, 1, 1, 1]), 4) == pytest.approx(-(0.25 * math.log2(0.25) + 0.75 * math.log2(0.75)))
+    with pytest.raises(ValueError, match="no clips"):
+        M.sid([], even)
+    with pytest.raises(ValueError, match=r"non-empty \(N, D\)"):
+        M.kmeans(np.zeros((0, 2)), 4)
 
 
 # ---------------------------------------------------------------- rPCC, STS
@@ -163,6 +204,13 @@ def test_pcc_and_rpcc_of_constructed_correlations():
     assert M.rpcc(gt, anti, s) == pytest.approx(2.0)
     assert M.rpcc(gt, gt.copy(), s) == pytest.approx(0.0)
     assert M.pcc(np.ones((100, 3)), s) == 0.0  # a constant correlates 0, by definition
+    noisy = s + rng.normal(size=s.shape)
+    from scipy.stats import pearsonr
+
+    assert M.pcc(noisy, s) == pytest.approx(pearsonr(noisy.reshape(-1), s.reshape(-1)).statistic, rel=1e-12)
+    cols = M._pcc_columns(noisy, s)  # FRSyn's per-dimension PCC
+    np.testing.assert_allclose(cols, [np.corrcoef(noisy[:, d], s[:, d])[0, 1] for d in range(3)], rtol=1e-12)
+    assert M._pcc_columns(np.c_[noisy[:, :2], np.ones(100)], s)[2] == 0.0  # a constant column: 0, not NaN
     assert M.rpcc(gt, np.ones((100, 3)), s) == pytest.approx(1.0)
     # orthogonal construction: exactly uncorrelated with the speaker
     t = np.arange(200, dtype=float)
@@ -335,7 +383,7 @@ def test_evaluate_clip_set_all_metrics(synth_clips):
               listener_ids=[c.listener_id for c in synth_clips])  # fmt: skip
     ref = M.make_reference(gts, SPEC)
     same = M.evaluate_clip_set(gts, gts, SPEC, reference=ref, **kw)
-    assert set(same) == set(M.METRICS)
+    assert set(same) == set(M.METRICS) - set(M.REACT_SET_KEYS)  # those need all K samples: evaluate_react
     assert all(v is not None and np.isfinite(v) for v in same.values())
     for k in ("l1_exp", "mse_pose", "fd_exp", "fd_pooled_pose", "fd_delta_exp", "p_fd_exp", "rpcc_exp", "sts_exp",
               "vico_l1_angle", "id_rest_exp", "id_expressivity"):  # fmt: skip
@@ -345,7 +393,8 @@ def test_evaluate_clip_set_all_metrics(synth_clips):
     static = [np.repeat(mean[None], len(g), 0) for g in gts]
     frozen = M.evaluate_clip_set(gts, static, SPEC, reference=ref, **kw)
     assert all(v is None or np.isfinite(v) for v in frozen.values())
-    assert frozen["var_exp"] == 0.0 and frozen["diversity_exp"] == 0.0 and frozen["sid_exp"] == 0.0
+    assert frozen["var_exp"] == 0.0 and frozen["diversity_exp"] == 0.0
+    assert frozen["sid_exp"] == pytest.approx(-math.log2(1 + 1e-6))  # one cluster: DIM's eps, a hair below 0
     assert frozen["frsyn_exp"] == 0.0 and frozen["delay"] == 0.0 and frozen["event_recall"] == 0.0
     resample = M.evaluate_clip_set(gts, [c.samples()[1] for c in synth_clips], SPEC, reference=ref, **kw)
     assert resample["fd_delta_exp"] < M.evaluate_clip_set(

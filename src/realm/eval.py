@@ -23,6 +23,16 @@ Rows of the table:
 * ``<model> (oracle)``: per clip the sample closest to the ground truth in L1, the
   best-of-N number DIM's code reports; shown for reference, **never the headline**.
 
+``metrics`` (``realm eval --metrics``): ``dim`` (the DIM/L2L suite, its peers' variants and ours),
+``react`` (the REACT challenge's family: FRCorr, FRDist, FRDiv, FRDvs, FRVar, FRSyn) or ``all``.
+The REACT family is computed on all K samples of a model at once, as REACT does: K = ``samples``;
+a deterministic model's one output stands for all K (what REACT's K runs of it give: FRDiv 0).
+Appropriate real reactions per clip (:func:`appropriate_reactions`): a neighbour matrix when the
+dataset ships one (``neighbours_<split>.npy`` or REACT's ``neighbour_emotion_<split>.npy``), else
+every listener realisation of the clip (the synthetic benchmark), which on one-realisation data is
+the clip's own ground truth. The floor and oracle rows have no REACT values; the ground-truth row
+has FRDiv, FRDvs, FRVar and FRSyn of the real listeners.
+
 Outputs (written atomically: the directory appears complete or not at all): ``results.json``
 (every number, mean and std, with the command, date, dataset, split and samples),
 ``results.csv`` (one line per row and metric), ``results.md`` (tables; best model value per
@@ -44,7 +54,17 @@ import numpy as np
 
 from realm.errors import RealmInputError
 from realm.io import atomic_dir, atomic_path, write_json
-from realm.metrics import METRICS, evaluate_clip_set, l1, make_reference, single_thread_blas
+from realm.metrics import (
+    METRICS,
+    evaluate_clip_set,
+    evaluate_react,
+    l1,
+    make_reference,
+    metric_families,
+    metric_keys,
+    neighbour_reactions,
+    single_thread_blas,
+)
 from realm.motion import get_spec
 
 log = logging.getLogger(__name__)
@@ -55,9 +75,12 @@ REFERENCE = "ground truth"
 
 #: Table groups of results.md: (title, metric keys).
 GROUPS = (
-    ("Expression (accuracy and distribution)", [k for k, m in METRICS.items()
-                                                if m.block == "exp" and not k.startswith(("id_", "blink", "drift_"))]),
-    ("Pose (accuracy and distribution)", [k for k, m in METRICS.items() if m.block == "pose" and not k.startswith("id_")]),
+    ("Expression (accuracy and distribution)", [k for k, m in METRICS.items() if m.block == "exp" and m.family == "dim"
+                                                and not k.startswith(("id_", "blink", "drift_"))]),
+    ("Pose (accuracy and distribution)", [k for k, m in METRICS.items()
+                                          if m.block == "pose" and m.family == "dim" and not k.startswith("id_")]),
+    ("REACT family (appropriateness, diversity, synchrony; FRCorr and FRDist sum over the K samples)",
+     [k for k, m in METRICS.items() if m.family == "react"]),
     ("ViCo's \"FD\" (an L1)", ["vico_l1_exp", "vico_l1_angle", "vico_l1_trans"]),
     ("Behaviour (ours): blinks, rest drift, two-sample test", [k for k in METRICS if k.startswith(("blink", "drift_", "c2st"))]),
     ("Reactions and identity (ours)", [k for k in METRICS if k.startswith(("delay", "event_", "id_"))]),
@@ -66,7 +89,10 @@ GROUPS = (
 #: Metrics drawn in plots/metrics.png.
 HEADLINE = ("l1_exp", "fd_exp", "fd_delta_exp", "p_fd_exp", "rpcc_exp", "var_ratio_exp",
             "l1_pose", "fd_pose", "p_fd_pose", "rpcc_pose", "delay_err", "event_f1",
-            "blink_rate", "drift_8_end", "c2st")  # fmt: skip
+            "blink_rate", "drift_8_end", "c2st", "frcorr_mean_exp", "frdist_mean_exp", "frdiv_exp")  # fmt: skip
+
+#: Files of a neighbour matrix (appropriate reactions) in a dataset directory; ``{split}``: the split.
+NEIGHBOUR_FILES = ("neighbours_{split}.npy", "neighbour_emotion_{split}.npy")
 
 
 @dataclass
@@ -89,10 +115,10 @@ def load_models(models: dict) -> dict:
     return out
 
 
-def aggregate(per_sample: list[dict]) -> dict[str, dict]:
-    """Mean and std (population, over samples) of each metric; None where any sample lacks it."""
+def aggregate(per_sample: list[dict], keys=None) -> dict[str, dict]:
+    """Mean and std (population, over samples) of each metric (``keys``, default all); None where any sample lacks it."""
     out = {}
-    for k in METRICS:
+    for k in METRICS if keys is None else keys:
         vals = [d.get(k) for d in per_sample]
         if not vals or any(v is None for v in vals):
             out[k] = {"mean": None, "std": None}
@@ -117,6 +143,7 @@ def evaluate(
     plot_clips: int = 2,
     progress: Callable[[int, int, str], None] | None = None,
     command: str | None = None,
+    metrics: str = "all",
 ) -> dict:
     """Score ``models`` on the ``split`` clips of dataset ``data``; write results to ``out``.
 
@@ -127,11 +154,14 @@ def evaluate(
     ``coarse_rows``: REALM models with a refinement also get a ``<name> (coarse)`` row, their
     stage-1 output before refinement (``generate(refine=False)``), so that what the refinement
     adds or breaks is one row apart.
-    ``progress(done, total, what)`` is called as generation advances. Returns the content of
-    ``results.json``.
+    ``progress(done, total, what)`` is called as generation advances. ``metrics``: ``"dim"``,
+    ``"react"`` or ``"all"`` (the module docstring). Returns the content of ``results.json``.
     """
     from realm.data import detect_format, load_any
 
+    families = metric_families(metrics)
+    keys = metric_keys(families)
+    react = "react" in families
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
     if first_frame not in ("gt", "mean"):
@@ -142,11 +172,10 @@ def evaluate(
     if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise FileExistsError(f"{out}: exists and is not empty (use --force to overwrite)")
     data = Path(data)
-    clips = sorted(load_any(data, splits=split), key=lambda c: c.clip_id)
-    if not clips:
+    pool = sorted(load_any(data, splits=split), key=lambda c: c.clip_id)
+    if not pool:
         raise RealmInputError(data, f"no clips in split {split!r}")
-    if max_clips is not None:
-        clips = clips[: max(1, int(max_clips))]
+    clips = pool[: max(1, int(max_clips))] if max_clips is not None else pool
     spec = get_spec(clips[0].spec)
     fps = float(clips[0].fps)
     loaded = load_models(models)
@@ -161,7 +190,9 @@ def evaluate(
 
     gts = [c.listener for c in clips]
     kw = _context(clips)
-    ref = make_reference(gts, spec, seed)
+    kw["families"] = families
+    ref = make_reference(gts, spec, seed, sid="dim" in families)
+    appropriate, appropriate_from = appropriate_reactions(clips, pool, data, split) if react else (None, None)
     rows: list[Row] = []
     preds_of: dict[str, list[np.ndarray]] = {}
     done = 0
@@ -194,27 +225,34 @@ def evaluate(
         preds_of[name] = preds
         per_sample = [evaluate_clip_set(gts, [p[s] for p in preds], spec, reference=ref, seed=seed, fps=fps, **kw)
                       for s in range(n)]  # fmt: skip
+        scores = aggregate(per_sample, keys)
+        if react:  # on all K samples at once; a deterministic model's output stands for all K
+            k_samples = [np.repeat(p, samples, axis=0) if len(p) == 1 else p for p in preds]
+            scores.update(_set_scores(evaluate_react(k_samples, spec, appropriate)))
         src = models[key]
         info = {"model": str(src) if isinstance(src, str | Path) else type(m).__name__,
                 "type": getattr(m, "name", type(m).__name__), "stochastic": bool(getattr(m, "stochastic", False)) and gen_kw.get("refine", True), **gen_kw,
                 "extractor": getattr(m, "extractor", None), "generation_seconds": round(seconds, 3)}  # fmt: skip
-        rows.append(Row(name, "model", n, aggregate(per_sample), info=info))
+        rows.append(Row(name, "model", n, scores, info=info))
         if oracle and n > 1:
             with single_thread_blas():
                 best = [p[int(np.argmin([l1(g, s) for s in p]))] for g, p in zip(gts, preds, strict=True)]
             rows.append(Row(f"{name} (oracle)", "oracle", n,
-                            aggregate([evaluate_clip_set(gts, best, spec, reference=ref, seed=seed, fps=fps, **kw)]),
+                            aggregate([evaluate_clip_set(gts, best, spec, reference=ref, seed=seed, fps=fps, **kw)], keys),
                             note=f"per clip the best of {n} samples by L1 to the ground truth; not a headline number"))  # fmt: skip
     if all(c.samples().shape[0] >= 2 for c in clips):
         second = [c.samples()[1] for c in clips]
         rows.append(Row(FLOOR, "floor", 1, aggregate([evaluate_clip_set(gts, second, spec, reference=ref, seed=seed,
-                                                                          fps=fps, **kw)]),
+                                                                          fps=fps, **kw)], keys),
                         note="a second listener realisation of each clip vs the first: the best reachable"))  # fmt: skip
     else:
-        rows.append(Row(FLOOR, "floor", 0, aggregate([{}]), note="n/a: the dataset has one listener realisation per clip"))
+        rows.append(Row(FLOOR, "floor", 0, aggregate([{}], keys), note="n/a: the dataset has one listener realisation per clip"))
     own = evaluate_clip_set(gts, gts, spec, reference=ref, seed=seed, fps=fps, **kw)
+    if react:  # the real listeners' diversity and variance: every realisation of each clip (as many for each)
+        real = [c.samples() for c in clips]
+        own.update(evaluate_react([r[: min(len(x) for x in real)] for r in real], spec))
     rows.append(Row(REFERENCE, "reference", 1,
-                    aggregate([{k: (v if METRICS[k].reference else None) for k, v in own.items()}]),
+                    aggregate([{k: (v if METRICS[k].reference else None) for k, v in own.items()}], keys),
                     note="the ground truth's own values of the metrics that describe motion alone (→GT columns)"))  # fmt: skip
 
     result = {
@@ -230,20 +268,22 @@ def evaluate(
         "n_clips": len(clips),
         "clips": [c.clip_id for c in clips],
         "tau": kw.get("tau"),
-        "metrics": {k: {"label": m.label, "direction": m.direction, "variant": m.variant, "block": m.block}
-                    for k, m in METRICS.items()},  # fmt: skip
+        "metric_set": metrics,
+        "appropriate": appropriate_from,
+        "metrics": {k: {"label": METRICS[k].label, "direction": METRICS[k].direction, "variant": METRICS[k].variant,
+                        "block": METRICS[k].block, "family": METRICS[k].family} for k in keys},  # fmt: skip
         "rows": {r.name: {"kind": r.kind, "samples": r.samples, "note": r.note, **r.info, "metrics": r.metrics}
                  for r in rows},  # fmt: skip
     }
     if out is not None:
         with atomic_dir(out, force=force, allow_empty=True) as tmp:  # refused at write time too
             write_json(tmp / "results.json", result)
-            _write_csv(tmp / "results.csv", rows)
+            _write_csv(tmp / "results.csv", rows, keys)
             with atomic_path(tmp / "results.md") as p:
                 p.write_text(markdown(result))
             if plots:
                 (tmp / "plots").mkdir()
-                _plot_metrics(tmp / "plots" / "metrics.png", rows)
+                _plot_metrics(tmp / "plots" / "metrics.png", rows, keys)
                 for c, i in zip(clips[:plot_clips], range(plot_clips), strict=False):
                     _plot_trajectories(tmp / "plots" / f"trajectories_{c.clip_id}.png", c, spec,
                                        {name: p[i][0] for name, p in preds_of.items()})  # fmt: skip
@@ -252,6 +292,44 @@ def evaluate(
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _set_scores(values: dict) -> dict[str, dict]:
+    """Set-level values (one per model, no spread over samples) in a row's ``{"mean", "std"}`` form."""
+    return {k: {"mean": v, "std": None} for k, v in values.items()}
+
+
+def appropriate_reactions(clips, pool, data: str | Path, split: str) -> tuple[list, str]:
+    """Per scored clip its appropriate real reactions (full frames, a (S, T, D) array or a list of
+    (T, D)), and where they came from.
+
+    A neighbour matrix shipped with the dataset (:data:`NEIGHBOUR_FILES` in ``data``: (M, M), one row
+    and one column per clip of the split in clip_id order, 1 where column clip's real listener is
+    an appropriate reaction to row clip's speaker; REACT's layout of ``neighbour_emotion_<split>.npy``)
+    gives each clip its neighbours' listeners; otherwise every listener realisation of the clip
+    (``Clip.samples()``: the synthetic benchmark's K realisations of the same speaker track; on
+    one-realisation data the clip's own ground truth). ``pool``: all clips of the split (``clips``
+    may be its first few).
+    """
+    data = Path(data)
+    for name in NEIGHBOUR_FILES:
+        path = data / name.format(split=split)
+        if data.is_dir() and path.is_file():
+            try:
+                matrix = np.load(path, allow_pickle=False)
+            except Exception as e:  # not an .npy, a pickle, truncated
+                raise RealmInputError(path, f"unreadable neighbour matrix ({type(e).__name__}: {e})") from None
+            if matrix.shape != (len(pool), len(pool)):
+                raise RealmInputError(path, f"neighbour matrix is {matrix.shape}, expected ({len(pool)}, {len(pool)}): "
+                                            f"one row and column per clip of split {split!r} in clip_id order")  # fmt: skip
+            index = {c.clip_id: i for i, c in enumerate(pool)}
+            try:
+                found = neighbour_reactions(matrix, [c.listener for c in pool], [index[c.clip_id] for c in clips])
+            except ValueError as e:
+                raise RealmInputError(path, str(e)) from None
+            return found, f"neighbour matrix {path.name}"
+    many = any(c.samples().shape[0] > 1 for c in clips)
+    return [c.samples() for c in clips], ("every listener realisation of the clip" if many else "the clip's own ground truth")
 
 
 def _refines(model) -> bool:
@@ -342,8 +420,11 @@ def markdown(result: dict) -> str:
     ]
     if result.get("tau") is not None:
         lines += [f"True reaction delay tau = {result['tau']:g} frames.", ""]
+    if result.get("appropriate"):
+        lines += [f"REACT family: all K = {result['samples']} samples of a clip at once (a deterministic model's "
+                  f"output counts K times); appropriate real reactions: {result['appropriate']}.", ""]  # fmt: skip
     for title, keys in GROUPS:
-        keys = [k for k in keys if any(r["metrics"][k]["mean"] is not None for r in rows.values())]
+        keys = [k for k in keys if k in result["metrics"] and any(r["metrics"][k]["mean"] is not None for r in rows.values())]
         if not keys:
             continue
         best = best_per_column(result, keys)
@@ -375,14 +456,14 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_csv(path: Path, rows: list[Row]) -> None:
+def _write_csv(path: Path, rows: list[Row], keys=None) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["row", "kind", "samples", "metric", "label", "direction", "mean", "std"])
             for r in rows:
-                for k, m in METRICS.items():
-                    v = r.metrics[k]
+                for k in METRICS if keys is None else keys:
+                    m, v = METRICS[k], r.metrics[k]
                     w.writerow([r.name, r.kind, r.samples, k, m.label, m.direction,
                                 "" if v["mean"] is None else repr(v["mean"]), "" if v["std"] is None else repr(v["std"])])  # fmt: skip
 
@@ -399,9 +480,9 @@ def _pyplot():
     return plt
 
 
-def _plot_metrics(path: Path, rows: list[Row]) -> None:
+def _plot_metrics(path: Path, rows: list[Row], keys=None) -> None:
     plt = _pyplot()
-    keys = [k for k in HEADLINE if any(r.metrics[k]["mean"] is not None for r in rows)]
+    keys = [k for k in HEADLINE if (keys is None or k in keys) and any(r.metrics[k]["mean"] is not None for r in rows)]
     if not keys:
         return
     ncol = 4

@@ -5,14 +5,23 @@ stated, so every function here names the variant it computes and the papers' cod
 read from:
 
 ============  ==============================================================================
-DIM           Dyadic Interaction Modeling (Tran et al., ECCV 2024), ``code/mymetrics.py``
+DIM           Dyadic Interaction Modeling (Tran et al., ECCV 2024), ``code/mymetrics.py`` and
+              ``code/metrics/eval_utils.py`` (SID: scikit-learn's KMeans, as there)
 REALM         lipzh5/REALM ``eval_util.py``
 LM-Listener   sanjayss34/lm-listener ``evaluate_listener.py``
 DualTalk      DualTalk ``metric/metric.py``
 ViCo          the ViCo listening-head challenge ("ExpFD/AngleFD/TransFD", really L1)
-REACT         REACT 2023/2024 challenge FRSyn (time-lagged cross-correlation, TLCC)
+REACT         REACT 2023/2024 challenge baselines ``metric/`` (FRC.py, FRD.py, S_MSE.py,
+              FRDvs.py, FRVar.py, TLCC.py): FRCorr, FRDist, FRDiv, FRDvs, FRVar, FRSyn
+ReactFace     lingjivoo/ReactFace ``metric/`` (the REACT family on 58-d 3DMM, unweighted DTW)
 ours          metrics that exist because the synthetic benchmark knows the true process
 ============  ==============================================================================
+
+``docs/metrics.md`` lists every metric with its formula, its source file in the peer's code,
+the variant and the published tables that used it. Where a maintained library computes the
+same thing, it is used: k-means (scikit-learn), DTW (tslearn), Pearson correlation
+(``np.corrcoef``, ``scipy.stats.pearsonr``), entropy (``scipy.stats.entropy``), logistic
+regression (scikit-learn), pairwise distances (``scipy.spatial.distance``).
 
 Conventions used throughout:
 
@@ -300,101 +309,93 @@ def diversity_per_clip(clips: Sequence[np.ndarray], seed: int = 0) -> float:
 
 # ---------------------------------------------------------------- k-means and SID
 
-
-def _sqdist(x: np.ndarray, c: np.ndarray) -> np.ndarray:
-    d = (x * x).sum(1)[:, None] - 2 * x @ c.T + (c * c).sum(1)[None, :]
-    return np.maximum(d, 0.0)
-
-
-def kmeans_assign(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
-    """Index of the nearest center (squared Euclidean; ties go to the lowest index)."""
-    x = _as2d(x)
-    out = np.empty(len(x), dtype=np.int64)
-    for s in range(0, len(x), 65536):  # bounded memory for long sets
-        out[s : s + 65536] = _sqdist(x[s : s + 65536], centers).argmin(1)
-    return out
+#: k of SID's k-means per block: DIM's ``calcuate_sid`` (40 expression, 20 pose).
+SID_K = {"exp": 40, "pose": 20}
+#: DIM adds this inside the log of SID's entropy (``np.log2(p + 1e-6)``).
+SID_EPS = 1e-6
 
 
-def kmeans(x: np.ndarray, k: int, seed: int = 0, max_iter: int = 300, tol: float = 1e-4) -> np.ndarray:
-    """Our k-means (numpy; **not** scikit-learn's, which is not a dependency): centers (k', D).
+def _pool(clips: Sequence[np.ndarray]) -> np.ndarray:
+    """Frames of all clips stacked, (sum T, D), keeping a float dtype (float32 stays float32, as in
+    DIM's ``np.concatenate``; scikit-learn's k-means computes in the input's precision)."""
+    arrs = [np.asarray(c) for c in clips]
+    arrs = [a.reshape(len(a), -1) if a.ndim != 1 else a[:, None] for a in arrs]
+    x = np.concatenate(arrs)
+    return x if np.issubdtype(x.dtype, np.floating) else x.astype(np.float64)
 
-    Greedy k-means++ initialisation (each new center is the best of ``2 + ln k`` candidates drawn
-    with probability proportional to the squared distance to the nearest chosen center, as
-    scikit-learn does) from ``np.random.default_rng(seed)``, one initialisation (scikit-learn's
-    ``n_init="auto"`` with k-means++ is also one), then Lloyd iterations until the centers move
-    less than ``tol`` x the mean per-dimension variance of the data (scikit-learn's criterion) or
-    ``max_iter``. An emptied cluster is moved to the point farthest from its center. ``k`` is
-    cut to the number of distinct points (k' <= k). It finds clusters of the same quality as
-    scikit-learn's, not bit-identical ones, so SID values may differ from DIM's in the last digits.
+
+def kmeans(x: np.ndarray, k: int, seed: int = 0):
+    """scikit-learn's ``KMeans(n_clusters=k, random_state=seed, n_init="auto")`` fitted on x (N, D).
+
+    The settings of DIM's ``calcuate_sid`` (``random_state=0``; ``n_init="auto"`` with k-means++ is
+    one initialisation), so the clusters are DIM's on the same arrays. Returns the fitted
+    ``sklearn.cluster.KMeans``. ``k`` is cut to N when there are fewer frames than clusters (DIM's
+    code raises there); fewer *distinct* frames than k is scikit-learn's case of duplicate centers
+    (its ConvergenceWarning is silenced: the histogram simply leaves those bins empty).
     """
-    x = _as2d(x)
-    n_unique = len(np.unique(x, axis=0))
-    k = max(1, min(int(k), n_unique))
-    rng = np.random.default_rng(seed)
-    n = len(x)
-    first = int(rng.integers(n))
-    centers = [x[first]]
-    d2 = _sqdist(x, x[first : first + 1])[:, 0]
-    trials = 2 + int(math.log(k))
-    for _ in range(1, k):
-        total = d2.sum()
-        if total <= 0:
-            break
-        cand = rng.choice(n, size=trials, p=d2 / total)
-        dc = _sqdist(x, x[cand])
-        pots = np.minimum(d2[:, None], dc).sum(0)
-        best = int(np.argmin(pots))
-        centers.append(x[cand[best]])
-        d2 = np.minimum(d2, dc[:, best])
-    c = np.array(centers)
-    thresh = tol * float(x.var(axis=0).mean())
-    for _ in range(max_iter):
-        d = _sqdist(x, c)
-        lab = d.argmin(1)
-        counts = np.bincount(lab, minlength=len(c))
-        new = np.zeros_like(c)
-        np.add.at(new, lab, x)
-        nz = counts > 0
-        new[nz] /= counts[nz, None]
-        if not nz.all():  # relocate empty clusters to the worst-served points
-            far = np.argsort(-d[np.arange(n), lab])
-            new[~nz] = x[far[: int((~nz).sum())]]
-        shift = float(((new - c) ** 2).sum())
-        c = new
-        if shift <= thresh:
-            break
-    return c
+    import warnings
+
+    from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
+
+    x = np.asarray(x)
+    if x.ndim != 2 or not len(x):
+        raise ValueError(f"kmeans needs a non-empty (N, D) array, got shape {x.shape}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return KMeans(n_clusters=max(1, min(int(k), len(x))), random_state=seed, n_init="auto").fit(x)
 
 
-def entropy_bits(labels: np.ndarray, k: int) -> float:
-    """Shannon entropy in bits of the histogram of ``labels`` over ``k`` bins (empty bins count 0)."""
+def kmeans_assign(x: np.ndarray, model) -> np.ndarray:
+    """Cluster index of every row of x (N, D): ``model.predict`` of a fitted :func:`kmeans`, or for a
+    (k, D) array of centers the nearest one (squared Euclidean, ``sklearn.metrics.pairwise_distances_argmin``)."""
+    x = np.asarray(x)
+    x = x[:, None] if x.ndim == 1 else x.reshape(len(x), -1)
+    if hasattr(model, "predict"):
+        return model.predict(x.astype(model.cluster_centers_.dtype, copy=False))
+    from sklearn.metrics import pairwise_distances_argmin
+
+    centers = np.asarray(model)
+    return pairwise_distances_argmin(x.astype(np.float64), centers.astype(np.float64))
+
+
+def entropy_bits(labels: np.ndarray, k: int, eps: float = 0.0) -> float:
+    """Shannon entropy in bits of the histogram of ``labels`` over ``k`` bins.
+
+    ``eps = 0``: ``scipy.stats.entropy(p, base=2)`` (empty bins count 0). ``eps > 0``: DIM's
+    ``-sum_j p_j log2(p_j + eps)`` over all k bins (a one-cluster histogram then gives
+    ``-log2(1 + eps)``, a hair below 0). No labels: 0.
+    """
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=k).astype(np.float64)
     if counts.sum() == 0:
         return 0.0
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * np.log2(p)).sum() + 0.0)
+    p = counts / counts.sum()
+    if eps > 0:
+        return float(-(p * np.log2(p + eps)).sum())
+    from scipy.stats import entropy
 
-
-SID_K = {"exp": 40, "pose": 20}
+    return float(entropy(p, base=2)) + 0.0
 
 
 def sid(gts: Sequence[np.ndarray], preds: Sequence[np.ndarray], k: int = 40, seed: int = 0,
-        centers: np.ndarray | None = None) -> float:  # fmt: skip
+        model=None, eps: float = SID_EPS) -> float:  # fmt: skip
     """SID: entropy (bits) of the predictions' k-means cluster histogram; closer to the GT's SID is better.
 
-    k-means (:func:`kmeans`, ours, seeded like scikit-learn's ``random_state=0``) is fitted on
-    the *pooled ground-truth frames* of the block; every predicted frame (pooled over clips) is
-    assigned to its nearest center; ``SID = -sum_j p_j log2 p_j``. Variant: DIM
-    (``calcuate_sid``: k = 40 expression, 20 pose). DIM adds 1e-6 inside the log; we do not
-    (the difference is below 1e-5 bits). The ground truth's own SID is ``sid(gts, gts)``; report
-    it beside (direction →GT; the maximum is log2 k). ``centers`` reuses a fitted k-means.
+    DIM's ``calcuate_sid`` (``code/metrics/eval_utils.py``) exactly: scikit-learn's
+    ``KMeans(n_clusters=k, random_state=0, n_init="auto")`` (:func:`kmeans`) fitted on the *pooled
+    ground-truth frames* of the block, every predicted frame (pooled over clips) assigned to a
+    cluster by ``predict``, ``SID = -sum_j p_j log2(p_j + 1e-6)`` over the k bins (DIM's ``eps``;
+    ``eps=0`` gives the plain entropy). k = 40 expression, 20 pose (:data:`SID_K`). The arrays keep
+    their float dtype, so on the same arrays this equals DIM's value. The ground truth's own SID is
+    ``sid(gts, gts)``; report it beside (direction →GT; the maximum is log2 k). ``model`` reuses a
+    fitted :func:`kmeans`.
     """
     if not len(gts) or not len(preds):
         raise ValueError("no clips to score")
-    if centers is None:
-        centers = kmeans(np.concatenate([_as2d(g) for g in gts]), k, seed=seed)
-    lab = kmeans_assign(np.concatenate([_as2d(p) for p in preds]), centers)
-    return entropy_bits(lab, len(centers))
+    if model is None:
+        model = kmeans(_pool(gts), k, seed=seed)
+    lab = kmeans_assign(_pool(preds), model)
+    return entropy_bits(lab, model.n_clusters, eps=eps)
 
 
 # ---------------------------------------------------------------- rPCC and STS
@@ -403,6 +404,7 @@ def sid(gts: Sequence[np.ndarray], preds: Sequence[np.ndarray], k: int = 40, see
 def pcc(a: np.ndarray, b: np.ndarray) -> float:
     """Pearson correlation of two arrays' flattened values (cut to the same number of frames).
 
+    ``np.corrcoef(a.reshape(-1), b.reshape(-1))[0, 1]``, as DIM, REALM and DualTalk compute it.
     **The PCC of a constant signal is defined as 0** (no linear relation; ``np.corrcoef`` would
     return NaN). The result is clipped into [-1, 1].
     """
@@ -410,11 +412,9 @@ def pcc(a: np.ndarray, b: np.ndarray) -> float:
     x, y = x.reshape(-1), y.reshape(-1)
     if x.size < 2:
         return 0.0
-    x, y = x - x.mean(), y - y.mean()
-    sx, sy = float(np.sqrt((x * x).sum())), float(np.sqrt((y * y).sum()))
-    if sx <= 1e-12 * max(1.0, x.size) or sy <= 1e-12 * max(1.0, y.size):
+    if np.ptp(x) <= 1e-12 * max(1.0, float(np.abs(x).max())) or np.ptp(y) <= 1e-12 * max(1.0, float(np.abs(y).max())):
         return 0.0
-    return float(np.clip((x * y).sum() / (sx * sy), -1.0, 1.0))
+    return float(np.clip(np.corrcoef(x, y)[0, 1], -1.0, 1.0))
 
 
 def rpcc(gt: np.ndarray, pred: np.ndarray, speaker: np.ndarray) -> float:
@@ -859,7 +859,7 @@ def c2st_accuracy(gts: Sequence[np.ndarray], preds: Sequence[np.ndarray],
     spread, speed and range per channel, and the speed's correlation with the speaker's loudness
     at 0, 8 and 16 frames of lag, when ``conditions`` (per clip (T, C), :func:`loudness`) are
     given: a model is judged with the audio it answered). Classifier: L2-regularised logistic
-    regression (``l2`` on z-scored features, fitted exactly by Newton steps), small enough for
+    regression (``l2`` on z-scored features, scikit-learn's ``LogisticRegression(C=1 / l2)``), small enough for
     the few hundred windows of a test split not to be learned by heart. Clips are split into
     ``folds`` (clip i in fold i mod folds); each fold is scored by a classifier fitted on the
     others; the result is the accuracy over all held-out windows. None with fewer than 2 clips
@@ -897,21 +897,13 @@ def c2st_accuracy(gts: Sequence[np.ndarray], preds: Sequence[np.ndarray],
     return correct / total if total else None
 
 
-def _logistic_fit(x: np.ndarray, y: np.ndarray, l2: float, steps: int = 25) -> np.ndarray:
-    """Weights (F + 1,) of L2-regularised logistic regression (bias unpenalised), Newton's method."""
-    X = np.concatenate([x, np.ones((len(x), 1))], 1)
-    w = np.zeros(X.shape[1])
-    reg = np.full(X.shape[1], l2)
-    reg[-1] = 0.0
-    for _ in range(steps):
-        p = 1 / (1 + np.exp(-np.clip(X @ w, -30, 30)))
-        grad = X.T @ (p - y) + reg * w
-        H = (X * (p * (1 - p))[:, None]).T @ X + np.diag(reg + 1e-9)
-        step = np.linalg.solve(H, grad)
-        w -= step
-        if np.abs(step).max() < 1e-8:
-            break
-    return w
+def _logistic_fit(x: np.ndarray, y: np.ndarray, l2: float) -> np.ndarray:
+    """Weights (F + 1,) of L2-regularised logistic regression, bias unpenalised: the minimiser of
+    ``sum_i logloss_i + l2 / 2 |w|^2``, scikit-learn's ``LogisticRegression(C=1 / l2)`` (Newton-Cholesky)."""
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(C=1.0 / l2, solver="newton-cholesky", tol=1e-10, max_iter=200).fit(x, y)
+    return np.concatenate([clf.coef_[0], clf.intercept_])
 
 
 # ---------------------------------------------------------------- rest drift
@@ -1191,14 +1183,15 @@ def identity_fidelity(generated: Sequence[np.ndarray], target: Sequence[np.ndarr
 
 
 def _pcc_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-column Pearson correlation of (n, D) arrays; a constant column gives 0."""
-    a = a - a.mean(0)
-    b = b - b.mean(0)
-    den = np.sqrt((a * a).sum(0) * (b * b).sum(0))
-    ok = den > 1e-12
+    """Per-column Pearson correlation of (n, D) arrays (``scipy.stats.pearsonr(a, b, axis=0)``, the
+    per-dimension ``np.corrcoef`` of REACT's TLCC); a constant column gives 0 (NaN in both)."""
+    from scipy.stats import pearsonr
+
     out = np.zeros(a.shape[1])
-    out[ok] = (a[:, ok] * b[:, ok]).sum(0) / den[ok]
-    return np.clip(out, -1, 1)
+    ok = (a.std(0) > 1e-12) & (b.std(0) > 1e-12)
+    if len(a) >= 2 and ok.any():
+        out[ok] = pearsonr(a[:, ok], b[:, ok], axis=0).statistic
+    return np.clip(np.nan_to_num(out), -1, 1)
 
 
 def tlcc_peak_lag(pred: np.ndarray, speaker: np.ndarray, fps: float = 30.0, seconds: float = 2.0) -> int:
@@ -1250,6 +1243,229 @@ def frsyn_per_clip(preds, speakers, fps: float = 30.0, seconds: float = 2.0) -> 
     return mean_over_clips(frsyn, preds, speakers, fps=fps, seconds=seconds)
 
 
+def frsyn_samples(preds: Sequence[np.ndarray], speakers: Sequence[np.ndarray], fps: float = 30.0,
+                  seconds: float = 2.0, first_sample_only: bool = False) -> float:  # fmt: skip
+    """FRSyn of REACT's ``compute_TLCC``: ``mean_{n,k} |peak lag|(pred_{n,k}, speaker_n)`` (frames); →GT.
+
+    ``preds``: per input n its K samples (K, T, D); ``speakers``: (T, D) per input. :func:`frsyn`
+    of every sample, mean over inputs and samples (``metric/TLCC.py``). ``first_sample_only``:
+    REACT's ``evaluate.py`` calls ``compute_TLCC_mp``, whose worker returns inside its loop and so
+    scores only sample 0 of each input; True reproduces that.
+    """
+    P = _react_preds(preds)
+    if len(speakers) != len(P):
+        raise ValueError(f"FRSyn: {len(P)} inputs but {len(speakers)} speaker sequences")
+    lags = [frsyn(x, s, fps, seconds) for p, s in zip(P, speakers, strict=True) for x in (p[:1] if first_sample_only else p)]
+    return float(np.mean(lags))
+
+
+# ---------------------------------------------------------------- the REACT family (FRCorr, FRDist, FRDiv, FRDvs, FRVar)
+
+#: FRDist's attribute groups on REACT's 25-d emotion vectors (15 AU occurrences, valence and
+#: arousal, 8 expression probabilities) and their weights: ``(start, stop, weight)``, REACT
+#: ``metric/FRD.py`` (1/15, 1, 1/8: each group weighs about as much as one attribute).
+REACT_DTW_GROUPS: tuple[tuple[int, int, float], ...] = ((0, 15, 1 / 15), (15, 17, 1.0), (17, 25, 1 / 8))
+
+#: CCC's ``eps`` in REACT's ``concordance_correlation_coefficient`` (``metric/FRC.py``; ReactFace: 1e-50).
+REACT_CCC_EPS = 1e-8
+
+
+def _react_preds(preds) -> list[np.ndarray]:
+    """Per input its samples as float64 (K, T, D); a (T, D) array is one sample. Checks the set."""
+    if preds is None or not len(preds):
+        raise ValueError("no inputs to score")
+    out = []
+    for n, p in enumerate(preds):
+        a = np.asarray(p, np.float64)
+        if a.ndim == 2:
+            a = a[None]
+        if a.ndim != 3 or not a.shape[0] or not a.shape[1]:
+            raise ValueError(f"input {n}: samples must be (K, T, D) with K, T >= 1, got shape {np.shape(p)}")
+        out.append(a)
+    if len({a.shape[2] for a in out}) != 1:
+        raise ValueError(f"inputs differ in dimension: {sorted({a.shape[2] for a in out})}")
+    return out
+
+
+def _react_appropriate(appropriate, n_inputs: int, dim: int) -> list[list[np.ndarray]]:
+    """Per input its appropriate real reactions as a list of float64 (T_a, D) arrays."""
+    if appropriate is None or len(appropriate) != n_inputs:
+        got = None if appropriate is None else len(appropriate)
+        raise ValueError(f"appropriate reactions: need one set per input ({n_inputs}), got {got}")
+    out = []
+    for n, reals in enumerate(appropriate):
+        reals = [np.asarray(r, np.float64) for r in reals]
+        reals = [r[:, None] if r.ndim == 1 else r for r in reals]
+        if not reals:
+            raise ValueError(f"input {n} has no appropriate real reaction")
+        bad = [r.shape for r in reals if r.ndim != 2 or r.shape[1] != dim or not len(r)]
+        if bad:
+            raise ValueError(f"input {n}: appropriate reactions must be (T, {dim}) with T >= 1, got {bad[0]}")
+        out.append(reals)
+    return out
+
+
+def _reduce_samples(per_sample: np.ndarray, reduce: str) -> float:
+    if reduce == "sum":
+        return float(per_sample.sum())
+    if reduce == "mean":
+        return float(per_sample.mean())
+    raise ValueError(f"reduce must be 'sum' (REACT's code) or 'mean', got {reduce!r}")
+
+
+def neighbour_reactions(matrix: np.ndarray, reactions: Sequence[np.ndarray], rows: Sequence[int] | None = None
+                        ) -> list[list[np.ndarray]]:  # fmt: skip
+    """Appropriate real reactions from a neighbour matrix (REACT's ``neighbour_emotion_<split>.npy``).
+
+    ``matrix`` (N, M): entry 1 where real reaction m (``reactions[m]``, (T, D)) is appropriate to
+    input n (REACT: ``np.argwhere(matrix[n] == 1)``; any other value is not a neighbour).
+    ``rows``: the inputs to return (default all). Returns per input the list of its neighbours'
+    reactions. An input without a neighbour is an error.
+    """
+    m = np.asarray(matrix)
+    if m.ndim != 2 or m.shape[1] != len(reactions):
+        raise ValueError(f"neighbour matrix: expected (N, {len(reactions)}) for {len(reactions)} reactions, got {m.shape}")
+    out = []
+    for n in range(len(m)) if rows is None else rows:
+        idx = np.flatnonzero(m[n] == 1)
+        if not len(idx):
+            raise ValueError(f"neighbour matrix: row {n} has no appropriate reaction (no entry equal to 1)")
+        out.append([reactions[j] for j in idx])
+    return out
+
+
+def ccc(a: np.ndarray, b: np.ndarray, eps: float = REACT_CCC_EPS) -> float:
+    """Concordance correlation coefficient (Lin 1989) per dimension, mean over dimensions; higher is better.
+
+    For (T, D) arrays cut to the same length: ``mean_d 2 cov_d / (var_a,d + var_b,d + (mu_a,d -
+    mu_b,d)^2 + eps)`` with 1/T moments; REACT's ``concordance_correlation_coefficient``
+    (``metric/FRC.py``: ``2 r sd sd`` = 2 cov, ``np.var``, ``eps = 1e-8``; its ``corrcoef`` turns
+    NaN into 0, so a constant dimension scores 0, as here). Symmetric in a and b.
+    """
+    x, y = _cut(a, b)
+    mx, my = x.mean(0), y.mean(0)
+    cov = ((x - mx) * (y - my)).mean(0)
+    den = x.var(0) + y.var(0) + (mx - my) ** 2 + eps
+    out = np.divide(2 * cov, den, out=np.zeros_like(cov), where=den > 0)
+    return float(out.mean())
+
+
+def react_dtw(pred: np.ndarray, real: np.ndarray, groups: Sequence[tuple[int, int, float]] | None = None) -> float:
+    """FRDist's distance of one generated reaction (T, D) to one real one (T', D): weighted DTW.
+
+    ``sum_g w_g DTW(pred[:, a_g:b_g], real[:, a_g:b_g])`` with tslearn's ``dtw`` (the square root of
+    the summed squared Euclidean frame distances along the optimal alignment; no window), on
+    float32 copies as REACT's ``metric/FRD.py`` does. ``groups``: ``(start, stop, weight)`` column
+    groups, :data:`REACT_DTW_GROUPS` on REACT's 25-d emotion vectors; None: one group of all
+    columns with weight 1 (ReactFace's FRDist on 3DMM coefficients).
+    """
+    from tslearn.metrics import dtw
+
+    p = np.asarray(pred, np.float32)
+    r = np.asarray(real, np.float32)
+    p, r = (p[:, None] if p.ndim == 1 else p), (r[:, None] if r.ndim == 1 else r)
+    if p.ndim != 2 or r.ndim != 2 or p.shape[1] != r.shape[1] or not len(p) or not len(r):
+        raise ValueError(f"react_dtw needs (T, D) and (T', D) arrays, got {np.shape(pred)} and {np.shape(real)}")
+    groups = [(0, p.shape[1], 1.0)] if groups is None else list(groups)
+    if any(not 0 <= a < b <= p.shape[1] for a, b, _ in groups):
+        raise ValueError(f"DTW groups {groups} do not fit {p.shape[1]} columns")
+    return float(sum(w * dtw(p[:, a:b], r[:, a:b]) for a, b, w in groups))
+
+
+def frcorr(preds: Sequence[np.ndarray], appropriate, reduce: str = "sum", eps: float = REACT_CCC_EPS) -> float:
+    """FRCorr (REACT appropriateness): ``mean_n sum_k max_{a in A_n} CCC(real_a, pred_{n,k})``; higher is better.
+
+    ``preds``: per input n its K samples (K, T, D); ``appropriate``: per input its appropriate real
+    reactions A_n ((A, T, D) or a list of (T, D)). :func:`ccc` (mean over dimensions) of each
+    sample against its best appropriate reaction, **summed over the K samples** as REACT's
+    ``compute_FRC_mp`` / ``compute_FRC`` do (``metric/FRC.py``; so it scales with K: 10 in the
+    challenge), then the mean over inputs. ``reduce="mean"``: the mean over samples instead (=
+    official / K, comparable across K). A pair of unequal length is cut to the shorter.
+    ReactFace's ``evaluate_metric.py`` multiplies the official value by 10 more.
+    """
+    return float(np.mean([_reduce_samples(v, reduce) for v in _frcorr_samples(preds, appropriate, eps)]))
+
+
+def _frcorr_samples(preds, appropriate, eps: float = REACT_CCC_EPS) -> list[np.ndarray]:
+    """Per input (K,): each sample's best CCC over the input's appropriate reactions."""
+    P = _react_preds(preds)
+    A = _react_appropriate(appropriate, len(P), P[0].shape[2])
+    return [np.array([max(ccc(r, x, eps) for r in reals) for x in p]) for p, reals in zip(P, A, strict=True)]
+
+
+def frdist(preds: Sequence[np.ndarray], appropriate, groups: Sequence[tuple[int, int, float]] | None = None,
+           reduce: str = "sum") -> float:  # fmt: skip
+    """FRDist (REACT appropriateness): ``mean_n sum_k min_{a in A_n} DTW_w(pred_{n,k}, real_a)``; lower is better.
+
+    :func:`react_dtw` (tslearn DTW, weighted by ``groups``: :data:`REACT_DTW_GROUPS` for REACT's
+    25-d emotions, None = unweighted, ReactFace on 3DMM) of each sample to its nearest appropriate
+    real reaction, **summed over the K samples** (REACT ``metric/FRD.py``, ``compute_FRD_mp`` /
+    ``compute_FRD``), mean over inputs. ``reduce="mean"``: the mean over samples (= official / K).
+    Shapes as :func:`frcorr`; DTW aligns sequences of unequal length as they are. ReactFace's
+    ``evaluate_metric.py`` multiplies the official value by 10 more.
+    """
+    return float(np.mean([_reduce_samples(v, reduce) for v in _frdist_samples(preds, appropriate, groups)]))
+
+
+def _frdist_samples(preds, appropriate, groups=None) -> list[np.ndarray]:
+    """Per input (K,): each sample's smallest weighted DTW to the input's appropriate reactions."""
+    P = _react_preds(preds)
+    A = _react_appropriate(appropriate, len(P), P[0].shape[2])
+    return [np.array([min(react_dtw(x, r, groups) for r in reals) for x in p]) for p, reals in zip(P, A, strict=True)]
+
+
+def _pairwise_sq_sum(rows: np.ndarray) -> float:
+    """``sum_{i != j} |rows_i - rows_j|^2`` over ordered pairs (``scipy.spatial.distance.pdist``, each pair twice)."""
+    from scipy.spatial.distance import pdist
+
+    return 2.0 * float(pdist(rows, "sqeuclidean").sum()) if len(rows) > 1 else 0.0
+
+
+def frdiv(preds: Sequence[np.ndarray]) -> float:
+    """FRDiv (REACT's S-MSE): diversity among the K samples of one input, mean over inputs; →GT.
+
+    Per input: ``sum_{i != j} |x_i - x_j|^2 / (K (K - 1) T D)`` over its K samples flattened to T D
+    values (REACT ``metric/S_MSE.py`` ``compute_s_mse``: ``cdist^2`` summed over the K x K matrix),
+    then the mean over inputs. K = 1 scores 0 (REACT returns 0.0). REACT reads higher as better; a noise generator is "diverse", so we report
+    it beside the ground truth's (the diversity of real listener realisations).
+    """
+    vals = []
+    for p in _react_preds(preds):
+        K, T, D = p.shape
+        vals.append(_pairwise_sq_sum(p.reshape(K, -1)) / (K * (K - 1) * T * D) if K > 1 else 0.0)
+    return float(np.mean(vals))
+
+
+def frdvs(preds: Sequence[np.ndarray]) -> float:
+    """FRDvs (REACT): diversity of the reactions *across inputs*; →GT.
+
+    ``sum_k sum_{n != m} |x_{n,k} - x_{m,k}|^2 / (N (N - 1) K T D)``: sample k of every input
+    against sample k of every other, flattened (REACT ``metric/FRDvs.py`` ``compute_FRDvs``:
+    ``cdist^2`` of the (K, N, T D) array). Needs the same K for every input; inputs of unequal
+    length are cut to the shortest (REACT's are all 750 frames). One input scores 0. REACT reads
+    higher as better: a model that ignores the speaker and outputs one sequence scores 0.
+    """
+    P = _react_preds(preds)
+    ks = sorted({p.shape[0] for p in P})
+    if len(ks) != 1:
+        raise ValueError(f"FRDvs needs the same number of samples for every input, got {ks}")
+    N, K, T, D = len(P), ks[0], min(p.shape[1] for p in P), P[0].shape[2]
+    if N < 2:
+        return 0.0
+    X = np.stack([p[:, :T].reshape(K, -1) for p in P], axis=1)  # (K, N, T D)
+    return sum(_pairwise_sq_sum(X[k]) for k in range(K)) / (N * (N - 1) * K * T * D)
+
+
+def frvar(preds: Sequence[np.ndarray]) -> float:
+    """FRVar (REACT): ``mean_{n,k,d} var_t x_{n,k}[t, d]`` with the *unbiased* (1/(T-1)) variance; →GT.
+
+    REACT ``metric/FRVar.py`` ``compute_FRVar`` (``torch.var(preds, dim=2).mean()`` on (N, K, T, D);
+    with clips of unequal length, the mean over inputs of each input's mean). One frame scores 0.
+    Compare LM-Listener's Var (:func:`var_per_clip`, 1/T). REACT reads higher as better; →GT here.
+    """
+    return float(np.mean([p.var(axis=1, ddof=1).mean() if p.shape[1] > 1 else 0.0 for p in _react_preds(preds)]))
+
+
 # ============================================================ the harness's one call
 
 
@@ -1261,13 +1477,14 @@ class MetricInfo:
     variant: str  # whose definition
     block: str  # exp, pose, rotation, translation, all
     reference: bool = False  # meaningful on the ground truth itself (shown in the GT row)
+    family: str = "dim"  # "dim": the DIM/L2L suite and ours; "react": the REACT challenge's (``realm eval --metrics``)
 
 
 def _registry() -> dict[str, MetricInfo]:
     out: dict[str, MetricInfo] = {}
 
-    def add(key, label, direction, variant, block, reference=False):
-        out[key] = MetricInfo(key, label, direction, variant, block, reference)
+    def add(key, label, direction, variant, block, reference=False, family="dim"):
+        out[key] = MetricInfo(key, label, direction, variant, block, reference, family)
 
     for b in ("exp", "pose"):
         add(f"l1_{b}", f"L1 {b}", "lower", "ours: per clip, mean over clips", b)
@@ -1282,12 +1499,12 @@ def _registry() -> dict[str, MetricInfo]:
         add(f"var_ratio_{b}", f"Var ratio {b}", "gt", "ours: mean_c tr(S_pred) / mean_c tr(S_gt); GT = 1", b, True)
         add(f"var_pooled_{b}", f"Var pooled {b}", "gt", "DIM: variance of all pooled values", b, True)
         add(f"diversity_{b}", f"Div {b}", "gt", "LM-Listener: 30 random frame pairs (10 if T<=30)", b, True)
-        add(f"sid_{b}", f"SID {b}", "gt", f"DIM: our k-means, k={SID_K[b]}, on pooled GT; bits", b, True)
+        add(f"sid_{b}", f"SID {b}", "gt", f"DIM: scikit-learn KMeans(k={SID_K[b]}, random_state=0) on pooled GT, "
+            "entropy with DIM's 1e-6; bits", b, True)
         add(f"rpcc_{b}", f"rPCC {b}", "lower", "DIM/REALM: pooled over clips, flattened values", b)
         add(f"rpcc_clip_{b}", f"rPCC/clip {b}", "lower", "DualTalk: per clip, mean over clips", b)
         add(f"sts_{b}", f"STS {b}", "lower", "DualTalk: per clip, mean over clips (timestep 0.1)", b)
         add(f"sts_pooled_{b}", f"STS pooled {b}", "lower", "DIM: over all clips (boundaries left out)", b)
-        add(f"frsyn_{b}", f"FRSyn {b}", "gt", "REACT TLCC |peak lag| over ±2 s, frames", b, True)
     add("vico_l1_exp", "ViCo L1 exp", "lower", "ViCo ExpFD (an L1)", "expression")
     add("vico_l1_angle", "ViCo L1 angle", "lower", "ViCo AngleFD (an L1)", "rotation")
     add("vico_l1_trans", "ViCo L1 trans", "lower", "ViCo TransFD (an L1)", "translation")
@@ -1308,11 +1525,45 @@ def _registry() -> dict[str, MetricInfo]:
     add("id_rest_pose", "id rest pose", "lower", "ours", "pose")
     add("id_expressivity", "id expressivity", "lower", "ours: |ln(std ratio)| per identity, mean", "exp")
     add("id_blink_rate", "id blink/min", "lower", "ours: |blink rate difference| per identity, mean", "exp")
+    for b in ("exp", "pose"):  # the REACT family (docs/metrics.md)
+        add(f"frcorr_{b}", f"FRCorr {b}", "higher", "REACT FRC.py: mean over inputs of the SUM over K samples of max CCC "
+            "over appropriate real reactions (scales with K)", b, family="react")
+        add(f"frcorr_mean_{b}", f"FRCorr/K {b}", "higher", "ours: FRCorr / K (mean over samples, comparable across K)", b,
+            family="react")
+        add(f"frdist_{b}", f"FRDist {b}", "lower", "REACT FRD.py: mean over inputs of the SUM over K samples of min DTW "
+            "(tslearn) to appropriate real reactions; unweighted on this block (ReactFace)", b, family="react")
+        add(f"frdist_mean_{b}", f"FRDist/K {b}", "lower", "ours: FRDist / K (mean over samples)", b, family="react")
+        add(f"frdiv_{b}", f"FRDiv {b}", "gt", "REACT S_MSE.py: squared distances among an input's K samples / "
+            "(K(K-1) T D), mean over inputs; REACT reads higher as better", b, True, family="react")
+        add(f"frdvs_{b}", f"FRDvs {b}", "gt", "REACT FRDvs.py: squared distances across inputs per sample index / "
+            "(N(N-1) K T D); REACT reads higher as better", b, True, family="react")
+        add(f"frvar_{b}", f"FRVar {b}", "gt", "REACT FRVar.py: mean unbiased temporal variance; REACT reads higher as "
+            "better", b, True, family="react")
+        add(f"frsyn_{b}", f"FRSyn {b}", "gt", "REACT TLCC.py: |peak lag| of the TLCC with the speaker over ±2 s, frames, "
+            "mean over inputs and samples", b, True, family="react")
     return out
 
 
 
 METRICS: dict[str, MetricInfo] = _registry()
+
+#: ``realm eval --metrics``: which families each choice scores.
+METRIC_SETS: dict[str, tuple[str, ...]] = {"dim": ("dim",), "react": ("react",), "all": ("dim", "react")}
+
+#: REACT metrics computed over all K samples of a set at once (:func:`evaluate_react`), not per sample.
+REACT_SET_KEYS: tuple[str, ...] = tuple(k for k, m in METRICS.items() if m.family == "react" and not k.startswith("frsyn"))
+
+
+def metric_families(metrics: str) -> tuple[str, ...]:
+    """The families of ``realm eval --metrics`` ``dim`` | ``react`` | ``all``."""
+    if metrics not in METRIC_SETS:
+        raise ValueError(f"metrics must be one of {', '.join(METRIC_SETS)}, got {metrics!r}")
+    return METRIC_SETS[metrics]
+
+
+def metric_keys(families: Sequence[str] = ("dim", "react")) -> list[str]:
+    """Keys of :data:`METRICS` in these families, in registry order."""
+    return [k for k, m in METRICS.items() if m.family in families]
 
 _KIND = {"exp": "expression", "pose": "pose"}
 
@@ -1331,19 +1582,20 @@ def block_columns(spec: str | MotionSpec, block: str) -> np.ndarray:
 class Reference:
     """What every model's scores share, computed once from the ground truth: k-means, scales."""
 
-    centers: dict[str, np.ndarray] = field(default_factory=dict)
+    kmeans: dict = field(default_factory=dict)  # block -> fitted sklearn KMeans (SID)
     velocity_scale: np.ndarray | None = None
 
 
-def make_reference(gts: Sequence[np.ndarray], spec: str | MotionSpec, seed: int = 0) -> Reference:
-    """The ground truth's k-means centers per block (SID) and velocity scales (reaction delay)."""
+def make_reference(gts: Sequence[np.ndarray], spec: str | MotionSpec, seed: int = 0, sid: bool = True) -> Reference:
+    """The ground truth's k-means per block (SID; ``sid=False`` skips them) and velocity scales (reaction delay)."""
     spec = get_spec(spec)
     ref = Reference(velocity_scale=velocity_scale(gts))
-    with single_thread_blas():
-        for b in ("exp", "pose"):
-            cols = block_columns(spec, b)
-            if len(cols):
-                ref.centers[b] = kmeans(np.concatenate([_as2d(g)[:, cols] for g in gts]), SID_K[b], seed=seed)
+    if sid:
+        with single_thread_blas():
+            for b in ("exp", "pose"):
+                cols = block_columns(spec, b)
+                if len(cols):
+                    ref.kmeans[b] = kmeans(np.concatenate([_as2d(g)[:, cols] for g in gts]), SID_K[b], seed=seed)
     return ref
 
 
@@ -1369,8 +1621,9 @@ def evaluate_clip_set(
     seed: int = 0,
     reference: Reference | None = None,
     conditions: Sequence[np.ndarray] | None = None,
+    families: Sequence[str] = ("dim", "react"),
 ) -> dict[str, float | None]:
-    """Every metric of DESIGN section 9 for one set of predictions: ``{metric key: value or None}``.
+    """Every per-sample metric of DESIGN section 9 for one set of predictions: ``{metric key: value or None}``.
 
     ``gts``/``preds``: full-frame (T, D) arrays in ``spec``, one per clip (one sample per clip;
     the harness calls this once per sample index and aggregates mean ± std). ``speakers``:
@@ -1381,24 +1634,30 @@ def evaluate_clip_set(
     identity's ground truth among ``gts``). ``reference`` reuses the ground truth's k-means and
     scales (:func:`make_reference`). ``conditions``: per clip (T, C), what the two-sample test's
     classifier sees beside the motion (the harness passes :func:`loudness` of the speaker's
-    audio). Keys and meanings: :data:`METRICS`.
+    audio). ``families``: ``"dim"`` and/or ``"react"`` (:data:`METRIC_SETS`). Keys and meanings:
+    :data:`METRICS`, less :data:`REACT_SET_KEYS` (they need all K samples at once:
+    :func:`evaluate_react`).
     """
     with single_thread_blas():
         return _evaluate_clip_set(gts, preds, spec, speakers, events, speaker_spec, listener_ids, triggers, tau,
-                                  fps, seed, reference, conditions)  # fmt: skip
+                                  fps, seed, reference, conditions, tuple(families))  # fmt: skip
 
 
 def _evaluate_clip_set(gts, preds, spec, speakers, events, speaker_spec, listener_ids, triggers, tau, fps, seed,
-                       reference, conditions=None) -> dict[str, float | None]:  # fmt: skip
+                       reference, conditions=None, families=("dim", "react")) -> dict[str, float | None]:  # fmt: skip
     spec = get_spec(spec)
     _check_sets(gts, preds)
+    unknown = set(families) - {"dim", "react"}
+    if unknown:
+        raise ValueError(f"unknown metric families {sorted(unknown)} (expected 'dim' and/or 'react')")
+    dim, react = "dim" in families, "react" in families
     fps = float(fps or spec.fps)
     gts = [_as2d(g) for g in gts]
     preds = [_as2d(p) for p in preds]
     pairs = [_cut(g, p) for g, p in zip(gts, preds, strict=True)]
     gts, preds = [g for g, _ in pairs], [p for _, p in pairs]
-    ref = reference or make_reference(gts, spec, seed)
-    out: dict[str, float | None] = dict.fromkeys(METRICS)
+    ref = reference or make_reference(gts, spec, seed, sid=dim)
+    out: dict[str, float | None] = dict.fromkeys(k for k in metric_keys(families) if k not in REACT_SET_KEYS)
     have_speaker = speakers is not None and all(s is not None for s in speakers)
     for b in ("exp", "pose"):
         cols = block_columns(spec, b)
@@ -1406,26 +1665,31 @@ def _evaluate_clip_set(gts, preds, spec, speakers, events, speaker_spec, listene
             continue
         G = [g[:, cols] for g in gts]
         P = [p[:, cols] for p in preds]
-        out[f"l1_{b}"] = mean_over_clips(l1, G, P)
-        out[f"mse_{b}"] = mean_over_clips(mse, G, P)
-        out[f"fd_{b}"] = fd_per_clip(G, P)
-        out[f"fd_mean_{b}"], out[f"fd_cov_{b}"] = fd_terms_per_clip(G, P)
-        out[f"fd_pooled_{b}"] = fd_pooled(G, P)
-        out[f"fd_delta_{b}"] = fd_delta_per_clip(G, P)
-        out[f"var_{b}"] = var_per_clip(P)
-        out[f"var_ratio_{b}"] = var_ratio(G, P)
-        out[f"var_pooled_{b}"] = var_pooled(P)
-        out[f"diversity_{b}"] = diversity_per_clip(P, seed=seed)
-        out[f"sid_{b}"] = sid(G, P, centers=ref.centers.get(b), k=SID_K[b], seed=seed)
-        out[f"sts_{b}"] = sts_per_clip(G, P)
-        out[f"sts_pooled_{b}"] = sts_pooled(G, P)
+        if dim:
+            out[f"l1_{b}"] = mean_over_clips(l1, G, P)
+            out[f"mse_{b}"] = mean_over_clips(mse, G, P)
+            out[f"fd_{b}"] = fd_per_clip(G, P)
+            out[f"fd_mean_{b}"], out[f"fd_cov_{b}"] = fd_terms_per_clip(G, P)
+            out[f"fd_pooled_{b}"] = fd_pooled(G, P)
+            out[f"fd_delta_{b}"] = fd_delta_per_clip(G, P)
+            out[f"var_{b}"] = var_per_clip(P)
+            out[f"var_ratio_{b}"] = var_ratio(G, P)
+            out[f"var_pooled_{b}"] = var_pooled(P)
+            out[f"diversity_{b}"] = diversity_per_clip(P, seed=seed)
+            out[f"sid_{b}"] = sid(G, P, k=SID_K[b], seed=seed, model=ref.kmeans.get(b))
+            out[f"sts_{b}"] = sts_per_clip(G, P)
+            out[f"sts_pooled_{b}"] = sts_pooled(G, P)
         scols = _speaker_cols(speaker_spec, spec, b, len(cols)) if have_speaker else None
         if scols is not None:
             S = [np.asarray(s, np.float64)[:, scols] for s in speakers]
-            out[f"p_fd_{b}"] = p_fd_per_clip(G, P, S)
-            out[f"rpcc_{b}"] = rpcc_pooled(G, P, S)
-            out[f"rpcc_clip_{b}"] = rpcc_per_clip(G, P, S)
-            out[f"frsyn_{b}"] = frsyn_per_clip(P, S, fps=fps)
+            if dim:
+                out[f"p_fd_{b}"] = p_fd_per_clip(G, P, S)
+                out[f"rpcc_{b}"] = rpcc_pooled(G, P, S)
+                out[f"rpcc_clip_{b}"] = rpcc_per_clip(G, P, S)
+            if react:
+                out[f"frsyn_{b}"] = frsyn_per_clip(P, S, fps=fps)
+    if not dim:
+        return out
     out["blink_rate"] = blink_rate(preds, spec, fps)
     exp = block_columns(spec, "exp")
     if len(exp):
@@ -1460,6 +1724,44 @@ def _evaluate_clip_set(gts, preds, spec, speakers, events, speaker_spec, listene
         out["id_rest_pose"] = float(np.mean([r["rest_pose_l1"] for r in rows]))
         out["id_expressivity"] = float(np.mean([r["expressivity_err"] for r in rows]))
         out["id_blink_rate"] = _mean_or_none([r["blink_rate_err"] for r in rows])
+    return out
+
+
+def evaluate_react(
+    preds: Sequence[np.ndarray],
+    spec: str | MotionSpec,
+    appropriate: Sequence | None = None,
+    groups: Sequence[tuple[int, int, float]] | None = None,
+) -> dict[str, float | None]:
+    """The REACT family's set-level metrics per block: ``{key of REACT_SET_KEYS: value or None}``.
+
+    ``preds``: per input (clip) its K samples, (K, T, D) full frames in ``spec`` (the same K for
+    every input; REACT draws 10). ``appropriate``: per input its appropriate real reactions
+    ((A, T, D) or a list of (T, D) full frames): on the synthetic benchmark every listener
+    realisation of the clip's speaker track (``Clip.samples()``), on peer data the neighbours of a
+    neighbour matrix (:func:`neighbour_reactions`) or the clip's own ground truth. Without it
+    FRCorr and FRDist are None (the ground truth's own row). ``groups``: FRDist's DTW column
+    groups within a block (None: unweighted, the block as one group). FRDiv is None for K < 2.
+    """
+    spec = get_spec(spec)
+    P = _react_preds(preds)
+    if appropriate is not None:
+        appropriate = _react_appropriate(appropriate, len(P), P[0].shape[2])
+    out: dict[str, float | None] = dict.fromkeys(REACT_SET_KEYS)
+    with single_thread_blas():
+        for b in ("exp", "pose"):
+            cols = block_columns(spec, b)
+            if not len(cols):
+                continue
+            X = [p[:, :, cols] for p in P]
+            if appropriate is not None:
+                A = [[r[:, cols] for r in reals] for reals in appropriate]
+                for key, per in (("frcorr", _frcorr_samples(X, A)), ("frdist", _frdist_samples(X, A, groups))):
+                    out[f"{key}_{b}"] = float(np.mean([v.sum() for v in per]))  # REACT: sum over samples
+                    out[f"{key}_mean_{b}"] = float(np.mean([v.mean() for v in per]))
+            out[f"frdiv_{b}"] = frdiv(X) if min(p.shape[0] for p in X) > 1 else None
+            out[f"frdvs_{b}"] = frdvs(X)
+            out[f"frvar_{b}"] = frvar(X)
     return out
 
 

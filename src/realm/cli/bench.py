@@ -109,10 +109,14 @@ def eval_cmd(
     max_clips: int = typer.Option(None, "--max-clips", help="Score only the first N clips of the split."),
     first_frame: str = typer.Option("gt", "--first-frame", help="gt: start from the ground truth's frame 0 | mean."),
     coarse_rows: bool = typer.Option(True, "--coarse-rows/--no-coarse-rows", help="Also score REALM before its refinement, as '<name> (coarse)'."),
+    metrics: str = typer.Option("all", "--metrics", help="dim: the DIM/L2L suite and ours | react: the REACT family (FRCorr, FRDist, FRDiv, FRDvs, FRVar, FRSyn) | all. See docs/metrics.md."),
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty output directory."),
 ):
     """Score models on a dataset split with every metric of DESIGN section 9 (tables and plots)."""
     from realm.eval import FLOOR, evaluate
+    from realm.metrics import metric_families
+
+    metric_families(metrics)  # a bad choice fails before any model loads
 
     models: dict[str, str] = {}
     for item in model:
@@ -130,9 +134,12 @@ def eval_cmd(
     with progress_bar() as p:
         task = p.add_task("generating", total=None)
         res = evaluate(models, data, split=split, samples=samples, seed=seed, max_clips=max_clips, out=out_dir,
-                       first_frame=first_frame, force=force, command=command, coarse_rows=coarse_rows,
+                       first_frame=first_frame, force=force, command=command, coarse_rows=coarse_rows, metrics=metrics,
                        progress=lambda i, n, what: p.update(task, completed=i, total=n, description=what))  # fmt: skip
-    keys = ("l1_exp", "fd_exp", "fd_delta_exp", "var_ratio_exp", "l1_pose", "delay_err", "event_f1", "blink_rate")
+    dim_keys = ("l1_exp", "fd_exp", "fd_delta_exp", "var_ratio_exp", "l1_pose", "delay_err", "event_f1", "blink_rate")
+    react_keys = ("frcorr_exp", "frdist_exp", "frdiv_exp", "frdvs_exp", "frvar_exp", "frsyn_exp")
+    keys = {"dim": dim_keys, "react": react_keys, "all": dim_keys + ("frcorr_mean_exp", "frdiv_exp")}[metrics]
+    keys = tuple(k for k in keys if k in res["metrics"])
     t = Table(title=f"{data} (split {split}, {res['n_clips']} clips; mean ± std over {samples} samples)")
     t.add_column("model")
     for k in keys:
@@ -140,7 +147,7 @@ def eval_cmd(
         t.add_column(m["label"] + {"lower": " ↓", "higher": " ↑"}.get(m["direction"], ""), justify="right")
     for name, row in res["rows"].items():  # the ground truth row holds the targets of the →GT columns
         std = row["kind"] == "model" and row["samples"] > 1
-        cells = [(("—" if row["kind"] == "reference" else "n/a") if v["mean"] is None else f"{v['mean']:.4g}" + (f" ± {v['std']:.2g}" if std else ""))
+        cells = [(("—" if row["kind"] == "reference" else "n/a") if v["mean"] is None else f"{v['mean']:.4g}" + (f" ± {v['std']:.2g}" if std and v["std"] is not None else ""))
                  for v in (row["metrics"][k] for k in keys)]  # fmt: skip
         t.add_row(name + (" (floor)" if name == FLOOR else ""), *cells)
     out.print(t)
