@@ -192,3 +192,23 @@ def test_emotional_fraction_sets_how_many_phrases_carry_a_positive_or_negative_w
     assert set(kinds(1.0, 200)) == {"positive", "negative"} and set(kinds(0.0, 200)) == {"neutral", "question"}
     with pytest.raises(ValueError, match="emotional-fraction must be between 0 and 1"):
         SynthConfig(emotional_fraction=1.5)
+
+
+def test_shared_templates_leave_only_the_emotional_word_to_tell_positive_from_negative():
+    from realm.data.synth import SHARED_TEMPLATES, TEMPLATES, SynthConfig, make_phrase
+
+    literal = {w for t in SHARED_TEMPLATES for w in t.split() if not w.startswith("{")}
+
+    def skeletons(shared):
+        rng, out = np.random.default_rng(0), {"positive": set(), "negative": set()}
+        for _ in range(1500):
+            ph = make_phrase(rng, "train", SynthConfig(emotional_fraction=1.0, shared_templates=shared))
+            out[ph.kind].add(tuple(w if w in literal else "_" for w, c in zip(ph.words, ph.categories, strict=True)
+                                   if c not in ("emphasis",)))  # fmt: skip
+        return out
+
+    shared = skeletons(True)
+    assert shared["positive"] == shared["negative"]  # the same skeletons (slot fillers masked) for both emotions
+    default = skeletons(False)  # the benchmark's templates: some only ever carry one emotion
+    assert default["positive"] != default["negative"]
+    assert not any("storm" in t for t in SHARED_TEMPLATES) and any("storm" in t for t in TEMPLATES["negative"])

@@ -31,6 +31,7 @@ def data_synth(
     tau_jitter: int = typer.Option(1, help="+- frames of jitter per reaction."),
     listener_samples: int = typer.Option(2, "--listener-samples", help="Listener realisations per speaker track."),
     no_cue_fraction: float = typer.Option(0.3, help="Fraction of emotional phrases spoken without prosodic cue."),
+    shared_templates: bool = typer.Option(False, "--shared-templates", help="Positive and negative phrases from one template set, so that only the emotional word tells them apart (a test of word meaning; default: the benchmark's partly different templates)."),
     emotional_fraction: float = typer.Option(0.5, "--emotional-fraction", help="Fraction of phrases with a positive (3/5) or negative (2/5) word: the speaker's content the listener smiles or frowns at (0.5: the benchmark's)."),
     identities: int = typer.Option(8, help="Listener identities of train/val/test."),
     ood_identities: int = typer.Option(3, help="Unseen listener identities of the ood split."),
@@ -61,7 +62,7 @@ def data_synth(
 
     cfg = SynthConfig(
         hours=hours, seed=seed, identity_seed=identity_seed, backend=backend, tau=tau, tau_jitter=tau_jitter, listener_samples=listener_samples,
-        no_cue_fraction=no_cue_fraction, emotional_fraction=emotional_fraction, n_identities=identities, n_ood_identities=ood_identities, workers=workers,
+        no_cue_fraction=no_cue_fraction, emotional_fraction=emotional_fraction, shared_templates=shared_templates, n_identities=identities, n_ood_identities=ood_identities, workers=workers,
     )  # fmt: skip
     knobs = dict(
         pitch_semitones=pitch_semitones, formant_shift=formant_shift, espeak=espeak, rate=rate, level_db=level_db, noise=noise,

@@ -110,6 +110,13 @@ TEMPLATES = {
     ],
 }  # fmt: skip
 
+#: With ``shared_templates``: one template set for positive and negative phrases, so that only the
+#: emotional word ({emo}: a positive or a negative word, by the phrase's kind) tells them apart.
+SHARED_TEMPLATES = [
+    "that was {emph} {emo}", "honestly the {noun} was {emph} {emo}", "the trip on {day} was {emo}",
+    "everything at the {place} looked {emo}", "{subject} said the news was {emo}", "{subject} had a {emo} week",
+]  # fmt: skip
+
 EMOTION_PROSODY = {  # rate (length scale), pitch, gain
     "positive": (0.9, 1.08, 1.25),
     "neutral": (1.0, 1.0, 1.0),
@@ -136,6 +143,7 @@ class SynthConfig:
     n_ood_identities: int = 3  # unseen listeners of ood
     no_cue_fraction: float = 0.3
     emotional_fraction: float = 0.5  # phrases with a positive (3/5 of them) or negative (2/5) word; the rest neutral or questions
+    shared_templates: bool = False  # positive and negative phrases from one template set: only the word tells them apart
     split_fractions: tuple[float, float, float, float] = (0.7, 0.1, 0.1, 0.1)  # train, val, test, ood
     workers: int = 1
 
@@ -225,7 +233,10 @@ class Phrase:
 def make_phrase(rng: np.random.Generator, vocab_split: str, cfg: SynthConfig) -> Phrase:
     f = cfg.emotional_fraction  # 0.5: [0.3, 0.2, 0.35, 0.15], the benchmark's mix (halving is exact in binary)
     kind = rng.choice(["positive", "negative", "neutral", "question"], p=[0.6 * f, 0.4 * f, 0.7 * (1 - f), 0.3 * (1 - f)])
-    template = str(rng.choice(TEMPLATES[kind]))
+    shared = cfg.shared_templates and kind in ("positive", "negative")
+    template = str(rng.choice(SHARED_TEMPLATES if shared else TEMPLATES[kind]))
+    if shared:
+        template = template.replace("{emo}", "{pos}" if kind == "positive" else "{neg}")
     words, cats = [], []
     for token in template.split():
         if token.startswith("{"):
