@@ -905,7 +905,7 @@ async def microphone_chunks(seconds: float | None = None, chunk_ms: float = 100.
     """Live 16 kHz mono float32 chunks of ``chunk_ms`` from a microphone, for ``seconds`` (None: until
     the consumer stops iterating). Recorded at 16 kHz by PortAudio (which resamples where the device
     cannot), one chunk per callback, handed from the audio thread to the event loop; a chunk the
-    loop has not taken after 2 s of backlog is dropped and counted in ``microphone_chunks.dropped``."""
+    loop has not taken after 2 s of backlog is dropped (logged as a warning when the source closes)."""
     import asyncio
 
     sd = _sounddevice()
@@ -936,4 +936,5 @@ async def microphone_chunks(seconds: float | None = None, chunk_ms: float = 100.
                 got += len(x)
                 yield x
         finally:
-            microphone_chunks.dropped = dropped[0]
+            if dropped[0]:
+                log.warning("microphone: %d chunks dropped (the event loop fell 2 s behind)", dropped[0])

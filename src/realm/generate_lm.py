@@ -12,7 +12,7 @@ extractor's look-ahead) is in, from the acoustic state and emotion at its last f
 words known by then (:class:`realm.models.mmlm.TokenDecoder`, with its key/value cache; a word
 recognised after its place in the cached sequence rebuilds the cache). A token's frames are
 decoded from the ``decode_window`` tokens ending ``decode_lookahead`` tokens after it
-(:meth:`MMLM.decode_span`; the IDVQ decoder's instance norms and convolutions read both sides),
+(:meth:`MMLM.decode_span`, :meth:`MMLM.decode_token`; the IDVQ decoder's instance norms and convolutions read both sides),
 so **algorithmic latency** = (1 + lookahead) tokens + the extractor's look-ahead: 800 + 25 ms
 with the defaults (lookahead 2, logmel features). With ``decode_window`` > 0 in the checkpoint's
 config, offline generation decodes the same way and streaming gives the offline frames (tested);
@@ -125,11 +125,12 @@ class LMStreamer:
     def _emit(self, final: bool) -> np.ndarray:
         m, f = self.m, FRAMES_PER_TOKEN
         n = self.dec.n
-        tokens = torch.tensor(self.dec.tokens)  # (1, n)
         out = []
         while self.emitted < n and (final or self.emitted + self.la < n):
             e = self.emitted
-            y = m.decode_span(tokens, self.ref, e, n)[0].numpy()  # (8, D)
+            lo, hi = m.decode_span(e, n)
+            span = torch.tensor([self.dec.tokens[0][lo:hi]])  # (1, hi - lo): only the tokens it reads
+            y = m.decode_token(span, self.ref, e - lo)[0].numpy()  # (8, D)
             if m.blinks:
                 y = y + self.overlay[f * e - self.obase : f * e + f - self.obase]
             out.append(y)

@@ -999,10 +999,6 @@ class ListenerServer:
         s.pending, s.pending_n = [], 0
         self._emit(s, await self._compute(s, audio), chunk)
 
-    @staticmethod
-    def _take_words(s: Session) -> list:
-        words, s.words = s.words, []
-        return words
 
     # ------------------------------------------------------------------ model and robot
 
@@ -1044,7 +1040,8 @@ class ListenerServer:
         the turn of a chunk is when its audio ends at real-time pace (AHEAD_GRACE_S early), or now if later."""
         streamer, pipeline, start = s.streamer, s.pipeline, s.frames
         if s.words:  # the words heard since the last call (a session's calls run one after another)
-            streamer.add_words(self._take_words(s))
+            streamer.add_words(s.words)
+            s.words = []
         now = asyncio.get_running_loop().time()
         key = now if audio is None else max(now, s.origin + s.samples / SAMPLE_RATE - AHEAD_GRACE_S)
         t0 = time.perf_counter()

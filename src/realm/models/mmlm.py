@@ -569,24 +569,29 @@ class MMLM(Baseline):
             motion = torch.cat([self.vq.decode(t[None], ref, T) for t in tokens])  # (samples, T, D)
         return self.add_blinks(motion, blinks) if blinks is not None else motion
 
-    def decode_span(self, tokens: torch.Tensor, ref: torch.Tensor, e: int, n: int) -> torch.Tensor:
-        """Token ``e``'s 8 frames (B, 8, D) decoded with the ``decode_window`` tokens ending
-        ``decode_lookahead`` after it (fewer at the start, none past the ``n`` known): what a
-        streamer emits for it once token e + lookahead is known."""
+    def decode_span(self, e: int, n: int) -> tuple[int, int]:
+        """The tokens [lo, hi) that token ``e``'s frames are decoded from: the ``decode_window``
+        tokens ending ``decode_lookahead`` after it (fewer at the start, none past the ``n`` known),
+        what a streamer has once token e + lookahead is known."""
         c = self.config
         W = c.decode_window or c.window_tokens
         hi = min(e + c.decode_lookahead + 1, n)
         lo = max(0, hi - W)
         if hi - lo < 2:  # the AdaIN decoder needs 2 tokens
             lo, hi = max(0, lo - 1), max(hi, min(n, 2))
-        y = self.vq.decode(tokens[:, lo:hi], ref)  # (B, 8 (hi - lo), D)
-        k = (e - lo) * FRAMES_PER_TOKEN
-        return y[:, k : k + FRAMES_PER_TOKEN]
+        return lo, hi
+
+    def decode_token(self, span: torch.Tensor, ref: torch.Tensor, k: int) -> torch.Tensor:
+        """The 8 frames (B, 8, D) of the ``k``-th token of ``span`` (B, hi - lo), the tokens
+        :meth:`decode_span` names, decoded together."""
+        return self.vq.decode(span, ref)[:, k * FRAMES_PER_TOKEN : (k + 1) * FRAMES_PER_TOKEN]
 
     def decode_windowed(self, tokens: torch.Tensor, ref: torch.Tensor, length: int) -> torch.Tensor:
         """Motion (B, length, D) of tokens (B, n), each token from its own window (:meth:`decode_span`)."""
         n = tokens.shape[1]
-        return torch.cat([self.decode_span(tokens, ref, e, n) for e in range(n)], dim=1)[:, :length]
+        spans = [self.decode_span(e, n) for e in range(n)]
+        return torch.cat([self.decode_token(tokens[:, lo:hi], ref, e - lo) for e, (lo, hi) in enumerate(spans)],
+                         dim=1)[:, :length]  # fmt: skip
 
     def add_blinks(self, motion: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """Draw the blink template into ``motion`` (B, T, D) at the onsets of ``classes`` (B, n): class
@@ -673,6 +678,7 @@ class TokenDecoder:
         self.blinks: list[list[int]] = [[] for _ in range(samples)]
         self.cond: list[torch.Tensor] = []  # (1, H) per slot
         self.ids: dict[str, list[int]] = {}  # backbone token ids per word
+        self.ends: list[int] = []  # end frame of each word of the (append-only) word list
         self.window, self.cache, self.x = -1, None, None  # the window the cache holds, the cache, its inputs
 
     @property
@@ -689,7 +695,9 @@ class TokenDecoder:
         j = self.n
         self.cond.append(cond.reshape(1, -1))
         j0 = m.window_start(j)  # the window's first slot: slot j sees slots j0 .. j
-        ends = [word_end_frame(w.end, fps) for w in words]  # frames from the start of the audio = token 0
+        while len(self.ends) < len(words):  # words only grow (a stream's are appended): each end computed once
+            self.ends.append(word_end_frame(words[len(self.ends)].end, fps))
+        ends = self.ends  # frames from the start of the audio = token 0
         keep = [i for i, e in enumerate(ends) if -c.word_context_s * fps <= e - f * j0 < f * j]
         S = self.samples
         prev = torch.tensor([[m.start if j0 == 0 else t[j0 - 1]] + t[j0:j] for t in self.tokens])  # (S, j - j0 + 1)

@@ -338,12 +338,20 @@ class CausalConv1d(nn.Conv1d):
         return super().forward(F.pad(x, ((self.kernel_size[0] - 1) * self.dilation[0], 0)))
 
 
-class _Masked:
-    """A bias-free causal convolution's weights in the shape :meth:`Refinement.step` reads (the event
-    template, masked to its channels)."""
+def _after(past: torch.Tensor | None, x: torch.Tensor, n: int) -> torch.Tensor:
+    """``x`` (B, C, T) with the ``n`` frames before it in front: ``past`` (B, C, n), or zeros (the start)."""
+    return F.pad(x, (n, 0)) if past is None else torch.cat([past, x], dim=2)
 
-    def __init__(self, weight: torch.Tensor):
-        self.weight, self.bias, self.kernel_size, self.dilation = weight, None, (weight.shape[2],), (1,)
+
+def causal_conv(full: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int = 1) -> torch.Tensor:
+    """A causal convolution of ``full`` (B, C, (k - 1) d + L), which holds the frames before its
+    last L in front -> (B, C', L). Dilated: the taps gathered and contracted at once (PyTorch's
+    dilated CPU convolution loops over channels)."""
+    if dilation == 1:
+        return F.conv1d(full, weight, bias)
+    n = (weight.shape[2] - 1) * dilation
+    out = torch.einsum("bclk,ock->bol", full.unfold(2, n + 1, 1)[..., ::dilation], weight)  # (B, C', L)
+    return out if bias is None else out + bias[:, None]
 
 
 def banded_causal_mask(T: int, span: int, device=None, last: int | None = None) -> torch.Tensor:
@@ -428,19 +436,21 @@ class Refinement(nn.Module):
         events = 4 + HAZARD_SPAN + max(self.refractory - 1, 0) + self.event_k - 1 if self.n_events else 0
         return max(4 + (self.span - 1) + self.span + 2, events)
 
-    def squeeze(self, f: torch.Tensor) -> torch.Tensor:
+    def squeeze(self, f: torch.Tensor, past: torch.Tensor | None = None) -> torch.Tensor:
         """Channel descriptor of f (B, h, T): whole: the mean over time (B, h, 1); causal: the mean
-        over the last ``span`` frames, zeros before the sequence (B, h, T)."""
+        over the last ``span`` frames (B, h, T), reading ``past`` (B, h, span - 1) before the
+        sequence (zeros when None: its start)."""
         if not self.causal:
             return f.mean(dim=2, keepdim=True)
-        return F.avg_pool1d(F.pad(f, (self.span - 1, 0)), self.span, stride=1)
+        return F.avg_pool1d(_after(past, f, self.span - 1), self.span, stride=1)
 
-    def _before(self, x: torch.Tensor, how: str) -> torch.Tensor:
-        """(B, K, T): the sum or max of x over the ``refractory - 1`` frames before each frame (0 before the start)."""
+    def _before(self, x: torch.Tensor, how: str, past: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, K, T): the sum or max of x over the ``refractory - 1`` frames before each frame,
+        reading ``past`` (B, K, refractory - 1) before the sequence (zeros when None: its start)."""
         n = self.refractory - 1
         if n < 1:
             return torch.zeros_like(x)
-        prev = F.pad(x, (n, 0))[..., :-1]  # frame t reads frames [t - n, t - 1]
+        prev = _after(past, x, n)[..., :-1]  # frame t reads frames [t - n, t - 1]
         return F.avg_pool1d(prev, n, stride=1) * n if how == "sum" else F.max_pool1d(prev, n, stride=1)
 
     def detail(self, f: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: torch.Tensor,
@@ -493,50 +503,45 @@ class Refinement(nn.Module):
         x = exp.transpose(1, 2)  # (B, E, L)
         B, h, L = x.shape[0], self.local[0].out_channels, x.shape[2]
 
-        def conv(name: str, layer: nn.Conv1d, inp: torch.Tensor) -> torch.Tensor:  # causal conv over cached + new frames
-            n = (layer.kernel_size[0] - 1) * layer.dilation[0]
-            full = torch.cat([c.get(name, inp.new_zeros(inp.shape[0], inp.shape[1], n)), inp], dim=2)
-            c[name] = full[..., full.shape[2] - n :]
-            d = layer.dilation[0]
-            if d == 1:
-                return F.conv1d(full, layer.weight, layer.bias)
-            # dilated: the taps gathered and contracted at once (PyTorch's dilated CPU conv loops over channels)
-            out = torch.einsum("bclk,ock->bol", full.unfold(2, n + 1, 1)[..., ::d], layer.weight)  # (B, C', L)
-            return out if layer.bias is None else out + layer.bias[:, None]
+        def past(name: str, v: torch.Tensor, n: int) -> torch.Tensor | None:
+            """The ``n`` frames before ``v`` (None at the start); keeps the last ``n`` of both for the next call."""
+            before = c.get(name)
+            if n > 0:
+                c[name] = _after(before, v, n)[..., -n:]
+            return before
+
+        def conv(name: str, weight: torch.Tensor, bias, inp: torch.Tensor, dilation: int = 1) -> torch.Tensor:
+            n = (weight.shape[2] - 1) * dilation
+            return causal_conv(_after(past(name, inp, n), inp, n), weight, bias, dilation)
+
+        def layer(name: str, m: nn.Conv1d, inp: torch.Tensor) -> torch.Tensor:
+            return conv(name, m.weight, m.bias, inp, m.dilation[0])
 
         def before(name: str, v: torch.Tensor, how: str) -> torch.Tensor:  # sum / max of the refractory frames before
-            n = self.refractory - 1
-            if n < 1:
-                return torch.zeros_like(v)
-            full = torch.cat([c.get(name, v.new_zeros(v.shape[0], v.shape[1], n)), v], dim=2)
-            c[name] = full[..., full.shape[2] - n :]
-            prev = full[..., :-1]
-            return F.avg_pool1d(prev, n, stride=1) * n if how == "sum" else F.max_pool1d(prev, n, stride=1)
+            return self._before(v, how, past(name, v, max(self.refractory - 1, 0)))
 
-        f = F.gelu(conv("local1", self.local[2], F.gelu(conv("local0", self.local[0], x))))  # (B, h, L)
-        gamma, beta = self.modulator[2](F.gelu(conv("mod0", self.modulator[0], audio.transpose(1, 2)))).chunk(2, dim=1)
+        f = F.gelu(layer("local1", self.local[2], F.gelu(layer("local0", self.local[0], x))))  # (B, h, L)
+        gamma, beta = self.modulator[2](F.gelu(layer("mod0", self.modulator[0], audio.transpose(1, 2)))).chunk(2, dim=1)
         e = eps[:, :h]
         if self.odd:  # the +eps and -eps halves as one batch, as in forward
             g = torch.cat([f, f]) + torch.cat([gamma, gamma]) * torch.cat([e, -e]) + torch.cat([beta, beta])
         else:
             g = f + gamma * e + beta  # (B', h, L)
         span = self.span
-        full = torch.cat([c.get("squeeze", g.new_zeros(g.shape[0], h, span - 1)), g], dim=2)
-        c["squeeze"] = full[..., full.shape[2] - (span - 1) :]
-        g = g * self.se(F.avg_pool1d(full, span, stride=1))  # squeeze-excitation over the last span frames
+        g = g * self.se(self.squeeze(g, past("squeeze", g, span - 1)))  # squeeze-excitation over the last span frames
         keys = torch.cat([c.get("keys", g.new_zeros(g.shape[0], 0, h)), g.transpose(1, 2)], dim=1)  # (B', n + L, h)
         c["keys"] = keys[:, max(0, keys.shape[1] - span) :]
         y = self._attend_tail(keys, L).transpose(1, 2)  # (B', h, L)
-        detail = conv("out", self.out, y)  # (B', E, L)
+        detail = layer("out", self.out, y)  # (B', E, L)
         out = x + (0.5 * (detail[:B] - detail[B:]) if self.odd else detail)
         if self.n_events:
             hz = self.hazard
-            logit = hz[4](F.gelu(conv("hazard2", hz[2], F.gelu(conv("hazard0", hz[0], torch.cat([f, beta], dim=1))))))
+            logit = hz[4](F.gelu(layer("hazard2", hz[2], F.gelu(layer("hazard0", hz[0], torch.cat([f, beta], dim=1))))))
             p = torch.sigmoid(logit)  # (B, K, L)
             q = (F.logsigmoid(logit) + before("neg", F.logsigmoid(-logit), "sum")).exp()
             cand = (0.5 * (1 + torch.erf(eps[:, h:] / math.sqrt(2))) < p).float()
             z = cand * (1 - before("cand", cand, "max"))
-            out = out + conv("template", _Masked(self.template.weight * self.event_mask), z - q)
+            out = out + conv("template", self.template.weight * self.event_mask, None, z - q)
         return out.transpose(1, 2), c
 
     def forward(self, exp: torch.Tensor, audio: torch.Tensor, noise: torch.Tensor | None = None,
