@@ -2,6 +2,7 @@
 
     python benchmarks/bench_serve.py [--checkpoint checkpoints/realm-demo] [--seconds 20] [--levels 1,2,4,8,...]
     python benchmarks/bench_serve.py --hostile [--clients 8] [--seconds 30]
+    python benchmarks/bench_serve.py --browser [--seconds 20] [--server-args "--profile ameca"]
 
 Starts `realm serve` (loopback, a free port, its default limits unless ``--server-args``) in its
 own process.
@@ -23,7 +24,16 @@ they can, clients streaming at 4x real time that never read; each reconnects 0.5
 closed). It reports the real-time clients' latency in both phases, the server's RSS over time
 and what happened to the attackers.
 
-Clients, attackers and server share the machine (their CPU use is part of the load).
+**Browser** (``--browser``): the listener page in a headless Chromium (realm.web.chromium) whose
+fake microphone plays jfk.flac (48 kHz WAV, looped by Chromium), through getUserMedia, the
+AudioWorklet's resampler and the page's WebSocket, for ``--seconds``, ``--repeat`` times. It
+reports, per stage, the latency on top of the model's algorithmic latency: chunk sent -> frame
+received (compute, queueing, network, JSON), -> the first paint after it (the added latency the
+page shows), the capture -> send delay the page cannot see (computed: the worklet's 20 ms chunks
+and 128-sample render quantum, the resampler's look-ahead), and frames late for their play-out
+slot, not drawn and dropped.
+
+Clients, attackers, browser and server share the machine (their CPU use is part of the load).
 """
 
 from __future__ import annotations
@@ -154,6 +164,8 @@ def main() -> None:
     ap.add_argument("--hostile", action="store_true", help="real-time clients alone, then beside attackers")
     ap.add_argument("--clients", type=int, default=8, help="real-time clients of --hostile")
     ap.add_argument("--attackers", default=",".join(ATTACKERS), help=f"those of --hostile, from {','.join(ATTACKERS)}")
+    ap.add_argument("--browser", action="store_true", help="the listener page in headless Chromium, fake microphone")
+    ap.add_argument("--repeat", type=int, default=3, help="streams of --browser")
     ap.add_argument("--attack", default=None, help=argparse.SUPPRESS)  # internal: the attacking process
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--force", action="store_true", help="Replace an existing output file.")
@@ -183,7 +195,9 @@ def main() -> None:
         asyncio.run(level(server.url, audio[:48000], 1, rng))  # warm-up
         base = rss_mb(server.pid)
         print(f"# server RSS with no client: {base:.0f} MB; {args.seconds:g} s of audio per client, real-time pace\n")
-        if args.hostile:
+        if args.browser:
+            out.update(browser(server, y, args))
+        elif args.hostile:
             out.update(hostile(server, audio, args, rng))
         else:
             out.update(levels_run(server, audio, levels, args, rng, base))
@@ -229,6 +243,59 @@ def levels_run(server: Server, audio, levels, args, rng, base: float) -> dict:
             break
     print(f"\nlargest N with p95 added latency < {args.p95_ms:g} ms, no dropped frames and none refused: {best}")
     return {"levels": results, "best": best}
+
+
+def browser(server: Server, speech: np.ndarray, args) -> dict:
+    """The listener page in headless Chromium with jfk.flac as its microphone, ``--repeat`` streams."""
+    import tempfile
+
+    import soundfile as sf
+
+    from realm.web.chromium import Chromium
+
+    q = lambda xs, k: float(np.percentile(xs, k)) if len(xs) else float("nan")  # noqa: E731
+    page = server.url.replace("ws://", "http://") + "/"
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        import librosa
+
+        mic = Path(tmp) / "speech48.wav"
+        sf.write(mic, librosa.resample(speech, orig_sr=16000, target_sr=48000), 48000, subtype="PCM_16")
+        with Chromium(fake_audio=mic) as b:
+            b.open(page)
+            for k in range(args.repeat):
+                b.evaluate("realm.start('mic')")
+                time.sleep(args.seconds)
+                st = b.evaluate("realm.stop().then(() => { const s = realm.state; return {end: s.end, ready: s.ready, "
+                                "added: s.added, network: s.network, paint: s.paint, received: s.received, drawn: s.drawn, late: s.late, "
+                                "skipped: s.skipped, chunks: s.chunks}; })", timeout_s=60)  # fmt: skip
+                time.sleep(1.0)  # the last frames' play-out
+                paint = st["paint"]
+                row = {"stream": k, "frames": st["received"], "drawn": st["drawn"], "late": st["late"],
+                       "not_drawn": st["skipped"], "dropped": st["end"]["dropped"] if st["end"] else None,
+                       "net_p50": q(st["network"], 50), "net_p95": q(st["network"], 95),
+                       "added_p50": q(st["added"], 50), "added_p95": q(st["added"], 95),
+                       "paint_p50": q(paint, 50), "compute_p50": st["end"]["compute_ms_p50"],
+                       "compute_p95": st["end"]["compute_ms_p95"], "algorithmic_ms": 1e3 * st["ready"]["latency_s"]}  # fmt: skip
+                rows.append(row)
+            shot = Path(tmp) / "page.png"
+            b.screenshot(shot)
+            if args.json:
+                Path(args.json).with_suffix(".png").write_bytes(shot.read_bytes())
+    # capture -> send, which the page cannot time: a sample waits for its 20 ms chunk (10 ms on
+    # average, 20 at most), the 128-sample render quantum at 48 kHz (2.7 ms) and the resampler's
+    # 16 output samples of look-ahead (1 ms)
+    capture = {"mean_ms": 10.0 + 2.7 + 1.0, "max_ms": 20.0 + 2.7 + 1.0}
+    print("| stream | frames | drawn | late | not drawn | dropped | sent->received p50/p95 ms | received->paint p50 ms "
+          "| added (sent->paint) p50/p95 ms | server compute p50/p95 ms |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['stream']} | {r['frames']} | {r['drawn']} | {r['late']} | {r['not_drawn']} | {r['dropped']} | "
+              f"{r['net_p50']:.1f} / {r['net_p95']:.1f} | {r['paint_p50']:.1f} | {r['added_p50']:.1f} / {r['added_p95']:.1f} | "
+              f"{r['compute_p50']:.1f} / {r['compute_p95']:.1f} |")  # fmt: skip
+    print(f"\nalgorithmic latency {rows[0]['algorithmic_ms']:.0f} ms; capture -> send (not measurable in the page): "
+          f"{capture['mean_ms']:.1f} ms on average, at most {capture['max_ms']:.1f}")
+    return {"browser": rows, "capture_to_send": capture}
 
 
 def hostile(server: Server, audio, args, rng) -> dict:

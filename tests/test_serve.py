@@ -106,10 +106,10 @@ def test_a_server_error_ends_only_that_session(listener, speech):
         server = await started(listener)
         run_model = server._run_model
 
-        def failing(streamer, safety, start, audio):  # a model failure on one client's chunk
+        def failing(streamer, safety, start, audio, face=False):  # a model failure on one client's chunk
             if audio is not None and len(audio) == 1234:
                 raise RuntimeError("boom")
-            return run_model(streamer, safety, start, audio)
+            return run_model(streamer, safety, start, audio, face)
 
         server._run_model = failing
         try:

@@ -25,9 +25,16 @@ One connection is one listener. Protocol version 1 (docs/serving.md has the full
   Options: ``sample_rate`` (must be 16000), ``encoding`` (``pcm_s16le``), ``channels`` (1),
   ``seed`` and ``sample`` (refinement noise, as ``realm generate``), ``refine`` (bool),
   ``pace`` (``"asap"``: send each frame as soon as it is computed; ``"realtime"``: hold each
-  frame until its play time, ``first audio + latency_s + margin_s + i / fps``).
+  frame until its play time, ``first audio + latency_s + margin_s + i / fps``), ``face`` (bool:
+  each frame also carries ``face``, the listener's face as :func:`realm.render.face.encode_shapes`
+  shapes, and ``ready`` the palette and layout to draw them; what the page draws).
 * Binary messages are audio: 16-bit signed little-endian PCM, mono, 16 kHz, any whole number
   of samples per message up to ``max_chunk_bytes`` (1 s by default).
+
+**HTTP.** A plain GET (no WebSocket upgrade) of ``/`` is answered with the listener page
+(:mod:`realm.web`: microphone or file, the face and controls drawn live, latency readouts); other
+paths with 404. The page needs no token (it holds none); its WebSocket carries the page's
+``?token=``, and its Origin (this server's own host and port) is admitted.
 
 **Server -> client** (JSON text)
 
@@ -90,6 +97,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 
 from realm.audio import SAMPLE_RATE, get_extractor, n_frames
+from realm.render.face import encode_shapes, face_description, face_frame, face_shapes
 from realm.threads import set_torch_threads
 
 log = logging.getLogger(__name__)
@@ -99,7 +107,7 @@ ENCODING = "pcm_s16le"
 PACES = ("asap", "realtime")
 DEFAULT_OPTIONS = {
     "sample_rate": SAMPLE_RATE, "encoding": ENCODING, "channels": 1,
-    "seed": 0, "sample": 0, "refine": True, "pace": "asap", "margin_s": 0.05,
+    "seed": 0, "sample": 0, "refine": True, "pace": "asap", "margin_s": 0.05, "face": False,
 }  # fmt: skip
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 AHEAD_GRACE_S = 0.25  # audio up to this far ahead of real time still counts as real time (network jitter)
@@ -140,6 +148,9 @@ class ServerConfig:
     tls_key: str | None = None
     workers: int = 2  # model threads shared by all clients
     torch_threads: int = 1  # intra-op threads per model call
+    record_dir: str | None = None  # keep each stream's received audio: DIR/stream-<session>-<n>.wav at stop
+    #   (what the server heard, to replay offline: tests and debugging; memory grows with the stream)
+    page: bool = True  # answer plain HTTP GETs of / with the listener page (realm.web)
 
     @property
     def max_chunk_bytes(self) -> int:
@@ -202,9 +213,9 @@ def check_options(options: dict, base: dict) -> dict:
         elif key in ("seed", "sample"):
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
                 raise ProtocolError("bad_option", f"{key} must be an integer in [0, 2**63) {got}")
-        elif key == "refine":
+        elif key in ("refine", "face"):
             if not isinstance(value, bool):
-                raise ProtocolError("bad_option", f"refine must be true or false {got}")
+                raise ProtocolError("bad_option", f"{key} must be true or false {got}")
         elif key == "pace":
             if value not in PACES:
                 raise ProtocolError("bad_option", f"pace must be one of {list(PACES)} {got}")
@@ -311,6 +322,8 @@ class Session:
     pending: list = field(default_factory=list)  # audio messages not yet run (together under MIN_PUSH samples)
     pending_n: int = 0  # their samples
     words: list = field(default_factory=list)  # words received since the last model call (listeners that read words)
+    recorded: list = field(default_factory=list)  # this stream's audio messages (ServerConfig.record_dir)
+    streams: int = 0  # streams started on this connection
     queue: deque = field(default_factory=deque)
     queued_frames: int = 0  # frames in queue
     queued_other: int = 0  # other messages in queue
@@ -748,8 +761,10 @@ class ListenerServer:
         missing or wrong token; None admits."""
         import http
 
+        if "upgrade" not in request.headers.get("Connection", "").lower():  # plain HTTP: the page
+            return self._page(connection, request)
         origin = request.headers.get("Origin")
-        if origin is not None and not self._origin_ok(origin):
+        if origin is not None and not self._origin_ok(origin, request.headers.get("Host")):
             return self._reject(connection, http.HTTPStatus.FORBIDDEN, f"Origin {shown(origin, 64)} is not allowed")
         token = self.config.token
         if token:
@@ -762,14 +777,32 @@ class ListenerServer:
                 return self._reject(connection, http.HTTPStatus.UNAUTHORIZED, f"{why} (send Authorization: Bearer TOKEN)")
         return None
 
-    def _origin_ok(self, origin: str) -> bool:
+    def _origin_ok(self, origin: str, host: str | None = None) -> bool:
         allowed = self.config.allowed_origins
         if "*" in allowed or origin.rstrip("/") in {o.rstrip("/") for o in allowed}:
             return True
         try:
-            return urlsplit(origin).hostname in LOOPBACK_NAMES  # a page served from this machine
+            parts = urlsplit(origin)
+            # a page served from this machine, or this server's own page (same host and port)
+            return parts.hostname in LOOPBACK_NAMES or (self.config.page and host is not None and parts.netloc == host)
         except ValueError:
             return False
+
+    def _page(self, connection, request):
+        """A plain HTTP request: the listener page's files (GET), else 404/405."""
+        import http
+
+        from websockets.datastructures import Headers
+        from websockets.http11 import Response
+
+        from realm.web import HEADERS, asset
+
+        found = asset(urlsplit(request.path).path) if self.config.page else None
+        if found is None:
+            return connection.respond(http.HTTPStatus.NOT_FOUND, "not found: this server has the page / and a WebSocket\n")
+        body, ctype = found
+        headers = Headers({**HEADERS, "Content-Type": ctype, "Content-Length": str(len(body)), "Connection": "close"})
+        return Response(200, "OK", headers, body)
 
     def _reject(self, connection, status, why: str):
         self.totals["refused"] += 1
@@ -964,6 +997,8 @@ class ListenerServer:
                    "compute_ms_p50": float(np.median(ms)) if len(ms) else None,
                    "compute_ms_p95": float(np.percentile(ms, 95)) if len(ms) else None}  # fmt: skip
             self._put(s, _Item(json.dumps(end, allow_nan=False)))
+            if self.config.record_dir:
+                self._record(s)
         elif kind == "words":
             if not s.streaming:
                 raise ProtocolError("not_started", 'send {"type": "start"} before words')
@@ -990,6 +1025,8 @@ class ListenerServer:
         s.samples += len(data) // 2
         s.pending.append(data)
         s.pending_n += len(data) // 2
+        if self.config.record_dir:
+            s.recorded.append(data)
         if s.pending_n >= MIN_PUSH:  # smaller messages wait for the next ones (or stop)
             await self._push(s, chunk)
 
@@ -1000,6 +1037,22 @@ class ListenerServer:
         self._emit(s, await self._compute(s, audio), chunk)
 
 
+    def _record(self, s: Session) -> None:
+        """Write the stream's received audio to ``record_dir/stream-<session>-<n>.wav`` (16-bit, 16 kHz)."""
+        import wave
+
+        from realm.io import atomic_path
+
+        out = Path(self.config.record_dir) / f"stream-{s.id}-{s.streams}.wav"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out, force=True) as tmp, wave.open(str(tmp), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(SAMPLE_RATE)
+            w.writeframes(b"".join(s.recorded))
+        s.recorded = []
+        log.info("client %d: stream %d's audio written to %s", s.id, s.streams, out)
+
     # ------------------------------------------------------------------ model and robot
 
     def _begin(self, s: Session) -> None:
@@ -1007,7 +1060,8 @@ class ListenerServer:
         s.streamer = self.listener.streamer(seed=o["seed"], sample=o["sample"], refine=o["refine"])
         s.pipeline = self._new_controls()
         s.streaming, s.chunks, s.samples, s.frames, s.dropped, s.late, s.held, s.last = True, 0, 0, 0, 0, 0, 0, None
-        s.first_audio, s.pending, s.pending_n, s.words = None, [], 0, []
+        s.first_audio, s.pending, s.pending_n, s.words, s.recorded = None, [], 0, [], []
+        s.streams += 1
         s.compute_s.clear()
 
     def _new_controls(self):
@@ -1032,6 +1086,9 @@ class ListenerServer:
                        "max_errors": cfg.max_errors, "queue_messages": cfg.queue_messages},
             "profile": self.profile.name if self.profile else None,
             "controls": list(self.profile.names) if self.profile else None,
+            "control_ranges": np.column_stack(self.profile.lo_hi()).tolist() if self.profile else None,
+            "control_neutral": self.profile.neutral_vector().tolist() if self.profile else None,
+            "face": face_description() if s.options["face"] else None,
             "options": s.options,
         }  # fmt: skip
 
@@ -1045,31 +1102,35 @@ class ListenerServer:
         now = asyncio.get_running_loop().time()
         key = now if audio is None else max(now, s.origin + s.samples / SAMPLE_RATE - AHEAD_GRACE_S)
         t0 = time.perf_counter()
-        (frames, controls, took), _, ahead = await self.scheduler.run(
-            key, self._timed, streamer, pipeline, start, audio
+        (frames, controls, faces, took), _, ahead = await self.scheduler.run(
+            key, self._timed, streamer, pipeline, start, audio, s.options["face"]
         )  # fmt: skip
         if len(frames):
             s.compute_s.append(time.perf_counter() - t0)
             self._costs.append(took / len(frames))
             if not ahead and audio is not None:  # a real-time call (not the flush at stop)
                 self._lags.append((now, s.compute_s[-1]))
-        return frames, controls
+        return frames, controls, faces
 
-    def _timed(self, streamer, pipeline, start: int, audio):
+    def _timed(self, streamer, pipeline, start: int, audio, face: bool = False):
         """:meth:`_run_model` and the seconds it took on its thread."""
         t0 = time.perf_counter()
-        frames, controls = self._run_model(streamer, pipeline, start, audio)
-        return frames, controls, time.perf_counter() - t0
+        frames, controls, faces = self._run_model(streamer, pipeline, start, audio, face)
+        return frames, controls, faces, time.perf_counter() - t0
 
-    def _run_model(self, streamer, pipeline, start: int, audio):
+    def _run_model(self, streamer, pipeline, start: int, audio, face: bool = False):
+        """Frames (and controls, and with ``face`` each frame's face shapes: None for a non-finite frame)."""
         frames = streamer.flush() if audio is None else streamer.push(audio)
-        controls = None
+        controls = faces = None
         if pipeline is not None and len(frames):  # the session's ControlPipeline, frame by frame
             controls = pipeline.step(frames, start / self.listener.fps)
-        return frames, controls
+        if face and len(frames):
+            spec = self.listener.spec
+            faces = [encode_shapes(face_shapes(*face_frame(spec, f))) if np.isfinite(f).all() else None for f in frames]
+        return frames, controls, faces
 
     def _emit(self, s: Session, result, chunk: int) -> None:
-        frames, controls = result
+        frames, controls, faces = result
         fps = self.listener.fps
         origin = s.first_audio if s.first_audio is not None else asyncio.get_running_loop().time()
         bad = ~np.isfinite(frames).all(axis=1) if len(frames) else np.zeros(0, bool)  # one check a call
@@ -1085,6 +1146,8 @@ class ListenerServer:
             msg = {"type": "frame", "i": i, "t": i / fps, "chunk": chunk, "motion": f}
             if controls is not None:
                 msg["controls"] = controls[k]
+            if faces is not None and faces[k] is not None:  # a held frame keeps the face drawn last
+                msg["face"] = faces[k]
             due = origin + self.latency_s + s.options["margin_s"] + i / fps if s.options["pace"] == "realtime" else 0.0
             self._put(s, _Item(msg, frame=True, due=due))
         if self.robot is not None and controls is not None and len(frames) and s.streaming:

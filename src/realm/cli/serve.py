@@ -45,6 +45,8 @@ def serve_cmd(
     robot: str = typer.Option(None, "--robot", help="Drive a robot: tritium://HOST[:PORT] (an Engineered Arts Tritium gateway) gets the streaming session's safe controls at the frame rate (needs --profile; docs/serving.md)."),
     robot_channel: str = typer.Option("realm_controls", "--robot-channel", help="Tritium channel the robot's script reads."),
     robot_token: str = typer.Option(None, "--robot-token", envvar="TRITIUM_AUTH_TOKEN", help="The gateway's access token (JWT)."),
+    page: bool = typer.Option(True, "--page/--no-page", help="Serve the listener page (microphone or file, the face drawn live) at http://HOST:PORT/."),
+    record: Path = typer.Option(None, "--record", help="Keep each stream's received audio as DIR/stream-<client>-<n>.wav (what the server heard, to replay offline)."),
 ):
     """Serve listener frames (and robot controls) over WebSocket to live audio streams (docs/serving.md)."""
     import asyncio
@@ -65,7 +67,8 @@ def serve_cmd(
         max_pending=max_pending,
         start_timeout_s=start_timeout, idle_timeout_s=idle_timeout, max_msgs_per_s=max_msgs_per_s, max_flood_s=max_flood,
         max_bytes_per_s=max_bytes_per_s, max_errors=max_errors, queue_frames=queue_frames,
-        queue_messages=queue_messages, max_chunk_s=max_chunk_s, workers=workers,
+        queue_messages=queue_messages, max_chunk_s=max_chunk_s, workers=workers, page=page,
+        record_dir=str(record) if record else None,
     )  # fmt: skip
     server = ListenerServer(realm.load(checkpoint), profile=profile, linear_map=linear_map, config=cfg, robot=robot,
                             robot_channel=robot_channel, robot_token=robot_token)  # fmt: skip
@@ -80,6 +83,9 @@ def serve_cmd(
             + f") on {server.url}; algorithmic latency {1e3 * server.latency_s:.0f} ms; "
             f"capacity {server.capacity} streams ({server.load:.3f} cores each); Ctrl-C stops"
         )
+        if page:
+            web = server.url.replace("ws", "http", 1).replace("0.0.0.0", "127.0.0.1")
+            out.print(f"the listener page: {web}/" + ("?token=TOKEN" if token else "") + " (microphone or an audio file)")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

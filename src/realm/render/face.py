@@ -21,7 +21,9 @@ Only the geometry (:func:`face_shapes`) knows about blendshapes; :func:`draw_fac
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -52,6 +54,16 @@ PUPIL = (20, 20, 24)
 BROW = (80, 52, 38)
 CHEEK = (240, 160, 150)
 SHIRT = (92, 120, 168)
+TONGUE = (220, 110, 120)
+
+#: Every colour a shape uses, by index: the page (realm.web) gets this table once and each shape
+#: names its fill and outline by position in it (-1: none).
+PALETTE = (SKIN, SKIN_DARK, OUTLINE, HAIR, LIP, MOUTH, TEETH, WHITE, IRIS, PUPIL, BROW, CHEEK, SHIRT, TONGUE)
+#: The face's place in a drawing box (x0, y0, w, h): centre at (x0 + w CENTRE[0], y0 + h CENTRE[1]),
+#: FIT[0] face units across the width or FIT[1] down the height, whichever is smaller.
+CENTRE, FIT = (0.5, 0.40), (2.6, 3.1)
+#: Face units -> integers in the compact encoding of :func:`encode_shapes`.
+UNITS = 1000
 
 
 @dataclass
@@ -88,9 +100,26 @@ def on_surface(xy: np.ndarray, lift: float | np.ndarray = 0.0, scale: np.ndarray
     return np.column_stack([xy, z])
 
 
-def _ellipse(cx: float, cy: float, rx: float, ry: float, n: int = 24) -> np.ndarray:
+@cache
+def _lin(a: float, b: float, n: int, endpoint: bool = True) -> np.ndarray:
+    """``np.linspace``, computed once per arguments (read-only): the face asks for the same ones every frame."""
+    out = np.linspace(a, b, n, endpoint=endpoint)
+    out.flags.writeable = False
+    return out
+
+
+@cache
+def _circle(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin of n angles round the circle (read-only, computed once per n)."""
     t = np.linspace(0, 2 * np.pi, n, endpoint=False)
-    return np.column_stack([cx + rx * np.cos(t), cy + ry * np.sin(t)])
+    c, s = np.cos(t), np.sin(t)
+    c.flags.writeable = s.flags.writeable = False
+    return c, s
+
+
+def _ellipse(cx: float, cy: float, rx: float, ry: float, n: int = 24) -> np.ndarray:
+    c, s = _circle(n)
+    return np.column_stack([cx + rx * c, cy + ry * s])
 
 
 class _Pose:
@@ -119,8 +148,7 @@ class _Pose:
         s = a @ a.T
         w, v = np.linalg.eigh(s)
         L = v @ np.diag(np.sqrt(np.clip(w, 0, None)))
-        t = np.linspace(0, 2 * np.pi, n, endpoint=False)
-        return c2 + np.column_stack([np.cos(t), np.sin(t)]) @ L.T
+        return c2 + np.column_stack(_circle(n)) @ L.T
 
 
 def _hairline(x: np.ndarray) -> np.ndarray:
@@ -131,7 +159,7 @@ def _hairline(x: np.ndarray) -> np.ndarray:
 
 def _hair_cap(pose: _Pose) -> np.ndarray:
     """Projected outline of the hair: the visible front hairline, closed by the silhouette's top arc."""
-    hx = np.linspace(-0.78, 0.78, 25)
+    hx = _lin(-0.78, 0.78, 25)
     front = on_surface(np.column_stack([hx, _hairline(hx)]))
     n = front / HEAD**2
     facing = (n @ pose.R.T)[:, 2] > 0
@@ -143,8 +171,8 @@ def _hair_cap(pose: _Pose) -> np.ndarray:
     e1 = np.cross(m, [1.0, 0.0, 0.0] if abs(m[0]) < 0.9 else [0.0, 1.0, 0.0])
     e1 /= np.linalg.norm(e1)
     e2 = np.cross(m, e1)
-    t = np.linspace(0, 2 * np.pi, 96, endpoint=False)
-    rim = (np.outer(np.cos(t), e1) + np.outer(np.sin(t), e2)) * HEAD
+    cos, sin = _circle(96)
+    rim = (np.outer(cos, e1) + np.outer(sin, e2)) * HEAD
     above = rim[:, 1] > np.where(rim[:, 2] > 0, _hairline(rim[:, 0]), 0.45)
     rim2 = pose.points(rim[above])
     # screen "right" in head space, to order both curves left to right
@@ -178,9 +206,9 @@ def face_shapes(frame: np.ndarray, pose_only: bool = False) -> list[Shape]:
     shapes.append(Shape("polygon", pose.ellipsoid(np.array([0.0, 0.13, -0.12]), HEAD * [1.04, 0.98, 1.0]),
                         HAIR, OUTLINE, 0.015))  # fmt: skip
     for side in (-1, 1):
-        t = np.linspace(0, 2 * np.pi, 16, endpoint=False)
-        ear = np.column_stack([side * (HEAD[0] - 0.04 + 0.12 * (0.5 + 0.5 * np.cos(t))), 0.02 + 0.17 * np.sin(t),
-                               -0.1 + 0.06 * np.cos(t)])  # fmt: skip
+        cos, sin = _circle(16)
+        ear = np.column_stack([side * (HEAD[0] - 0.04 + 0.12 * (0.5 + 0.5 * cos)), 0.02 + 0.17 * sin,
+                               -0.1 + 0.06 * cos])  # fmt: skip
         shapes.append(Shape("polygon", pose.points(ear), SKIN_DARK, OUTLINE, 0.015))
     puff = g["cheekPuff"]
     if puff > 0.02:  # puffed cheeks bulge out of the silhouette
@@ -191,10 +219,13 @@ def face_shapes(frame: np.ndarray, pose_only: bool = False) -> list[Shape]:
             shapes.append(Shape("polygon", _ellipse(pts[0], pts[1], r * pose.scale, r * 1.1 * pose.scale), SKIN, OUTLINE, 0.02))
     shapes.append(Shape("polygon", pose.ellipsoid(np.zeros(3), HEAD), SKIN, OUTLINE, 0.02))
 
+    on_face: list[tuple[int, np.ndarray, np.ndarray]] = []  # (index in shapes, face-plane points, lift)
+
     def surf(xy, fill=None, outline=None, width=0.0, kind="polygon", lift=0.0) -> None:
-        p3 = on_surface(np.asarray(xy, float), lift)
-        if pose.facing(p3) > 0.05:
-            shapes.append(Shape(kind, pose.points(p3), fill, outline, width))
+        """A shape on the head's surface: placed (and dropped where it faces away) in one go at the end."""
+        xy = np.asarray(xy, float)
+        on_face.append((len(shapes), xy, np.broadcast_to(np.asarray(lift, float), len(xy))))
+        shapes.append(Shape(kind, xy, fill, outline, width))
 
     # hair cap: the front hairline, closed over the top of the head by the visible rim
     shapes.append(Shape("polygon", _hair_cap(pose), HAIR))
@@ -206,7 +237,7 @@ def face_shapes(frame: np.ndarray, pose_only: bool = False) -> list[Shape]:
              CHEEK)  # fmt: skip
 
     # eyes: white between the lids, iris and pupil clipped to the opening, lash line, crease
-    u = np.linspace(-1, 1, 17)
+    u = _lin(-1, 1, 17)
     for side, name in ((1, "Left"), (-1, "Right")):
         cx, cy, ew = side * 0.30, 0.16, 0.15
         blink, wide, squint = g[f"eyeBlink{name}"], g[f"eyeWide{name}"], g[f"eyeSquint{name}"]
@@ -236,7 +267,7 @@ def face_shapes(frame: np.ndarray, pose_only: bool = False) -> list[Shape]:
         surf(np.column_stack([cx + ew * 0.95 * cu, crease + 0.02 * (1 - cu**2) - 0.02]), None, SKIN_DARK, 0.01, kind="line")
 
     # brows: inner/outer raise, lowering pulls the inner end down and in
-    v = np.linspace(0, 1, 9)  # 0 = inner end, 1 = outer end
+    v = _lin(0, 1, 9)  # 0 = inner end, 1 = outer end
     for side, name in ((1, "Left"), (-1, "Right")):
         down = g[f"browDown{name}"]
         x = side * (0.12 + 0.36 * v - 0.03 * down * (1 - v))
@@ -263,7 +294,7 @@ def face_shapes(frame: np.ndarray, pose_only: bool = False) -> list[Shape]:
         half[side] = 0.22 * (1 + 0.22 * smile + 0.25 * stretch + 0.08 * g[f"mouthDimple{name}"] - 0.45 * pucker
                              - 0.25 * funnel - 0.12 * g[f"mouthPress{name}"])  # fmt: skip
         corner_y[side] = y0 + 0.11 * smile - 0.09 * frown - 0.02 * stretch
-    uu = np.linspace(-1, 1, 21)
+    uu = _lin(-1, 1, 21)
     xs = shift + np.where(uu >= 0, half[1], half[-1]) * uu
     cy_ = np.where(uu >= 0, corner_y[1], corner_y[-1])
     seam = y0 + (cy_ - y0) * np.abs(uu) ** 1.6  # the lips' meeting line: U-shaped in a smile
@@ -285,21 +316,42 @@ def face_shapes(frame: np.ndarray, pose_only: bool = False) -> list[Shape]:
             k = slice(3, -3)
             surf(np.vstack([np.column_stack([xs[k], up_in[k]]), np.column_stack([xs[k], teeth_lo[k]])[::-1]]), TEETH)
         if g["tongueOut"] > 0.1:
-            surf(_ellipse(shift, lo_in.min() + 0.03, 0.09, 0.04 + 0.05 * g["tongueOut"], 16), (220, 110, 120))
+            surf(_ellipse(shift, lo_in.min() + 0.03, 0.09, 0.04 + 0.05 * g["tongueOut"], 16), TONGUE)
     else:
         surf(np.column_stack([xs, seam]), None, MOUTH, 0.012, kind="line")
     # chin: follows the jaw
-    cxs = np.linspace(-0.16, 0.16, 9)
+    cxs = _lin(-0.16, 0.16, 9)
     surf(np.column_stack([cxs + 0.5 * shift, -0.80 - 0.14 * g["jawOpen"] + 0.03 * (cxs / 0.16) ** 2]), None, SKIN_DARK,
          0.012, kind="line")  # fmt: skip
-    return shapes
+    return _placed(shapes, on_face, pose)
+
+
+def _placed(shapes: list[Shape], on_face: list, pose: _Pose) -> list[Shape]:
+    """``shapes`` with each surface shape (``on_face``: index, face-plane points, lift) lifted onto the
+    head, rotated and projected, or dropped when it faces away (mean normal z <= 0.05), all at once."""
+    if not on_face:
+        return shapes
+    counts = np.array([len(xy) for _, xy, _ in on_face])
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    p3 = on_surface(np.concatenate([xy for _, xy, _ in on_face]), np.concatenate([lift for _, _, lift in on_face]))
+    n = p3 / HEAD**2
+    n = n / np.linalg.norm(n, axis=1, keepdims=True)
+    facing = np.add.reduceat((n @ pose.R.T)[:, 2], starts) / counts
+    pts = pose.points(p3)
+    hidden = set()
+    for (k, _, _), a, m, f in zip(on_face, starts, counts, facing, strict=True):
+        if f > 0.05:
+            shapes[k].points = pts[a : a + m]
+        else:
+            hidden.add(k)
+    return [sh for k, sh in enumerate(shapes) if k not in hidden]
 
 
 def face_to_pixels(box: tuple[float, float, float, float]) -> tuple[float, float, float]:
     """(cx, cy, scale) of the face drawn in ``box`` = (x0, y0, w, h): face point (x, y) is at pixel
     (cx + scale x, cy - scale y) before any head motion."""
     x0, y0, w, h = box
-    return x0 + w / 2, y0 + h * 0.40, min(w / 2.6, h / 3.1)  # the head and shoulders fit the box
+    return x0 + w * CENTRE[0], y0 + h * CENTRE[1], min(w / FIT[0], h / FIT[1])  # the head and shoulders fit the box
 
 
 def draw_face(draw: ImageDraw.ImageDraw, frame: np.ndarray, box: tuple[int, int, int, int], pose_only: bool = False) -> None:
@@ -331,6 +383,57 @@ class FaceRenderer:
         if self.ss > 1:
             img = img.reduce(self.ss)
         return np.asarray(img)
+
+
+def face_frame(spec, frame: np.ndarray) -> tuple[np.ndarray, bool]:
+    """What the face draws for one ``frame`` of motion spec ``spec`` (a :class:`realm.motion.MotionSpec`):
+    (arkit58 frame (58,), pose_only). Other specs' expression coefficients have no blendshape
+    meaning, so their face follows only the head rotation, if the spec has one."""
+    if spec.name == "arkit58":
+        return np.asarray(frame, dtype=float), False
+    arkit = np.zeros(58)
+    if spec.has("rotation"):
+        arkit[52:55] = spec.take(np.asarray(frame, dtype=float), "rotation")
+    return arkit, True
+
+
+def face_description() -> dict:
+    """What a drawing client needs once to draw :func:`encode_shapes` output exactly as :func:`draw_face`
+    does: the colour table, the face's place in a box and the coordinate unit (JSON-ready)."""
+    return {"palette": [list(c) for c in PALETTE], "centre": list(CENTRE), "fit": list(FIT), "units": UNITS,
+            "kinds": {"p": "filled polygon (fill, then outline)", "l": "open polyline (outline colour)"}}  # fmt: skip
+
+
+def encode_shapes(shapes: list[Shape]) -> dict:
+    """Shapes -> a compact JSON-ready description (about 3.5 kB a frame): ``k`` the kinds ("p"
+    polygon, "l" line) as one string, ``n`` the point counts, ``f``/``o`` fill and outline as
+    :data:`PALETTE` indices (-1: none), ``w`` outline widths and ``p`` every point's (x, y), in
+    1/:data:`UNITS` face units (y up), as base64 of little-endian int16. The page (realm.web) draws
+    exactly these with the primitives :func:`draw_face` uses; :func:`decode_shapes` inverts it."""
+    index = {c: i for i, c in enumerate(PALETTE)}
+    pts = np.concatenate([s.points for s in shapes]) if shapes else np.zeros((0, 2))
+    q = np.clip(np.round(pts * UNITS), -32768, 32767).astype("<i2")
+    return {
+        "k": "".join("p" if s.kind == "polygon" else "l" for s in shapes),
+        "n": [len(s.points) for s in shapes],
+        "f": [index[s.fill] if s.fill is not None else -1 for s in shapes],
+        "o": [index[s.outline] if s.outline is not None else -1 for s in shapes],
+        "w": [round(s.width * UNITS) for s in shapes],
+        "p": base64.b64encode(q.tobytes()).decode("ascii"),
+    }
+
+
+def decode_shapes(d: dict) -> list[Shape]:
+    """The shapes of :func:`encode_shapes` (to the encoding's 1/UNITS precision)."""
+    pts = np.frombuffer(base64.b64decode(d["p"]), dtype="<i2").reshape(-1, 2) / UNITS
+    ends = np.cumsum(d["n"])
+    out = []
+    for j, kind in enumerate(d["k"]):
+        fill = PALETTE[d["f"][j]] if d["f"][j] >= 0 else None
+        outline = PALETTE[d["o"][j]] if d["o"][j] >= 0 else None
+        out.append(Shape("polygon" if kind == "p" else "line", pts[ends[j] - d["n"][j] : ends[j]], fill, outline,
+                         d["w"][j] / UNITS))  # fmt: skip
+    return out
 
 
 def neutral_frame() -> np.ndarray:

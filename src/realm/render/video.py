@@ -33,7 +33,7 @@ from realm.data.clip import Word
 from realm.errors import RealmInputError
 from realm.io import atomic_path
 from realm.motion import MotionSpec, get_spec
-from realm.render.face import draw_face
+from realm.render.face import draw_face, face_frame
 
 #: Output size of one panel (pixels); drawing happens at SUPERSAMPLE times this.
 PANEL_W, PANEL_H = 320, 384
@@ -286,9 +286,7 @@ class Compositor:
 
     def _draw_pose_strip(self, img, d, x0: int, tr: Track, k: int, f: np.ndarray, t: float) -> None:
         ss = self.ss
-        arkit = np.zeros(58, np.float32)
-        if tr.spec.has("rotation"):
-            arkit[52:55] = tr.spec.take(f, "rotation")
+        arkit, _ = face_frame(tr.spec, f)
         face_h = int(self.ph * 0.62) - (TITLE_H + 26) * ss
         draw_face(d, arkit, (x0, (TITLE_H + 4) * ss, self.pw, face_h), pose_only=True)
         strip = self._strips[k]
