@@ -181,9 +181,10 @@ def test_in_chromium_the_microphone_streams_and_the_frames_equal_the_offline_str
         first = hashlib.sha1(canvas_pixels(b).tobytes()).hexdigest()
         time.sleep(2.5)
         later = hashlib.sha1(canvas_pixels(b).tobytes()).hexdigest()
-        state = b.evaluate("realm.stop().then(() => ({end: realm.state.end, frames: realm.state.frames, "
-                           "drawn: realm.state.drawn, added: realm.state.added, ready: realm.state.ready}))",
-                           timeout_s=30)  # fmt: skip
+        b.evaluate("realm.stop()", timeout_s=30)
+        b.wait_for("realm.state.drawn + realm.state.skipped === realm.state.received", timeout_s=10)  # played out
+        state = b.evaluate("({end: realm.state.end, frames: realm.state.frames, drawn: realm.state.drawn, "
+                           "added: realm.state.added, ready: realm.state.ready})")  # fmt: skip
     end, frames = state["end"], state["frames"]
     assert end is not None and end["frames"] == len(frames) >= 90 and end["dropped"] == 0
     assert [f["i"] for f in frames] == list(range(len(frames)))
