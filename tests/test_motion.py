@@ -8,13 +8,15 @@ from realm.motion import (
     NormStats,
     convert,
     get_spec,
+    resample_motion,
     vico70_to_vico73,
     vico73_to_vico70,
 )
 
 
 def test_builtin_specs_have_the_documented_layouts():
-    assert {k: v.dim for k, v in SPECS.items()} == {"vico70": 70, "vico73": 73, "flame56": 56, "arkit58": 58}
+    assert {k: v.dim for k, v in SPECS.items()} == {"vico70": 70, "vico73": 73, "flame56": 56, "arkit58": 58,
+                                                     "imitator160": 160}  # fmt: skip
     v70 = get_spec("vico70")
     assert (v70.block("expression").slice, v70.block("rotation").slice, v70.block("translation").slice) == (
         slice(0, 64), slice(64, 67), slice(67, 70))
@@ -25,6 +27,25 @@ def test_builtin_specs_have_the_documented_layouts():
     a58 = get_spec("arkit58")
     assert a58.block("rotation").kind == "pose" and a58.block("expression").size == 52
     assert list(a58.indices("pose")) == list(range(52, 58))
+
+
+def test_imitator160_blocks_are_named_by_the_release_fields():
+    im = get_spec("imitator160")
+    assert [(b, n) for b, n in im.blocks] == [("expression", 128), ("FAUValue", 24), ("gaze_encodings", 2),
+                                              ("head_encodings", 3), ("rotation", 3)]  # fmt: skip
+    assert im.block("rotation").kind == "pose" and im.names[0] == "expression.0" and im.channel("rotation.yaw") == 158
+
+
+def test_resample_motion_keeps_the_duration_by_the_frame_rule():
+    x = np.arange(50, dtype=np.float32)[:, None] * np.array([1.0, -2.0], np.float32)  # 2 s at 25 fps
+    y = resample_motion(x, 25, 30)
+    assert y.shape == (60, 2) and y.dtype == np.float32
+    np.testing.assert_allclose(y[::6], x[::5])  # the instants both rates sample
+    np.testing.assert_allclose(y[1], x[0] + (x[1] - x[0]) * 25 / 30)  # 1/30 s is 0.833 of a 25 fps frame
+    np.testing.assert_array_equal(y[-1], x[-1])  # past the last input frame it is held
+    assert resample_motion(x, 25, 25) is x and resample_motion(x, 30, 25).shape == (41, 2)
+    with pytest.raises(ValueError):
+        resample_motion(x, 0, 30)
 
 
 def test_arkit_names_are_apples_52_in_order():

@@ -10,9 +10,15 @@ spec        dims  layout
 ==========  ====  ======================================================================
 vico70      70    expression 64, rotation 3 (pitch, yaw, roll), translation 3   (REALM)
 vico73      73    rotation 3, expression 64, translation 3, crop 3  (ViCo challenge)
-flame56     56    expression 50, rotation 3, jaw 3            (Learning2Listen, LM-Listener)
+flame56     56    expression 50, rotation 3, jaw 3            (Learning2Listen, LM-Listener,
+                  DualTalk, UniLS-Talk)
 arkit58     58    52 ARKit blendshapes (0..1), rotation 3 (rad), translation 3
+imitator160 160   Seamless Interaction's Imitator movement features, blocks named by their
+                  fields: expression 128, FAUValue 24, gaze_encodings 2, head_encodings 3,
+                  rotation 3 (``movement:alignment_head_rotation``)
 ==========  ====  ======================================================================
+
+:func:`resample_motion` changes a sequence's frame rate (DualTalk and UniLS-Talk are 25 fps).
 """
 
 from __future__ import annotations
@@ -165,6 +171,19 @@ class MotionSpec:
         return x.astype(np.float32, copy=False)
 
 
+#: Seamless Interaction's Imitator features in ``imitator160``: (block, ``movement:<field>`` of the
+#: release's .npz, width). The encodings are the Imitator model's own learned codes (the release
+#: documents no units): neither FLAME nor ARKit; a map to arkit58 is fitted on paired frames
+#: (``realm embody fit-map``). ``alignment_head_rotation`` is the one head rotation of the release and
+#: fills the ``rotation`` (pose) block; its axis order and units are not documented.
+IMITATOR_FIELDS: tuple[tuple[str, str, int], ...] = (
+    ("expression", "expression", 128),
+    ("FAUValue", "FAUValue", 24),
+    ("gaze_encodings", "gaze_encodings", 2),
+    ("head_encodings", "head_encodings", 3),
+    ("rotation", "alignment_head_rotation", 3),
+)
+
 #: arkit58's head rotation ranges (rad): +-30 deg pitch and yaw, +-20 deg roll.
 HEAD_PITCH_YAW = float(np.deg2rad(30.0))
 HEAD_ROLL = float(np.deg2rad(20.0))
@@ -192,6 +211,12 @@ SPECS: dict[str, MotionSpec] = {
         # line behind the model's own restoring force
         ranges=(("expression", 0.0, 1.0), ("headPitch", -HEAD_PITCH_YAW, HEAD_PITCH_YAW),
                 ("headYaw", -HEAD_PITCH_YAW, HEAD_PITCH_YAW), ("headRoll", -HEAD_ROLL, HEAD_ROLL)),
+    ),
+    "imitator160": MotionSpec(
+        "imitator160", tuple((block, size) for block, _, size in IMITATOR_FIELDS),
+        channel_names=tuple(f"{field}.{k}" for _, field, size in IMITATOR_FIELDS for k in range(size)),
+        description="Seamless Interaction Imitator movement features: expression 128 | FAUValue 24 | "
+                    "gaze_encodings 2 | head_encodings 3 | alignment_head_rotation 3 (neither FLAME nor ARKit)",
     ),
 }  # fmt: skip
 
@@ -242,6 +267,30 @@ def vico70_to_vico73(x: np.ndarray, crop: np.ndarray | None = None) -> np.ndarra
     return np.concatenate(
         [s70.take(x, "rotation"), s70.take(x, "expression"), s70.take(x, "translation"), crop], axis=-1
     )
+
+
+def resample_motion(x: np.ndarray, fps: float, rate: float) -> np.ndarray:
+    """(T, D) frames at ``fps`` -> (T', D) at ``rate`` covering the same time, by the frame rule.
+
+    Frame ``t`` starts at ``t / fps``; the output has ``T' = floor(T * rate / fps)`` frames (25 fps ->
+    30 fps: 750 frames -> 900), frame ``u`` interpolated linearly at ``u / rate`` between its two
+    neighbours in time, the last input frame held past the end. Linear interpolation keeps values in
+    their ranges (blendshapes in 0..1); rotation vectors and Euler angles are interpolated per
+    component, which is exact enough between frames 33-40 ms apart.
+    """
+    x = np.asarray(x)
+    if fps <= 0 or rate <= 0:
+        raise ValueError(f"frame rates must be > 0 (fps {fps}, rate {rate})")
+    if x.ndim != 2 or len(x) == 0:
+        raise ValueError(f"resample_motion expects (T, D) frames, got shape {x.shape}")
+    if fps == rate:
+        return x
+    n = int(np.floor(len(x) * rate / fps + 1e-9))
+    pos = np.arange(n) * (fps / rate)  # (T',) position of each output frame in input frames
+    i0 = np.minimum(np.floor(pos).astype(np.int64), len(x) - 1)
+    i1 = np.minimum(i0 + 1, len(x) - 1)
+    w = (pos - i0)[:, None]
+    return ((1.0 - w) * x[i0] + w * x[i1]).astype(x.dtype if x.dtype.kind == "f" else np.float32)
 
 
 def convert(x: np.ndarray, src: str, dst: str) -> np.ndarray:

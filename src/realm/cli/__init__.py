@@ -10,7 +10,7 @@ lm          ``realm asr``, ``realm train emotion|idvq|mmlm``, ``realm restyle``
 generate    ``realm generate``, ``realm demo``
 bench       ``realm bench``, ``realm eval``
 render      ``realm render``, ``realm report``
-embody      ``realm export``, ``realm embody fit-map|profile|sim``
+embody      ``realm export``, ``realm embody fit-map|solve-flame|profile|sim``
 serve       ``realm serve``, ``realm listen``
 ==========  ============================================================================
 

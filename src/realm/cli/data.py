@@ -1,4 +1,4 @@
-"""`realm data synth|inspect|features` and `realm features`: datasets and speaker features."""
+"""`realm data synth|inspect|features|store` and `realm features`: datasets and speaker features."""
 
 from __future__ import annotations
 
@@ -86,10 +86,12 @@ def data_synth(
 @friendly
 def data_inspect(root: Path = typer.Argument(..., help="Dataset directory (any supported layout).")):
     """Summarise a dataset: clips per split, hours, identities, dims, and what is missing."""
+    from rich.markup import escape
+
     from realm.data.inspect import summarize
 
     s = summarize(root)
-    t = Table(title=f"{root}  [{s.format}]")
+    t = Table(title=escape(f"{root}  [{s.format}]"))  # escaped: rich would take "[format]" for a style tag
     for col in ("split", "clips", "hours", "listeners", "speakers"):
         t.add_column(col, justify="right" if col != "split" else "left")
     for sp in s.splits:
@@ -101,12 +103,18 @@ def data_inspect(root: Path = typer.Argument(..., help="Dataset directory (any s
     feats = ", ".join(f"{k} ({v})" for k, v in s.features.items()) or "none precomputed"
     out.print(f"speaker audio:   {s.with_audio}/{s.n_clips} clips; features: {feats}")
     out.print(f"words: {s.with_words}/{s.n_clips}   events: {s.with_events}/{s.n_clips}   stats.npz: {'yes' if s.has_stats else 'no'}")
+    for c in s.conversions:
+        out.print(f"converted on load: {c}", highlight=False)
     if s.missing:
         out.print("[yellow]missing:[/yellow]")
         for m in s.missing:
             out.print(f"  - {m}", highlight=False)
     else:
         out.print("[green]nothing missing[/green]")
+    if s.can_run:
+        out.print("can run:")
+        for m in s.can_run:
+            out.print(f"  - {m}", highlight=False)
 
 
 @data_app.command("features")
@@ -125,6 +133,33 @@ def data_features(
         feats = clip_features(clips, extractor, progress=lambda i, n: p.update(task, completed=i))
     frames = sum(len(f) for f in feats)
     out.print(f"{len(clips)} clips, {frames} frames of {extractor} ({feats[0].shape[1]} dims), cached")
+
+
+@data_app.command("store")
+@friendly
+def data_store(
+    root: Path = typer.Argument(..., help="Dataset directory (any supported layout)."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Store directory to write (then `realm train realm --store DIR`)."),
+    extractor: str = typer.Option("logmel", "--extractor", "-e", help="logmel | logmel_norm | pcen | vico45 | prosody | whisper"),
+    splits: str = typer.Option("train,val", "--splits", help="Comma-separated splits to store (train is needed: its stats)."),
+    shard_mb: float = typer.Option(1024.0, "--shard-mb", help="Data per shard file, MB."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing store."),
+):
+    """Write a dataset's features and motion to a sharded store, clip by clip, for training on data larger than memory."""
+    from realm.data.store import build_store, read_store_meta
+    from realm.io import refuse_existing
+
+    if not force:
+        refuse_existing(out_dir)
+    with progress_bar() as p:
+        task = p.add_task(f"storing {extractor} features and motion", total=None)
+        build_store(root, out_dir, extractor, tuple(x for x in splits.split(",") if x), shard_mb, force,
+                    progress=lambda done: p.update(task, completed=done))  # fmt: skip
+    meta = read_store_meta(out_dir)
+    size = sum(f.stat().st_size for f in out_dir.rglob("*") if f.is_file()) / 2**20
+    parts = ", ".join(f"{k} {v['clips']} clips ({v['frames'] / meta['fps'] / 3600:.2f} h, {v['shards']} shards)"
+                      for k, v in meta["splits"].items())  # fmt: skip
+    out.print(f"{out_dir}: {parts}; {size:.0f} MB")
 
 
 # ---------------------------------------------------------------- realm features

@@ -78,6 +78,55 @@ def fit_map_cmd(
     out.print(f"fitted {src_spec} -> arkit58 on {len(x)} paired frames: RMSE {rmse:.4f}; wrote {out_path}")
 
 
+@embody_app.command("solve-flame")
+@friendly
+def solve_flame_cmd(
+    motion: Path = typer.Argument(..., help="flame56 motion (.npz from `realm generate` or a dataset, or .npy)."),
+    out_path: Path = typer.Argument(..., help="arkit58 motion to write (.npz)."),
+    basis: Path = typer.Option(..., "--basis", help="ARKit -> FLAME basis: .npy (n_flame, 52) or .npz with basis/columns/rows/weights (docs/data.md)."),
+    symmetry: float = typer.Option(0.0, help="Weight tying left/right ARKit pairs together."),
+    l2: float = typer.Option(0.0, help="Weight shrinking every ARKit weight towards 0."),
+    smooth: float = typer.Option(0.0, help="Weight on frame-to-frame change of the ARKit weights."),
+    jaw_weight: float = typer.Option(1.0, "--jaw-weight", help="Row weight of the basis's jaw rows (jaw rotation is in radians)."),
+    report: Path = typer.Option(None, "--report", help="Also write the quality report as JSON."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing output files."),
+):
+    """Solve FLAME motion into ARKit blendshapes (bounded least squares against a basis you supply).
+
+    Every realisation of the file is solved; head rotation becomes pitch/yaw/roll, translation 0.
+    Prints expression and jaw RMSE (FLAME units), saturation at 0 and 1 and the left/right difference.
+    """
+    import numpy as np
+
+    from realm.embodiment.flame_solve import flame56_to_arkit58, load_basis
+    from realm.errors import RealmInputError
+    from realm.io import save_npz, write_json
+    from realm.motion import load_motion_file
+
+    for p in (out_path, report):
+        if p is not None and p.exists() and not force:
+            raise FileExistsError(f"{p}: exists (use --force to overwrite)")
+    mf = load_motion_file(motion)
+    if mf.spec.name != "flame56":
+        raise RealmInputError(motion, f"expected flame56 motion, got {mf.spec.name} (solve-flame reads FLAME codes)")
+    b = load_basis(basis)
+    results = [flame56_to_arkit58(m, b, symmetry=symmetry, l2=l2, smooth=smooth, jaw_weight=jaw_weight) for m in mf.motion]
+    arkit = np.stack([r.weights for r in results])
+    save_npz(out_path, force=force, listener=arkit, spec=np.array("arkit58"), fps=np.array(mf.fps))
+    rep = results[0].report if len(results) == 1 else {"realisations": [r.report for r in results]}
+    if report is not None:
+        write_json(report, rep, force=force)
+    r0 = results[0].report
+    jaw = "n/a" if r0["jaw_rmse"] is None else f"{r0['jaw_rmse']:.4g}"
+    lr = "n/a" if r0["left_right_difference"] is None else f"{r0['left_right_difference']:.3f}"
+    out.print(
+        f"solved {arkit.shape[0]} x {arkit.shape[1]} frames: expression RMSE {r0['expression_rmse']:.4g}, jaw RMSE {jaw}, "
+        f"saturated {100 * r0['saturation_low']:.1f} % at 0 / {100 * r0['saturation_high']:.1f} % at 1, left/right "
+        f"difference {lr}{'' if r0['converged'] else ' (NOT converged)'}; wrote {out_path}",
+        highlight=False,
+    )
+
+
 @embody_app.command("profile")
 @friendly
 def profile_cmd(name: str = typer.Argument("ameca", help="ameca, neck3 or a profile YAML path.")):

@@ -9,7 +9,13 @@ realm           ``clips.csv`` (our layout, see ``realm.data.clip``)
 vico            ``RLD_data.csv`` (REALM) or ViCo challenge split CSVs
 l2l             ``*_list_faces_clean_deca.npy`` (Learning2Listen)
 lmlistener      ``segments_{train,val,test}.pth`` (LM-Listener)
+dualtalk_arkit  ``metadata/{train,test,ood}.jsonl`` (DualTalk's ARKit conversion)
+dualtalk        ``{train,test,ood}/*_speaker1.npz`` (DualTalk, FLAME)
+unils           ``data_lmdb/data.mdb`` here or one folder below (UniLS-Talk)
+seamless        ``V*_S*_I*_P*.npz`` files below (Seamless Interaction downloads)
 ==============  =================================================================
+
+The four last are checked before ViCo's CSV rules (a Seamless Interaction root has CSVs and mp4s).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from pathlib import Path
 from realm.data.clip import SPLITS, Clip, Word, load_dataset
 from realm.errors import RealmInputError
 
-FORMATS = ("realm", "vico", "l2l", "lmlistener")
+FORMATS = ("realm", "vico", "l2l", "lmlistener", "dualtalk", "dualtalk_arkit", "seamless", "unils")
 
 
 def detect_format(root: str | Path) -> str:
@@ -28,7 +34,19 @@ def detect_format(root: str | Path) -> str:
         raise RealmInputError(root, "dataset directory not found")
     if (root / "clips.csv").exists():
         return "realm"
-    if (root / "RLD_data.csv").exists() or any(root.glob("*.csv")) and any(root.rglob("*.mp4")):
+    if (root / "RLD_data.csv").exists():
+        return "vico"
+    from realm.data import dualtalk, dualtalk_arkit, seamless, unils
+
+    if dualtalk_arkit.is_dualtalk_arkit(root):
+        return "dualtalk_arkit"
+    if dualtalk.find_root(root) is not None:
+        return "dualtalk"
+    if unils.is_unils(root):
+        return "unils"
+    if seamless.is_seamless(root):
+        return "seamless"
+    if any(root.glob("*.csv")) and any(root.rglob("*.mp4")):
         return "vico"
     if any(root.rglob("*_list_faces_clean_deca.npy")):
         return "l2l"
@@ -37,12 +55,18 @@ def detect_format(root: str | Path) -> str:
     if any(root.rglob("*.csv")):
         return "vico"
     raise RealmInputError(
-        root, "unrecognised dataset layout (expected clips.csv, RLD_data.csv, *_clean_deca.npy or segments_*.pth)"
+        root,
+        "unrecognised dataset layout (expected clips.csv, RLD_data.csv, *_clean_deca.npy, segments_*.pth, "
+        "{train,test,ood}/*_speaker1.npz, metadata/*.jsonl, data_lmdb/ or V*_S*_I*_P*.npz; see docs/data.md)",
     )
 
 
 def load_any(root: str | Path, fmt: str = "auto", splits=None) -> list[Clip]:
-    """Clips of a dataset directory in any supported layout (``fmt="auto"`` detects it)."""
+    """Clips of a dataset directory in any supported layout (``fmt="auto"`` detects it).
+
+    Every loader logs (and ``realm data inspect`` lists) what the data lacks; the newer loaders also
+    put their conversions and gaps in ``clip.meta``.
+    """
     fmt = detect_format(root) if fmt == "auto" else fmt
     if fmt == "realm":
         return load_dataset(root, splits)
@@ -58,6 +82,22 @@ def load_any(root: str | Path, fmt: str = "auto", splits=None) -> list[Clip]:
         from realm.data.lmlistener import load_lmlistener
 
         return load_lmlistener(root, splits=splits)
+    if fmt == "dualtalk":
+        from realm.data.dualtalk import load_dualtalk
+
+        return load_dualtalk(root, splits=splits)
+    if fmt == "dualtalk_arkit":
+        from realm.data.dualtalk_arkit import load_dualtalk_arkit
+
+        return load_dualtalk_arkit(root, splits=splits)
+    if fmt == "seamless":
+        from realm.data.seamless import load_seamless
+
+        return load_seamless(root, splits=splits)
+    if fmt == "unils":
+        from realm.data.unils import load_unils
+
+        return load_unils(root, splits=splits)
     raise ValueError(f"unknown dataset format {fmt!r}; known: {FORMATS}")
 
 

@@ -57,6 +57,7 @@ class Clip:
     ``listener``) where the data has them. ``speaker`` is the speaker's motion (T, Ds) in
     ``speaker_spec`` when known. Audio is referenced by path (``audio_path``) and loaded on
     demand; ``features`` holds features that came precomputed with the dataset (name -> (T, F)).
+    ``meta`` holds a peer loader's notes (conversions applied, what is missing; ``realm data inspect``).
     """
 
     clip_id: str
@@ -75,6 +76,10 @@ class Clip:
     listener_samples: np.ndarray | None = None
     features: dict[str, np.ndarray] = field(default_factory=dict)
     source: str = ""  # where it was read from, for error messages
+    #: what a peer loader says about the clip (not written to our layout): ``conversions`` (list of
+    #: str: e.g. a frame-rate change), ``missing`` (list of str: what the source lacks), and extra
+    #: per-clip data such as ``listener_audio`` (the listener's own track) or ``speaker_vad``.
+    meta: dict = field(default_factory=dict)
 
     @property
     def n_frames(self) -> int:

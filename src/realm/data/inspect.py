@@ -33,6 +33,8 @@ class DatasetSummary:
     with_events: int
     has_stats: bool
     missing: list[str]
+    conversions: list[str] = field(default_factory=list)  # what the loader changed (frame rates, channels)
+    can_run: list[str] = field(default_factory=list)  # what can still run on the data as it is
 
     @property
     def n_clips(self) -> int:
@@ -83,11 +85,13 @@ def summarize(root: str | Path, clips: list[Clip] | None = None) -> DatasetSumma
     for s in ("train", "val", "test"):
         if by_split[s].clips == 0:
             missing.append(f"a {s} split")
+    missing += _counted(clips, "missing")
+    spec_name = first.spec if first else "-"
     return DatasetSummary(
         root=root,
         format=fmt,
         splits=[s for s in by_split.values() if s.clips or s.split in SPLITS],
-        spec=first.spec if first else "-",
+        spec=spec_name,
         listener_dim=first.listener.shape[1] if first else 0,
         speaker=(f"{first.speaker_spec} ({first.speaker.shape[1]})" if first is not None and first.speaker is not None else "-"),
         realisations=K,
@@ -97,4 +101,42 @@ def summarize(root: str | Path, clips: list[Clip] | None = None) -> DatasetSumma
         with_events=with_events,
         has_stats=has_stats,
         missing=missing,
+        conversions=_counted(clips, "conversions"),
+        can_run=_can_run(n, with_audio, bool(feats), with_speaker, with_words, spec_name),
     )
+
+
+def _counted(clips: list[Clip], key: str) -> list[str]:
+    """The distinct strings of ``clip.meta[key]`` lists, each with the number of clips it applies to."""
+    counts: dict[str, int] = {}
+    for c in clips:
+        for item in c.meta.get(key) or ():
+            counts[item] = counts.get(item, 0) + 1
+    n = len(clips)
+    return [item if k == n else f"{item} ({k}/{n} clips)" for item, k in counts.items()]
+
+
+def _can_run(n: int, audio: int, feats: bool, speaker: int, words: int, spec: str) -> list[str]:
+    """What can run on the data as it is (every clip having what the item needs)."""
+    if n == 0:
+        return []
+    out = []
+    if audio == n or feats:
+        how = "speaker audio" if audio == n else "the precomputed features only (--extractor <their name>)"
+        out.append(f"REALM and the audio baselines (lstm, listenformer, l2l, nearest_neighbour): from {how}")
+    else:
+        out.append("static_mean and random_clip only (no speaker audio, no precomputed features): no audio-driven model")
+    if speaker == n:
+        out.append("mirror baseline, P-FD and rPCC (speaker motion present)")
+    if words == n:
+        out.append("mmlm and lm_listener from the transcript words")
+    elif audio == n:
+        out.append("mmlm and lm_listener after ASR (realm asr) of the audio")
+    else:
+        out.append("no language model (no words, and no audio for ASR)")
+    if spec == "arkit58":
+        out.append("robot and avatar export directly (arkit58)")
+    elif spec != "-":
+        out.append(f"robot export after a map {spec} -> arkit58 (realm embody fit-map on paired frames"
+                   + (", or realm embody solve-flame with a FLAME basis)" if spec == "flame56" else ")"))
+    return out

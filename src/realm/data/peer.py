@@ -1,4 +1,5 @@
-"""Reading helpers shared by the peer-dataset loaders (ViCo, Learning2Listen, LM-Listener).
+"""Reading helpers shared by the peer-dataset loaders (ViCo, Learning2Listen, LM-Listener, DualTalk,
+Seamless Interaction, UniLS-Talk).
 
 Each turns a failure into a :class:`RealmInputError` that names the file and the problem.
 """
@@ -6,6 +7,8 @@ Each turns a failure into a :class:`RealmInputError` that names the file and the
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import logging
 import pickle
 from collections.abc import Iterable
@@ -204,3 +207,96 @@ def to_numpy(x, path: Path) -> np.ndarray:
         return np.asarray(x, dtype=np.float32)
     except (TypeError, ValueError) as e:
         raise RealmInputError(path, f"not a numeric array ({e})") from None
+
+
+# ---------------------------------------------------------------- numpy and JSON files, never unpickled
+
+PICKLED = "holds a pickled object array, refused (a pickle can run code; arrays must be plain numbers)"
+
+
+def load_npz(
+    path: Path, keys: tuple[str, ...] | None = None, what: str = ".npz file", require: bool = True
+) -> dict[str, np.ndarray]:
+    """Arrays of an ``.npz`` (all, or only ``keys``: a missing one is an error unless ``require`` is
+    False, then it is left out), read with ``allow_pickle=False``: an object array is refused with one
+    line naming the file and the key. Arrays not asked for are never decompressed."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if not hasattr(z, "files"):
+                raise RealmInputError(path, f"expected a {what} (a zip of arrays), found a single array")
+            missing = [k for k in keys or () if k not in z.files]
+            if missing and require:
+                raise RealmInputError(path, f"no {missing[0]!r} array in the {what} (has {sorted(z.files)})")
+            out = {}
+            for k in [k for k in keys if k in z.files] if keys is not None else z.files:
+                try:
+                    out[k] = z[k]
+                except ValueError as e:
+                    if "allow_pickle" in str(e):
+                        raise RealmInputError(path, f"array {k!r} {PICKLED}") from None
+                    raise
+            return out
+    except RealmInputError:
+        raise
+    except FileNotFoundError:
+        raise RealmInputError(path, "file not found") from None
+    except Exception as e:  # not a zip, truncated, ...
+        raise RealmInputError(path, f"unreadable {what} ({type(e).__name__}: {e})") from None
+
+
+def load_npy(path: Path) -> np.ndarray:
+    """A ``.npy`` array, ``allow_pickle=False`` (an object array is refused with one line)."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise RealmInputError(path, "file not found") from None
+    except ValueError as e:
+        if "allow_pickle" in str(e):
+            raise RealmInputError(path, PICKLED) from None
+        raise RealmInputError(path, f"unreadable .npy file ({e})") from None
+    except Exception as e:
+        raise RealmInputError(path, f"unreadable .npy file ({type(e).__name__}: {e})") from None
+
+
+def read_json(path: Path):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RealmInputError(path, "file not found") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise RealmInputError(path, f"unreadable JSON ({e})") from None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """One JSON object per non-empty line; a bad line is an error naming its number."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise RealmInputError(path, "file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RealmInputError(path, f"unreadable JSON lines ({e})") from None
+    out = []
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as e:
+            raise RealmInputError(path, f"line {i}: not JSON ({e})") from None
+        if not isinstance(obj, dict):
+            raise RealmInputError(path, f"line {i}: expected a JSON object, got {type(obj).__name__}")
+        out.append(obj)
+    return out
+
+
+def mask_intervals(mask: np.ndarray, fps: float) -> list[list[float]]:
+    """[[start, end], ...] seconds of the runs of a per-frame boolean mask (frame t = [t/fps, (t+1)/fps))."""
+    m = np.concatenate([[False], np.asarray(mask, bool).reshape(-1), [False]])
+    edges = np.flatnonzero(m[1:] != m[:-1])
+    return [[round(a / fps, 4), round(b / fps, 4)] for a, b in zip(edges[::2], edges[1::2], strict=True)]
+
+
+def held_out(name: str, percent: float) -> bool:
+    """Whether ``name`` falls in a deterministic ``percent`` % hold-out (sha1 of the name): the same on
+    every machine and run, and a name always lands on the same side however the dataset grows."""
+    return int(hashlib.sha1(name.encode()).hexdigest()[:8], 16) % 10000 < percent * 100
