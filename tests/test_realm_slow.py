@@ -97,3 +97,21 @@ def test_ddp_on_cpu_with_two_processes(tmp_path):
     lis = realm.load(tmp_path / "run")
     assert lis.config["stage"] == 2
     assert lis.config["results"]["stage1"]["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_ddp_on_cpu_with_two_processes_reading_a_store(tmp_path):
+    from realm.data.store import build_store
+
+    generate(SynthConfig(hours=0.03, seed=0, backend="formant"), tmp_path / "d")
+    build_store(tmp_path / "d", tmp_path / "store", "prosody")
+    realm_bin = Path(sys.executable).parent / "realm"
+    cmd = [str(realm_bin), "train", "realm", "--data", str(tmp_path / "d"), "--store", str(tmp_path / "store"),
+           "--out", str(tmp_path / "run"), "--extractor", "prosody", "--batch-size", "4", "--max-steps", "2",
+           "--epochs", "1", "--stage2-epochs", "1", "--clip-stride", "64", "--accelerator", "cpu", "--devices", "2",
+           "--strategy", "ddp"]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lis = realm.load(tmp_path / "run")
+    assert lis.config["stage"] == 2 and lis.config["results"]["stage1"]["world_size"] == 2
+    assert lis.config["train"]["store"] == str(tmp_path / "store")

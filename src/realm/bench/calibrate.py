@@ -80,7 +80,7 @@ def calibrate_realm(tcfg, mcfg, refine: bool, seconds: float = 10.0, max_batches
             t1 = time.time()
             few = coarse_rollouts(task.model, prep.train, max_clips=2)
             done = sum(len(c.coarse) for c in few)
-            frames = sum(c.n_frames * c.samples().shape[0] for c in prep.train.clips)
+            frames = prep.train.frames_total
             out["rollout_s"] = round((time.time() - t1) * frames / max(1, done), 2)
             dl2 = _loader(CoarseSegments(few, tcfg.clip_len, task.model.refine_context, tcfg.clip_stride), tcfg)
         out["stage2_step_s"] = _time_steps(task, dl2, tcfg, max_batches, share, opt_steps_per_batch=2)

@@ -33,6 +33,7 @@ def train_realm_cmd(
     data: Path = typer.Option(..., "--data", help="Dataset directory (any supported layout)."),
     out_dir: Path = typer.Option(..., "--out", help="Run directory (checkpoints, logs, exported model)."),
     extractor: str = typer.Option("logmel", "--extractor", "-e", help="Speaker features: logmel | logmel_norm | pcen | vico45 | prosody | whisper"),
+    store: Path = typer.Option(None, "--store", help="Read the training windows from this store of --data (`realm data store`): data larger than memory, RSS flat."),
     preset: str = typer.Option("cpu", "--preset", help="Recipe: cpu (the demo checkpoint's: batch 64, 8 + 2 epochs, audio context 16 for local features, stage 1 from its last validation; ~1 h on 2 cores at 0.5 h of data) | paper (the authors': batch 512, 200 + 50 epochs, no audio context, stage 1 by val loss; GPU-sized). Options below override it."),
     epochs: int = typer.Option(None, help="Stage-1 epochs (cpu 8, paper 200)."),
     stage2_epochs: int = typer.Option(None, "--stage2-epochs", help="Stage-2 epochs (cpu 2, paper 50)."),
@@ -84,7 +85,7 @@ def train_realm_cmd(
         **recipe,
         **dict(data=str(data), extractor=extractor, max_steps=max_steps, lr=lr, clip_stride=clip_stride, seed=seed, accelerator=accelerator, devices=devices,
                strategy=strategy, num_nodes=num_nodes, precision=precision, num_workers=num_workers,
-               stages=stage_list, init=str(init) if init else ""),
+               stages=stage_list, init=str(init) if init else "", store=str(store) if store else ""),
         **{k: (tuple(v) if isinstance(v, list) else v) for k, v in overrides.items() if k in train_fields}})  # fmt: skip
     mcfg = REALMConfig(**{
         **dict(tau=tau, audio_context=audio_context, identity_anchor=anchor, use_gate=not no_gate,

@@ -98,6 +98,19 @@ class WindowDataset(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
+    @property
+    def n_clips(self) -> int:
+        return len(self.clips)
+
+    @property
+    def frames_total(self) -> int:
+        """Training frames of every realisation of every clip."""
+        return sum(c.n_frames * c.samples().shape[0] for c in self.clips)
+
+    def clip_arrays(self, ci: int) -> tuple[np.ndarray, np.ndarray]:
+        """Clip ``ci``'s features (T, F) and listener realisations (S, T, D) (raw, not normalised)."""
+        return self.features[ci], self.clips[ci].samples()
+
     def __getitem__(self, i: int) -> dict:
         ci, s, k = self.index[i]
         c, L, H = self.clips[ci], self.length, self.history

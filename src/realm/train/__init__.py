@@ -76,6 +76,8 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     data: str = ""
     extractor: str = "logmel"
+    store: str = ""  # a store of data's features and motion (`realm data store`): windows are read from
+    #   disk a batch at a time, so the data may be larger than memory (realm.data.store)
     clip_len: int = 128  # bootstrap window + 7 autoregressive steps
     clip_stride: int = 4
     val_stride: int = 64
@@ -193,6 +195,8 @@ def prepare_data(cfg: TrainConfig, progress=None, stats: tuple[NormStats, NormSt
     another run's weights must keep that run's normalisation)."""
     from realm.data import load_any
 
+    if cfg.store:
+        return _prepare_store(cfg, stats)
     root = Path(cfg.data)
     train_clips = load_any(root, splits="train")
     val_clips = load_any(root, splits="val")
@@ -216,6 +220,23 @@ def prepare_data(cfg: TrainConfig, progress=None, stats: tuple[NormStats, NormSt
     return Prepared(train, val, stats, feature_stats, spec, train_feats[0].shape[1])
 
 
+def _prepare_store(cfg: TrainConfig, stats: tuple[NormStats, NormStats] | None) -> Prepared:
+    """:func:`prepare_data` from a store: the same windows, read from disk as they are asked for."""
+    from realm.data.store import StoreWindows, open_store
+    from realm.errors import RealmInputError
+
+    meta, store_stats, store_feature_stats = open_store(cfg.store, cfg.extractor)
+    if "val" not in meta["splits"]:
+        raise RealmInputError(cfg.store, "the store has no val split (checkpoints are selected on val, never on test)")
+    stats, feature_stats = stats if stats is not None else (store_stats, store_feature_stats)
+    kw = dict(stats=stats, length=cfg.clip_len, history=0, feature_stats=feature_stats)
+    train = StoreWindows(cfg.store, "train", stride=cfg.clip_stride, sample="random", seed=cfg.seed, **kw)
+    val = StoreWindows(cfg.store, "val", stride=cfg.val_stride, sample="first", **kw)
+    log.info("store %s: %d train windows over %d clips (%.1f h), read from disk", cfg.store, len(train), train.n_clips,
+             meta["splits"]["train"]["frames"] / meta["fps"] / 3600)  # fmt: skip
+    return Prepared(train, val, stats, feature_stats, meta["spec"], meta["feature_dim"])
+
+
 # ---------------------------------------------------------------- stage 2: whole-clip coarse rollouts
 
 
@@ -237,9 +258,10 @@ def coarse_rollouts(model: REALM, ds: WindowDataset, all_samples: bool = True, m
     was = model.training
     model.eval()
     out = []
-    for c, f in list(zip(ds.clips, ds.features, strict=True))[:max_clips]:
+    for ci in range(ds.n_clips)[:max_clips]:
+        f, S = ds.clip_arrays(ci)  # (T, F), (S, T, D)
         audio = ds.feature_stats.apply(f).astype(np.float32)
-        S = c.samples() if all_samples else c.samples()[:1]
+        S = S if all_samples else S[:1]
         gt = np.stack([ds.stats.apply(m) for m in S]).astype(np.float32)  # (K, T, D)
         a = torch.from_numpy(audio)[None].expand(len(gt), -1, -1)
         coarse, _ = model.rollout(a, frame0=torch.from_numpy(gt[:, 0]))

@@ -70,7 +70,10 @@ def baseline_train_config(name: str, **overrides) -> TrainConfig:
 def make_model(name: str, data, model_cfg: dict | None = None) -> Baseline:
     """The baseline's model with its data-dependent config fields filled from ``data`` (a ``Prepared``)."""
     cls = baseline_class(name)
-    clips = data.train.clips
+    clips = getattr(data.train, "clips", None)
+    if clips is None:  # a store (realm.data.store) holds windows, not Clip objects
+        raise RealmInputError(data.train.reader.dir.parent, f"the {name} baseline reads whole clips in memory; "
+                              "train it from --data without --store")  # fmt: skip
     with_speaker = all(c.speaker is not None for c in clips)
     speaker_dim = clips[0].speaker.shape[1] if with_speaker else 0
     cfg = cls.Config.from_dict(dict(model_cfg or {}))
