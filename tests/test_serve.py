@@ -907,3 +907,27 @@ def test_listen_mic_streams_the_microphone_and_says_when_there_is_none(listener,
     res = run(scenario())
     assert res.motion.shape == (60, 58) and res.stats()["missing"] == 0
     np.testing.assert_array_equal(res.motion, offline_stream(listener, y))
+
+
+def test_a_model_that_reads_words_gets_them_from_the_servers_streaming_asr(listener, speech):
+    from tests.test_demo import MMLM_CKPT
+
+    if not (MMLM_CKPT / "config.json").exists():
+        pytest.skip("the committed mmlm demo checkpoint is not here")
+    mmlm = realm.load(MMLM_CKPT)
+    y = load_audio(JFK)
+
+    async def scenario(model, options):
+        server = await ListenerServer(model, config=ServerConfig(port=0)).start()
+        try:
+            return await listen_async(server.url, y, realtime=False, chunk_ms=100, options=options)
+        finally:
+            await server.close()
+
+    r = run(scenario(mmlm, {"asr": True}), timeout=120)
+    assert r.ready["asr"] is True and r.ready["uses_words"] is True
+    heard = [w["word"] for w in r.words]
+    assert {"fellow", "americans", "country"} <= set(heard), heard
+    assert r.missing == 0 and r.end["frames"] == r.expected
+    r = run(scenario(listener, {"asr": True}), timeout=60)  # REALM reads no words: the option is ignored
+    assert r.ready["asr"] is False and r.words == [] and r.missing == 0

@@ -152,3 +152,26 @@ def test_words_for_precedence(tmp_path, monkeypatch):
     y = np.zeros(SAMPLE_RATE, np.float32)
     assert [w.word for w in words_for(y, transcript)] == ["from"]
     assert words_for(y) == asr_words and calls[-1] is y
+
+
+def test_streaming_asr_confirms_the_offline_words_once_and_in_order():
+    from realm.audio import load_audio
+    from realm.text import ASRConfig, StreamingASR
+
+    y = load_audio(JFK)
+    offline = transcribe(y, ASRConfig(threads=1), cache=False)
+    asr = StreamingASR()
+    got, when = [], []
+    for k in range(0, len(y), 1600):  # 0.1 s chunks, as a live stream
+        for w in asr.push(y[k : k + 1600]):
+            got.append(w)
+            when.append((k + 1600) / SAMPLE_RATE)
+    got += asr.flush()
+    starts = [w.start for w in got]
+    assert starts == sorted(starts) and all(w.end >= w.start for w in got)  # never revised, in order
+    matched = [o for o in offline if any(g.word == o.word and abs(g.start - o.start) < 0.3 for g in got)]
+    assert len(matched) >= 0.75 * len(offline), ([w.word for w in got], [w.word for w in offline])
+    assert len(got) <= len(offline) + 2  # no invented run of words
+    lags = [t - w.end for w, t in zip(got, when)]  # confirmed within a few seconds of being said
+    assert lags and max(lags) < 4.0 and float(np.median(lags)) < 2.5
+    assert "country" in {w.word for w in got}

@@ -27,7 +27,10 @@ One connection is one listener. Protocol version 1 (docs/serving.md has the full
   ``pace`` (``"asap"``: send each frame as soon as it is computed; ``"realtime"``: hold each
   frame until its play time, ``first audio + latency_s + margin_s + i / fps``), ``face`` (bool:
   each frame also carries ``face``, the listener's face as :func:`realm.render.face.encode_shapes`
-  shapes, and ``ready`` the palette and layout to draw them; what the page draws).
+  shapes, and ``ready`` the palette and layout to draw them; what the page draws), ``asr``
+  (bool: for a model that reads words, the server transcribes the stream itself with
+  :class:`realm.text.StreamingASR` and feeds the words it confirms to the model, 1-2 s after they
+  are spoken; ``ready.asr`` says whether it does; ignored by models that read no words).
 * Binary messages are audio: 16-bit signed little-endian PCM, mono, 16 kHz, any whole number
   of samples per message up to ``max_chunk_bytes`` (1 s by default).
 
@@ -43,6 +46,8 @@ paths with 404. The page needs no token (it holds none); its WebSocket carries t
   completed it (-1: produced by ``stop``), so a client measures "chunk sent -> frame received"
   exactly; ``motion`` holds the spec's values; ``controls`` the robot controls after the safety
   layer (present when the server has a ``--profile``).
+* ``{"type": "words", "words": [{"word", "start", "end"}, ...]}``: with the ``asr`` option, the
+  words the server's ASR has confirmed (stream seconds), as it confirms them.
 * ``{"type": "error", "code", "message"}``: a bad message is answered and otherwise ignored;
   the session goes on, up to ``max_errors`` bad messages. Error messages never quote more than
   a few characters of what the client sent. Messages larger than the WebSocket limit close the
@@ -107,7 +112,7 @@ ENCODING = "pcm_s16le"
 PACES = ("asap", "realtime")
 DEFAULT_OPTIONS = {
     "sample_rate": SAMPLE_RATE, "encoding": ENCODING, "channels": 1,
-    "seed": 0, "sample": 0, "refine": True, "pace": "asap", "margin_s": 0.05, "face": False,
+    "seed": 0, "sample": 0, "refine": True, "pace": "asap", "margin_s": 0.05, "face": False, "asr": False,
 }  # fmt: skip
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 AHEAD_GRACE_S = 0.25  # audio up to this far ahead of real time still counts as real time (network jitter)
@@ -213,7 +218,7 @@ def check_options(options: dict, base: dict) -> dict:
         elif key in ("seed", "sample"):
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
                 raise ProtocolError("bad_option", f"{key} must be an integer in [0, 2**63) {got}")
-        elif key in ("refine", "face"):
+        elif key in ("refine", "face", "asr"):
             if not isinstance(value, bool):
                 raise ProtocolError("bad_option", f"{key} must be true or false {got}")
         elif key == "pace":
@@ -323,6 +328,9 @@ class Session:
     pending_n: int = 0  # their samples
     words: list = field(default_factory=list)  # words received since the last model call (listeners that read words)
     recorded: list = field(default_factory=list)  # this stream's audio messages (ServerConfig.record_dir)
+    asr: object = None  # realm.text.StreamingASR of this stream (option asr, a model that reads words)
+    asr_audio: list = field(default_factory=list)  # audio the ASR has not seen yet
+    asr_job: asyncio.Task | None = None  # the ASR run in progress
     streams: int = 0  # streams started on this connection
     queue: deque = field(default_factory=deque)
     queued_frames: int = 0  # frames in queue
@@ -607,6 +615,7 @@ class ListenerServer:
         self._frame_cost = 0.0  # event-loop seconds to encode one frame message
         self._closing: set = set()  # tasks closing connections
         self.note = LogBudget()  # how refusals and protocol errors are logged
+        self._asr_executor: ThreadPoolExecutor | None = None  # streaming ASR (option asr), made on first use
 
     # ------------------------------------------------------------------ capacity
 
@@ -745,6 +754,8 @@ class ListenerServer:
         if self.robot is not None:
             self.robot.close()
         self.executor.shutdown(wait=True, cancel_futures=True)
+        if self._asr_executor is not None:
+            self._asr_executor.shutdown(wait=True, cancel_futures=True)
         if self._limits is not None:
             self._limits.restore_original_limits()
             self._limits = None
@@ -894,6 +905,7 @@ class ListenerServer:
             watchdog.cancel()
             s.sender.cancel()
             s.streaming = False
+            s.asr = None  # an ASR run still going is dropped
             if self.robot is not None:
                 self.robot.release(s.id)
             self.sessions.pop(s.id, None)
@@ -986,6 +998,10 @@ class ListenerServer:
                 raise ProtocolError("not_started", "no stream is running")
             if s.pending:
                 await self._push(s, s.chunks - 1)
+            if s.asr is not None:  # the last words, before the model's last frames
+                if s.asr_job is not None:
+                    await s.asr_job
+                await self._transcribe(s, final=True)
             frames = await self._compute(s, None)
             self._emit(s, frames, chunk=-1)
             s.streaming = False
@@ -1034,7 +1050,29 @@ class ListenerServer:
         """Run the audio gathered since the last model call; its frames count as completed by ``chunk``."""
         audio = decode_pcm16(b"".join(s.pending))
         s.pending, s.pending_n = [], 0
+        if s.asr is not None:
+            s.asr_audio.append(audio)
+            if s.asr_job is None or s.asr_job.done():
+                s.asr_job = asyncio.create_task(self._transcribe(s))
         self._emit(s, await self._compute(s, audio), chunk)
+
+    async def _transcribe(self, s: Session, final: bool = False) -> None:
+        """Give the stream's ASR the audio it has not seen (on its own thread, beside the model calls);
+        the words it confirms reach the model at its next call. ``final``: the stream's end (flush)."""
+        asr, audio = s.asr, np.concatenate(s.asr_audio) if s.asr_audio else np.zeros(0, np.float32)
+        s.asr_audio = []
+        loop = asyncio.get_running_loop()
+        words = await loop.run_in_executor(self._asr_pool(), lambda: asr.push(audio) + (asr.flush() if final else []))
+        if s.asr is asr and words:  # not a stream that ended meanwhile
+            s.words.extend(words)
+            self._put(s, _Item(json.dumps({"type": "words", "words": [w.to_dict(detailed=False) for w in words]})))
+
+    def _asr_pool(self) -> ThreadPoolExecutor:
+        """The ASR runs' thread (one for the server: ASR is for models that read words, one stream at a time)."""
+        if self._asr_executor is None:
+            self._asr_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="realm-asr",
+                                                    initializer=set_torch_threads, initargs=(1,))  # fmt: skip
+        return self._asr_executor
 
 
     def _record(self, s: Session) -> None:
@@ -1061,6 +1099,11 @@ class ListenerServer:
         s.pipeline = self._new_controls()
         s.streaming, s.chunks, s.samples, s.frames, s.dropped, s.late, s.held, s.last = True, 0, 0, 0, 0, 0, 0, None
         s.first_audio, s.pending, s.pending_n, s.words, s.recorded = None, [], 0, [], []
+        s.asr, s.asr_audio, s.asr_job = None, [], None
+        if o["asr"] and self.listener.uses_words:
+            from realm.text import StreamingASR
+
+            s.asr = StreamingASR()
         s.streams += 1
         s.compute_s.clear()
 
@@ -1089,6 +1132,7 @@ class ListenerServer:
             "control_ranges": np.column_stack(self.profile.lo_hi()).tolist() if self.profile else None,
             "control_neutral": self.profile.neutral_vector().tolist() if self.profile else None,
             "face": face_description() if s.options["face"] else None,
+            "asr": s.asr is not None, "uses_words": bool(self.listener.uses_words),
             "options": s.options,
         }  # fmt: skip
 
@@ -1258,6 +1302,7 @@ class ListenResult:
     chunk: np.ndarray  # (T,) index of the audio message that completed each frame (-1: stop)
     expected: int  # frames the audio holds
     errors: list  # error messages the server sent
+    words: list = field(default_factory=list)  # the words the server's ASR confirmed ({"word", "start", "end"}; option asr)
 
     @property
     def received(self) -> int:
@@ -1300,6 +1345,7 @@ async def listen_async(
     sent: list[float] = []
     got: dict[int, tuple] = {}
     errors: list = []
+    heard: list = []
     state: dict = {}
     loop = asyncio.get_running_loop()
     headers = {"Authorization": f"Bearer {token}"} if token else None
@@ -1346,6 +1392,8 @@ async def listen_async(
                 break
             elif kind == "error":
                 errors.append(msg)
+            elif kind == "words":  # what the server's ASR heard (option asr)
+                heard.extend(msg["words"])
         await sender
     expected = n_frames(n_samples[0], ready["fps"])
     T = max(expected, max(got, default=-1) + 1)
@@ -1360,7 +1408,7 @@ async def listen_async(
         if controls is not None and c is not None:
             controls[i] = c
         latency[i], chunk_of[i] = lat, ch
-    return ListenResult(motion, controls, ready, state.get("end", {}), latency, chunk_of, expected, errors)
+    return ListenResult(motion, controls, ready, state.get("end", {}), latency, chunk_of, expected, errors, heard)
 
 
 def listen(url: str, audio, **kw) -> ListenResult:

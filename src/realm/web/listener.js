@@ -19,7 +19,7 @@
   const state = {
     running: false, ready: null, face: null, frames: [], received: 0, drawn: 0, late: 0, skipped: 0,
     sentAt: [], chunks: 0, samples: 0, t0: null, added: [], network: [], paint: [], end: null, error: null,
-    canvasChanges: 0, log: [],
+    canvasChanges: 0, log: [], words: [],
   };
   let ws = null, audio = null, queue = [], endWaiter = null;
 
@@ -178,6 +178,7 @@
       state.ready = msg;
       state.face = msg.face || null;
       buildBars(msg);
+      $("heard").style.display = msg.asr ? "" : "none";
       if (readyWaiter) readyWaiter(msg);
     } else if (msg.type === "frame") {
       state.received++;
@@ -186,6 +187,9 @@
       const f = { i: msg.i, chunk: msg.chunk, face: msg.face, controls: msg.controls, received: now };
       if (state.t0 !== null && dueTime(msg.i) < now) state.late++;
       queue.push(f);
+    } else if (msg.type === "words") {
+      state.words.push(...msg.words);
+      $("words").textContent = state.words.slice(-24).map((w) => w.word).join(" ");
     } else if (msg.type === "end") {
       state.end = msg;
       showReadout();
@@ -211,7 +215,8 @@
       ws.onerror = () => reject(new Error("cannot connect to the server (is it running? does it want ?token=...)"));
     });
     const ready = new Promise((resolve) => { readyWaiter = resolve; });
-    ws.send(JSON.stringify({ type: "start", face: true, pace: "asap" }));
+    // asr: a model that reads words (the multimodal-LM listener) gets them from the server's streaming ASR
+    ws.send(JSON.stringify({ type: "start", face: true, pace: "asap", asr: true }));
     return ready;
   }
 
@@ -255,8 +260,9 @@
     if (state.running) return;
     Object.assign(state, {
       running: true, ready: null, frames: [], received: 0, drawn: 0, late: 0, skipped: 0, sentAt: [], chunks: 0,
-      samples: 0, t0: null, added: [], network: [], paint: [], end: null, error: null,
+      samples: 0, t0: null, added: [], network: [], paint: [], end: null, error: null, words: [],
     });
+    $("words").textContent = "";
     queue = [];
     $("mic").disabled = true; $("stop").disabled = false;
     try {
