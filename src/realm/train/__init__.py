@@ -124,6 +124,10 @@ class TrainConfig:
     energy_blocks: tuple[str, ...] = ("expression", "rotation")  # blocks the energy score scores
     w_energy: float = 1.0  # weight of the energy score (each block's is in RMS units, the rotation's
     #   also times w_rot and the axis weights, as in the MSE)
+    energy_groups: str = "window"  # what one energy-score vector is: "window" (each window's frames x
+    #   channels of a block: the joint distribution) or "channel" (each channel's W frames apart, the
+    #   scores averaged: proper for each channel's window, not for their joint). A reaction moves a
+    #   few of the 52 blendshapes; in one 832-value vector its spread is a small part of the norm
     freeze: tuple[str, ...] = ()  # REALM modules kept fixed (dotted names, e.g. "audio_encoder",
     #   "fusion", "decoder.gate"; in stage 2 those under "refinement", e.g. "refinement.template").
     #   Ours: a fine-tune that adds the stochastic generator to a trained model keeps what it hears
@@ -158,7 +162,7 @@ class TrainConfig:
     def __post_init__(self):
         check_choices(self, stage2_rollout=("clip", "window"), d_input=("detail", "expression"),
                       stage2_select=("behaviour", "fd_delta"), coarse_loss=("mse", "energy"),
-                      stage1_select=("val_loss", "last"))  # fmt: skip
+                      stage1_select=("val_loss", "last"), energy_groups=("window", "channel"))  # fmt: skip
         if self.coarse_loss == "energy" and self.coarse_samples < 2:
             raise ValueError(f"coarse_loss='energy' needs coarse_samples >= 2, got {self.coarse_samples}")
         if self.mean_rollout and self.coarse_loss != "energy":
@@ -494,15 +498,19 @@ class REALMLoss:
         ``ES = mean_i |x_i - y| - 1/2 mean_{i != j} |x_i - x_j|``, where x_i (i = 1..S) are the
         samples' windows and y the ground truth's, each window's frames one vector (W x block size,
         times ``scale`` per dimension; frames outside the mask zeroed), |.| the Euclidean norm over
-        sqrt(W x size). Averaged over windows with a scored frame. pred (S B, T, D), gt (B, T, D),
-        m (B, T) the scored frames."""
+        sqrt(W x size). Averaged over windows with a scored frame. With ``energy_groups="channel"``
+        each channel's W frames are a vector of their own (|.| over sqrt(W)) and the channels'
+        scores are averaged. pred (S B, T, D), gt (B, T, D), m (B, T) the scored frames."""
         S, W = pred.shape[0] // gt.shape[0], self.W
         B, T = m.shape
         n = T // W
         scale = scale.to(pred.device)
-        x = (pred[:, : n * W, sl] * scale * m.repeat(S, 1)[:, : n * W, None]).reshape(S, B, n, -1)  # (S, B, n, W E)
-        y = (gt[:, : n * W, sl] * scale * m[:, : n * W, None]).reshape(B, n, -1)
-        norm = lambda d: torch.sqrt(d.pow(2).mean(-1) + 1e-8)  # noqa: E731  (RMS; smooth at 0)
+        x = (pred[:, : n * W, sl] * scale * m.repeat(S, 1)[:, : n * W, None]).reshape(S, B, n, W, -1)  # (S, B, n, W, E)
+        y = (gt[:, : n * W, sl] * scale * m[:, : n * W, None]).reshape(B, n, W, -1)
+        if self.cfg.energy_groups == "channel":  # RMS over each channel's frames, then the mean over channels
+            norm = lambda d: torch.sqrt(d.pow(2).mean(-2) + 1e-8).mean(-1)  # noqa: E731
+        else:  # RMS over the whole window (smooth at 0)
+            norm = lambda d: torch.sqrt(d.pow(2).mean((-2, -1)) + 1e-8)  # noqa: E731
         fit = norm(x - y).mean(0)  # (B, n)
         pairs = [(i, j) for i in range(S) for j in range(i + 1, S)]
         spread = torch.stack([norm(x[i] - x[j]) for i, j in pairs]).mean(0)
