@@ -25,7 +25,17 @@ from pathlib import Path
 from realm.data.clip import SPLITS, Clip, Word, load_dataset
 from realm.errors import RealmInputError
 
-FORMATS = ("realm", "vico", "l2l", "lmlistener", "dualtalk", "dualtalk_arkit", "seamless", "unils")
+#: Each peer layout's loader (module, function), imported when a dataset of that layout is read.
+LOADERS = {
+    "vico": ("realm.data.vico", "load_vico"),
+    "l2l": ("realm.data.l2l", "load_l2l"),
+    "lmlistener": ("realm.data.lmlistener", "load_lmlistener"),
+    "dualtalk": ("realm.data.dualtalk", "load_dualtalk"),
+    "dualtalk_arkit": ("realm.data.dualtalk_arkit", "load_dualtalk_arkit"),
+    "seamless": ("realm.data.seamless", "load_seamless"),
+    "unils": ("realm.data.unils", "load_unils"),
+}
+FORMATS = ("realm", *LOADERS)
 
 
 def detect_format(root: str | Path) -> str:
@@ -70,34 +80,11 @@ def load_any(root: str | Path, fmt: str = "auto", splits=None) -> list[Clip]:
     fmt = detect_format(root) if fmt == "auto" else fmt
     if fmt == "realm":
         return load_dataset(root, splits)
-    if fmt == "vico":
-        from realm.data.vico import load_vico
+    if fmt in LOADERS:
+        import importlib
 
-        return load_vico(root, splits=splits)
-    if fmt == "l2l":
-        from realm.data.l2l import load_l2l
-
-        return load_l2l(root, splits=splits)
-    if fmt == "lmlistener":
-        from realm.data.lmlistener import load_lmlistener
-
-        return load_lmlistener(root, splits=splits)
-    if fmt == "dualtalk":
-        from realm.data.dualtalk import load_dualtalk
-
-        return load_dualtalk(root, splits=splits)
-    if fmt == "dualtalk_arkit":
-        from realm.data.dualtalk_arkit import load_dualtalk_arkit
-
-        return load_dualtalk_arkit(root, splits=splits)
-    if fmt == "seamless":
-        from realm.data.seamless import load_seamless
-
-        return load_seamless(root, splits=splits)
-    if fmt == "unils":
-        from realm.data.unils import load_unils
-
-        return load_unils(root, splits=splits)
+        module, name = LOADERS[fmt]
+        return getattr(importlib.import_module(module), name)(root, splits=splits)
     raise ValueError(f"unknown dataset format {fmt!r}; known: {FORMATS}")
 
 

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from realm.data.clip import Clip
-from realm.data.peer import audio_frames, common_length, finish_clip, held_out, load_npz, wanted_splits
+from realm.data.peer import audio_frames, common_length, dyad_clip, held_out, load_npz, wanted_splits
 from realm.errors import RealmInputError
 from realm.motion import SPECS, resample_motion
 
@@ -130,30 +130,11 @@ def conversation_clips(folder: Path, name: str, split: str, has_audio: bool) -> 
             common_length(path, motion=len(motion[who]), own_audio=audio_frames(wav, FPS))
         txt = folder / f"{name}_{who}.txt"
         text[who] = txt.read_text(encoding="utf-8", errors="replace").strip() if txt.exists() else None
-    clips = []
-    for x, lis in enumerate(PEOPLE):
-        spk = PEOPLE[1 - x]
-        clip = Clip(
-            clip_id=f"{name}_{lis}",
-            split=split,
-            listener=motion[lis],
-            spec="flame56",
-            fps=FPS,
-            speaker=motion[spk],
-            speaker_spec="flame56",
-            audio_path=audio[spk],
-            speaker_id=f"{video_of(name)}_{spk}",
-            listener_id=f"{video_of(name)}_{lis}",
-            source=str(folder / f"{name}_{lis}.npz"),
-            meta={
-                "conversions": [RESAMPLED],
-                "missing": ["word times (the .txt transcripts have none): language models need ASR"],
-                "listener_audio": audio[lis],
-                "speaker_text": text[spk],
-            },
-        )
-        clips.append(finish_clip(clip))
-    return clips
+    person = {who: {"motion": motion[who], "wav": audio[who], "id": f"{video_of(name)}_{who}"} for who in PEOPLE}
+    meta = {"conversions": [RESAMPLED], "missing": ["word times (the .txt transcripts have none): language models need ASR"]}
+    return [dyad_clip(person[lis], person[spk], clip_id=f"{name}_{lis}", split=split, spec="flame56", fps=FPS,
+                      source=str(folder / f"{name}_{lis}.npz"), meta={**meta, "speaker_text": text[spk]})
+            for lis, spk in (PEOPLE, PEOPLE[::-1])]  # fmt: skip
 
 
 def flame56_of(path: Path) -> np.ndarray:

@@ -42,7 +42,7 @@ import numpy as np
 
 from realm.data.clip import Clip
 from realm.data.dualtalk import FPS, PEOPLE, RELEASE_SPLITS, SOURCE_FPS, VAL_PERCENT, our_split, video_of
-from realm.data.peer import finish_clip, load_npy, read_jsonl, wanted_splits
+from realm.data.peer import dyad_clip, load_npy, read_jsonl, wanted_splits
 from realm.errors import RealmInputError
 from realm.motion import ARKIT_BLENDSHAPES, SPECS, resample_motion
 
@@ -143,31 +143,12 @@ def _conversation(root: Path, index: Path, line: int, rec: dict, split: str, aud
     ]
     if not audio:
         missing.append("speaker audio (DualTalk_Dataset/ not found)")
-    clips = []
-    for x, lis in enumerate(PEOPLE):
-        spk = PEOPLE[1 - x]
-        clip = Clip(
-            clip_id=f"{name}_{lis}",
-            split=split,
-            listener=motion[lis],
-            spec="arkit58",
-            fps=FPS,
-            speaker=motion[spk],
-            speaker_spec="arkit58",
-            audio_path=wav[spk],
-            speaker_id=f"{video_of(name)}_{spk}",
-            listener_id=f"{video_of(name)}_{lis}",
-            source=f"{index} line {line}",
-            meta={
-                "conversions": [CONVERTED],
-                "missing": list(missing),
-                "listener_audio": wav[lis],
-                "speaker_text": rec.get(f"{spk}_text"),
-                "head_correction": rec.get(f"{lis}_head_correction"),
-            },
-        )
-        clips.append(finish_clip(clip))
-    return clips
+    person = {who: {"motion": motion[who], "wav": wav[who], "id": f"{video_of(name)}_{who}"} for who in PEOPLE}
+    return [dyad_clip(person[lis], person[spk], clip_id=f"{name}_{lis}", split=split, spec="arkit58", fps=FPS,
+                      source=f"{index} line {line}",
+                      meta={"conversions": [CONVERTED], "missing": list(missing), "speaker_text": rec.get(f"{spk}_text"),
+                            "head_correction": rec.get(f"{lis}_head_correction")})
+            for lis, spk in (PEOPLE, PEOPLE[::-1])]  # fmt: skip
 
 
 def arkit58_of(x: np.ndarray, source: str | Path) -> np.ndarray:

@@ -185,6 +185,17 @@ def common_length(source: str | Path, **lengths: int) -> int:
     return min(lengths.values())
 
 
+def dyad_clip(lis: dict, spk: dict, *, clip_id: str, split: str, spec: str, fps: float, source: str,
+              meta: dict, words=None) -> Clip:  # fmt: skip
+    """One side of a two-person conversation as a clip: ``lis`` listens, ``spk``'s audio drives it.
+    ``lis``/``spk``: ``{"motion": (T, D), "wav": path or None, "id": person id}``; the listener's own
+    track goes to ``meta["listener_audio"]``. Lengths are checked (:func:`finish_clip`)."""
+    clip = Clip(clip_id=clip_id, split=split, listener=lis["motion"], spec=spec, fps=fps, speaker=spk["motion"],
+                speaker_spec=spec, audio_path=spk["wav"], speaker_id=spk["id"], listener_id=lis["id"], words=words,
+                source=source, meta={**meta, "listener_audio": lis["wav"]})  # fmt: skip
+    return finish_clip(clip)
+
+
 def finish_clip(clip: Clip) -> Clip:
     """Check listener, speaker, audio and feature lengths agree (within tolerance) and trim to the shortest."""
     lengths = {"listener": clip.n_frames, **{f"feature {k}": len(v) for k, v in clip.features.items()}}

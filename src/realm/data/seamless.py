@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from realm.data.clip import Clip, Word
-from realm.data.peer import finish_clip, load_npz, read_json, wanted_splits
+from realm.data.peer import dyad_clip, load_npz, read_json, wanted_splits
 from realm.errors import RealmInputError
 from realm.motion import IMITATOR_FIELDS, SPECS
 
@@ -106,7 +106,7 @@ def load_seamless(root: str | Path, splits: str | Iterable[str] | None = None) -
         for x in (0, 1):
             lis, spk = people[x], people[1 - x]
             no_audio += spk["wav"] is None
-            clips.append(finish_clip(_clip(lis, spk, SPLIT_OF[split], label)))
+            clips.append(_clip(lis, spk, SPLIT_OF[split], label))
     if unpaired:
         log.warning("Seamless Interaction: %d interaction(s) without exactly two participants skipped (e.g. %s)",
                     len(unpaired), unpaired[0])  # fmt: skip
@@ -181,28 +181,11 @@ def _clip(lis: dict, spk: dict, split: str, label: str) -> Clip:
     missing = []
     if spk["words"] is None:
         missing.append(f"the speaker's transcript ({spk['id']}.json): language models need ASR")
-    return Clip(
-        clip_id=lis["id"],
-        split=split,
-        listener=lis["motion"],
-        spec=SPEC,
-        fps=FPS,
-        speaker=spk["motion"],
-        speaker_spec=SPEC,
-        audio_path=spk["wav"],
-        speaker_id=FILE_ID.match(spk["id"]).group(4),
-        listener_id=FILE_ID.match(lis["id"]).group(4),
-        words=spk["words"],
-        source=str(lis["npz"]),
-        meta={
-            "label": label,
-            "missing": missing,
-            "listener_audio": lis["wav"],
-            "listener_valid": lis["valid"],
-            "speaker_vad": spk["vad"],
-            "listener_vad": lis["vad"],
-        },
-    )
+    ids = {k: FILE_ID.match(p["id"]).group(4) for k, p in (("lis", lis), ("spk", spk))}
+    return dyad_clip({**lis, "id": ids["lis"]}, {**spk, "id": ids["spk"]}, clip_id=lis["id"], split=split, spec=SPEC,
+                     fps=FPS, source=str(lis["npz"]), words=spk["words"],
+                     meta={"label": label, "missing": missing, "listener_valid": lis["valid"], "speaker_vad": spk["vad"],
+                           "listener_vad": lis["vad"]})  # fmt: skip
 
 
 def _vad(meta: dict, path: Path) -> list[list[float]]:

@@ -30,10 +30,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from realm.data.clip import Clip
+from realm.data.windows import window_item
 from realm.errors import RealmInputError
 from realm.io import write_json
 from realm.motion import NormStats
@@ -270,28 +270,12 @@ class StoreWindows(Dataset):
         if k < 0:
             k = int(self.rng.integers(r["samples"])) if self.sample == "random" else 0
         e = min(s + L, T)
-        n = e - s
         lo = max(0, s - H)  # the rows the window and its history read, in one read
         motion = self.reader.rows(ci, "motion", k * T + lo, k * T + e)
-        mot = np.zeros((L, motion.shape[1]), np.float32)
-        mot[:n] = self.stats.apply(motion[s - lo :])
-        mot[n:] = mot[n - 1]
         hist_idx = np.clip(np.arange(s - H, s), 0, T - 1)  # frame 0 repeated before the clip starts
-        hist = self.stats.apply(motion[hist_idx - lo]).astype(np.float32)
-        feats = self.reader.rows(ci, "features", s, e)
-        if self.feature_stats is not None:
-            feats = self.feature_stats.apply(feats)
-        aud = np.zeros((L, feats.shape[1]), np.float32)
-        aud[:n] = feats
-        mask = np.zeros(L, bool)
-        mask[:n] = True
-        item = {"audio": torch.from_numpy(aud), "motion": torch.from_numpy(mot), "history": torch.from_numpy(hist),
-                "mask": torch.from_numpy(mask), "clip": ci, "start": s}  # fmt: skip
-        if self.with_speaker:
-            spk = np.zeros((L, self.meta["speaker_dim"]), np.float32)
-            spk[:n] = self.reader.rows(ci, "speaker", s, e)
-            item["speaker"] = torch.from_numpy(spk)
-        return item
+        speaker = self.reader.rows(ci, "speaker", s, e) if self.with_speaker else None
+        return window_item(self, motion[s - lo :], motion[hist_idx - lo], self.reader.rows(ci, "features", s, e), speaker,
+                           ci, s)  # fmt: skip
 
 
 def open_store(store: str | Path, extractor: str) -> tuple[dict, NormStats, NormStats]:

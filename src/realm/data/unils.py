@@ -45,7 +45,7 @@ import numpy as np
 
 from realm.data.clip import SPLITS, Clip
 from realm.data.lmdbfile import LMDBFile
-from realm.data.peer import PICKLED, finish_clip, mask_intervals, read_json, wanted_splits
+from realm.data.peer import PICKLED, dyad_clip, mask_intervals, read_json, wanted_splits
 from realm.errors import RealmInputError
 from realm.io import atomic_path
 from realm.motion import SPECS, resample_motion
@@ -138,31 +138,11 @@ def _pair(db: LMDBFile, index: Path, split: str, pair_id: str, entry, audio_dir:
         key = os.path.basename(path)
         rec = _record(db, key, where)
         people.append(_person(db, key, rec, frames, audio_dir))
-    clips = []
-    for x in (0, 1):
-        lis, spk = people[x], people[1 - x]
-        clip = Clip(
-            clip_id=f"{pair_id}_p{x}",
-            split=split,
-            listener=lis["motion"],
-            spec="flame56",
-            fps=FPS,
-            speaker=spk["motion"],
-            speaker_spec="flame56",
-            audio_path=spk["wav"],
-            speaker_id=spk["id"],
-            listener_id=lis["id"],
-            source=f"{db.path} [{lis['key']}]",
-            meta={
-                "conversions": [CONVERTED],
-                "missing": ["transcripts (none in the release): language models need ASR"],
-                "listener_audio": lis["wav"],
-                "speaker_vad": spk["vad"],
-                "listener_vad": lis["vad"],
-            },
-        )
-        clips.append(finish_clip(clip))
-    return clips
+    meta = {"conversions": [CONVERTED], "missing": ["transcripts (none in the release): language models need ASR"]}
+    return [dyad_clip(people[x], people[1 - x], clip_id=f"{pair_id}_p{x}", split=split, spec="flame56", fps=FPS,
+                      source=f"{db.path} [{people[x]['key']}]",
+                      meta={**meta, "speaker_vad": people[1 - x]["vad"], "listener_vad": people[x]["vad"]})
+            for x in (0, 1)]  # fmt: skip
 
 
 def _record(db: LMDBFile, key: str, where: str) -> dict[str, np.ndarray]:

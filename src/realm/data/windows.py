@@ -120,29 +120,31 @@ class WindowDataset(Dataset):
         motion = samples[k]
         T = c.n_frames
         e = min(s + L, T)
-        n = e - s
-        mot = np.zeros((L, motion.shape[1]), np.float32)
-        mot[:n] = self.stats.apply(motion[s:e])
-        mot[n:] = mot[n - 1]  # hold the last frame on padding (masked out of losses)
-        hist_idx = np.clip(np.arange(s - H, s), 0, T - 1)
-        hist = self.stats.apply(motion[hist_idx]).astype(np.float32)
-        feats = self.features[ci][s:e]
-        if self.feature_stats is not None:
-            feats = self.feature_stats.apply(feats)
-        aud = np.zeros((L, feats.shape[1]), np.float32)
-        aud[:n] = feats
-        mask = np.zeros(L, bool)
-        mask[:n] = True
-        item = {
-            "audio": torch.from_numpy(aud),
-            "motion": torch.from_numpy(mot),
-            "history": torch.from_numpy(hist),
-            "mask": torch.from_numpy(mask),
-            "clip": ci,
-            "start": s,
-        }
-        if self.with_speaker:
-            spk = np.zeros((L, c.speaker.shape[1]), np.float32)
-            spk[:n] = c.speaker[s:e]
-            item["speaker"] = torch.from_numpy(spk)
-        return item
+        hist_idx = np.clip(np.arange(s - H, s), 0, T - 1)  # frame 0 repeated before the clip starts
+        speaker = c.speaker[s:e] if self.with_speaker else None
+        return window_item(self, motion[s:e], motion[hist_idx], self.features[ci][s:e], speaker, ci, s)
+
+
+def window_item(ds, motion: np.ndarray, history: np.ndarray, feats: np.ndarray, speaker: np.ndarray | None,
+                ci: int, s: int) -> dict:  # fmt: skip
+    """One training item from a window's raw rows (n <= L of them; the rest is padding): motion (n, D),
+    history (H, D), features (n, F), speaker motion (n, Ds) or None; ``ds`` gives ``length``,
+    ``stats`` and ``feature_stats``. Motion holds its last frame on the padding (masked out of losses)."""
+    L, n = ds.length, len(motion)
+    mot = np.zeros((L, motion.shape[1]), np.float32)
+    mot[:n] = ds.stats.apply(motion)
+    mot[n:] = mot[n - 1]
+    hist = ds.stats.apply(history).astype(np.float32)
+    if ds.feature_stats is not None:
+        feats = ds.feature_stats.apply(feats)
+    aud = np.zeros((L, feats.shape[1]), np.float32)
+    aud[:n] = feats
+    mask = np.zeros(L, bool)
+    mask[:n] = True
+    item = {"audio": torch.from_numpy(aud), "motion": torch.from_numpy(mot), "history": torch.from_numpy(hist),
+            "mask": torch.from_numpy(mask), "clip": ci, "start": s}  # fmt: skip
+    if speaker is not None:
+        spk = np.zeros((L, speaker.shape[1]), np.float32)
+        spk[:n] = speaker
+        item["speaker"] = torch.from_numpy(spk)
+    return item
