@@ -24,7 +24,7 @@ they can, clients streaming at 4x real time that never read; each reconnects 0.5
 closed). It reports the real-time clients' latency in both phases, the server's RSS over time
 and what happened to the attackers.
 
-**Browser** (``--browser``): the listener page in a headless Chromium (realm.web.chromium) whose
+**Browser** (``--browser``): the listener page in a headless Chromium (realm.web.browser) whose
 fake microphone plays jfk.flac (48 kHz WAV, looped by Chromium), through getUserMedia, the
 AudioWorklet's resampler and the page's WebSocket, for ``--seconds``, ``--repeat`` times. It
 reports, per stage, the latency on top of the model's algorithmic latency: chunk sent -> frame
@@ -245,13 +245,17 @@ def levels_run(server: Server, audio, levels, args, rng, base: float) -> dict:
     return {"levels": results, "best": best}
 
 
+def _ms(x) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
 def browser(server: Server, speech: np.ndarray, args) -> dict:
     """The listener page in headless Chromium with jfk.flac as its microphone, ``--repeat`` streams."""
     import tempfile
 
     import soundfile as sf
 
-    from realm.web.chromium import Chromium
+    from realm.web.browser import Chromium
 
     q = lambda xs, k: float(np.percentile(xs, k)) if len(xs) else float("nan")  # noqa: E731
     page = server.url.replace("ws://", "http://") + "/"
@@ -275,8 +279,9 @@ def browser(server: Server, speech: np.ndarray, args) -> dict:
                        "not_drawn": st["skipped"], "dropped": st["end"]["dropped"] if st["end"] else None,
                        "net_p50": q(st["network"], 50), "net_p95": q(st["network"], 95),
                        "added_p50": q(st["added"], 50), "added_p95": q(st["added"], 95),
-                       "paint_p50": q(paint, 50), "compute_p50": st["end"]["compute_ms_p50"],
-                       "compute_p95": st["end"]["compute_ms_p95"], "algorithmic_ms": 1e3 * st["ready"]["latency_s"]}  # fmt: skip
+                       "paint_p50": q(paint, 50), "compute_p50": (st["end"] or {}).get("compute_ms_p50"),
+                       "compute_p95": (st["end"] or {}).get("compute_ms_p95"),
+                       "algorithmic_ms": 1e3 * st["ready"]["latency_s"]}  # fmt: skip
                 rows.append(row)
             shot = Path(tmp) / "page.png"
             b.screenshot(shot)
@@ -292,7 +297,7 @@ def browser(server: Server, speech: np.ndarray, args) -> dict:
     for r in rows:
         print(f"| {r['stream']} | {r['frames']} | {r['drawn']} | {r['late']} | {r['not_drawn']} | {r['dropped']} | "
               f"{r['net_p50']:.1f} / {r['net_p95']:.1f} | {r['paint_p50']:.1f} | {r['added_p50']:.1f} / {r['added_p95']:.1f} | "
-              f"{r['compute_p50']:.1f} / {r['compute_p95']:.1f} |")  # fmt: skip
+              f"{_ms(r['compute_p50'])} / {_ms(r['compute_p95'])} |")  # fmt: skip
     print(f"\nalgorithmic latency {rows[0]['algorithmic_ms']:.0f} ms; capture -> send (not measurable in the page): "
           f"{capture['mean_ms']:.1f} ms on average, at most {capture['max_ms']:.1f}")
     return {"browser": rows, "capture_to_send": capture}

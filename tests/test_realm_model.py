@@ -378,8 +378,7 @@ def test_energy_score_prefers_the_true_spread_to_its_mean():
     assert es["true"] < es["narrow"] < es["mean"], es
 
 
-@pytest.mark.parametrize("groups", ["window", "channel"])
-def test_energy_score_per_channel_is_proper_and_sees_a_few_reacting_channels(groups):
+def test_energy_score_per_channel_ranks_the_truth_first_and_sees_a_few_reacting_channels():
     """Both groupings rank the true distribution first; when 3 of the 52 blendshapes react (a smile)
     over small noise on the rest, the per-channel score separates it from the mean more (1.9x here)."""
     from realm.train import REALMLoss, TrainConfig
@@ -404,7 +403,7 @@ def test_energy_score_per_channel_is_proper_and_sees_a_few_reacting_channels(gro
         loss = REALMLoss(model, TrainConfig(coarse_loss="energy", coarse_samples=4, energy_groups=kind))
         sl, _, scale = loss.energy[0]
         scores[kind] = {k: float(loss.energy_score(v, gt, mask, sl, scale)) for k, v in (("true", true), ("mean", mean))}
-    assert scores[groups]["true"] < scores[groups]["mean"]
+    assert all(v["true"] < v["mean"] for v in scores.values()), scores
     gap = {k: (v["mean"] - v["true"]) / v["true"] for k, v in scores.items()}
     assert gap["channel"] > 1.5 * gap["window"], gap  # measured: 0.147 against 0.079
 

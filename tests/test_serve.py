@@ -926,8 +926,36 @@ def test_a_model_that_reads_words_gets_them_from_the_servers_streaming_asr(liste
 
     r = run(scenario(mmlm, {"asr": True}), timeout=120)
     assert r.ready["asr"] is True and r.ready["uses_words"] is True
-    heard = [w["word"] for w in r.words]
-    assert {"fellow", "americans", "country"} <= set(heard), heard
+    heard = [w["word"] for w in r.words]  # what Whisper makes of it depends on where its runs cut the audio
+    assert len(heard) >= 12 and "country" in heard, heard
+    assert sum(w in heard for w in ("fellow", "americans", "ask", "what", "your", "can", "do", "for")) >= 6, heard
+    assert [w["start"] for w in r.words] == sorted(w["start"] for w in r.words)
     assert r.missing == 0 and r.end["frames"] == r.expected
     r = run(scenario(listener, {"asr": True}), timeout=60)  # REALM reads no words: the option is ignored
     assert r.ready["asr"] is False and r.words == [] and r.missing == 0
+
+
+def test_a_failing_speech_recogniser_leaves_the_stream_running_without_words(monkeypatch):
+    from realm.text import StreamingASR
+    from tests.test_demo import MMLM_CKPT
+
+    if not (MMLM_CKPT / "config.json").exists():
+        pytest.skip("the committed mmlm demo checkpoint is not here")
+
+    def broken(self, audio):
+        raise RuntimeError("no model")
+
+    monkeypatch.setattr(StreamingASR, "push", broken)
+    mmlm = realm.load(MMLM_CKPT)
+    y = load_audio(JFK)[: 16000 * 4]
+
+    async def scenario():
+        server = await ListenerServer(mmlm, config=ServerConfig(port=0)).start()
+        try:
+            return await listen_async(server.url, y, realtime=False, chunk_ms=100, options={"asr": True})
+        finally:
+            await server.close()
+
+    r = run(scenario(), timeout=120)
+    assert [e["code"] for e in r.errors] == ["asr_failed"]  # said once, not at every chunk
+    assert r.words == [] and r.end["frames"] == r.expected and r.missing == 0

@@ -42,7 +42,9 @@ def test_the_store_holds_every_clip_and_the_stats_prepare_data_fits(synth_dir, s
     np.testing.assert_array_equal(stats.std, mine.std)
     np.testing.assert_array_equal(stats.lo, mine.lo)
     feats = clip_features(train, EXTRACTOR)
-    np.testing.assert_array_equal(fstats.std, NormStats.fit(feats, EXTRACTOR).std)
+    fmine = NormStats.fit(feats, EXTRACTOR)
+    np.testing.assert_array_equal(fstats.mean, fmine.mean)
+    np.testing.assert_array_equal(fstats.std, fmine.std)
     ds = StoreWindows(store, "train", stats)
     for ci in (0, len(train) - 1):
         f, S = ds.clip_arrays(ci)
@@ -92,6 +94,8 @@ def test_a_broken_store_says_what_is_wrong_in_one_line(synth_dir, store, tmp_pat
         open_store(store, "logmel")
     with pytest.raises(FileExistsError):
         build_store(synth_dir, store, EXTRACTOR)  # never replaced without force
+    with pytest.raises(RealmInputError, match="was built from"):  # a store of other data
+        prepare_data(TrainConfig(data=str(tmp_path), extractor=EXTRACTOR, store=str(store)))
     # a truncated shard
     import shutil
 

@@ -7,6 +7,8 @@ import base64
 import hashlib
 import io
 import json
+import shutil
+import socket
 import threading
 import time
 import urllib.error
@@ -21,12 +23,18 @@ import realm
 from realm.audio import load_audio
 from realm.render.face import PALETTE, FaceRenderer, decode_shapes, encode_shapes, face_shapes, neutral_frame
 from realm.serve import ListenerServer, ServerConfig
-from realm.web.chromium import Chromium, find_chromium
+from realm.web.browser import Chromium, Firefox, find_chromium, find_firefox
 from tests.conftest import JFK
 from tests.test_generate import make_run
 
 CHROMIUM = find_chromium()
+FIREFOX = find_firefox() if shutil.which("pulseaudio") or shutil.which("pactl") else None
 needs_browser = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (apt-get install chromium)")
+BROWSERS = [
+    pytest.param("chromium", marks=needs_browser),
+    pytest.param("firefox", marks=pytest.mark.skipif(
+        FIREFOX is None, reason="no Firefox with PulseAudio here (apt-get install firefox-esr pulseaudio)")),
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +128,16 @@ def test_the_pages_own_origin_is_admitted_and_others_are_not(listener):
         assert not server._origin_ok("http://10.0.0.5:8765", host="10.0.0.6:8765")
         assert not server._origin_ok("https://evil.example", host="10.0.0.5:8765")
         assert server._origin_ok("http://localhost:3000", host="10.0.0.5:8765")  # a page on this machine, as before
+        # DNS rebinding: a site whose name now points here sends Origin and Host under that name
+        assert not server._origin_ok("http://evil.example:8765", host="evil.example:8765")
     finally:
         server.executor.shutdown()
+    named = ListenerServer(listener, config=ServerConfig(host="robot.local", token="t"))
+    try:  # the name the server was given is its own
+        assert named._origin_ok("http://robot.local:8765", host="robot.local:8765")
+        assert not named._origin_ok("http://evil.example:8765", host="evil.example:8765")
+    finally:
+        named.executor.shutdown()
     server = ListenerServer(listener, config=ServerConfig(host="0.0.0.0", token="t", page=False))
     try:
         assert not server._origin_ok("http://10.0.0.5:8765", host="10.0.0.5:8765")
@@ -129,7 +145,26 @@ def test_the_pages_own_origin_is_admitted_and_others_are_not(listener):
         server.executor.shutdown()
 
 
-# ---------------------------------------------------------------- in Chromium
+def handshake(port: int, headers: dict) -> bytes:
+    """A raw WebSocket opening handshake with exactly ``headers``; the first line of the answer."""
+    lines = ["GET / HTTP/1.1", "Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Version: 13",
+             "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="] + [f"{k}: {v}" for k, v in headers.items()]  # fmt: skip
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+        c.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        return c.recv(4096).split(b"\r\n", 1)[0]
+
+
+def test_a_rebound_name_is_refused_at_the_handshake_and_the_pages_own_origin_admitted(listener):
+    with Running(listener) as r:
+        port = r.server.port
+        evil = f"evil.example:{port}"
+        assert b" 403 " in handshake(port, {"Host": evil, "Origin": f"http://{evil}"})
+        own = f"127.0.0.1:{port}"
+        assert b" 101 " in handshake(port, {"Host": own, "Origin": f"http://{own}"})
+        assert b" 400 " in handshake(port, {"Host": own, "Origin": f"http://{own}", "origin": "http://x"})
+
+
+# ---------------------------------------------------------------- in a browser
 
 
 @pytest.fixture(scope="module")
@@ -168,10 +203,11 @@ def test_the_page_draws_the_same_face_as_the_python_renderer(listener, fake_mic)
     assert (np.abs(drawn["neutral"] - python["neutral"]).max(axis=2) > 60).mean() < 0.01  # only edges differ
 
 
-@needs_browser
-def test_in_chromium_the_microphone_streams_and_the_frames_equal_the_offline_streamer(listener, fake_mic, tmp_path):
-    with Running(listener, profile="ameca", token="s3cret", record_dir=str(tmp_path / "heard")) as r, \
-            Chromium(fake_audio=fake_mic, executable=CHROMIUM) as b:  # fmt: skip
+@pytest.mark.parametrize("kind", BROWSERS)
+def test_in_a_browser_the_microphone_streams_and_the_frames_equal_the_offline_streamer(listener, fake_mic, tmp_path, kind):
+    # Chromium's fake microphone plays jfk.flac; Firefox's its test tone (through its own resampling rate)
+    browser = Chromium(fake_audio=fake_mic, executable=CHROMIUM) if kind == "chromium" else Firefox(FIREFOX)
+    with Running(listener, profile="ameca", token="s3cret", record_dir=str(tmp_path / "heard")) as r, browser as b:
         b.open(r.url)  # without the token the WebSocket is refused, and the page says so
         with pytest.raises(Exception, match="cannot connect"):
             b.evaluate("realm.start('mic')")
@@ -198,7 +234,7 @@ def test_in_chromium_the_microphone_streams_and_the_frames_equal_the_offline_str
         assert w.getframerate() == 16000 and w.getnchannels() == 1
         pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2")
     assert abs(len(pcm) / 16000 - end["audio_s"]) < 1e-9
-    assert np.abs(pcm).max() > 1000  # speech, not silence
+    assert np.abs(pcm).max() > 1000  # sound, not silence
     y = pcm.astype(np.float32) / 32768.0
     st = listener.streamer(seed=0)
     import torch

@@ -153,7 +153,8 @@ class ServerConfig:
     tls_key: str | None = None
     workers: int = 2  # model threads shared by all clients
     torch_threads: int = 1  # intra-op threads per model call
-    record_dir: str | None = None  # keep each stream's received audio: DIR/stream-<session>-<n>.wav at stop
+    record_dir: str | None = None  # keep each stream's received audio: DIR/stream-<start>-<session>-<n>.wav at stop
+    asr_streams: int = 2  # streams transcribed at once (option asr; about 0.45 of a core each, a thread each)
     #   (what the server heard, to replay offline: tests and debugging; memory grows with the stream)
     page: bool = True  # answer plain HTTP GETs of / with the listener page (realm.web)
 
@@ -616,6 +617,7 @@ class ListenerServer:
         self._closing: set = set()  # tasks closing connections
         self.note = LogBudget()  # how refusals and protocol errors are logged
         self._asr_executor: ThreadPoolExecutor | None = None  # streaming ASR (option asr), made on first use
+        self._started = time.strftime("%Y%m%d-%H%M%S")  # names the streams record_dir keeps
 
     # ------------------------------------------------------------------ capacity
 
@@ -772,8 +774,10 @@ class ListenerServer:
         missing or wrong token; None admits."""
         import http
 
-        if "upgrade" not in request.headers.get("Connection", "").lower():  # plain HTTP: the page
+        if "upgrade" not in ",".join(request.headers.get_all("Connection")).lower():  # plain HTTP: the page
             return self._page(connection, request)
+        if len(request.headers.get_all("Origin")) > 1 or len(request.headers.get_all("Host")) > 1:
+            return self._reject(connection, http.HTTPStatus.BAD_REQUEST, "repeated Origin or Host header")
         origin = request.headers.get("Origin")
         if origin is not None and not self._origin_ok(origin, request.headers.get("Host")):
             return self._reject(connection, http.HTTPStatus.FORBIDDEN, f"Origin {shown(origin, 64)} is not allowed")
@@ -794,13 +798,28 @@ class ListenerServer:
             return True
         try:
             parts = urlsplit(origin)
-            # a page served from this machine, or this server's own page (same host and port)
-            return parts.hostname in LOOPBACK_NAMES or (self.config.page and host is not None and parts.netloc == host)
+            if parts.hostname in LOOPBACK_NAMES:  # a page served from this machine
+                return True
+            # this server's own page: the same host and port, under a name the server answers to (an IP
+            # address or its --host). Any name would admit DNS rebinding: a site whose name is made to
+            # point here would pass as "same origin" (Origin and Host both evil.example:PORT)
+            return bool(self.config.page and host is not None and parts.netloc == host and self._own_name(parts.hostname))
         except ValueError:
             return False
 
+    def _own_name(self, hostname: str | None) -> bool:
+        """Whether ``hostname`` (from a request's Host) is one this server answers to by itself: an IP
+        address, or the --host it was given. Other names need --allow-origin."""
+        if not hostname:
+            return False
+        try:
+            ipaddress.ip_address(hostname)
+            return True
+        except ValueError:
+            return hostname == self.config.host
+
     def _page(self, connection, request):
-        """A plain HTTP request: the listener page's files (GET), else 404/405."""
+        """A plain HTTP request: the listener page's files, else 404 (websockets answers other methods itself)."""
         import http
 
         from websockets.datastructures import Headers
@@ -1014,7 +1033,7 @@ class ListenerServer:
                    "compute_ms_p95": float(np.percentile(ms, 95)) if len(ms) else None}  # fmt: skip
             self._put(s, _Item(json.dumps(end, allow_nan=False)))
             if self.config.record_dir:
-                self._record(s)
+                await self._record(s)
         elif kind == "words":
             if not s.streaming:
                 raise ProtocolError("not_started", 'send {"type": "start"} before words')
@@ -1062,34 +1081,54 @@ class ListenerServer:
         asr, audio = s.asr, np.concatenate(s.asr_audio) if s.asr_audio else np.zeros(0, np.float32)
         s.asr_audio = []
         loop = asyncio.get_running_loop()
-        words = await loop.run_in_executor(self._asr_pool(), lambda: asr.push(audio) + (asr.flush() if final else []))
+        try:
+            words = await loop.run_in_executor(self._asr_pool(), lambda: asr.push(audio) + (asr.flush() if final else []))
+        except Exception as e:  # the stream goes on without words; the client is told once
+            if s.asr is asr:
+                s.asr = None
+                self.note("client %d (%s): streaming ASR failed (%s: %s); the stream goes on without words", s.id,
+                          s.address, type(e).__name__, str(e)[:200])  # fmt: skip
+                self._put(s, _Item(_error("asr_failed", f"speech recognition failed ({type(e).__name__}); no more words"),
+                                   error=True))  # fmt: skip
+            return
         if s.asr is asr and words:  # not a stream that ended meanwhile
             s.words.extend(words)
-            self._put(s, _Item(json.dumps({"type": "words", "words": [w.to_dict(detailed=False) for w in words]})))
+            try:
+                self._put(s, _Item(json.dumps({"type": "words", "words": [w.to_dict(detailed=False) for w in words]})))
+            except Refused as r:  # a client that reads nothing
+                self._close(s, r)
 
     def _asr_pool(self) -> ThreadPoolExecutor:
-        """The ASR runs' thread (one for the server: ASR is for models that read words, one stream at a time)."""
+        """The ASR threads: one per stream transcribed at once (``asr_streams``), beside the model threads."""
         if self._asr_executor is None:
-            self._asr_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="realm-asr",
+            self._asr_executor = ThreadPoolExecutor(max_workers=max(1, self.config.asr_streams), thread_name_prefix="realm-asr",
                                                     initializer=set_torch_threads, initargs=(1,))  # fmt: skip
         return self._asr_executor
 
 
-    def _record(self, s: Session) -> None:
-        """Write the stream's received audio to ``record_dir/stream-<session>-<n>.wav`` (16-bit, 16 kHz)."""
+    async def _record(self, s: Session) -> None:
+        """Write the stream's received audio (16-bit, 16 kHz) to ``record_dir/stream-<server start>-<session>-<n>.wav``,
+        off the event loop; an existing file is never replaced."""
         import wave
 
         from realm.io import atomic_path
 
-        out = Path(self.config.record_dir) / f"stream-{s.id}-{s.streams}.wav"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out, force=True) as tmp, wave.open(str(tmp), "wb") as w:
-            w.setnchannels(1)
-            w.setsampwidth(2)
-            w.setframerate(SAMPLE_RATE)
-            w.writeframes(b"".join(s.recorded))
-        s.recorded = []
-        log.info("client %d: stream %d's audio written to %s", s.id, s.streams, out)
+        out = Path(self.config.record_dir) / f"stream-{self._started}-{s.id}-{s.streams}.wav"
+        data, s.recorded = b"".join(s.recorded), []
+
+        def write():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(out, force=False) as tmp, wave.open(str(tmp), "wb") as w:
+                w.setnchannels(1)
+                w.setsampwidth(2)
+                w.setframerate(SAMPLE_RATE)
+                w.writeframes(data)
+
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, write)
+            log.info("client %d: stream %d's audio written to %s", s.id, s.streams, out)
+        except OSError as e:  # a full disk or an existing file: the stream's end is not held up by it
+            self.note("client %d: could not record the stream to %s: %s", s.id, out, e)
 
     # ------------------------------------------------------------------ model and robot
 
@@ -1101,9 +1140,14 @@ class ListenerServer:
         s.first_audio, s.pending, s.pending_n, s.words, s.recorded = None, [], 0, [], []
         s.asr, s.asr_audio, s.asr_job = None, [], None
         if o["asr"] and self.listener.uses_words:
-            from realm.text import StreamingASR
+            busy = sum(x.asr is not None for x in self.sessions.values())
+            if busy < self.config.asr_streams:
+                from realm.text import StreamingASR
 
-            s.asr = StreamingASR()
+                s.asr = StreamingASR()
+            else:  # each transcribed stream costs about half a core: the stream goes on without words
+                self.note("client %d (%s): %d streams transcribed already (asr_streams): this one gets no ASR", s.id,
+                          s.address, busy)  # fmt: skip
         s.streams += 1
         s.compute_s.clear()
 

@@ -46,7 +46,8 @@ KINDS = ("features", "motion", "speaker")
 
 def iter_clips(root: str | Path, splits: tuple[str, ...]) -> Iterator[Clip]:
     """The clips of ``splits``, one at a time: lazily for our layout (a clip is read when it is
-    reached); other layouts through their loader, one split at a time."""
+    reached); other layouts through their loader, one split at a time (so a peer layout's split must
+    fit in memory once, while the store is built; convert it to our layout first when it does not)."""
     from realm.data import detect_format, load_any
     from realm.data.clip import load_clip, read_index
 
@@ -63,7 +64,7 @@ def iter_clips(root: str | Path, splits: tuple[str, ...]) -> Iterator[Clip]:
 def _clip_features(c: Clip, extractor: str) -> np.ndarray:
     from realm.data.windows import clip_features
 
-    return clip_features([c], extractor)[0]
+    return clip_features([c], extractor, cache=False)[0]  # the store is the cache: not twice on disk
 
 
 class _ShardWriter:
@@ -125,25 +126,11 @@ def build_store(data: str | Path, out: str | Path, extractor: str = "logmel", sp
     for split in splits:
         writer = _ShardWriter(tmp / split, int(shard_mb * 2**20))
         index = []
-        for c in iter_clips(data, (split,)):
-            feats = _clip_features(c, extractor)
-            samples = c.samples()  # (S, T, D)
-            shard, at = writer.add({"features": feats, "motion": samples.reshape(-1, samples.shape[-1]),
-                                    "speaker": c.speaker[: c.n_frames] if c.speaker is not None else None})  # fmt: skip
-            index.append({"id": c.clip_id, "shard": shard, "features": at["features"], "motion": at["motion"],
-                          "speaker": at["speaker"], "frames": c.n_frames, "samples": int(samples.shape[0])})  # fmt: skip
-            if "spec" not in meta:
-                meta.update(spec=c.spec, fps=c.fps, feature_dim=int(feats.shape[1]), motion_dim=int(samples.shape[-1]),
-                            speaker_dim=int(c.speaker.shape[1]) if c.speaker is not None else None)  # fmt: skip
-            elif c.spec != meta["spec"] or feats.shape[1] != meta["feature_dim"]:
-                raise RealmInputError(c.source or c.clip_id, f"clip {c.clip_id}: spec {c.spec} / {feats.shape[1]} "
-                                      f"features, but earlier clips have {meta['spec']} / {meta['feature_dim']}")  # fmt: skip
-            if meta["speaker_dim"] is not None and c.speaker is None:
-                meta["speaker_dim"] = None  # windows carry speaker motion only when every clip has it
-            done += 1
-            if progress:
-                progress(done)
-        writer.close()
+        try:
+            clips = iter_clips(data, (split,))
+            done = _write_split(clips, writer, index, meta, extractor, done, progress)
+        finally:
+            writer.close()
         if not index:
             raise RealmInputError(data, f"no {split} clips")
         write_json(tmp / split / "index.json", index)
@@ -151,15 +138,40 @@ def build_store(data: str | Path, out: str | Path, extractor: str = "logmel", sp
                                  "shards": writer.shard + 1}  # fmt: skip
     if "train" in splits:  # fitted as prepare_data fits them: per clip, every realisation
         store = _Reader(tmp, "train", meta)
-        NormStats.fit((store.motion(i) for i in range(len(store.index))), meta["spec"]).save(tmp / "stats.npz")
-        NormStats.fit((store.features(i) for i in range(len(store.index))), extractor).save(tmp / "feature_stats.npz")
-        store.close()
+        try:
+            NormStats.fit((store.motion(i) for i in range(len(store.index))), meta["spec"]).save(tmp / "stats.npz")
+            NormStats.fit((store.features(i) for i in range(len(store.index))), extractor).save(tmp / "feature_stats.npz")
+        finally:
+            store.close()
     write_json(tmp / "meta.json", meta)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
     log.info("store of %d clips written to %s", done, out)
     return out
+
+
+def _write_split(clips, writer: _ShardWriter, index: list, meta: dict, extractor: str, done: int, progress) -> int:
+    """Append each clip to ``writer`` and ``index`` (and the dataset's dims to ``meta``); clips done so far."""
+    for c in clips:
+        feats = _clip_features(c, extractor)
+        samples = c.samples()  # (S, T, D)
+        shard, at = writer.add({"features": feats, "motion": samples.reshape(-1, samples.shape[-1]),
+                                "speaker": c.speaker[: c.n_frames] if c.speaker is not None else None})  # fmt: skip
+        index.append({"id": c.clip_id, "shard": shard, "features": at["features"], "motion": at["motion"],
+                      "speaker": at["speaker"], "frames": c.n_frames, "samples": int(samples.shape[0])})  # fmt: skip
+        if "spec" not in meta:
+            meta.update(spec=c.spec, fps=c.fps, feature_dim=int(feats.shape[1]), motion_dim=int(samples.shape[-1]),
+                        speaker_dim=int(c.speaker.shape[1]) if c.speaker is not None else None)  # fmt: skip
+        elif c.spec != meta["spec"] or feats.shape[1] != meta["feature_dim"]:
+            raise RealmInputError(c.source or c.clip_id, f"clip {c.clip_id}: spec {c.spec} / {feats.shape[1]} "
+                                  f"features, but earlier clips have {meta['spec']} / {meta['feature_dim']}")  # fmt: skip
+        if meta["speaker_dim"] is not None and c.speaker is None:
+            meta["speaker_dim"] = None  # windows carry speaker motion only when every clip has it
+        done += 1
+        if progress:
+            progress(done)
+    return done
 
 
 def read_store_meta(store: str | Path) -> dict:
@@ -188,7 +200,10 @@ class _Reader:
         p = self.dir / "index.json"
         if not p.exists():
             raise RealmInputError(store, f"the store has no {split} split (it has {', '.join(meta.get('splits', {}))})")
-        self.index = json.loads(p.read_text())
+        try:
+            self.index = json.loads(p.read_text())
+        except ValueError as e:
+            raise RealmInputError(p, f"unreadable store index ({e}): build the store again") from None
         self.width = {"features": meta["feature_dim"], "motion": meta["motion_dim"], "speaker": meta.get("speaker_dim")}
         self._fds: dict = {}
         self._pid = None

@@ -230,6 +230,8 @@ def _prepare_store(cfg: TrainConfig, stats: tuple[NormStats, NormStats] | None) 
     from realm.errors import RealmInputError
 
     meta, store_stats, store_feature_stats = open_store(cfg.store, cfg.extractor)
+    if cfg.data and Path(cfg.data).resolve() != Path(meta["data"]):
+        raise RealmInputError(cfg.store, f"the store was built from {meta['data']}, not --data {cfg.data}")
     if "val" not in meta["splits"]:
         raise RealmInputError(cfg.store, "the store has no val split (checkpoints are selected on val, never on test)")
     stats, feature_stats = stats if stats is not None else (store_stats, store_feature_stats)

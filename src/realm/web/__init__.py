@@ -5,7 +5,7 @@ Static files only, no build step and nothing from the network: ``index.html``, `
 ``capture-worklet.js`` (an AudioWorklet: mono, resampled to 16 kHz, 16-bit PCM chunks) and
 ``listener.css``. The face is :mod:`realm.render.face`'s drawing: the page asks for it with
 ``{"type": "start", "face": true}`` and fills and strokes the shapes each frame carries, so there
-is one drawing description, in Python. :mod:`realm.web.chromium` drives the page in a headless
+is one drawing description, in Python. :mod:`realm.web.browser` drives the page in a headless
 Chromium with a fake microphone (tests, ``benchmarks/bench_serve.py --browser``).
 """
 

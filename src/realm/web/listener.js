@@ -159,7 +159,7 @@
       show = queue.shift();
     }
     if (show) {
-      drawFace($("face"), show.face);
+      if (show.face) drawFace($("face"), show.face); // a held frame (no face) keeps the face drawn last
       drawBars(show.controls);
       state.drawn++;
     }
@@ -178,7 +178,7 @@
       state.ready = msg;
       state.face = msg.face || null;
       buildBars(msg);
-      $("heard").style.display = msg.asr ? "" : "none";
+      $("heard").hidden = !msg.asr;
       if (readyWaiter) readyWaiter(msg);
     } else if (msg.type === "frame") {
       state.received++;
@@ -273,6 +273,7 @@
     } catch (e) {
       say(String(e.message || e));
       teardown();
+      if (ws) { ws.close(); ws = null; } // a stream the server started is not left running
       throw e;
     }
   }
@@ -320,6 +321,6 @@
   });
   drawFace($("face"), null);
 
-  // for tests and scripts (realm.web.chromium drives the page through this)
+  // for tests and scripts (realm.web.browser drives the page through this)
   window.realm = { start, stop, state, drawFace, quantile };
 })();
