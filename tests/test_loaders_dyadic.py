@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import struct
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from realm.data.inspect import summarize
 from realm.data.lmdbfile import LMDBFile
 from realm.data.peer import held_out
 from realm.data.seamless import load_seamless
-from realm.data.unils import load_unils
+from realm.data.unils import default_audio_dir, load_unils
 from realm.errors import RealmInputError
 from realm.motion import ARKIT_BLENDSHAPES, SPECS, resample_motion
 
@@ -159,6 +160,9 @@ def test_dualtalk_bad_inputs(tmp_path):
     raises_naming(lambda: load_dualtalk(root), f"{name}_speaker2.npz", "lengths differ")
     path.write_bytes(b"not a zip")
     raises_naming(lambda: load_dualtalk(root), f"{name}_speaker2.npz", "unreadable")
+    with open(path, "wb") as f:  # a .npy under the .npz's name
+        np.save(f, exp)
+    raises_naming(lambda: load_dualtalk(root), f"{name}_speaker2.npz", "found a single .npy array")
     planted = tmp_path / "planted"
     np.savez(path, exp=pickled_array(planted), pose=pose)
     raises_naming(lambda: load_dualtalk(root), f"{name}_speaker2.npz", "pickled", "refused")
@@ -257,6 +261,9 @@ def test_dualtalk_arkit_bad_inputs(tmp_path):
     np.save(npy, pickled_array(planted), allow_pickle=True)
     raises_naming(lambda: load_dualtalk_arkit(root), "cc_sub_video_5_speaker2.npy", "pickled", "refused")
     assert not planted.exists()
+    with open(npy, "wb") as f:  # an .npz under the .npy's name
+        np.savez(f, x=x)
+    raises_naming(lambda: load_dualtalk_arkit(root), "cc_sub_video_5_speaker2.npy", "found an .npz archive")
     npy.unlink()
     raises_naming(
         lambda: load_dualtalk_arkit(root),
@@ -410,6 +417,31 @@ def test_seamless_bad_inputs(tmp_path):
     ] is None  # its speaker has no transcript
 
 
+def test_seamless_split_comes_from_below_root(tmp_path):
+    """Folders above the root never give the split: a download kept under .../test/ keeps its own."""
+    parent = tmp_path / "test"
+    parent.mkdir()
+    root, _ = make_seamless(parent)
+    train = root / "naturalistic" / "train"
+    want = ["V00_S0100_I00000007_P0001", "V00_S0100_I00000007_P0002"]
+    for r in (root, root / "naturalistic", train):  # the download root, a label folder, a split folder
+        clips = load_seamless(r, splits="train")
+        assert sorted(c.clip_id for c in clips) == want
+        assert {(c.split, c.meta["label"]) for c in clips} == {("train", "naturalistic")}
+    assert load_seamless(train, splits="test") == []
+    # files that are links into a store under a folder named test: the split is still the layout's
+    store = tmp_path / "blobs" / "test"
+    store.mkdir(parents=True)
+    for f in sorted(train.rglob("V*_P*.npz")):
+        f.rename(store / f.name)
+        f.symlink_to(store / f.name)
+    assert [c.split for c in load_seamless(root, splits="train")] == ["train", "train"]
+    # a batch folder as the root has no split folder from it down: an error, not the parent's "test"
+    batch = parent / "batch"
+    (train / "0001").rename(batch)
+    raises_naming(lambda: load_seamless(batch), "cannot tell the split", "train|dev|test")
+
+
 # ---------------------------------------------------------------- UniLS-Talk
 
 
@@ -513,6 +545,26 @@ def test_unils_layout(tmp_path):
     assert [c.split for c in load_any(root, splits="val")] == ["val", "val"]
 
 
+def test_unils_default_audio_dir_follows_the_lmdb(tmp_path, monkeypatch):
+    base, fx = make_unils(tmp_path)
+    monkeypatch.setenv("REALM_CACHE", str(tmp_path / "cache"))
+    first = default_audio_dir(base)
+    assert first.parent == tmp_path / "cache" / "unils_audio" and first.name.startswith(base.name + "-")
+    assert default_audio_dir(base) == first  # stable while data.mdb is unchanged
+    mdb = base / "data_lmdb" / "data.mdb"
+    st = mdb.stat()
+    os.utime(mdb, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # touched
+    touched = default_audio_dir(base)
+    assert touched != first
+    items = dict(fx["items"])
+    items["person_b"], _ = unils_record(np.random.default_rng(5), T25)  # replaced by another LMDB
+    write_lmdb(base / "data_lmdb", items)
+    os.utime(mdb, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))  # even within one mtime tick
+    assert default_audio_dir(base) not in (first, touched)
+    clips = load_unils(base, splits="test")
+    assert clips[0].audio_path.parent == default_audio_dir(base)
+
+
 def test_unils_lmdb_matches_the_lmdb_package(tmp_path):
     lmdb = pytest.importorskip("lmdb")
     base, fx = make_unils(tmp_path)
@@ -562,6 +614,51 @@ def test_unils_bad_inputs(tmp_path):
     pairs.write_text(good)
     (base / "data_lmdb" / "data.mdb").write_bytes(b"\0" * 9000)
     raises_naming(load, "data.mdb", "not an LMDB")
+
+
+def test_unils_corrupt_lmdb_pages(tmp_path):
+    """A corrupt page is a one-line RealmInputError naming data.mdb, never a struct.error traceback."""
+    base, fx = make_unils(tmp_path)
+    mdb = base / "data_lmdb" / "data.mdb"
+    good = mdb.read_bytes()
+    leaf = 2 * 4096  # the fixture's one leaf page (the root)
+
+    def keys():
+        with LMDBFile(mdb) as db:
+            return db.keys()
+
+    def get():
+        with LMDBFile(mdb) as db:
+            return db.get("person_a")
+
+    def corrupt(at: int, fmt: str, value: int) -> None:
+        data = bytearray(good)
+        struct.pack_into(fmt, data, at, value)
+        mdb.write_bytes(bytes(data))
+
+    corrupt(leaf + 12, "<H", 4)  # 'lower' below the page header
+    for fn in (keys, get):
+        raises_naming(fn, "data.mdb", "corrupt LMDB file", "'lower' field is 4")
+    raises_naming(lambda: load_unils(base, audio_dir=tmp_path / "wavs"), "data.mdb", "corrupt LMDB file")
+    corrupt(leaf + 12, "<H", 5000)  # 'lower' past the page
+    for fn in (keys, get):
+        raises_naming(fn, "data.mdb", "corrupt LMDB file", "'lower' field is 5000")
+    corrupt(leaf + 16, "<H", 0xFFFF)  # a node offset past the page
+    for fn in (keys, get):
+        raises_naming(fn, "data.mdb", "corrupt LMDB file", "node at offset 65535")
+    corrupt(leaf + 16, "<H", 20)  # a node offset inside the node pointers
+    raises_naming(keys, "data.mdb", "corrupt LMDB file", "node at offset 20")
+    data = bytearray(good)
+    node = leaf + struct.unpack_from("<H", data, leaf + 16 + 2 * 4)[0]  # person_a's node (keys are sorted)
+    struct.pack_into("<H", data, node + 6, 4000)  # a key longer than its page
+    mdb.write_bytes(bytes(data))
+    for fn in (keys, get):
+        raises_naming(fn, "data.mdb", "corrupt LMDB file", "key of 4000 bytes")
+    mdb.write_bytes(good[: leaf + 2000])  # truncated inside the leaf page
+    for fn in (keys, get):
+        raises_naming(fn, "data.mdb", "corrupt LMDB file", "truncated")
+    mdb.write_bytes(good)
+    assert keys() == sorted(fx["items"]) and get() == fx["items"]["person_a"]
 
 
 # ---------------------------------------------------------------- imitator160 -> arkit58 through the existing fit-map

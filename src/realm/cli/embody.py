@@ -100,12 +100,13 @@ def solve_flame_cmd(
 
     from realm.embodiment.flame_solve import flame56_to_arkit58, load_basis
     from realm.errors import RealmInputError
-    from realm.io import save_npz, write_json
+    from realm.io import refuse_existing, save_npz, write_json
     from realm.motion import load_motion_file
 
-    for p in (out_path, report):
-        if p is not None and p.exists() and not force:
-            raise FileExistsError(f"{p}: exists (use --force to overwrite)")
+    if not force:
+        for p in (out_path, report):
+            if p is not None:
+                refuse_existing(p)
     mf = load_motion_file(motion)
     if mf.spec.name != "flame56":
         raise RealmInputError(motion, f"expected flame56 motion, got {mf.spec.name} (solve-flame reads FLAME codes)")

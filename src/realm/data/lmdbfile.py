@@ -12,6 +12,10 @@ overflow page: ``pages`` u32 in their place), then ``lower - 16`` / 2 node offse
 ``lo`` u16, ``hi`` u16, ``flags`` u16, ``ksize`` u16, the key, then (leaf) the value, or the u64
 page of an overflow value when ``flags & BIGDATA``; a branch node's child page is
 ``lo | hi << 16 | flags << 32``.
+
+Pages and nodes are checked to lie inside the page and the file; a corrupt one raises
+:class:`~realm.errors.RealmInputError` (``<data.mdb>: corrupt LMDB file: ...``), never a raw
+``struct.error`` or ``IndexError``.
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ _DB = struct.Struct(
     "<IHHQQQQQ"
 )  # pad (page size in the free DB), flags, depth, branch, leaf, overflow pages, entries, root
 _META = struct.Struct("<IIQQ")  # magic, version, address, map size
+MIN_PSIZE, MAX_PSIZE = 256, 1 << 16  # page offsets are u16
+NODE = 8  # a node's header: lo, hi, flags, ksize
+#: What a corrupt page makes the parsing below raise (turned into a RealmInputError naming the file).
+_PARSE_ERRORS = (struct.error, IndexError, ValueError, OverflowError)
 
 
 class LMDBFile:
@@ -56,6 +64,9 @@ class LMDBFile:
                 self.path, "not an LMDB database (no valid meta page; expected LMDB 0.9, format version 1)"
             )
         self.psize, self.root, self.entries, flags = max(metas)[1:]
+        if not MIN_PSIZE <= self.psize <= MAX_PSIZE:
+            self.close()
+            raise RealmInputError(self.path, f"corrupt LMDB file: page size {self.psize} in the meta page")
         if flags & 0x04:  # MDB_DUPSORT
             self.close()
             raise RealmInputError(self.path, "LMDB main database is duplicate-sorted: not supported")
@@ -88,14 +99,35 @@ class LMDBFile:
             raise RealmInputError(self.path, f"corrupt LMDB file: page {pgno} is outside the file")
         return off, struct.unpack_from("<H", self._m, off + 10)[0]
 
+    def _corrupt(self, what: str) -> RealmInputError:
+        return RealmInputError(self.path, f"corrupt LMDB file: {what}")
+
+    def _page_end(self, pos: int) -> int:
+        """The end (file offset) of the page holding file offset ``pos``."""
+        return (pos // self.psize + 1) * self.psize
+
     def _nodes(self, off: int) -> list[int]:
+        """The nodes (file offsets) of the branch or leaf page at ``off``, each checked to lie in the page."""
+        pgno = off // self.psize
+        if off + self.psize > len(self._m):
+            raise self._corrupt(f"page {pgno} runs past the end of the file (truncated?)")
         lower = struct.unpack_from("<H", self._m, off + 12)[0]
+        if not HEADER <= lower <= self.psize:
+            raise self._corrupt(f"page {pgno}'s 'lower' field is {lower}, outside {HEADER}..{self.psize}")
         n = (lower - HEADER) // 2
-        return [off + p for p in struct.unpack_from(f"<{n}H", self._m, off + HEADER)]
+        nodes = struct.unpack_from(f"<{n}H", self._m, off + HEADER)
+        for p in nodes:
+            if not lower <= p <= self.psize - NODE:
+                raise self._corrupt(
+                    f"page {pgno} has a node at offset {p}, outside {lower}..{self.psize - NODE}"
+                )
+        return [off + p for p in nodes]
 
     def _key(self, node: int) -> bytes:
         ksize = struct.unpack_from("<H", self._m, node + 6)[0]
-        return bytes(self._m[node + 8 : node + 8 + ksize])
+        if node + NODE + ksize > self._page_end(node):
+            raise self._corrupt(f"a key of {ksize} bytes runs past its page {node // self.psize}")
+        return bytes(self._m[node + NODE : node + NODE + ksize])
 
     def _child(self, node: int) -> int:
         lo, hi, fl = struct.unpack_from("<HHH", self._m, node)
@@ -103,9 +135,11 @@ class LMDBFile:
 
     def _value(self, node: int) -> bytes:
         lo, hi, fl, ksize = struct.unpack_from("<HHHH", self._m, node)
-        size, start = lo | hi << 16, node + 8 + ksize
+        size, start = lo | hi << 16, node + NODE + ksize
         if fl & (F_SUBDATA | F_DUPDATA):
             raise RealmInputError(self.path, "LMDB sub-databases and duplicate values are not supported")
+        if start + (8 if fl & F_BIGDATA else size) > self._page_end(node):
+            raise self._corrupt(f"a value runs past its page {node // self.psize}")
         if fl & F_BIGDATA:
             off, pflags = self._page(struct.unpack_from("<Q", self._m, start)[0])
             if not pflags & P_OVERFLOW:
@@ -140,15 +174,29 @@ class LMDBFile:
         return self.entries
 
     def keys(self) -> list[str]:
+        """Every key, in order (decoded as UTF-8, undecodable bytes replaced)."""
         if self.root == P_INVALID:
             return []
-        return [self._key(n).decode("utf-8", "replace") for n in self._leaves(self.root)]
+        try:
+            return [self._key(n).decode("utf-8", "replace") for n in self._leaves(self.root)]
+        except RealmInputError:
+            raise
+        except _PARSE_ERRORS as e:
+            raise self._corrupt(f"unparsable page ({type(e).__name__}: {e})") from None
 
     def get(self, key: str | bytes) -> bytes | None:
         """The value stored under ``key`` (a copy), or None."""
         k = key.encode() if isinstance(key, str) else bytes(key)
         if self.root == P_INVALID:
             return None
+        try:
+            return self._get(k)
+        except RealmInputError:
+            raise
+        except _PARSE_ERRORS as e:
+            raise self._corrupt(f"unparsable page ({type(e).__name__}: {e})") from None
+
+    def _get(self, k: bytes) -> bytes | None:
         pgno = self.root
         for _ in range(64):
             off, flags = self._page(pgno)

@@ -155,12 +155,12 @@ def load_object_npy(path: Path) -> np.ndarray:
 
 
 def load_npy_2d(path: Path) -> np.ndarray:
-    try:
-        x = np.load(path, allow_pickle=False)
-    except Exception as e:
-        raise RealmInputError(path, f"unreadable .npy file ({type(e).__name__}: {e})") from None
-    if x.ndim != 2 or not np.all(np.isfinite(x)):
-        raise RealmInputError(path, f"features must be finite (frames, dims), got shape {x.shape}")
+    """A finite (frames, dims) ``.npy`` array as float32 (read by :func:`load_npy`)."""
+    x = load_npy(path)
+    if x.ndim != 2 or x.dtype.kind not in "biuf" or not np.all(np.isfinite(x)):
+        raise RealmInputError(
+            path, f"features must be finite (frames, dims) numbers, got shape {x.shape} {x.dtype}"
+        )
     return x.astype(np.float32)
 
 
@@ -223,6 +223,18 @@ def to_numpy(x, path: Path) -> np.ndarray:
 # ---------------------------------------------------------------- numpy and JSON files, never unpickled
 
 PICKLED = "holds a pickled object array, refused (a pickle can run code; arrays must be plain numbers)"
+NPY_MAGIC, NPZ_MAGIC = b"\x93NUMPY", b"PK\x03\x04"  # what np.load tells the two apart by
+
+
+def _magic(path: Path) -> bytes:
+    """The first bytes of ``path`` (RealmInputError when it cannot be opened)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(NPY_MAGIC))
+    except FileNotFoundError:
+        raise RealmInputError(path, "file not found") from None
+    except OSError as e:
+        raise RealmInputError(path, f"unreadable file ({e})") from None
 
 
 def load_npz(
@@ -231,10 +243,10 @@ def load_npz(
     """Arrays of an ``.npz`` (all, or only ``keys``: a missing one is an error unless ``require`` is
     False, then it is left out), read with ``allow_pickle=False``: an object array is refused with one
     line naming the file and the key. Arrays not asked for are never decompressed."""
+    if _magic(path).startswith(NPY_MAGIC):
+        raise RealmInputError(path, f"expected a {what} (a zip of arrays), found a single .npy array")
     try:
         with np.load(path, allow_pickle=False) as z:
-            if not hasattr(z, "files"):
-                raise RealmInputError(path, f"expected a {what} (a zip of arrays), found a single array")
             missing = [k for k in keys or () if k not in z.files]
             if missing and require:
                 raise RealmInputError(path, f"no {missing[0]!r} array in the {what} (has {sorted(z.files)})")
@@ -256,7 +268,12 @@ def load_npz(
 
 
 def load_npy(path: Path) -> np.ndarray:
-    """A ``.npy`` array, ``allow_pickle=False`` (an object array is refused with one line)."""
+    """A ``.npy`` array, ``allow_pickle=False`` (an object array is refused with one line, an ``.npz``
+    archive too)."""
+    if _magic(path).startswith(NPZ_MAGIC):
+        raise RealmInputError(
+            path, "expected a .npy file (a single array), found an .npz archive (a zip of arrays)"
+        )
     try:
         return np.load(path, allow_pickle=False)
     except FileNotFoundError:

@@ -37,7 +37,8 @@ is placed between its timed neighbours (within its segment); a segment with text
 has its words spread evenly over the parts of the segment that the VAD marks as speech (else the
 whole segment). The VAD intervals are kept as ``clip.meta["speaker_vad"]`` / ``["listener_vad"]``.
 
-**Splits.** train, dev (-> our ``val``), test; the label is ``clip.meta["label"]``.
+**Splits.** train, dev (-> our ``val``), test; the label is ``clip.meta["label"]``. Both are read
+from ``root``'s own name and the folders below it, never from folders above ``root``.
 """
 
 from __future__ import annotations
@@ -127,13 +128,21 @@ def load_seamless(root: str | Path, splits: str | Iterable[str] | None = None) -
 
 
 def _label_split(path: Path, root: Path) -> tuple[str, str]:
-    parts = path.resolve().parts
-    for i in range(len(parts) - 1, -1, -1):
+    """(label, split folder) of a file below ``root``: the deepest split folder among the folders
+    between ``root`` and the file and ``root`` itself (``root`` may be a split folder), the label the
+    folder above it (for a split-folder ``root``, its parent). Folders above ``root``, and where the
+    file's symlinks point, are not looked at: a dataset kept under e.g. ``/data/test/`` keeps its own
+    splits."""
+    top = root.resolve()
+    parts = (top.parent.name, top.name, *path.relative_to(root).parts[:-1])  # [0]: only ever a label
+    for i in range(len(parts) - 1, 0, -1):
         if parts[i] in SPLIT_OF:
-            label = parts[i - 1] if i > 0 and parts[i - 1] in LABELS else ""
+            label = parts[i - 1] if parts[i - 1] in LABELS else ""
             return label, parts[i]
     raise RealmInputError(
-        path, "cannot tell the split: expected the file below .../{improvised|naturalistic}/{train|dev|test}/"
+        path,
+        f"cannot tell the split: no train|dev|test folder from {root} down to the file (DIR: the download "
+        "root, a label folder or a split folder; layout {improvised|naturalistic}/{train|dev|test}/...)",
     )
 
 

@@ -24,7 +24,8 @@ Every pair gives two clips, each person as the listener (clip id ``{pair id}_p{0
 out in ``flame56`` (exp 0:50 | rotation 100:103 | jaw 103:106; expression components 50-99 and the
 eye pose are dropped), trimmed to the pair's length, **resampled from 25 to 30 fps**. The audio
 tracks are written once as 16 kHz wav files to ``audio_dir`` (default
-``$REALM_CACHE/unils_audio/<root name>-<hash>``), since every model reads audio from a file:
+``$REALM_CACHE/unils_audio/<root name>-<hash>``, the hash over the root's path and data.mdb's size
+and modification time, so a changed LMDB gets fresh files), since every model reads audio from a file:
 ``audio_path`` is the other person's track, ``clip.meta["listener_audio"]`` the listener's own.
 ``speech_mask`` becomes ``clip.meta["speaker_vad"]`` / ``["listener_vad"]`` (seconds). The release
 has no transcripts (``words`` None). Ids: the Seamless participant part of a key (``P0947``) when
@@ -43,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from realm.audio import cache_dir
 from realm.data.clip import SPLITS, Clip
 from realm.data.lmdbfile import LMDBFile
 from realm.data.peer import PICKLED, dyad_clip, mask_intervals, read_json, wanted_splits
@@ -75,9 +77,19 @@ def is_unils(root: Path) -> bool:
 
 
 def default_audio_dir(base: Path) -> Path:
-    cache = Path(os.environ.get("REALM_CACHE", Path.home() / ".cache" / "realm"))
-    digest = hashlib.sha1(str(base.resolve()).encode()).hexdigest()[:10]
-    return cache / "unils_audio" / f"{base.name}-{digest}"
+    """``$REALM_CACHE/unils_audio/<base name>-<digest>``, beside the feature cache.
+
+    The digest covers ``base``'s resolved path and ``data_lmdb/data.mdb``'s size and modification
+    time, so a changed or replaced LMDB at the same path gets a fresh folder instead of the wav files
+    cut from the old one (which :func:`_write_wav` would reuse whenever their lengths match).
+    """
+    try:
+        st = (base / "data_lmdb" / "data.mdb").stat()
+        stamp = f"{st.st_size}:{st.st_mtime_ns}"
+    except OSError:
+        stamp = "missing"
+    digest = hashlib.sha1(f"{base.resolve()}|{stamp}".encode()).hexdigest()[:10]
+    return cache_dir().parent / "unils_audio" / f"{base.name}-{digest}"
 
 
 def load_unils(

@@ -22,9 +22,11 @@ smoothness term the frames are independent and the result equals that per-frame 
 squares to ~1e-5; with it, the bounded least squares of the stacked (T*K)-variable system (both tested).
 
 No basis ships with realm-listener (see docs/data.md, "FLAME to ARKit"); the one DualTalk's ARKit
-conversion used (OpenFacebot/DualTalk_Dataset_ARKit, ``mat_final.npy``, 51 x 103: rows in Live Link
-order, columns exp 100 | jaw 3) is ``basis = M[:, list(range(50)) + [100, 101, 102]].T`` with those 51
-names as ``columns``.
+conversion used (OpenFacebot/DualTalk_Dataset_ARKit, ``mat_final.npy``, 51 x 103: rows in the order
+``MATRIX_ARKIT51_ORDER`` of that repository's ``script/flame2arkit.py``, i.e. alphabetical
+``BrowDownLeft, BrowDownRight, BrowInnerUp, ...``, not Live Link order; columns exp 100 | jaw 3) is
+``basis = M[:, list(range(50)) + [100, 101, 102]].T`` with ``MATRIX_ARKIT51_ORDER`` as ``columns``.
+Settings that approximate that conversion's solve, and where they differ from it: docs/data.md.
 """
 
 from __future__ import annotations
