@@ -14,7 +14,11 @@ and matched one-to-one within +-0.5 s:
   counting neither way (``match_events``'s ``ignore``): smile and concern pooled.
 
 Words: the dataset's transcripts (as ``realm eval`` gives them). Prints a Markdown table, the machine
-and the command.
+and the command. Its first row, *another realisation*, scores the dataset's second listener
+realisation of each clip against the first one's reactions: a listener drawn from the very process
+that made the data. Each trigger leads to a reaction only with its identity's probability, so this
+row, not 1, is what a perfect model reaches on average, and a model that reacts to every trigger
+has a precision near that probability.
 """
 
 from __future__ import annotations
@@ -60,25 +64,31 @@ def main() -> None:
           + ", ".join(f"{k} {a} + {b}" for k, (a, b) in n.items()) + "\n")
     print("| model | smile F1 | concern F1 | uncued smile + concern: F1 | recall | precision |")
     print("|---|---:|---:|---:|---:|---:|")
-    for spec_ in args.model:
-        name, _, run = spec_.partition("=")
-        lis = realm.load(run)
+    def score(name: str, motions, spec, fps: float) -> None:
+        """Print the row of ``motions``: per clip, an iterable of (T, D) realisations or samples."""
         counts = {k: [0, 0, 0] for k in KINDS}
         nocue = [0, 0, 0]
-        for c, t in zip(clips, truth, strict=True):
-            motion = lis.generate(c.audio_path, words=c.words, samples=args.samples, seed=args.seed)
+        for motion, t in zip(motions, truth, strict=True):
             for x in motion:
-                found = detect_events(x, lis.spec, lis.fps, list(KINDS))
+                found = detect_events(x, spec, fps, list(KINDS))
                 for k in KINDS:
                     det = [e["frame"] for e in found if e["kind"] == k]
                     cued, uncued = t[k]
-                    for i, v in enumerate(match_events(det, cued + uncued, TOL_S * lis.fps)):
+                    for i, v in enumerate(match_events(det, cued + uncued, TOL_S * fps)):
                         counts[k][i] += v
-                    for i, v in enumerate(match_events(det, uncued, TOL_S * lis.fps, ignore=cued)):
+                    for i, v in enumerate(match_events(det, uncued, TOL_S * fps, ignore=cued)):
                         nocue[i] += v
         f = {k: prf(*counts[k])["f1"] for k in KINDS}
         r = prf(*nocue)
         print(f"| {name} | {f['smile']:.3f} | {f['concern']:.3f} | {r['f1']:.3f} | {r['recall']:.3f} | {r['precision']:.3f} |")
+
+    if all(c.samples().shape[0] > 1 for c in clips):  # the reference: the process that made the data
+        score("*another realisation (reference)*", [c.samples()[1:] for c in clips], clips[0].spec, clips[0].fps)
+    for spec_ in args.model:
+        name, _, run = spec_.partition("=")
+        lis = realm.load(run)
+        gen = (lis.generate(c.audio_path, words=c.words, samples=args.samples, seed=args.seed) for c in clips)
+        score(name, gen, lis.spec, lis.fps)
 
 
 if __name__ == "__main__":
