@@ -40,6 +40,8 @@ def main() -> None:
     ap.add_argument("-m", "--model", action="append", required=True, help="NAME=RUN, repeatable")
     ap.add_argument("--samples", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--temperature", type=float, default=None, help="token models: sampling temperature (0: greedy; default: the model's)")
+    ap.add_argument("--top-p", type=float, default=None, help="token models: nucleus mass (default: the model's)")
     args = ap.parse_args()
     torch.set_num_threads(1)
 
@@ -87,7 +89,9 @@ def main() -> None:
     for spec_ in args.model:
         name, _, run = spec_.partition("=")
         lis = realm.load(run)
-        gen = (lis.generate(c.audio_path, words=c.words, samples=args.samples, seed=args.seed) for c in clips)
+        how = {k: v for k, v in (("temperature", args.temperature), ("top_p", args.top_p)) if v is not None}
+        how = how if how and "temperature" in lis.sample_options else {}
+        gen = (lis.generate(c.audio_path, words=c.words, samples=args.samples, seed=args.seed, **how) for c in clips)
         score(name, gen, lis.spec, lis.fps)
 
 
