@@ -28,7 +28,7 @@ from tests.conftest import JFK
 from tests.test_generate import make_run
 
 CHROMIUM = find_chromium()
-FIREFOX = find_firefox() if shutil.which("pulseaudio") or shutil.which("pactl") else None
+FIREFOX = find_firefox() if shutil.which("pulseaudio") else None
 needs_browser = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (apt-get install chromium)")
 BROWSERS = [
     pytest.param("chromium", marks=needs_browser),

@@ -308,7 +308,8 @@ class Firefox(Browser):
                                        "--load=module-null-sink sink_name=realm", "--load=module-native-protocol-unix"],
                                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         deadline = time.monotonic() + 10
-        while not _pulse_running(env):
+        socket_path = Path(self._pulse_dir.name, "pulse", "native")  # ready once it listens (pactl may be absent)
+        while not socket_path.exists():
             if time.monotonic() > deadline or self.pulse.poll() is not None:
                 self.close()
                 raise BrowserError("could not start a PulseAudio server for Firefox")
