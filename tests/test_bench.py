@@ -1,6 +1,7 @@
 """`realm bench`: a tiny benchmark end to end, its resumption, its time budget and its reading."""
 
 import json
+from dataclasses import replace
 
 import pytest
 from typer.testing import CliRunner
@@ -174,3 +175,10 @@ def test_the_stochastic_bounded_variant_runs_three_steps_with_its_own_budget(ben
     assert (tmp_path / "run" / "models" / "realm_sb" / "steps12" / "config.json").exists()
     doc = (tmp_path / "sb.md").read_text()
     assert "| realm_sb |" in doc and "step 3: 2" in doc
+    # step 3's recipe changed: stages 1 and 2 are kept, step 3 alone is trained again
+    stage2 = tmp_path / "run" / "models" / "realm_sb" / "steps12" / "model.safetensors"
+    before = stage2.stat().st_mtime_ns
+    again = run_bench(replace(cfg, step3={"clip_len": 64, "batch_size": 4, "lr": 1e-4}, force=True))
+    r2 = again["models"]["realm_sb"]
+    assert stage2.stat().st_mtime_ns == before and r2["stage1"] == r["stage1"] and r2["stage2"] == r["stage2"]
+    assert r2["complete"] and not r2["reused"] and r2["key"]["step3"]["train"]["lr"] == 1e-4

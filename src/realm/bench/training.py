@@ -63,11 +63,22 @@ def _record_key(name: str, cfg: BenchConfig, synth: dict, tcfg) -> dict:
     t.pop("data", None)
     for k in ("accelerator", "devices", "max_steps"):
         t.pop(k, None)
-    return json.loads(json.dumps({
+    key = {
         "model": name, "model_fields": _model_fields(name, cfg), "train": t, "data": synth,
         "budget_minutes": _budget(cfg, name) / 60.0 if cfg.max_steps <= 0 else None, "max_steps": cfg.max_steps,
         "stage1_fraction": cfg.stage1_fraction,
-    }))  # fmt: skip
+    }  # fmt: skip
+    if _has_step3(name):  # step 3's own recipe: a change redoes step 3 only (train_model)
+        key["step3"] = {"model": STEP3_MODEL, "train": {**STEP3_TRAIN, **cfg.step3}, "shares": list(STEP3_SHARES)}
+    return json.loads(json.dumps(key))
+
+
+def _only_step3_differs(old: dict | None, key: dict) -> bool:
+    """Whether a ``*_sb`` record's key differs from ``key`` in step 3's recipe alone (its stages 1-2 stand)."""
+    if not old or "step3" not in key:
+        return False
+    rest = lambda k: {a: b for a, b in k.items() if a != "step3"}  # noqa: E731
+    return rest(old.get("key") or {}) == rest(key) and (old.get("key") or {}).get("step3") != key["step3"]
 
 
 def train_model(name: str, cfg: BenchConfig, data: Path, synth: dict, command: str) -> dict:
@@ -77,7 +88,12 @@ def train_model(name: str, cfg: BenchConfig, data: Path, synth: dict, command: s
     key = _record_key(name, cfg, synth, tcfg)
     rec_path = mdir / RECORD
     old = json.loads(rec_path.read_text()) if rec_path.exists() else None
-    if old is not None and old.get("key") != key:
+    if _only_step3_differs(old, key) and old.get("stage2") is not None:
+        log.warning("%s: step 3's recipe changed; stages 1 and 2 kept, step 3 again", name)
+        old = {k: v for k, v in old.items() if k not in ("step3", "calibration_step3")}
+        old.update(key=key, complete=False)
+        old.get("plan", {}).pop("step3_steps", None)
+    elif old is not None and old.get("key") != key:
         log.warning("%s: trained earlier with other settings; training again", name)
         old = None
     if old is not None and old.get("complete") and all((mdir / f).exists() for f in ("config.json", "model.safetensors")):
