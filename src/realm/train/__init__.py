@@ -59,11 +59,13 @@ from realm.train.harness import (
     ResumableLoader,
     StopRequested,
     best_model_state,
+    configured_world,
     fit_resumable,
     interrupted,
     jsonable,
     launched_rank,
     make_trainer,
+    rank_batches,
     read_state,
     seed_all,
     seed_key,
@@ -876,6 +878,7 @@ def _train_realm(cfg: TrainConfig, model_cfg: REALMConfig, out, resume: bool, pr
         train_dl = ResumableLoader(train_ds, seed_key(cfg.seed, stage), drop_last=len(train_ds) > cfg.batch_size, **loader_kw)
         val_dl = DataLoader(val_ds, shuffle=False, **val_kw)
         ckpt = ResumableCheckpoint(ckdir, monitor, loader=train_dl, label=f"stage {stage}")
+        per_rank = rank_batches(train_dl, configured_world(cfg))  # a DDP rank's batches an epoch (all of them alone)
         trainer = make_trainer(
             cfg, out, f"stage{stage}", ckpt, progress, len(train_dl),
             max_epochs=cfg.epochs if stage == 1 else cfg.stage2_epochs,
@@ -884,8 +887,8 @@ def _train_realm(cfg: TrainConfig, model_cfg: REALMConfig, out, resume: bool, pr
             max_minutes=cfg.max_minutes,
             unused_parameters=stage == 2,  # stage 2 is a GAN: each of its two backward passes reaches one network
             # a step budget shorter than an epoch still ends with a validation
-            val_check_interval=(min(cfg.val_every, len(train_dl)) if cfg.val_every > 0
-                                else cfg.max_steps if 0 < cfg.max_steps < len(train_dl) else None),
+            val_check_interval=(min(cfg.val_every, per_rank) if cfg.val_every > 0
+                                else cfg.max_steps if 0 < cfg.max_steps < per_rank else None),
             deterministic=False,
         )  # fmt: skip
         t0 = time.time()

@@ -412,6 +412,20 @@ def devices(d: str):
     return [int(x) for x in d.split(",")] if "," in d else int(d)
 
 
+def configured_world(cfg) -> int:
+    """Processes the run's flags ask for (devices x nodes; "auto" counts as one): what a DDP rank's
+    share of the batches is divided by before any process group exists."""
+    d = devices(cfg.devices)
+    n = len(d) if isinstance(d, list) else d if isinstance(d, int) else 1
+    return max(1, n) * max(1, int(getattr(cfg, "num_nodes", 1) or 1))
+
+
+def rank_batches(loader, world: int) -> int:
+    """Batches a DDP rank draws from ``loader`` an epoch, each of the ``world`` ranks taking an equal share of the items."""
+    share = math.ceil(len(loader.dataset) / max(1, world))
+    return share // loader.batch_size if loader.drop_last else math.ceil(share / loader.batch_size)
+
+
 def jsonable(d: dict) -> dict:
     """``d`` as JSON would store it (tuples as lists), for configs saved with a run."""
     return json.loads(json.dumps(d, default=list))
