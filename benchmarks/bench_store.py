@@ -3,7 +3,8 @@
     python benchmarks/bench_store.py --hours 10                  # synthesises 10 h (formant speech) into a temp dir
     python benchmarks/bench_store.py --data data/synth-10h --store data/synth-10h.store --batches 200
 
-Each measurement runs in its own process, which reports its peak RSS (``ru_maxrss``):
+Each measurement runs in its own process, which reports its peak RSS (``VmHWM`` of /proc/self/status:
+``ru_maxrss`` would carry the launching process's peak across exec):
 
 * ``build``: ``realm.data.store.build_store`` (clip by clip; features extracted, or read from the
   feature cache when warm);
@@ -19,12 +20,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM), MB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def worker(mode: str, data: str, store: str, extractor: str, batches: int, batch_size: int, workers: int) -> dict:
@@ -34,7 +43,7 @@ def worker(mode: str, data: str, store: str, extractor: str, batches: int, batch
         from realm.data.store import build_store
 
         build_store(data, store, extractor, force=True)
-        return {"seconds": time.perf_counter() - t0, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        return {"seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb()}
     from realm.train import TrainConfig, prepare_data
     from realm.train.harness import ResumableLoader
 
@@ -42,7 +51,7 @@ def worker(mode: str, data: str, store: str, extractor: str, batches: int, batch
                       clip_len=128, clip_stride=4)  # fmt: skip
     prep = prepare_data(cfg)
     prep_s = time.perf_counter() - t0
-    rss_prep = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_prep = peak_rss_mb()
     dl = ResumableLoader(prep.train, seed=0, batch_size=batch_size, drop_last=True, num_workers=workers)
     t1 = time.perf_counter()
     n = 0
@@ -53,7 +62,7 @@ def worker(mode: str, data: str, store: str, extractor: str, batches: int, batch
     load_s = time.perf_counter() - t1
     return {"prepare_s": prep_s, "rss_after_prepare_mb": rss_prep, "windows": len(prep.train),
             "windows_per_s": n / load_s, "frames_per_s": n * 128 / load_s,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # fmt: skip
+            "peak_rss_mb": peak_rss_mb()}  # fmt: skip
 
 
 def run(mode: str, args) -> dict:
