@@ -62,6 +62,7 @@ PALETTE = (SKIN, SKIN_DARK, OUTLINE, HAIR, LIP, MOUTH, TEETH, WHITE, IRIS, PUPIL
 #: The face's place in a drawing box (x0, y0, w, h): centre at (x0 + w CENTRE[0], y0 + h CENTRE[1]),
 #: FIT[0] face units across the width or FIT[1] down the height, whichever is smaller.
 CENTRE, FIT = (0.5, 0.40), (2.6, 3.1)
+_PALETTE_INDEX = {c: i for i, c in enumerate(PALETTE)}
 #: Face units -> integers in the compact encoding of :func:`encode_shapes`.
 UNITS = 1000
 
@@ -410,7 +411,7 @@ def encode_shapes(shapes: list[Shape]) -> dict:
     :data:`PALETTE` indices (-1: none), ``w`` outline widths and ``p`` every point's (x, y), in
     1/:data:`UNITS` face units (y up), as base64 of little-endian int16. The page (realm.web) draws
     exactly these with the primitives :func:`draw_face` uses; :func:`decode_shapes` inverts it."""
-    index = {c: i for i, c in enumerate(PALETTE)}
+    index = _PALETTE_INDEX
     pts = np.concatenate([s.points for s in shapes]) if shapes else np.zeros((0, 2))
     q = np.clip(np.round(pts * UNITS), -32768, 32767).astype("<i2")
     return {

@@ -59,13 +59,11 @@ from realm.train.harness import (
     ResumableLoader,
     StopRequested,
     best_model_state,
-    configured_world,
     fit_resumable,
     interrupted,
     jsonable,
     launched_rank,
     make_trainer,
-    rank_batches,
     read_state,
     seed_all,
     seed_key,
@@ -878,17 +876,15 @@ def _train_realm(cfg: TrainConfig, model_cfg: REALMConfig, out, resume: bool, pr
         train_dl = ResumableLoader(train_ds, seed_key(cfg.seed, stage), drop_last=len(train_ds) > cfg.batch_size, **loader_kw)
         val_dl = DataLoader(val_ds, shuffle=False, **val_kw)
         ckpt = ResumableCheckpoint(ckdir, monitor, loader=train_dl, label=f"stage {stage}")
-        per_rank = rank_batches(train_dl, configured_world(cfg))  # a DDP rank's batches an epoch (all of them alone)
         trainer = make_trainer(
-            cfg, out, f"stage{stage}", ckpt, progress, len(train_dl),
+            cfg, out, f"stage{stage}", ckpt, progress, train_dl,
             max_epochs=cfg.epochs if stage == 1 else cfg.stage2_epochs,
             # stage 2 steps two optimizers per batch: the budget counts batches in both stages
             max_steps=cfg.max_steps * (2 if stage == 2 and cfg.max_steps > 0 else 1),
             max_minutes=cfg.max_minutes,
             unused_parameters=stage == 2,  # stage 2 is a GAN: each of its two backward passes reaches one network
             # a step budget shorter than an epoch still ends with a validation
-            val_check_interval=(min(cfg.val_every, per_rank) if cfg.val_every > 0
-                                else cfg.max_steps if 0 < cfg.max_steps < per_rank else None),
+            val_check_interval=cfg.val_every if cfg.val_every > 0 else cfg.max_steps if cfg.max_steps > 0 else None,
             deterministic=False,
         )  # fmt: skip
         t0 = time.time()

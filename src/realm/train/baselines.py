@@ -189,10 +189,10 @@ def _fit_neural(name, model, prep, cfg, out, resume, progress, extra, t0) -> dic
     task = BaselineTask(name, model.config.to_dict(), jsonable(asdict(cfg)), model=model)  # with what fit_data set
     ckpt = ResumableCheckpoint(out / "lightning", "val/loss", loader=train_dl, label=name)
     trainer = make_trainer(
-        cfg, out, name, ckpt, progress, len(train_dl), max_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        cfg, out, name, ckpt, progress, train_dl, max_epochs=cfg.epochs, max_steps=cfg.max_steps,
         # staged models (VQ-VAE, then the token model) leave one part without gradients at a time
         unused_parameters=model.staged,
-        val_check_interval=cfg.max_steps if 0 < cfg.max_steps < len(train_dl) else None,  # a short budget still validates
+        val_check_interval=cfg.max_steps if cfg.max_steps > 0 else None,  # a short budget still validates
     )  # fmt: skip
     best = fit_resumable(trainer, task, train_dl, val_dl, ckpt, resume)  # Ctrl-C: finish the batch, save, stop
     score = ckpt.best_model_score

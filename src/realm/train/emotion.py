@@ -260,7 +260,7 @@ def fit(
     train_dl = ResumableLoader(RandomWindows(tr, train_labels, cfg.window), seed_key(cfg.seed, 0), batch_size=cfg.batch_size, **kw)
     val_dl = DataLoader(WholeClips(va, val_labels), batch_size=1, shuffle=False, **kw)
     ckpt = ResumableCheckpoint(out / "lightning", MONITOR, loader=train_dl, label="emotion")
-    trainer = make_trainer(cfg, out, "emotion", ckpt, False, len(train_dl), max_epochs=cfg.epochs)
+    trainer = make_trainer(cfg, out, "emotion", ckpt, False, train_dl, max_epochs=cfg.epochs)
     try:
         best = fit_resumable(trainer, task, train_dl, val_dl, ckpt, resume)  # Ctrl-C: finish the batch, save, stop
     except (StopRequested, KeyboardInterrupt) as e:

@@ -359,18 +359,23 @@ def interrupted(out, command: str | None, e: BaseException) -> TrainingInterrupt
 # ---------------------------------------------------------------- the Trainer
 
 
-def make_trainer(cfg, out: Path, name: str, ckpt: ResumableCheckpoint, progress: bool, n_batches: int, *,
+def make_trainer(cfg, out: Path, name: str, ckpt: ResumableCheckpoint, progress: bool, train_dl, *,
                  max_epochs: int, max_steps: int = -1, max_minutes: float = 0.0, unused_parameters: bool = False,
                  val_check_interval=None, deterministic: bool | None = None) -> L.Trainer:  # fmt: skip
     """The Trainer of every Lightning task: runtime fields of ``cfg`` (accelerator, devices, strategy,
     num_nodes, precision), ``ckpt`` (+ a progress bar), TensorBoard and CSV logs under
     ``out/logs/name`` (a resumed run's CSV log goes on beside the old one), atomic checkpoint files.
     ``unused_parameters``: under DDP, a task whose backward passes reach only part of the model at
-    a time (REALM's stage 2 GAN, staged VQ-VAE + token models)."""
+    a time (REALM's stage 2 GAN, staged VQ-VAE + token models). ``val_check_interval`` (batches) is
+    capped by the batches one rank draws from ``train_dl`` an epoch (under DDP its share), so a
+    step budget or a validation interval longer than a rank's epoch validates at the epoch's end."""
     from lightning.pytorch.callbacks import RichProgressBar
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     keep_csv_log(out / "logs" / name)
+    per_rank = rank_batches(train_dl, configured_world(cfg))
+    if isinstance(val_check_interval, int) and val_check_interval >= per_rank:
+        val_check_interval = None  # every epoch's end
     return L.Trainer(
         max_epochs=max_epochs,
         max_steps=max_steps,
@@ -387,7 +392,7 @@ def make_trainer(cfg, out: Path, name: str, ckpt: ResumableCheckpoint, progress:
         ],
         enable_progress_bar=progress,
         enable_model_summary=False,
-        log_every_n_steps=max(1, min(50, n_batches)),
+        log_every_n_steps=max(1, min(50, per_rank)),
         val_check_interval=val_check_interval,
         num_sanity_val_steps=0,
         deterministic=deterministic,
