@@ -11,7 +11,9 @@ thread count asked. A training frame is one frame of one clip of a batch: batch 
     python benchmarks/bench_train.py --profile             # plus the top operators of a REALM step
 
 REALM is timed in each ``--variants`` entry: ``exact`` is the configuration as given (fp32,
-dropout 0.1: the maths of the paper's model); ``bf16`` adds ``--precision bf16-mixed``;
+dropout 0.1: the maths of the paper's model; the layers as realm.models.layers' functions, dropout
+masks from NumPy); ``modules`` the same through the nn modules and torch's dropout
+(``REALMConfig.fast_train = False``, the training path before 2026-11-29); ``bf16`` adds ``--precision bf16-mixed``;
 ``dropout0`` sets ``REALMConfig.dropout = 0``; ``bf16+dropout0`` both. ``--against REF`` also
 times REALM (``exact``) and the LSTM from a git worktree of commit REF in a subprocess, between
 the other measurements, so "how much faster than before" is measured in one run on one machine.
@@ -30,6 +32,7 @@ import tempfile
 from pathlib import Path
 
 VARIANTS = {  # name -> (TrainConfig overrides, REALMConfig overrides)
+    "modules": ({}, {"fast_train": False}),
     "exact": ({}, {}),
     "bf16": ({"precision": "bf16-mixed"}, {}),
     "dropout0": ({}, {"dropout": 0.0}),

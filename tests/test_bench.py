@@ -81,6 +81,33 @@ def test_a_second_run_reuses_the_data_and_the_trained_models(bench, tmp_path, mo
     assert "(earlier run)" in (tmp_path / "again.md").read_text()
 
 
+def test_a_record_from_before_a_new_training_option_is_reused_while_the_option_keeps_its_default(bench, tmp_path,
+                                                                                                 monkeypatch):
+    """A training field added to the code after a model was trained must not retrain it (hours at real budgets)
+    while it holds its default; set to anything else, it does."""
+    root, _, _ = bench
+    monkeypatch.setenv("REALM_CACHE", str(root / "cache5"))
+    rec_path = root / "run" / "models" / "realm" / "bench_train.json"
+    rec = json.loads(rec_path.read_text())
+    assert rec["key"]["train"]["energy_groups"] == "window" and "store" not in rec["key"]["train"]
+    del rec["key"]["train"]["energy_groups"]  # as written before the field existed
+    rec_path.write_text(json.dumps(rec))
+    weights = root / "run" / "models" / "realm" / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    res = run_bench(tiny(root, doc=str(tmp_path / "again.md")))
+    assert res["models"]["realm"]["reused"] and weights.stat().st_mtime_ns == before
+
+    from realm.bench.training import same_key
+
+    defaults = {"energy_groups": "window", "lr": 1e-3}
+    old = {"model": "realm", "train": {"lr": 1e-3}}
+    assert same_key(old, {"model": "realm", "train": {"lr": 1e-3, "energy_groups": "window"}}, defaults)
+    assert not same_key(old, {"model": "realm", "train": {"lr": 1e-3, "energy_groups": "channel"}}, defaults)
+    assert not same_key(old, {"model": "realm", "train": {"lr": 2e-3, "energy_groups": "window"}}, defaults)
+    assert not same_key(old, {"model": "lstm", "train": {"lr": 1e-3}}, defaults)
+    assert not same_key(None, old, defaults)
+
+
 def test_other_data_settings_in_the_same_directory_are_refused(bench):
     root, _, _ = bench
     with pytest.raises(ValueError, match="differs in hours"):

@@ -425,12 +425,12 @@ def test_rest_leak_is_the_leaky_recursion_and_pulls_back_to_the_start_frame():
 
 
 def test_generation_path_of_the_transformer_layers_is_the_same_maths():
-    """Eval without autograd (generation) runs the decoder layers through decoder_layer_eval; with
-    autograd, through nn.TransformerDecoderLayer: the same motion either way (masks included: the
-    shifted-ALiBi bias per head, the queries' causal mask)."""
+    """Eval without autograd (generation) runs the transformer layers through realm.models.layers; with
+    autograd and fast_train off, through the nn modules: the same motion either way (masks included:
+    the shifted-ALiBi bias per head, the queries' causal mask)."""
     torch.manual_seed(0)
     m = REALM(REALMConfig(spec="arkit58", audio_dim=16, d_model=32, ff_dim=64, refine_dim=32, refine_ff=64,
-                          latent_dim=4, audio_context=8)).eval()  # fmt: skip
+                          latent_dim=4, audio_context=8, fast_train=False)).eval()  # fmt: skip
     for p in m.parameters():  # away from the zero-initialised heads: every layer shows in the output
         torch.nn.init.normal_(p, std=0.2) if p.dim() > 1 else None
     audio, frame0, latents = torch.randn(2, 72, 16), torch.randn(2, 58), torch.randn(2, 5, 4)

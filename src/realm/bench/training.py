@@ -6,7 +6,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 
 from realm.bench.calibrate import calibrate_baseline, calibrate_realm
@@ -25,6 +25,10 @@ from realm.io import write_json
 from realm.registry import BASELINES, MODELS
 
 log = logging.getLogger(__name__)
+
+# Training fields that say where or on what the training runs, not what it learns: left out of a record's key
+# (a store gives the same batches as the directory it was built from; tested in test_store).
+WHERE_NOT_WHAT = ("data", "store", "accelerator", "devices", "max_steps")
 
 
 def _model_fields(name: str, cfg: BenchConfig) -> dict:
@@ -60,8 +64,7 @@ def _record_key(name: str, cfg: BenchConfig, synth: dict, tcfg) -> dict:
     from realm.train.harness import jsonable
 
     t = jsonable(asdict(tcfg))
-    t.pop("data", None)
-    for k in ("accelerator", "devices", "max_steps"):
+    for k in WHERE_NOT_WHAT:
         t.pop(k, None)
     key = {
         "model": name, "model_fields": _model_fields(name, cfg), "train": t, "data": synth,
@@ -73,12 +76,42 @@ def _record_key(name: str, cfg: BenchConfig, synth: dict, tcfg) -> dict:
     return json.loads(json.dumps(key))
 
 
-def _only_step3_differs(old: dict | None, key: dict) -> bool:
+def _train_defaults(tcfg) -> dict:
+    """The default of every field of ``tcfg``'s class, as in a key."""
+    from realm.train.harness import jsonable
+
+    defaults = {}
+    for f in fields(tcfg):
+        if f.default is not MISSING:
+            defaults[f.name] = f.default
+        elif f.default_factory is not MISSING:
+            defaults[f.name] = f.default_factory()
+    return json.loads(json.dumps(jsonable(defaults)))
+
+
+def same_key(old: dict | None, key: dict, defaults: dict) -> bool:
+    """Whether a record's key ``old`` names the training of ``key``.
+
+    A training field added to the code after the record was written (absent from ``old``) matches when ``key``
+    holds its default: a new option left at its default trains as before, and must not throw away hours of models.
+    """
+    if old is None:
+        return False
+    if {k: v for k, v in old.items() if k != "train"} != {k: v for k, v in key.items() if k != "train"}:
+        return False
+    was = {k: v for k, v in old.get("train", {}).items() if k not in WHERE_NOT_WHAT}
+    now = key.get("train", {})
+    added = {k for k in now if k not in was}
+    return all(k in now for k in was) and all(was[k] == now[k] for k in was) and all(
+        k in defaults and now[k] == defaults[k] for k in added)  # fmt: skip
+
+
+def _only_step3_differs(old: dict | None, key: dict, defaults: dict) -> bool:
     """Whether a ``*_sb`` record's key differs from ``key`` in step 3's recipe alone (its stages 1-2 stand)."""
     if not old or "step3" not in key:
         return False
     rest = lambda k: {a: b for a, b in k.items() if a != "step3"}  # noqa: E731
-    return rest(old.get("key") or {}) == rest(key) and (old.get("key") or {}).get("step3") != key["step3"]
+    return same_key(rest(old.get("key") or {}), rest(key), defaults) and (old.get("key") or {}).get("step3") != key["step3"]
 
 
 def train_model(name: str, cfg: BenchConfig, data: Path, synth: dict, command: str) -> dict:
@@ -86,14 +119,15 @@ def train_model(name: str, cfg: BenchConfig, data: Path, synth: dict, command: s
     mdir = Path(cfg.out) / "models" / name
     tcfg = _train_config(name, cfg, data)
     key = _record_key(name, cfg, synth, tcfg)
+    defaults = _train_defaults(tcfg)
     rec_path = mdir / RECORD
     old = json.loads(rec_path.read_text()) if rec_path.exists() else None
-    if _only_step3_differs(old, key) and old.get("stage2") is not None:
+    if _only_step3_differs(old, key, defaults) and old.get("stage2") is not None:
         log.warning("%s: step 3's recipe changed; stages 1 and 2 kept, step 3 again", name)
         old = {k: v for k, v in old.items() if k not in ("step3", "calibration_step3")}
         old.update(key=key, complete=False)
         old.get("plan", {}).pop("step3_steps", None)
-    elif old is not None and old.get("key") != key:
+    elif old is not None and not same_key(old.get("key"), key, defaults):
         log.warning("%s: trained earlier with other settings; training again", name)
         old = None
     if old is not None and old.get("complete") and all((mdir / f).exists() for f in ("config.json", "model.safetensors")):

@@ -37,6 +37,7 @@ from torch import nn
 
 from realm.errors import check_choices
 from realm.models.alibi import shifted_alibi_bias
+from realm.models.layers import Dropout, attention, decoder_layer, encoder_layer
 from realm.motion import FAST_EVENTS, MotionSpec, events_in_spec, get_spec
 
 
@@ -97,6 +98,10 @@ class REALMConfig:
     event_template: int = 12  # frames an event's learned template lasts (12 = 400 ms)
     event_refractory: int = 9  # an onset is dropped when another candidate onset fell in the
     #   frames before it (9 = 300 ms, the shortest gap between a person's blinks); 0 = none
+    fast_train: bool = True  # ours, speed only: training runs the transformer layers as the plain
+    #   functions of realm.models.layers, with dropout masks from NumPy's SFC64 generator instead of
+    #   torch.bernoulli_ (the same maths, other random numbers: 1.3x a CPU training step; docs/realm.md).
+    #   False = through the nn modules and torch's dropout, as before 2026-11-29
     detail: str = "odd"  # "odd" (ours): the noise detail is an odd function of the noise,
     #   (N(eps) - N(-eps)) / 2, so its mean over the noise is 0 by construction (no offset, and
     #   nothing without the noise); "free" (the authors'): N(eps), which our runs learned to make
@@ -137,7 +142,7 @@ LEGACY_DEFAULTS = {"first_window": "guide", "refine_mode": "whole", "refine_even
 
 
 class SinusoidalPE(nn.Module):
-    def __init__(self, d: int, dropout: float = 0.1, max_len: int = 4096):
+    def __init__(self, d: int, dropout: float = 0.1, max_len: int = 4096, fast_dropout: bool = False):
         super().__init__()
         pos = torch.arange(max_len).unsqueeze(1)
         div = torch.exp(torch.arange(0, d, 2) * (-math.log(10000.0) / d))
@@ -145,7 +150,7 @@ class SinusoidalPE(nn.Module):
         pe[:, 0::2] = torch.sin(pos * div)
         pe[:, 1::2] = torch.cos(pos * div)
         self.register_buffer("pe", pe, persistent=False)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout) if fast_dropout else nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, d)
         return self.drop(x + self.pe[: x.shape[1]])
@@ -157,44 +162,15 @@ def _decoder_layer(c: REALMConfig, d: int | None = None, ff: int | None = None) 
     )
 
 
-def _attention(attn: nn.MultiheadAttention, x: torch.Tensor, mem: torch.Tensor | None, mask: torch.Tensor | None,
-               weights: list | None = None) -> torch.Tensor:  # fmt: skip
-    """``attn(x, kv, kv, attn_mask=mask)`` in eval mode (kv = ``mem``, or ``x`` when None), without
-    nn.MultiheadAttention's per-call checks. x (B, Tq, d), mem (B, Tk, d), mask (Tq, Tk) or (B * heads, Tq, Tk).
-    ``weights``: a list to append the attention probabilities (B, heads, Tq, Tk) to."""
-    d, h = attn.embed_dim, attn.num_heads
-    w, b = attn.in_proj_weight, attn.in_proj_bias
-    if mem is None:
-        q, k, v = F.linear(x, w, b).chunk(3, dim=-1)
-    else:
-        q = F.linear(x, w[:d], b[:d])
-        k, v = F.linear(mem, w[d:], b[d:]).chunk(2, dim=-1)
-    B, Tq, Tk = x.shape[0], x.shape[1], k.shape[1]
-    q, k, v = (t.reshape(B, -1, h, d // h).transpose(1, 2) for t in (q, k, v))  # (B, h, T, d / h)
-    if mask is not None and mask.dim() == 3:
-        mask = mask.reshape(B, h, Tq, Tk)
-    o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, h, Tq, d / h)
-    if weights is not None:  # the attention probabilities, for inspection (B, h, Tq, Tk)
-        logits = q @ k.transpose(-2, -1) / math.sqrt(d // h)
-        weights.append(torch.softmax(logits if mask is None else logits + mask, dim=-1))
-    return attn.out_proj(o.transpose(1, 2).reshape(B, Tq, d))
-
-
-def decoder_layer_eval(layer: nn.TransformerDecoderLayer, x: torch.Tensor, mem: torch.Tensor,
-                       self_mask: torch.Tensor | None = None, mem_mask: torch.Tensor | None = None,
-                       cross_weights: list | None = None) -> torch.Tensor:  # fmt: skip
-    """A post-norm ``nn.TransformerDecoderLayer`` (GELU) in eval mode: the same maths as
-    ``layer(x, mem, tgt_mask=self_mask, memory_mask=mem_mask)`` with less Python per call (generation
-    runs one small window at a time, where the module's checks cost more than the products).
-    ``cross_weights``: a list to append the cross-attention's probabilities to."""
-    x = layer.norm1(x + _attention(layer.self_attn, x, None, self_mask))
-    x = layer.norm2(x + _attention(layer.multihead_attn, x, mem, mem_mask, cross_weights))
-    return layer.norm3(x + layer.linear2(F.gelu(layer.linear1(x))))
-
-
 def _eval_fast(module: nn.Module) -> bool:
-    """Generation (eval mode, no autograd): the lean path of :func:`decoder_layer_eval`."""
+    """Generation (eval mode, no autograd)."""
     return not module.training and not torch.is_grad_enabled()
+
+
+def _lean(module: nn.Module, fast_train: bool) -> bool:
+    """Whether ``module`` runs its transformer layers through :mod:`realm.models.layers` (generation always;
+    training and autograd unless ``REALMConfig.fast_train`` is off: then through the nn modules)."""
+    return fast_train or _eval_fast(module)
 
 
 class SpeakerEncoder(nn.Module):
@@ -203,18 +179,23 @@ class SpeakerEncoder(nn.Module):
     def __init__(self, c: REALMConfig):
         super().__init__()
         self.conv = nn.Conv1d(c.audio_dim, c.d_model, 3, padding=1)
-        self.pe = SinusoidalPE(c.d_model, c.dropout)
+        self.pe = SinusoidalPE(c.d_model, c.dropout, fast_dropout=c.fast_train)
         layer = nn.TransformerEncoderLayer(
             c.d_model, c.n_heads, c.ff_dim, c.dropout, activation="gelu", batch_first=True
         )
         self.encoder = nn.TransformerEncoder(layer, c.encoder_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(c.d_model)
+        self.fast_train = c.fast_train
 
     def forward(self, audio: torch.Tensor, keep: int | None = None) -> torch.Tensor:
         # audio (B, T, A) -> (B, T, d), or (B, keep, d): the last ``keep`` frames only
         x = F.gelu(self.conv(audio.transpose(1, 2))).transpose(1, 2)
         x = self.pe(x)
         *first, last = self.encoder.layers
+        if _lean(self, self.fast_train):
+            for layer in first:
+                x = encoder_layer(layer, x)
+            return self.norm(encoder_layer(last, x, keep))
         for layer in first:
             x = layer(x)
         if keep is None or keep >= x.shape[1]:
@@ -242,17 +223,18 @@ class ReactiveFusion(nn.Module):
         self.listener_proj = nn.Linear(motion_dim, c.d_model)
         self.layer = _decoder_layer(c)
         self.norm = nn.LayerNorm(c.d_model)
-        self.pe = SinusoidalPE(c.d_model, c.dropout)
+        self.pe = SinusoidalPE(c.d_model, c.dropout, fast_dropout=c.fast_train)
         self.register_buffer("bias", shifted_alibi_bias(c.history, c.window, c.n_heads, c.tau), persistent=False)
+        self.fast_train = c.fast_train
         self.watch: list | None = None  # record_internals: where generation appends the cross-attention
 
     def forward(self, audio_enc: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         # audio_enc (B, W, d), history (B, K, D) -> F (B, K, d)
         q = self.listener_proj(history)  # no positions; self-attention over history unmasked
-        mask = self.bias.repeat(q.shape[0], 1, 1)  # (B * heads, K, W)
-        if _eval_fast(self):
-            fused = decoder_layer_eval(self.layer, q, audio_enc, mem_mask=mask, cross_weights=self.watch)
+        if _lean(self, self.fast_train):
+            fused = decoder_layer(self.layer, q, audio_enc, mem_mask=self.bias, cross_weights=self.watch)
         else:
+            mask = self.bias.repeat(q.shape[0], 1, 1)  # (B * heads, K, W)
             fused = self.layer(tgt=q, memory=audio_enc, memory_mask=mask)
         return self.pe(self.norm(fused))
 
@@ -276,7 +258,7 @@ class CoarseDecoder(nn.Module):
         super().__init__()
         self.c = c
         self.queries = nn.Parameter(torch.randn(1, c.window, c.d_model) * 0.02)
-        self.pe = SinusoidalPE(c.d_model, c.dropout)
+        self.pe = SinusoidalPE(c.d_model, c.dropout, fast_dropout=c.fast_train)
         self.motion_proj = nn.Linear(spec.dim, c.d_model)
         self.gate = ReactiveGate(c.d_model)
         layer = _decoder_layer(c)
@@ -318,10 +300,10 @@ class CoarseDecoder(nn.Module):
                 raise ValueError("a model with latent_dim > 0 needs each window's latent")
             q = q + self.latent(latent).unsqueeze(1)
         q = self.pe(q)
-        if _eval_fast(self):
+        if _lean(self, self.c.fast_train):
             x = q
             for layer in self.decoder.layers:
-                x = decoder_layer_eval(layer, x, memory, self_mask=self.causal)
+                x = decoder_layer(layer, x, memory, self_mask=self.causal)
         else:
             x = self.decoder(tgt=q, memory=memory, tgt_mask=self.causal, tgt_is_causal=True)  # (the hint skips a check)
         x, _ = self.lstm(x)
@@ -478,7 +460,7 @@ class Refinement(nn.Module):
         layer = self.temporal.layers[0]
         xq = x[:, x.shape[1] - q :]
         mask = banded_causal_mask(x.shape[1], self.span, x.device, last=q)
-        y = layer.norm1(xq + _attention(layer.self_attn, xq, x, mask))
+        y = layer.norm1(xq + attention(layer.self_attn, xq, x, mask))
         return layer.norm2(y + layer.linear2(F.gelu(layer.linear1(y))))
 
     # -- incremental form (causal mode, generation): each frame computed once
