@@ -682,3 +682,34 @@ def test_imitator_features_get_a_fitted_map_to_arkit(tmp_path):
     assert m.source == "imitator160" and m.W.shape == (160, 58)
     np.testing.assert_allclose(m.W, W, atol=1e-4)
     assert ARKIT_BLENDSHAPES[0] == "eyeBlinkLeft"
+
+
+@pytest.mark.parametrize(
+    "make, fmt, reader",
+    [(make_dualtalk, "dualtalk", "realm.data.dualtalk.conversation_clips"),
+     (make_dualtalk_arkit, "dualtalk_arkit", "realm.data.dualtalk_arkit._conversation"),
+     (make_seamless, "seamless", "realm.data.seamless._participant"),
+     (make_unils, "unils", "realm.data.unils._pair")],
+)  # fmt: skip
+def test_large_layouts_stream_one_conversation_at_a_time(tmp_path, monkeypatch, make, fmt, reader):
+    """iter_any gives load_any's clips in the same order, reading a conversation only when its clips are
+    reached (what lets `realm data store` build a store from 4,000 h with bounded memory)."""
+    import importlib
+
+    from realm.data import ITERATORS, iter_any
+
+    root, _ = make(tmp_path)
+    everything = load_any(root, fmt)
+    module, name = reader.rsplit(".", 1)
+    real = getattr(importlib.import_module(module), name)
+    calls = []
+    monkeypatch.setattr(importlib.import_module(module), name, lambda *a, **k: calls.append(1) or real(*a, **k))
+    stream = iter_any(root, fmt)
+    first = next(stream)
+    per_conversation = 2 if fmt == "seamless" else 1  # seamless reads each participant's file
+    assert len(calls) == per_conversation and len(everything) >= 4
+    rest = [first, *stream]
+    assert [c.clip_id for c in rest] == [c.clip_id for c in everything]
+    assert all(np.array_equal(a.listener, b.listener) for a, b in zip(rest, everything, strict=True))
+    assert fmt in ITERATORS
+    assert [c.clip_id for c in iter_any(root, fmt, splits="test")] == [c.clip_id for c in load_any(root, fmt, "test")]

@@ -20,6 +20,7 @@ The four last are checked before ViCo's CSV rules (a Seamless Interaction root h
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 from realm.data.clip import SPLITS, Clip, Word, load_dataset
@@ -36,6 +37,15 @@ LOADERS = {
     "unils": ("realm.data.unils", "load_unils"),
 }
 FORMATS = ("realm", *LOADERS)
+#: The loaders that also give their clips one conversation at a time (module, generator): a dataset of
+#: these layouts is read with bounded memory however large (``realm data store``). The others load a
+#: whole split (ViCo, L2L and LM-Listener splits are a few hours; LM-Listener's is one file).
+ITERATORS = {
+    "dualtalk": ("realm.data.dualtalk", "iter_dualtalk"),
+    "dualtalk_arkit": ("realm.data.dualtalk_arkit", "iter_dualtalk_arkit"),
+    "seamless": ("realm.data.seamless", "iter_seamless"),
+    "unils": ("realm.data.unils", "iter_unils"),
+}
 
 
 def detect_format(root: str | Path) -> str:
@@ -88,4 +98,27 @@ def load_any(root: str | Path, fmt: str = "auto", splits=None) -> list[Clip]:
     raise ValueError(f"unknown dataset format {fmt!r}; known: {FORMATS}")
 
 
-__all__ = ["Clip", "Word", "SPLITS", "FORMATS", "detect_format", "load_any", "load_dataset"]
+def iter_any(root: str | Path, fmt: str = "auto", splits=None) -> Iterator[Clip]:
+    """:func:`load_any`'s clips one at a time: our layout clip by clip, :data:`ITERATORS`' layouts
+    conversation by conversation, the other layouts a split at a time."""
+    from realm.data.peer import wanted_splits
+
+    fmt = detect_format(root) if fmt == "auto" else fmt
+    if fmt == "realm":
+        from realm.data.clip import load_clip, read_index
+
+        wanted = wanted_splits(splits)
+        for row in read_index(Path(root)):
+            if row["split"] in wanted:
+                yield load_clip(Path(root), row)
+    elif fmt in ITERATORS:
+        import importlib
+
+        module, name = ITERATORS[fmt]
+        yield from getattr(importlib.import_module(module), name)(root, splits=splits)
+    else:
+        for split in wanted_splits(splits) if splits is not None else (None,):
+            yield from load_any(root, fmt, splits=split)
+
+
+__all__ = ["Clip", "Word", "SPLITS", "FORMATS", "ITERATORS", "detect_format", "iter_any", "load_any", "load_dataset"]

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +80,13 @@ def load_dualtalk(
     root: str | Path, splits: str | Iterable[str] | None = None, val_percent: float = VAL_PERCENT
 ) -> list[Clip]:
     """Two clips per conversation (each person as the listener) of every split below ``root``."""
+    return list(iter_dualtalk(root, splits, val_percent))
+
+
+def iter_dualtalk(
+    root: str | Path, splits: str | Iterable[str] | None = None, val_percent: float = VAL_PERCENT
+) -> Iterator[Clip]:
+    """:func:`load_dualtalk`'s clips one conversation at a time (bounded memory: ``realm data store``)."""
     root = Path(root)
     if not root.is_dir():
         raise RealmInputError(root, "DualTalk data directory not found")
@@ -90,7 +97,7 @@ def load_dualtalk(
             root,
             "no {train,test,ood}/{name}_speaker1.npz (DualTalk_Dataset layout: FLAME .npz and .wav per person)",
         )
-    clips: list[Clip] = []
+    n_clips = 0
     for split in RELEASE_SPLITS:
         folder = base / split
         if not folder.is_dir():
@@ -106,11 +113,12 @@ def load_dualtalk(
         for name in names:
             ours = our_split(split, name, val_percent)
             if ours in wanted:
-                clips += conversation_clips(folder, name, ours, has_audio)
-    log.info("%s: %d DualTalk clips; %s", base, len(clips), RESAMPLED)
+                for clip in conversation_clips(folder, name, ours, has_audio):
+                    n_clips += 1
+                    yield clip
+    log.info("%s: %d DualTalk clips; %s", base, n_clips, RESAMPLED)
     log.warning("DualTalk: no word times (the .txt transcripts have none): mmlm and lm_listener need ASR (realm asr); "
                 "audio models and the speaker-motion rows can run")  # fmt: skip
-    return clips
 
 
 def conversation_clips(folder: Path, name: str, split: str, has_audio: bool) -> list[Clip]:

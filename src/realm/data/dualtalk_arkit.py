@@ -35,7 +35,7 @@ inspect`` say so. Pairing, clip ids, identities and the ``val`` hold-out are Dua
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +70,13 @@ def load_dualtalk_arkit(
     root: str | Path, splits: str | Iterable[str] | None = None, val_percent: float = VAL_PERCENT
 ) -> list[Clip]:
     """Two clips per conversation (each person as the listener) from ``metadata/{split}.jsonl``."""
+    return list(iter_dualtalk_arkit(root, splits, val_percent))
+
+
+def iter_dualtalk_arkit(
+    root: str | Path, splits: str | Iterable[str] | None = None, val_percent: float = VAL_PERCENT
+) -> Iterator[Clip]:
+    """:func:`load_dualtalk_arkit`'s clips one conversation at a time (bounded memory: ``realm data store``)."""
     root = Path(root)
     if not root.is_dir():
         raise RealmInputError(root, "DualTalk ARKit data directory not found")
@@ -84,8 +91,7 @@ def load_dualtalk_arkit(
             "%s: no DualTalk_Dataset/ folder: speaker audio missing, models needing waveforms cannot run",
             root,
         )
-    clips: list[Clip] = []
-    skipped = 0
+    n_clips = skipped = 0
     for split in RELEASE_SPLITS:
         index = root / "metadata" / f"{split}.jsonl"
         if not index.exists() or not ({split, "val"} & wanted if split == "train" else {split} & wanted):
@@ -100,17 +106,18 @@ def load_dualtalk_arkit(
             if any(not rec.get(f"{who}_arkit") for who in PEOPLE):
                 skipped += 1  # the converter leaves null where a person's FLAME file was missing
                 continue
-            clips += _conversation(root, index, line, rec, ours, audio_root is not None)
+            for clip in _conversation(root, index, line, rec, ours, audio_root is not None):
+                n_clips += 1
+                yield clip
     if skipped:
         log.warning(
             "%s: %d conversation(s) without ARKit files for both people (null speaker*_arkit): skipped",
             root,
             skipped,
         )
-    log.info("%s: %d clips; %s", root, len(clips), CONVERTED)
+    log.info("%s: %d clips; %s", root, n_clips, CONVERTED)
     log.warning("DualTalk ARKit: no head translation (zeros) and no word times: mmlm and lm_listener need ASR; "
                 "robot and avatar export run directly on arkit58")  # fmt: skip
-    return clips
 
 
 def _conversation(root: Path, index: Path, line: int, rec: dict, split: str, audio: bool) -> list[Clip]:

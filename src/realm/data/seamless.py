@@ -46,7 +46,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +77,12 @@ def is_seamless(root: Path) -> bool:
 
 def load_seamless(root: str | Path, splits: str | Iterable[str] | None = None) -> list[Clip]:
     """Two clips per interaction (each participant as the listener) below ``root``."""
+    return list(iter_seamless(root, splits))
+
+
+def iter_seamless(root: str | Path, splits: str | Iterable[str] | None = None) -> Iterator[Clip]:
+    """:func:`load_seamless`'s clips one interaction at a time: memory holds one interaction's two
+    participants, whatever the size of the download (``realm data store`` reads 4,000 h this way)."""
     root = Path(root)
     if not root.is_dir():
         raise RealmInputError(root, "Seamless Interaction data directory not found")
@@ -92,9 +98,8 @@ def load_seamless(root: str | Path, splits: str | Iterable[str] | None = None) -
         label, split = _label_split(p, root)
         if SPLIT_OF[split] in wanted:
             groups[(label, split, "_".join(p.stem.split("_")[:3]))].append(p)
-    clips: list[Clip] = []
     no_movement, unpaired = [], []
-    no_audio = 0
+    no_audio = n_clips = invalid = total = 0
     for (label, split, interaction), paths in sorted(groups.items()):
         if len(paths) != 2:
             unpaired.append(interaction)
@@ -107,7 +112,11 @@ def load_seamless(root: str | Path, splits: str | Iterable[str] | None = None) -
         for x in (0, 1):
             lis, spk = people[x], people[1 - x]
             no_audio += spk["wav"] is None
-            clips.append(_clip(lis, spk, SPLIT_OF[split], label))
+            clip = _clip(lis, spk, SPLIT_OF[split], label)
+            n_clips += 1
+            invalid += int((~clip.meta["listener_valid"]).sum())
+            total += clip.n_frames
+            yield clip
     if unpaired:
         log.warning("Seamless Interaction: %d interaction(s) without exactly two participants skipped (e.g. %s)",
                     len(unpaired), unpaired[0])  # fmt: skip
@@ -118,13 +127,10 @@ def load_seamless(root: str | Path, splits: str | Iterable[str] | None = None) -
         log.warning("Seamless Interaction: %d clip(s) without the speaker's .wav: models needing waveforms cannot run on them",
                     no_audio)  # fmt: skip
     log.info("Seamless Interaction: %d clips of %s (Imitator features): robot or avatar export needs a map to "
-             "arkit58 fitted on paired frames (realm embody fit-map)", len(clips), SPEC)  # fmt: skip
-    invalid = sum(int((~c.meta["listener_valid"]).sum()) for c in clips)
-    total = sum(c.n_frames for c in clips)
+             "arkit58 fitted on paired frames (realm embody fit-map)", n_clips, SPEC)  # fmt: skip
     if invalid:
         log.warning("Seamless Interaction: %.1f %% of listener frames are marked invalid by movement:is_valid (zeros kept)",
                     100 * invalid / max(total, 1))  # fmt: skip
-    return clips
 
 
 def _label_split(path: Path, root: Path) -> tuple[str, str]:

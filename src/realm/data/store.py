@@ -45,20 +45,13 @@ KINDS = ("features", "motion", "speaker")
 
 
 def iter_clips(root: str | Path, splits: tuple[str, ...]) -> Iterator[Clip]:
-    """The clips of ``splits``, one at a time: lazily for our layout (a clip is read when it is
-    reached); other layouts through their loader, one split at a time (so a peer layout's split must
-    fit in memory once, while the store is built; convert it to our layout first when it does not)."""
-    from realm.data import detect_format, load_any
-    from realm.data.clip import load_clip, read_index
+    """The clips of ``splits``, one at a time (:func:`realm.data.iter_any`): our layout clip by clip, DualTalk
+    (both layouts), Seamless Interaction and UniLS-Talk conversation by conversation; ViCo, L2L and
+    LM-Listener a split at a time (a split of those must fit in memory while the store is built)."""
+    from realm.data import iter_any
 
-    root = Path(root)
-    if detect_format(root) == "realm":
-        for row in read_index(root):
-            if row["split"] in splits:
-                yield load_clip(root, row)
-        return
-    for split in splits:
-        yield from load_any(root, splits=split)
+    for split in splits:  # split by split: the store writes each split's clips together
+        yield from iter_any(root, splits=split)
 
 
 def _clip_features(c: Clip, extractor: str) -> np.ndarray:

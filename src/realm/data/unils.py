@@ -39,7 +39,7 @@ import io
 import logging
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +96,13 @@ def load_unils(
     root: str | Path, splits: str | Iterable[str] | None = None, audio_dir: str | Path | None = None
 ) -> list[Clip]:
     """Two clips per pair (each person as the listener) of the wanted splits."""
+    return list(iter_unils(root, splits, audio_dir))
+
+
+def iter_unils(
+    root: str | Path, splits: str | Iterable[str] | None = None, audio_dir: str | Path | None = None
+) -> Iterator[Clip]:
+    """:func:`load_unils`'s clips one pair at a time (bounded memory: ``realm data store``)."""
     root = Path(root)
     if not root.is_dir():
         raise RealmInputError(root, "UniLS-Talk data directory not found")
@@ -116,18 +123,19 @@ def load_unils(
     if unknown:
         log.warning("%s: split(s) %s are not ours %s: skipped", index, unknown, SPLITS)
     audio_dir = Path(audio_dir) if audio_dir is not None else default_audio_dir(base)
-    clips: list[Clip] = []
+    n_clips = 0
     with LMDBFile(base / "data_lmdb") as db:
         for split in (s for s in SPLITS if s in pairs and s in wanted):
             entries = pairs[split]
             if not isinstance(entries, dict):
                 raise RealmInputError(index, f"split {split!r}: expected {{pair id: [path0, path1, frames]}}")
             for pair_id, entry in entries.items():
-                clips += _pair(db, index, split, str(pair_id), entry, audio_dir)
-    log.info("UniLS-Talk: %d clips; audio tracks in %s; %s", len(clips), audio_dir, CONVERTED)
+                for clip in _pair(db, index, split, str(pair_id), entry, audio_dir):
+                    n_clips += 1
+                    yield clip
+    log.info("UniLS-Talk: %d clips; audio tracks in %s; %s", n_clips, audio_dir, CONVERTED)
     log.warning("UniLS-Talk: no transcripts: mmlm and lm_listener need ASR (realm asr); audio models and the "
                 "speaker-motion rows can run")  # fmt: skip
-    return clips
 
 
 def _index(base: Path) -> Path:
