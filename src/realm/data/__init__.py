@@ -117,7 +117,8 @@ def iter_any(root: str | Path, fmt: str = "auto", splits=None) -> Iterator[Clip]
         module, name = ITERATORS[fmt]
         yield from getattr(importlib.import_module(module), name)(root, splits=splits)
     else:
-        for split in wanted_splits(splits) if splits is not None else (None,):
+        wanted = wanted_splits(splits)
+        for split in (s for s in SPLITS if s in wanted):  # in SPLITS' order (a set's differs between runs)
             yield from load_any(root, fmt, splits=split)
 
 

@@ -57,7 +57,7 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     """``F.dropout(x, p, training)`` with the keep-mask of :func:`keep_mask` on a CPU."""
     if not training or p <= 0.0:
         return x
-    if x.device.type != "cpu" or p >= 1.0:
+    if x.device.type != "cpu" or round(p * LEVELS) >= LEVELS:
         return F.dropout(x, p, training=True)
     return _Mask.apply(x, keep_mask(tuple(x.shape), p).to(x.dtype))
 
@@ -94,7 +94,10 @@ def attention(attn: nn.MultiheadAttention, x: torch.Tensor, mem: torch.Tensor | 
     if mask is not None and mask.dim() == 3:
         mask = mask.reshape(-1, h, Tq, Tk)  # (B or 1, h, Tq, Tk)
     p = attn.dropout if attn.training else 0.0
-    if p == 0.0:
+    if p > 0.0 and x.device.type != "cpu":  # a GPU's fused kernel, with its own dropout
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        p = 0.0
+    elif p == 0.0:
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, h, Tq, d / h)
     if p > 0.0 or weights is not None:
         logits = (q * (1.0 / math.sqrt(d // h))) @ k.transpose(-2, -1)  # (B, h, Tq, Tk)

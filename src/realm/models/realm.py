@@ -829,9 +829,9 @@ class REALM(nn.Module):
             rec["alpha"]      # one (B, K, 1) tensor per window: the reactive gate's values
             rec["attention"]  # one (B, heads, K, W) tensor per window: shifted-ALiBi cross-attention
 
-        Outputs are unchanged. Generation (eval, no autograd) appends the attention probabilities as it
-        computes them; with autograd a forward hook recomputes them from the same inputs with
-        ``need_weights=True`` (the decoder layer itself does not ask for them).
+        Outputs are unchanged. The layers of realm.models.layers (generation, and training with
+        ``fast_train``) append the attention probabilities as they compute them; with ``fast_train`` off and
+        autograd on, a forward hook on the nn module recomputes them with ``need_weights=True``.
         """
         rec: dict[str, list[torch.Tensor]] = {"alpha": [], "attention": []}
         attn = self.fusion.layer.multihead_attn
