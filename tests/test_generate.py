@@ -126,6 +126,18 @@ def test_streaming_with_audio_context_gives_the_offline_frames(context_run_dir):
     np.testing.assert_allclose(streamed, offline, atol=1e-5)
 
 
+def test_a_window_8_model_streams_its_offline_frames_half_a_window_sooner(tmp_path):
+    """window 8 (the first frame of a window waits 8 frames of audio, not 16): streaming equals
+    offline, and the algorithmic latency is 8 frames + the feature lookahead."""
+    lis = realm.load(make_run(tmp_path / "w8", window=8, audio_context=16))
+    y = load_audio(JFK)[: int(16000 * 3.1)]
+    offline = lis.generate(y, seed=2)[0]
+    s = lis.streamer(seed=2)
+    streamed = np.concatenate([s.push(y[i : i + 1500]) for i in range(0, len(y), 1500)] + [s.flush()])
+    np.testing.assert_allclose(streamed, offline, atol=1e-5)
+    assert s.latency_s == pytest.approx(8 / 30 + 400 / 16000)
+
+
 def test_streaming_emits_frames_before_the_audio_ends(run_dir):
     lis = realm.load(run_dir)
     s = lis.streamer()

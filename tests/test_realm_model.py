@@ -441,3 +441,38 @@ def test_generation_path_of_the_transformer_layers_is_the_same_maths():
     scale = float(fast.abs().max())  # float rounding, summed over 72 autoregressive frames
     torch.testing.assert_close(fast, slow.detach(), rtol=0, atol=1e-5 * max(1.0, scale))
     assert (fast[:, 1:] - fast[:, :1]).abs().max() > 1e-2  # the motion moves: the comparison means something
+
+
+def test_the_latent_gate_scales_each_window_s_latent_by_what_the_model_hears():
+    """latent_gate: the latent's contribution is sigmoid(Linear(mean fused)) times the projected latent:
+    open (0.88) at the start, and a shut gate makes every sample the zero-latent rollout."""
+    torch.manual_seed(0)
+    kw = dict(spec="arkit58", audio_dim=20, d_model=32, ff_dim=64, latent_dim=4, zero_init_heads=False)
+    plain, gated = REALM(REALMConfig(**kw)).eval(), REALM(REALMConfig(**kw, latent_gate=True)).eval()
+    gated.load_state_dict(plain.state_dict(), strict=False)  # the same weights but the gate's
+    assert set(gated.state_dict()) - set(plain.state_dict()) == {"decoder.latent_gate.weight", "decoder.latent_gate.bias"}
+    audio, f0, z = torch.randn(1, 48, 20), torch.randn(1, 58), torch.randn(1, 3, 4)
+    zero = torch.zeros_like(z)
+    with torch.no_grad():
+        spread = lambda m: (m.rollout(audio, f0, latents=z)[0] - m.rollout(audio, f0, latents=zero)[0]).abs().mean()  # noqa: E731
+        assert torch.equal(gated.rollout(audio, f0, latents=zero)[0], plain.rollout(audio, f0, latents=zero)[0])
+        assert 0 < spread(gated) < spread(plain)  # open at 0.88: the samples spread a little less
+        torch.nn.init.constant_(gated.decoder.latent_gate.bias, -30.0)  # shut: every sample is the mean
+        assert float(spread(gated)) < 1e-6
+
+
+@pytest.mark.parametrize("window", [8, 32])
+def test_a_window_other_than_the_history_generates_and_trains(window):
+    """window != history (K 16): the bootstrap guide (W frames) becomes a K-frame history, frame 0 in
+    front when W < K (a window-8 model used to fail on its first window); both training paths agree."""
+    outs = []
+    for fast in (True, False):
+        torch.manual_seed(0)
+        m = REALM(REALMConfig(spec="arkit58", audio_dim=20, d_model=32, ff_dim=64, window=window, audio_context=16,
+                              fast_train=fast, dropout=0.0, zero_init_heads=False)).train()  # fmt: skip
+        audio, f0 = torch.randn(3, 72, 20), torch.randn(3, 58)
+        motion, aux = m.rollout(audio, f0)
+        assert motion.shape == (3, 72, 58) and torch.equal(motion[:, 0], f0)
+        motion.pow(2).mean().backward()
+        outs.append(motion.detach())
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)

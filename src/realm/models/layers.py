@@ -91,6 +91,8 @@ def attention(attn: nn.MultiheadAttention, x: torch.Tensor, mem: torch.Tensor | 
         k, v = F.linear(mem, w[d:], b[d:]).chunk(2, dim=-1)
     B, Tq, Tk = x.shape[0], x.shape[1], k.shape[1]
     q, k, v = (t.reshape(B, -1, h, d // h).transpose(1, 2) for t in (q, k, v))  # (B, h, T, d / h)
+    if mask is not None and tuple(mask.shape[-2:]) != (Tq, Tk):
+        raise ValueError(f"attention mask {tuple(mask.shape)} for {Tq} queries and {Tk} keys")
     if mask is not None and mask.dim() == 3:
         mask = mask.reshape(-1, h, Tq, Tk)  # (B or 1, h, Tq, Tk)
     p = attn.dropout if attn.training else 0.0

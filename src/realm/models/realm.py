@@ -72,6 +72,10 @@ class REALMConfig:
     #   a projected N(0, I) latent of this size, so rollouts with different latents are samples of
     #   the listener's reaction, not its conditional mean (trained with the energy score,
     #   TrainConfig.coarse_loss="energy"; docs/realm.md). 0 = the paper's deterministic decoder.
+    latent_gate: bool = False  # ours: each window's latent is scaled, per channel, by a gate read from
+    #   what the model hears and its history (sigmoid(Linear(the fused tokens' mean))), so the spread
+    #   of the samples can follow the audio (wide after a trigger, none in silence) instead of being
+    #   the same in every window. Starts mostly open (0.88, where the sigmoid still learns). False = the latent added as it is
     latent_temperature: float = 1.0  # ours, generation only: each window's latent is scaled by
     #   this (training draws N(0, I)). Below 1 the samples keep nearer the conditional mean (the
     #   zero latent): reaction timing over spread; 0 is the mean itself (docs/realm.md, measured)
@@ -271,6 +275,10 @@ class CoarseDecoder(nn.Module):
             #   about as large as the positions, so samples differ from the first step; see docs/realm.md)
             self.latent = nn.Linear(c.latent_dim, c.d_model)
             nn.init.zeros_(self.latent.bias)
+            if c.latent_gate:  # (B, K, d) fused -> (B, d) gate, open at the start
+                self.latent_gate = nn.Linear(c.d_model, c.d_model)
+                nn.init.zeros_(self.latent_gate.weight)
+                nn.init.constant_(self.latent_gate.bias, 2.0)
         if c.identity_anchor:  # marks the anchor token apart from the history tokens
             self.anchor_embed = nn.Parameter(torch.randn(1, 1, c.d_model) * 0.02)
         self.heads = nn.ModuleDict({name: nn.Linear(c.d_model, size) for name, size in spec.blocks})
@@ -298,7 +306,10 @@ class CoarseDecoder(nn.Module):
         if self.c.latent_dim:
             if latent is None:
                 raise ValueError("a model with latent_dim > 0 needs each window's latent")
-            q = q + self.latent(latent).unsqueeze(1)
+            z = self.latent(latent)  # (B, d)
+            if self.c.latent_gate:
+                z = z * torch.sigmoid(self.latent_gate(fused.mean(dim=1)))
+            q = q + z.unsqueeze(1)
         q = self.pe(q)
         if _lean(self, self.c.fast_train):
             x = q
@@ -726,7 +737,8 @@ class REALM(nn.Module):
             return _left_pad(history, self.config.history), None
         if frame0 is None:
             raise ValueError("generation needs frame0 or history")
-        return self.bootstrap(frame0, audio0)
+        guide, waypoint = self.bootstrap(frame0, audio0)  # (B, W, D)
+        return _left_pad(guide, self.config.history), waypoint  # (B, K, D): frame 0 before it when W < K
 
     def rollout(self, audio: torch.Tensor, frame0: torch.Tensor | None = None, history: torch.Tensor | None = None,
                 latents: torch.Tensor | None = None, samples: int = 1, on_window=None):  # fmt: skip

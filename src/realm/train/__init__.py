@@ -736,7 +736,7 @@ class REALMTask(L.LightningModule):
 
 #: Coarse-model fields a stage-1 retraining from ``--init`` takes from the command: additions to
 #: the init run's architecture, whose new parameters start from their initialisation.
-COARSE_ADDED_FIELDS = ("latent_dim", "rest_leak", "rest_leak_init")
+COARSE_ADDED_FIELDS = ("latent_dim", "latent_gate", "rest_leak", "rest_leak_init")
 #: REALMConfig fields of the refinement: the ones a run started from another run (``init``) takes
 #: from the command instead of from that run, since stage 2 retrains the refinement.
 REFINE_FIELDS = ("use_refinement", "refine_dim", "refine_ff", "refine_block", "refine_mode", "refine_context",
