@@ -137,15 +137,15 @@ def main() -> None:
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # --against's subprocess
     ap.add_argument("--force", action="store_true", help="Replace an existing output file.")
     args = ap.parse_args()
+    if args.worker:  # only the exact configuration exists in every commit (and only what the worker imports)
+        print(json.dumps(measure(args.data, int(args.threads), args, ["exact"], lstm=True)))
+        return
     from realm.io import refuse_output
 
     refuse_output(ap, args.json, args.force)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if unknown := [v for v in variants if v not in VARIANTS]:
         ap.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
-    if args.worker:  # only the exact configuration exists in every commit
-        print(json.dumps(measure(args.data, int(args.threads), args, ["exact"], lstm=True)))
-        return
 
     import torch
 
