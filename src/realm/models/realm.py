@@ -75,7 +75,8 @@ class REALMConfig:
     latent_gate: bool = False  # ours: each window's latent is scaled, per channel, by a gate read from
     #   what the model hears and its history (sigmoid(Linear(the fused tokens' mean))), so the spread
     #   of the samples can follow the audio (wide after a trigger, none in silence) instead of being
-    #   the same in every window. Starts mostly open (0.88, where the sigmoid still learns). False = the latent added as it is
+    #   the same in every window. Starts mostly open (0.88, where the sigmoid still learns). Measured
+    #   with the energy score: the gate did not learn (docs/realm.md). False = the latent added as it is
     latent_temperature: float = 1.0  # ours, generation only: each window's latent is scaled by
     #   this (training draws N(0, I)). Below 1 the samples keep nearer the conditional mean (the
     #   zero latent): reaction timing over spread; 0 is the mean itself (docs/realm.md, measured)
