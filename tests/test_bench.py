@@ -41,7 +41,7 @@ def test_bench_writes_the_document_with_both_tables_the_floor_and_a_reading(benc
     assert "realm bench --pytest" in doc  # the exact command
     for part in ("## Dataset", "## Models and training", "## Reading", "## Split `test`", "## Split `ood`",
                  f"*{FLOOR}* (floor)", "realm (oracle)", "Recovered reaction delay", "Distance to the floor",
-                 "FD_delta exp: REALM", "Machine:", "torch"):  # fmt: skip
+                 "FD_delta exp: REALM", "Machine:", "torch", "training precision 32-true"):  # fmt: skip
         assert part in doc, part
     assert doc.count(f"*{FLOOR}* (floor)") >= 4  # expression and pose tables of both splits
     assert "## Metric variants" in doc and doc.count("## Metric variants") == 1
@@ -106,6 +106,22 @@ def test_a_record_from_before_a_new_training_option_is_reused_while_the_option_k
     assert not same_key(old, {"model": "realm", "train": {"lr": 2e-3, "energy_groups": "window"}}, defaults)
     assert not same_key(old, {"model": "lstm", "train": {"lr": 1e-3}}, defaults)
     assert not same_key(None, old, defaults)
+
+
+def test_a_training_precision_reaches_every_neural_model_and_its_key(bench):
+    """--precision bf16-mixed: REALM's and the baselines' training configs carry it, and a model trained in
+    fp32 is not reused for it (its key differs); the default leaves every key as it was."""
+    from realm.bench.training import _record_key, _train_config, _train_defaults, same_key
+
+    root, _, _ = bench
+    data = root / "data"
+    for name in ("realm", "lstm"):
+        fp32, bf16 = tiny(root), tiny(root, precision="bf16-mixed")
+        t32, t16 = _train_config(name, fp32, data), _train_config(name, bf16, data)
+        assert t32.precision == "32-true" and t16.precision == "bf16-mixed"
+        k32, k16 = _record_key(name, fp32, {}, t32), _record_key(name, bf16, {}, t16)
+        assert same_key(k32, _record_key(name, tiny(root), {}, t32), _train_defaults(t32))
+        assert not same_key(k32, k16, _train_defaults(t16))
 
 
 def test_other_data_settings_in_the_same_directory_are_refused(bench):

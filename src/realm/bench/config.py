@@ -100,6 +100,8 @@ class BenchConfig:
     accelerator: str = "auto"
     devices: str = "auto"
     threads: int = 0  # torch CPU threads for the whole run (0: torch's default); 1 is best on a busy machine
+    precision: str = ""  # Lightning precision of every neural model's training ("": TrainConfig's, fp32);
+    #   "bf16-mixed" gives REALM 2.2x the steps on a CPU with bf16 instructions (docs/realm.md)
     # -- evaluation
     samples: int = 3
     max_clips: int | None = None

@@ -22,7 +22,7 @@ def machine(cfg: BenchConfig) -> dict:
         "python": platform.python_version(), "cpus": os.cpu_count(), "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(), "lightning": lightning.__version__,
         "gpu": torch.cuda.get_device_name(0) if gpu else None, "gpus": torch.cuda.device_count() if gpu else 0,
-        "accelerator": cfg.accelerator, "devices": cfg.devices,
+        "accelerator": cfg.accelerator, "devices": cfg.devices, "precision": cfg.precision or "32-true",
     }  # fmt: skip
 
 
@@ -199,7 +199,7 @@ def document(result: dict, evals: dict) -> str:
         f"- Date: {result['date']} (total {result['seconds']:.0f} s)",
         f"- Machine: {m['platform']}, {m['processor']}, {m['cpus']} CPUs ({m['torch_threads']} torch threads), "
         f"Python {m['python']}, torch {m['torch']}, Lightning {m['lightning']}; GPU: {gpu}; "
-        f"accelerator {m['accelerator']}, devices {m['devices']}",
+        f"accelerator {m['accelerator']}, devices {m['devices']}, training precision {m.get('precision', '32-true')}",
         f"- Features: `{cfg['extractor']}` for every model; REALM audio context {audio_context(BenchConfig.from_dict(cfg))} frames",
         f"- Training budget: {budget}; batch size capped at {cfg['batch_size'] or 'the recipes'}",
         f"- Evaluation: {cfg['samples']} samples per clip for stochastic models (mean ± std over samples), "

@@ -48,6 +48,8 @@ def _train_config(name: str, cfg: BenchConfig, data: Path):
     from realm.train import TrainConfig
 
     common = dict(data=str(data), extractor=cfg.extractor, accelerator=cfg.accelerator, devices=cfg.devices)
+    if cfg.precision:
+        common["precision"] = cfg.precision
     if name in REALM_VARIANTS:
         base = TrainConfig(**{**common, **cfg.train})
     else:

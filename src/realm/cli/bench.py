@@ -46,6 +46,7 @@ def bench_cmd(
     accelerator: str = ACCELERATOR,
     devices: str = DEVICES,
     threads: int = typer.Option(0, help="torch CPU threads (0: torch's default; 1 is fastest on a busy machine)."),
+    precision: str = typer.Option("", help="Lightning precision of every neural model's training, e.g. bf16-mixed (default fp32)."),
 ):
     """The whole benchmark: data, REALM + ablations + baselines on a fixed budget, test and ood, one document."""
     import time
@@ -64,7 +65,7 @@ def bench_cmd(
         out=str(out_dir), doc=str(doc), force=force, data=str(data) if data else "", hours=hours, seed=seed, backend=backend,
         listener_samples=listener_samples, workers=workers, models=names, minutes_per_model=minutes_per_model,
         minutes=own, max_steps=max_steps, extractor=extractor, batch_size=batch_size, audio_context=audio_context, samples=samples,
-        max_clips=max_clips, accelerator=accelerator, devices=devices, threads=threads,
+        max_clips=max_clips, accelerator=accelerator, devices=devices, threads=threads, precision=precision,
         command="realm " + " ".join(sys.argv[1:]),
     )  # fmt: skip
     t0 = time.time()
