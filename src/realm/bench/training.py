@@ -6,7 +6,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import MISSING, asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 from realm.bench.calibrate import calibrate_baseline, calibrate_realm
@@ -82,13 +82,7 @@ def _train_defaults(tcfg) -> dict:
     """The default of every field of ``tcfg``'s class, as in a key."""
     from realm.train.harness import jsonable
 
-    defaults = {}
-    for f in fields(tcfg):
-        if f.default is not MISSING:
-            defaults[f.name] = f.default
-        elif f.default_factory is not MISSING:
-            defaults[f.name] = f.default_factory()
-    return json.loads(json.dumps(jsonable(defaults)))
+    return json.loads(json.dumps(jsonable(asdict(type(tcfg)()))))
 
 
 def same_key(old: dict | None, key: dict, defaults: dict) -> bool:

@@ -106,7 +106,8 @@ class REALMConfig:
     fast_train: bool = True  # ours, speed only: training runs the transformer layers as the plain
     #   functions of realm.models.layers, with dropout masks from NumPy's SFC64 generator instead of
     #   torch.bernoulli_ (the same maths, other random numbers: 1.3x a CPU training step; docs/realm.md).
-    #   False = through the nn modules and torch's dropout, as before 2026-11-29
+    #   False = through the nn modules and torch's dropout, as before 2026-11-29 (the speaker encoder's
+    #   last layer, computed for the window's frames only, is realm.models.layers' in both)
     detail: str = "odd"  # "odd" (ours): the noise detail is an odd function of the noise,
     #   (N(eps) - N(-eps)) / 2, so its mean over the noise is 0 by construction (no offset, and
     #   nothing without the noise); "free" (the authors'): N(eps), which our runs learned to make
@@ -205,18 +206,7 @@ class SpeakerEncoder(nn.Module):
             x = layer(x)
         if keep is None or keep >= x.shape[1]:
             return self.norm(last(x))
-        return self.norm(_post_norm_layer_last(last, x, keep))
-
-
-def _post_norm_layer_last(layer: nn.TransformerEncoderLayer, x: torch.Tensor, keep: int) -> torch.Tensor:
-    """The post-norm encoder ``layer`` on x (B, T, d), computed for the last ``keep`` frames only
-    (B, keep, d): they attend to all T frames, as in ``layer(x)[:, -keep:]``, but the frames
-    before them get no queries, no feed-forward and no norms (the same maths, less work: with
-    audio context the last layer's context frames are otherwise computed and thrown away)."""
-    q = x[:, -keep:]
-    q = layer.norm1(q + layer.dropout1(layer.self_attn(q, x, x, need_weights=False)[0]))
-    ff = layer.linear2(layer.dropout(layer.activation(layer.linear1(q))))
-    return layer.norm2(q + layer.dropout2(ff))
+        return self.norm(encoder_layer(last, x, keep))  # the window's frames only (no module has that form)
 
 
 class ReactiveFusion(nn.Module):
