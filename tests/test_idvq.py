@@ -210,6 +210,24 @@ def test_shapes(T):
     losses["loss"].backward()
 
 
+def test_the_decoder_reads_copies_of_the_end_tokens_beyond_each_end():
+    """edge_tokens e: decoding tokens is decoding [first] * e + tokens + [last] * e with zero padding and
+    cutting the e tokens' frames at each end; so a clip of one repeated token decodes to the frames
+    that token gives in the middle of a long run of itself (no dip at the start), and e = 0 is the old decoding."""
+    torch.manual_seed(0)
+    m = IDVQ(IDVQConfig(**TINY)).eval()
+    plain = IDVQ(IDVQConfig(**{**TINY, "edge_tokens": 0})).eval()
+    plain.load_state_dict(m.state_dict())
+    assert m.config.edge_tokens == 2
+    ref, tok = torch.randn(1, 60, D), torch.randint(0, TINY["codes"], (1, 5))
+    with torch.no_grad():
+        padded = torch.cat([tok[:, :1].repeat(1, 2), tok, tok[:, -1:].repeat(1, 2)], 1)
+        torch.testing.assert_close(m.decode(tok, ref), plain.decode(padded, ref)[:, 16:56], atol=1e-5, rtol=0)
+        run = torch.full((1, 4), 7)
+        first, middle = m.decode(run, ref)[0, :8], plain.decode(torch.full((1, 40), 7), ref)[0, 160:168]
+        edge, zero = (first - middle).abs().mean(), (plain.decode(run, ref)[0, :8] - middle).abs().mean()
+        assert edge < 0.7 * zero, (edge, zero)
+
 def test_bad_inputs():
     m = IDVQ(IDVQConfig(**TINY)).eval()
     with pytest.raises(ValueError, match="60 frames"):

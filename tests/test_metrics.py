@@ -341,6 +341,18 @@ def test_prf_conventions_never_nan():
     assert M.event_f1(np.zeros((1, 58)), [], SPEC)["f1"] == 1.0  # empty motion, empty log
 
 
+def test_false_alarms_are_the_detections_match_events_counts_as_such():
+    det, truth = [10, 31, 60, 95, 140], [30, 62, 100]
+    # 31 <-> 30 and 60 <-> 62 match; 95 is 5 frames from 100 (tolerance 4): a false alarm, and 100 a miss;
+    # 10 is near nothing; 140 lies within the tolerance of an ignored (invisible) event
+    assert M.match_events(det, truth, 4, ignore=[138]) == (2, 2, 1)
+    assert M.false_alarms(det, truth, 4, ignore=[138]) == [10, 95]
+    assert M.false_alarms(det, truth, 4) == [10, 95, 140]
+    # one true event, two detections near it: the nearer one matches, the other is a false alarm
+    assert M.false_alarms([28, 31], [30], 4) == [28]
+    assert M.false_alarms([], [30], 4) == [] and M.false_alarms([5], [], 4) == [5]
+
+
 def test_detectors_on_synthetic_ground_truth_and_blinks(synth_clips):
     gts = [c.listener for c in synth_clips]
     logs = [c.events["reactions"] for c in synth_clips]

@@ -461,6 +461,69 @@ def test_the_latent_gate_scales_each_window_s_latent_by_what_the_model_hears():
         assert float(spread(gated)) < 1e-6
 
 
+def test_the_reaction_gate_scales_the_latent_by_its_classifier_and_learns_from_the_ground_truth_onsets():
+    """react_gate: each window's latent times sigmoid(the classifier's logit), without its gradient; the
+    rollout returns the logits; the labels are the windows where the de-normalised ground truth starts a
+    smile; the loss's binary cross-entropy trains the classifier (and nothing reaches it through the latent)."""
+    import numpy as np
+
+    from realm.data.synth import ease_envelope
+    from realm.motion import NormStats, get_spec
+    from realm.train import REALMTask, TrainConfig
+
+    with pytest.raises(ValueError, match="react_gate"):
+        REALMConfig(spec="arkit58", audio_dim=20, react_gate=True)  # no latent to scale
+    with pytest.raises(ValueError, match="react_gate"):
+        REALMConfig(spec="arkit58", audio_dim=20, latent_dim=4, react_gate=True, latent_gate=True)
+    torch.manual_seed(0)
+    kw = dict(spec="arkit58", audio_dim=20, d_model=32, ff_dim=64, latent_dim=4, zero_init_heads=False, dropout=0.0)
+    plain, gated = REALM(REALMConfig(**kw)).eval(), REALM(REALMConfig(**kw, react_gate=True)).eval()
+    gated.load_state_dict(plain.state_dict(), strict=False)
+    assert {k.split(".")[1] for k in set(gated.state_dict()) - set(plain.state_dict())} == {"react"}
+    audio, f0, z = torch.randn(1, 48, 20), torch.randn(1, 58), torch.randn(1, 3, 4)
+    with torch.no_grad():
+        spread = lambda m: (m.rollout(audio, f0, latents=z)[0] - m.rollout(audio, f0, latents=0 * z)[0]).abs().mean()  # noqa: E731
+        torch.nn.init.constant_(gated.decoder.react[-1].bias, -30.0)  # "no reaction here": every sample is the mean
+        assert float(spread(gated)) < 1e-6 < float(spread(plain))
+        torch.nn.init.constant_(gated.decoder.react[-1].bias, 30.0)  # "a reaction starts": the latent as it is
+        torch.nn.init.zeros_(gated.decoder.react[-1].weight)
+        torch.testing.assert_close(gated.rollout(audio, f0, latents=z)[0], plain.rollout(audio, f0, latents=z)[0])
+        assert gated.rollout(audio, f0, latents=z, samples=1)[1]["react_logit"].shape == (1, 3)
+
+    # labels: a smile starting at frame 40 of a 64-frame clip (window 2 of 4); stats that de-normalise it
+    spec = get_spec("arkit58")
+    raw = np.zeros((64, 58))
+    smile = 0.6 * ease_envelope(64, 40, 7, 15, 10)
+    for name in ("mouthSmileLeft", "mouthSmileRight"):
+        raw[:, spec.names.index(name)] = smile
+    stats = NormStats(mean=np.full(58, 0.1), std=np.full(58, 0.5), spec="arkit58")
+    cfg = TrainConfig(coarse_loss="energy", coarse_samples=2, mean_rollout=True, batch_size=2)
+    task = REALMTask({**kw, "react_gate": True}, asdict_jsonable(cfg), 1)
+    task.stats = stats
+    motion = torch.from_numpy(np.stack([stats.apply(raw), stats.apply(np.zeros((64, 58)))])).float()
+    labels = task.react_labels(motion, 4)
+    torch.testing.assert_close(labels, torch.tensor([[0.0, 0.0, 1.0, 0.0], [0.0] * 4]))
+    # one training step: the cross-entropy is in the loss and moves the classifier
+    batch = {"audio": torch.randn(2, 64, 20), "motion": motion, "mask": torch.ones(2, 64, dtype=torch.bool)}
+    task.model.train()
+    out = task._stage1(batch)
+    assert "react" in out and float(out["react"].detach()) > 0
+    out["loss"].backward()
+    assert task.model.decoder.react[-1].weight.grad.abs().sum() > 0
+    # the classifier's output scales the latent without its gradient: the energy score alone reaches no react weight
+    task.model.zero_grad()
+    task._stage1(batch)["energy"].backward()
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in task.model.decoder.react.parameters())
+
+
+def asdict_jsonable(cfg) -> dict:
+    from dataclasses import asdict
+
+    from realm.train.harness import jsonable
+
+    return jsonable(asdict(cfg))
+
+
 @pytest.mark.parametrize("window", [8, 32])
 def test_a_window_other_than_the_history_generates_and_trains(window):
     """window != history (K 16): the bootstrap guide (W frames) becomes a K-frame history, frame 0 in

@@ -1080,6 +1080,18 @@ def match_events(detected: Sequence[int], truth: Sequence[int], tolerance: float
     tolerance of an ``ignore`` frame (a true event that is not visible, e.g. a smile that only
     prolongs one already shown) count neither as hits nor as false alarms.
     """
+    hits, alarms, missed = _match(detected, truth, tolerance, ignore)
+    return len(hits), len(alarms), len(missed)
+
+
+def false_alarms(detected: Sequence[int], truth: Sequence[int], tolerance: float,
+                 ignore: Sequence[int] = ()) -> list[int]:  # fmt: skip
+    """The detected frames :func:`match_events` counts as false alarms (sorted)."""
+    return _match(detected, truth, tolerance, ignore)[1]
+
+
+def _match(detected, truth, tolerance, ignore) -> tuple[list[int], list[int], list[int]]:
+    """(matched detections, false alarms, missed true frames), each sorted, of :func:`match_events`."""
     det = sorted(int(d) for d in detected)
     tru = sorted(int(t) for t in truth)
     pairs = sorted((abs(d - t), i, j) for i, d in enumerate(det) for j, t in enumerate(tru) if abs(d - t) <= tolerance)
@@ -1088,9 +1100,9 @@ def match_events(detected: Sequence[int], truth: Sequence[int], tolerance: float
         if i not in used_d and j not in used_t:
             used_d.add(i)
             used_t.add(j)
-    tp = len(used_d)
-    fp = sum(1 for i, d in enumerate(det) if i not in used_d and not any(abs(d - g) <= tolerance for g in ignore))
-    return tp, fp, len(tru) - len(used_t)
+    alarms = [d for i, d in enumerate(det) if i not in used_d and not any(abs(d - g) <= tolerance for g in ignore)]
+    return ([d for i, d in enumerate(det) if i in used_d], alarms,
+            [t for j, t in enumerate(tru) if j not in used_t])  # fmt: skip
 
 
 def event_f1(motions, reactions, spec: str | MotionSpec = "arkit58", fps: float = 30.0,

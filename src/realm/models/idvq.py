@@ -51,6 +51,9 @@ Choices (ours):
   input IN, whose statistics use the real frames only); ``encode`` gives ``ceil(T / 8)`` tokens,
   ``decode`` gives ``8 n`` frames or ``length`` frames when given; ``forward`` and ``restyle`` crop to
   ``T``. With IN/AdaIN the decoder needs at least 2 tokens (the instance norm of one token is zero).
+- **Edges** (``edge_tokens``, 2): the decoder reads copies of the first and last quantised vector
+  beyond each end and their frames are cut, instead of its convolutions' zero padding, which made
+  every decoded clip begin with a dip (0 = the decoding before 2026-11-29).
 - Loss: SmoothL1(recon) + 0.5 SmoothL1(velocity) + 0.02 commitment, over all channels (T2M-GPT,
   LM-Listener).
 
@@ -93,6 +96,11 @@ class IDVQConfig:
     id_dim: int = 128  # identity code
     in_floor: float = 1e-3  # std floor of the input instance norm (normalised units)
     min_ref_frames: int = MIN_REF_FRAMES
+    edge_tokens: int = 2  # ours: the decoder reads this many copies of the first and of the last
+    #   quantised vector beyond each end, and the frames they give are cut. With zero padding (0, the
+    #   runs before 2026-11-29) every decoded clip began with a dip its convolutions made (mouthSmile
+    #   -0.2 to -0.5 below the data in the first frames), which the event detectors count as a smile
+    #   onset at frame 1 (docs/mmlm.md, measured)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -253,7 +261,12 @@ class IDVQ(nn.Module):
         code = self.identity_code(ref) if ref is not None else None
         if code is not None and code.shape[0] != q.shape[0]:
             code = code.expand(q.shape[0], -1)  # one reference for the whole batch
-        y = rearrange(self.decoder(rearrange(q, "b n c -> b c n"), code), "b d t -> b t d")  # (B, 8 n, D)
+        e, n = self.config.edge_tokens, q.shape[1]
+        if e:  # (B, n, c) -> (B, e + n + e, c): the end vectors repeated beyond each end
+            q = torch.cat([q[:, :1].expand(-1, e, -1), q, q[:, -1:].expand(-1, e, -1)], 1)
+        y = rearrange(self.decoder(rearrange(q, "b n c -> b c n"), code), "b d t -> b t d")  # (B, 8 (e + n + e), D)
+        f = self.config.frames_per_token
+        y = y[:, e * f : (e + n) * f]  # (B, 8 n, D)
         if length is not None:
             y = y[:, :length]
         if self.config.use_in_adain and self.config.ref_stats:

@@ -77,6 +77,12 @@ class REALMConfig:
     #   of the samples can follow the audio (wide after a trigger, none in silence) instead of being
     #   the same in every window. Starts mostly open (0.88, where the sigmoid still learns). Measured
     #   with the energy score: the gate did not learn (docs/realm.md). False = the latent added as it is
+    react_gate: bool = False  # ours: each window's latent is scaled by the probability that a reaction
+    #   (smile, concern, brow raise, nod) starts in the window, read from the fused tokens by a small
+    #   classifier trained on the ground truth's reaction onsets (TrainConfig.w_react: binary
+    #   cross-entropy), not through the latent: the samples spread where the listener may react and
+    #   keep to the conditional mean elsewhere (silence). The scale is the classifier's output
+    #   without its gradient. False = the latent added as it is
     latent_temperature: float = 1.0  # ours, generation only: each window's latent is scaled by
     #   this (training draws N(0, I)). Below 1 the samples keep nearer the conditional mean (the
     #   zero latent): reaction timing over spread; 0 is the mean itself (docs/realm.md, measured)
@@ -123,6 +129,8 @@ class REALMConfig:
             raise ValueError(f"latent_temperature must be in [0, 4], got {self.latent_temperature}")
         if self.latent_dim < 0:
             raise ValueError(f"latent_dim must be >= 0, got {self.latent_dim}")
+        if self.react_gate and (not self.latent_dim or self.latent_gate):
+            raise ValueError("react_gate scales the latent: it needs latent_dim > 0 and latent_gate off")
         if not 0 <= self.event_refractory <= 30:
             raise ValueError(f"event_refractory must be 0..30 frames, got {self.event_refractory}")
         self.refine_events = tuple(self.refine_events)
@@ -270,6 +278,8 @@ class CoarseDecoder(nn.Module):
                 self.latent_gate = nn.Linear(c.d_model, c.d_model)
                 nn.init.zeros_(self.latent_gate.weight)
                 nn.init.constant_(self.latent_gate.bias, 2.0)
+            if c.react_gate:  # (B, K, d) fused -> (B,) logit of "a reaction starts in this window"
+                self.react = nn.Sequential(nn.Linear(c.d_model, c.d_model), nn.GELU(), nn.Linear(c.d_model, 1))
         if c.identity_anchor:  # marks the anchor token apart from the history tokens
             self.anchor_embed = nn.Parameter(torch.randn(1, 1, c.d_model) * 0.02)
         self.heads = nn.ModuleDict({name: nn.Linear(c.d_model, size) for name, size in spec.blocks})
@@ -279,8 +289,9 @@ class CoarseDecoder(nn.Module):
                 nn.init.zeros_(head.bias)
 
     def forward(self, fused: torch.Tensor, history: torch.Tensor, anchor: torch.Tensor | None = None,
-                latent: torch.Tensor | None = None):  # fmt: skip
+                latent: torch.Tensor | None = None, extras: dict | None = None):  # fmt: skip
         # fused (B, K, d), history (B, K, D), anchor (B, D), latent (B, Z) -> deltas (B, W, D), alpha (B, K, 1)
+        # extras: filled with "react_logit" (B,) by a model with react_gate
         B = fused.shape[0]
         hist = self.pe(self.motion_proj(history))
         if self.c.use_gate:
@@ -300,6 +311,11 @@ class CoarseDecoder(nn.Module):
             z = self.latent(latent)  # (B, d)
             if self.c.latent_gate:
                 z = z * torch.sigmoid(self.latent_gate(fused.mean(dim=1)))
+            if self.c.react_gate:
+                logit = self.react(fused.mean(dim=1)).squeeze(-1)  # (B,)
+                z = z * torch.sigmoid(logit).detach().unsqueeze(-1)
+                if extras is not None:
+                    extras["react_logit"] = logit
             q = q + z.unsqueeze(1)
         q = self.pe(q)
         if _lean(self, self.c.fast_train):
@@ -651,7 +667,7 @@ class REALM(nn.Module):
 
     def step(self, audio: torch.Tensor, history: torch.Tensor, audio_enc: torch.Tensor | None = None,
              anchor: torch.Tensor | None = None, base: torch.Tensor | None = None,
-             latent: torch.Tensor | None = None):  # fmt: skip
+             latent: torch.Tensor | None = None, extras: dict | None = None):  # fmt: skip
         """Predict one window. audio (B, W, A), history (B, K, D) -> motion (B, W, D), alpha (B, K, 1).
 
         The window's motion is ``base`` (B, D; default the last history frame) plus the cumulative
@@ -660,7 +676,7 @@ class REALM(nn.Module):
         model reads audio context before the window). ``anchor`` (B, D): the frame the rollout
         started from (:meth:`anchor_frame`), read only by models with ``identity_anchor`` or
         ``rest_leak``. ``latent`` (B, latent_dim): the window's latent (models with ``latent_dim`` > 0; drawn
-        from N(0, I) when None).
+        from N(0, I) when None). ``extras``: a dict the decoder fills (``react_logit`` (B,) with ``react_gate``).
         """
         c = self.config
         if audio_enc is None:
@@ -671,7 +687,7 @@ class REALM(nn.Module):
         fused = self.fusion(audio_enc, seen)  # (B, K, d)
         if c.latent_dim and latent is None:
             latent = torch.randn(history.shape[0], c.latent_dim, device=history.device)
-        deltas, alpha = self.decoder(fused, seen, anchor, latent)  # (B, W, D)
+        deltas, alpha = self.decoder(fused, seen, anchor, latent, extras)  # (B, W, D)
         start = history[:, -1:] if base is None else base.unsqueeze(1)  # (B, 1, D)
         if c.rest_leak:
             if anchor is None:
@@ -742,7 +758,7 @@ class REALM(nn.Module):
         (row s B + b is sample s of clip b), sharing one encoding of the audio and one bootstrap
         (both deterministic). ``on_window(done, n_windows)`` is called after each window (progress).
         Returns (motion (S B, T, D), aux) where aux holds the gate values, the per-window boundary
-        frames and the waypoint (B, 3).
+        frames, the waypoint (B, 3) and, with ``react_gate``, each window's reaction logit (S B, n_windows).
         """
         c = self.config
         B, T, _ = audio.shape
@@ -757,11 +773,14 @@ class REALM(nn.Module):
         if samples > 1:  # (B, ...) -> (S B, ...): the samples differ by their latents only
             rep = lambda x: None if x is None else x.repeat(samples, *[1] * (x.dim() - 1))  # noqa: E731
             audio, hist, anchor, enc, frame0, history = map(rep, (audio, hist, anchor, enc, frame0, history))
-        frames, alphas, bounds = [], [], []
+        frames, alphas, bounds, react = [], [], [], []
         for w in range(n_win):
             base = self.first_base(frame0, history) if w == 0 else None
             z = None if latents is None else latents[:, w]
-            window, alpha = self.step(audio[:, w * W : (w + 1) * W], hist, enc[:, w], anchor, base, z)
+            extras: dict = {}
+            window, alpha = self.step(audio[:, w * W : (w + 1) * W], hist, enc[:, w], anchor, base, z, extras)
+            if "react_logit" in extras:
+                react.append(extras["react_logit"])
             if w == 0 and history is None:
                 window = torch.cat([frame0.unsqueeze(1), window[:, 1:]], dim=1)  # anchor frame 0
             bounds.append((hist[:, -2:], window[:, :2]))
@@ -773,6 +792,8 @@ class REALM(nn.Module):
         padded = torch.cat(frames, dim=1)  # (B, n_win * W, D): whole windows, before truncation to T
         aux = {"alpha": torch.cat(alphas, dim=1)[:, :T], "bounds": bounds, "waypoint": waypoint,
                "padded": padded, "padded_audio": audio}  # fmt: skip
+        if react:  # (S B, n_win): each window's logit of "a reaction starts here" (react_gate)
+            aux["react_logit"] = torch.stack(react, dim=1)
         return padded[:, :T], aux
 
     # -- refinement ----------------------------------------------------------------

@@ -50,7 +50,14 @@ from realm.data.clip import read_meta
 from realm.data.windows import WindowDataset, clip_features
 from realm.errors import check_choices
 from realm.io import write_json
-from realm.metrics import blink_rate, block_columns, event_onsets, fd_delta_per_clip, fd_per_clip
+from realm.metrics import (
+    blink_rate,
+    block_columns,
+    detect_events,
+    event_onsets,
+    fd_delta_per_clip,
+    fd_per_clip,
+)
 from realm.models.realm import REALM, REALMConfig, refine_prefix, refine_sequence
 from realm.motion import NormStats
 from realm.threads import cpu_attention
@@ -128,6 +135,10 @@ class TrainConfig:
     #   channels of a block: the joint distribution) or "channel" (each channel's W frames apart, the
     #   scores averaged: proper for each channel's window, not for their joint). A reaction moves a
     #   few of the 52 blendshapes; in one 832-value vector its spread is a small part of the norm
+    w_react: float = 1.0  # ours: weight of the reaction classifier's binary cross-entropy (models with
+    #   react_gate): each window's logit against whether the ground truth starts a reaction of
+    #   react_kinds in it (realm.metrics.detect_events on the de-normalised clip)
+    react_kinds: tuple[str, ...] = ("smile", "concern", "brow_raise", "nod")
     freeze: tuple[str, ...] = ()  # REALM modules kept fixed (dotted names, e.g. "audio_encoder",
     #   "fusion", "decoder.gate"; in stage 2 those under "refinement", e.g. "refinement.template").
     #   Ours: a fine-tune that adds the stochastic generator to a trained model keeps what it hears
@@ -168,6 +179,7 @@ class TrainConfig:
         if self.mean_rollout and self.coarse_loss != "energy":
             raise ValueError("mean_rollout is the zero-latent rollout beside the energy score's samples: set coarse_loss='energy'")
         self.energy_blocks = tuple(self.energy_blocks)
+        self.react_kinds = tuple(self.react_kinds)
         self.freeze = tuple(self.freeze)
         if self.max_minutes < 0:
             raise ValueError(f"max_minutes must be >= 0, got {self.max_minutes}")
@@ -488,10 +500,16 @@ class REALMLoss:
         alpha = aux["alpha"][..., 0]
         mS = mask.repeat(R, 1)
         out["gate"] = 1 - (alpha * mS).sum() / mS.sum().clamp(min=1)
+        if "react_logit" in aux and "react_labels" in aux:  # (R B, n) logits against (B, n) labels
+            logit, y = aux["react_logit"], aux["react_labels"].to(pred.device).repeat(R, 1)
+            valid = mask[:, :: self.W][:, : logit.shape[1]].float().repeat(R, 1)  # windows with a scored frame
+            bce = F.binary_cross_entropy_with_logits(logit.float(), y, reduction="none")
+            out["react"] = (bce * valid).sum() / valid.sum().clamp(min=1)
         c = self.cfg
         out["loss"] = (
             out["mse"] + c.w_energy * out.get("energy", 0) + c.w_vel * out.get("vel", 0)
             + c.w_boundary * out["boundary"] + c.w_waypoint * out.get("waypoint", 0) + c.w_gate * out["gate"]
+            + c.w_react * out.get("react", 0)
         )  # fmt: skip
         return out
 
@@ -601,7 +619,22 @@ class REALMTask(L.LightningModule):
             if self.cfg.mean_rollout:
                 latents[S * B :] = 0
         motion, aux = self.model.rollout(a, frame0=f0, latents=latents, samples=R)  # (R B, T, D)
+        if "react_logit" in aux:
+            aux["react_labels"] = self.react_labels(batch["motion"], aux["react_logit"].shape[1])
         return self.loss(motion, batch["motion"], batch["mask"], aux)
+
+    def react_labels(self, motion: torch.Tensor, n: int) -> torch.Tensor:
+        """(B, n) 1 where the ground truth starts a reaction of ``react_kinds`` in window w, else 0:
+        the react_gate classifier's labels, from the de-normalised clips' detected events."""
+        if self.stats is None:
+            raise RuntimeError("react_gate's labels need the motion stats (task.stats)")
+        W = self.model.config.window
+        y = np.zeros((motion.shape[0], n), np.float32)
+        for b, x in enumerate(motion.detach().float().cpu().numpy()):
+            for e in detect_events(self.stats.invert(x), self.model.spec, self.model.spec.fps, list(self.cfg.react_kinds)):
+                if e["frame"] // W < n:
+                    y[b, e["frame"] // W] = 1.0
+        return torch.from_numpy(y)
 
     # -- stage 2
     def _stage2_batch(self, batch) -> dict:
@@ -736,7 +769,7 @@ class REALMTask(L.LightningModule):
 
 #: Coarse-model fields a stage-1 retraining from ``--init`` takes from the command: additions to
 #: the init run's architecture, whose new parameters start from their initialisation.
-COARSE_ADDED_FIELDS = ("latent_dim", "latent_gate", "rest_leak", "rest_leak_init")
+COARSE_ADDED_FIELDS = ("latent_dim", "latent_gate", "react_gate", "rest_leak", "rest_leak_init")
 #: REALMConfig fields of the refinement: the ones a run started from another run (``init``) takes
 #: from the command instead of from that run, since stage 2 retrains the refinement.
 REFINE_FIELDS = ("use_refinement", "refine_dim", "refine_ff", "refine_block", "refine_mode", "refine_context",
@@ -861,6 +894,7 @@ def _train_realm(cfg: TrainConfig, model_cfg: REALMConfig, out, resume: bool, pr
         # and data do not depend on what ran before in this process (a resumed run skips that)
         seed_all(seed_key(cfg.seed, stage))
         task = REALMTask(model_cfg.to_dict(), jsonable(asdict(cfg)), stage)
+        task.stats = prep.stats  # de-normalises clips: stage 2's events and scores, react_gate's labels
         best1 = prev_best or state.get("best1")
         if stage == 2 and best1 is not None:
             task.model.load_state_dict(best_model_state(best1), strict=False)
