@@ -99,6 +99,7 @@ def profile_realm(tcfg, mcfg, steps: int = 5, top: int = 15) -> str:
     prep = prepare_data(tcfg)
     mcfg.spec, mcfg.audio_dim = prep.spec, prep.audio_dim
     task = REALMTask(mcfg.to_dict(), jsonable(asdict(tcfg)), 1)
+    task.stats = prep.stats  # de-normalises clips (react_gate's labels)
     opt = torch.optim.AdamW(task.model.parameters(), lr=1e-3)
     loader = torch.utils.data.DataLoader(prep.train, batch_size=tcfg.batch_size, shuffle=True, drop_last=True)
     batches = [b for _, b in zip(range(steps + 1), loader, strict=False)]

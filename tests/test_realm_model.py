@@ -475,6 +475,13 @@ def test_the_reaction_gate_scales_the_latent_by_its_classifier_and_learns_from_t
         REALMConfig(spec="arkit58", audio_dim=20, react_gate=True)  # no latent to scale
     with pytest.raises(ValueError, match="react_gate"):
         REALMConfig(spec="arkit58", audio_dim=20, latent_dim=4, react_gate=True, latent_gate=True)
+    from realm.train import _check_react_kinds
+
+    with pytest.raises(ValueError, match="no detector"):
+        TrainConfig(react_kinds=("smiles",))
+    with pytest.raises(ValueError, match="none of"):  # vico70 has no smile channels: nothing to learn from
+        _check_react_kinds(("smile", "concern"), "vico70")
+    _check_react_kinds(("smile", "nod"), "vico70")  # the nods are labelled (the smiles skipped, with a warning)
     torch.manual_seed(0)
     kw = dict(spec="arkit58", audio_dim=20, d_model=32, ff_dim=64, latent_dim=4, zero_init_heads=False, dropout=0.0)
     plain, gated = REALM(REALMConfig(**kw)).eval(), REALM(REALMConfig(**kw, react_gate=True)).eval()

@@ -70,7 +70,7 @@ FRAMES_PER_TOKEN = 8
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 NEUTRAL = "neutral"
 #: IDVQ size of our runs (the class default is LM-Listener's 512 wide; 256 keeps CPU training practical)
-RUN_VQ = {"width": 256, "code_dim": 256, "codes": 256}
+RUN_VQ = {"width": 256, "code_dim": 256, "codes": 256, "edge_tokens": 2}
 
 
 @dataclass

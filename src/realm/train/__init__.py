@@ -51,6 +51,7 @@ from realm.data.windows import WindowDataset, clip_features
 from realm.errors import check_choices
 from realm.io import write_json
 from realm.metrics import (
+    DETECTORS,
     blink_rate,
     block_columns,
     detect_events,
@@ -180,6 +181,9 @@ class TrainConfig:
             raise ValueError("mean_rollout is the zero-latent rollout beside the energy score's samples: set coarse_loss='energy'")
         self.energy_blocks = tuple(self.energy_blocks)
         self.react_kinds = tuple(self.react_kinds)
+        unknown = [k for k in self.react_kinds if k not in DETECTORS]
+        if unknown:
+            raise ValueError(f"react_kinds: no detector for {unknown} (known: {', '.join(DETECTORS)})")
         self.freeze = tuple(self.freeze)
         if self.max_minutes < 0:
             raise ValueError(f"max_minutes must be >= 0, got {self.max_minutes}")
@@ -870,6 +874,8 @@ def _train_realm(cfg: TrainConfig, model_cfg: REALMConfig, out, resume: bool, pr
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     prep = prepare_data(cfg, stats=init_stats)
     model_cfg.spec, model_cfg.audio_dim = prep.spec, prep.audio_dim
+    if model_cfg.react_gate and 1 in cfg.stages:
+        _check_react_kinds(cfg.react_kinds, prep.spec)
     if resume and state_path.exists():
         saved = state.get("model")
         if saved and saved != model_cfg.to_dict():
@@ -943,6 +949,28 @@ def _train_realm(cfg: TrainConfig, model_cfg: REALMConfig, out, resume: bool, pr
         state["done"].append(stage)
         write_json(state_path, state)  # atomically, after the export: a stage is done once exported
     return results
+
+
+def _check_react_kinds(kinds: tuple[str, ...], spec) -> None:
+    """react_gate's labels come from detectors of named channels: refuse a spec where none of ``kinds``
+    can be detected (the classifier would learn p = 0 and remove the latent), warn for each kind skipped."""
+    from realm.motion import get_spec
+
+    spec = get_spec(spec)
+
+    def has(kind: str) -> bool:
+        try:
+            return all(spec.channel(c) is not None for c in DETECTORS[kind].channels)
+        except KeyError:
+            return False
+
+    usable = [k for k in kinds if has(k)]
+    if not usable:
+        raise ValueError(f"react_gate: the spec {spec.name!r} has the channels of none of {list(kinds)}: "
+                         "no reaction onsets to learn from")  # fmt: skip
+    for k in kinds:
+        if k not in usable:
+            log.warning("react_gate: the spec %s lacks the channels of %r; its onsets are not labelled", spec.name, k)
 
 
 def _export_best(out, best, model_cfg, prep, cfg, stage, results, command):
