@@ -135,7 +135,7 @@ def main() -> None:
             gt = clip.samples()[0]
             x = torch.from_numpy(run.stats.apply(gt).astype("float32"))[None]
             with torch.inference_mode():
-                yield run.stats.invert(vq.decode(vq.encode(x), x, len(gt))[0].numpy())
+                yield run.stats.invert(vq.restyle(x, x)[0].numpy())  # its tokens decoded, itself the reference
 
         score(f"*ground truth's tokens decoded ({args.decoded})*", (decoded(c) for c in clips), run.spec, run.spec.fps)
     for spec_ in args.model:

@@ -753,14 +753,22 @@ def detect_events(motion: np.ndarray, spec: str | MotionSpec = "arkit58", fps: f
     x = np.asarray(motion, np.float64)
     out = []
     for kind in kinds or DETECTORS:
-        det = DETECTORS[kind]
-        try:
-            cols = [spec.channel(c) for c in det.channels]
-        except KeyError:
+        cols = detector_columns(kind, spec)
+        if cols is None:
             continue
-        for f in _rise_onsets(x[:, cols].mean(1), det, fps):
+        for f in _rise_onsets(x[:, cols].mean(1), DETECTORS[kind], fps):
             out.append({"kind": kind, "frame": f})
     return sorted(out, key=lambda e: (e["frame"], e["kind"]))
+
+
+def detector_columns(kind: str, spec: str | MotionSpec) -> list[int] | None:
+    """The columns of ``spec`` that the detector of ``kind`` reads; None when the spec lacks one of them
+    (:func:`detect_events` then skips the kind)."""
+    spec = get_spec(spec)
+    try:
+        return [spec.channel(c) for c in DETECTORS[kind].channels]
+    except KeyError:
+        return None
 
 
 def detect_blinks(motion: np.ndarray, spec: str | MotionSpec = "arkit58", fps: float = 30.0) -> list[dict]:

@@ -55,6 +55,7 @@ from realm.metrics import (
     blink_rate,
     block_columns,
     detect_events,
+    detector_columns,
     event_onsets,
     fd_delta_per_clip,
     fd_per_clip,
@@ -811,7 +812,6 @@ def _stage2_data(task: REALMTask, prep: Prepared, cfg: TrainConfig):
     spec, fps = task.model.spec, task.model.spec.fps
     gt = [prep.stats.invert(c.motion) for c in val]
     rate = blink_rate(gt, spec, fps)
-    task.stats = prep.stats
     task.val_reference = {"coarse": refinement_scores([prep.stats.invert(c.coarse) for c in val], gt, spec, fps),
                           "gt_blink_rate": float("nan") if rate is None else rate}  # fmt: skip
     log.info("stage 2: %d training items, event onsets per frame %s, coarse model on val: %s", len(train), rates,
@@ -957,14 +957,7 @@ def _check_react_kinds(kinds: tuple[str, ...], spec) -> None:
     from realm.motion import get_spec
 
     spec = get_spec(spec)
-
-    def has(kind: str) -> bool:
-        try:
-            return all(spec.channel(c) is not None for c in DETECTORS[kind].channels)
-        except KeyError:
-            return False
-
-    usable = [k for k in kinds if has(k)]
+    usable = [k for k in kinds if detector_columns(k, spec) is not None]
     if not usable:
         raise ValueError(f"react_gate: the spec {spec.name!r} has the channels of none of {list(kinds)}: "
                          "no reaction onsets to learn from")  # fmt: skip
