@@ -15,6 +15,9 @@ and matched one-to-one within +-0.5 s:
 * ``no cue``: against the reactions to uncued triggers only, detections matching a cued reaction
   counting neither way (``match_events``'s ``ignore``): smile and concern pooled.
 
+A second table gives every model's event F1 for each kind the detectors know (smile, concern,
+brow raise, nod, blink; ``realm.metrics.event_f1``, every reaction of the kind, cued or not).
+
 Words: the dataset's transcripts (as ``realm eval`` gives them). Prints a Markdown table, the machine
 and the command. Its first row, *another realisation*, scores the dataset's second listener
 realisation of each clip against the first one's reactions: a listener drawn from the very process
@@ -60,7 +63,7 @@ def main() -> None:
 
     import realm
     from realm.data import load_any
-    from realm.metrics import detect_events, false_alarms, match_events, prf
+    from realm.metrics import EVENT_KINDS, detect_events, event_f1, false_alarms, match_events, prf
 
     clips = [c for c in load_any(args.data, splits=args.split) if c.events]
     truth = []  # per clip: {kind: (cued frames, uncued frames, frames of reactions with no visible onset)}
@@ -84,7 +87,7 @@ def main() -> None:
           + ", ".join(f"{k} {a} + {b}" for k, (a, b) in n.items()) + "\n")
     print("| model | smile F1 | concern F1 | uncued smile + concern: F1 | recall | precision |")
     print("|---|---:|---:|---:|---:|---:|")
-    why_rows = []
+    why_rows, kind_rows = [], []
 
     def why(alarm: int, kind: str, ctx, fps: float) -> str:
         """What lies around one uncued false alarm of ``kind`` at frame ``alarm`` (see ``--why``)."""
@@ -107,8 +110,12 @@ def main() -> None:
         counts = {k: [0, 0, 0] for k in KINDS}
         nocue = [0, 0, 0]
         causes: dict[str, int] = {}
-        for motion, t, ctx in zip(motions, truth, context, strict=True):
+        every = {k: [0, 0, 0] for k in EVENT_KINDS}
+        for motion, t, ctx, clip in zip(motions, truth, context, clips, strict=True):
             for x in motion:
+                for k, v in event_f1(x, clip.events["reactions"], spec, fps, TOL_S)["per_kind"].items():
+                    for i, key in enumerate(("tp", "fp", "fn")):
+                        every[k][i] += v[key]
                 found = detect_events(x, spec, fps, list(KINDS))
                 for k in KINDS:
                     det = [e["frame"] for e in found if e["kind"] == k]
@@ -124,6 +131,7 @@ def main() -> None:
         r = prf(*nocue)
         print(f"| {name} | {f['smile']:.3f} | {f['concern']:.3f} | {r['f1']:.3f} | {r['recall']:.3f} | {r['precision']:.3f} |")
         why_rows.append((name, r["tp"], causes))
+        kind_rows.append((name, {k: prf(*c)["f1"] for k, c in every.items()}))
 
     if all(c.samples().shape[0] > 1 for c in clips):  # the reference: the process that made the data
         score("*another realisation (reference)*", [c.samples()[1:] for c in clips], clips[0].spec, clips[0].fps)
@@ -145,6 +153,11 @@ def main() -> None:
         how = how if how and "temperature" in lis.sample_options else {}
         gen = (lis.generate(c.audio_path, words=c.words, samples=args.samples, seed=args.seed, **how) for c in clips)
         score(name, gen, lis.spec, lis.fps)
+    print("\nEvent F1 of every kind (``realm.metrics.event_f1``: all reactions of the kind, cued or not, +-0.5 s):\n")
+    print("| model | " + " | ".join(EVENT_KINDS) + " |")
+    print("|---|" + "---:|" * len(EVENT_KINDS))
+    for name, f1 in kind_rows:
+        print(f"| {name} | " + " | ".join(f"{f1[k]:.3f}" for k in EVENT_KINDS) + " |")
     if args.why:
         names = ("near a true one", "other emotion", "let pass", "neutral phrase", "nothing")
         print("\nUncued false alarms by what lies around them (``--why``); hits for scale:\n")

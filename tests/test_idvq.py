@@ -228,6 +228,27 @@ def test_the_decoder_reads_copies_of_the_end_tokens_beyond_each_end():
         edge, zero = (first - middle).abs().mean(), (plain.decode(run, ref)[0, :8] - middle).abs().mean()
         assert edge < 0.7 * zero, (edge, zero)
 
+def test_the_reference_std_is_floored_as_the_input_instance_norm_is():
+    """ref_stats de-standardises with max(std_t ref, in_floor), the inverse of the input's instance norm:
+    a reference channel that does not move (a listener showing no concern in those seconds) scales the
+    decoded content by the floor instead of erasing it (and a decoder trained on such references need
+    not output huge values to show one); channels whose std is above the floor are as before."""
+    torch.manual_seed(0)
+    m = IDVQ(IDVQConfig(**TINY, in_floor=0.5)).eval()
+    raw = IDVQ(IDVQConfig(**TINY, in_floor=0.5, ref_stats=False)).eval()
+    raw.load_state_dict(m.state_dict())
+    ref, tok = torch.randn(1, 90, D), torch.randint(0, TINY["codes"], (1, 6))
+    ref[..., 0] = 0.3  # a constant channel
+    ref[..., 1] = 0.1 * ref[..., 1]  # moves, below the floor
+    ref[..., 2] = 3.0 * ref[..., 2]  # above it
+    with torch.no_grad():
+        out, y = m.decode(tok, ref), raw.decode(tok, ref)
+    assert y[0, :, 0].std() > 0.01  # there is content to show
+    torch.testing.assert_close(out[..., 0], 0.3 + 0.5 * y[..., 0])
+    torch.testing.assert_close(out[..., 1], ref[..., 1].mean() + 0.5 * y[..., 1])
+    torch.testing.assert_close(out[..., 2], ref[..., 2].mean() + ref[..., 2].std(unbiased=False) * y[..., 2])
+
+
 def test_bad_inputs():
     m = IDVQ(IDVQConfig(**TINY)).eval()
     with pytest.raises(ValueError, match="60 frames"):

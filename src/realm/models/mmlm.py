@@ -69,8 +69,10 @@ log = logging.getLogger(__name__)
 FRAMES_PER_TOKEN = 8
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 NEUTRAL = "neutral"
-#: IDVQ size of our runs (the class default is LM-Listener's 512 wide; 256 keeps CPU training practical)
-RUN_VQ = {"width": 256, "code_dim": 256, "codes": 256, "edge_tokens": 2}
+#: IDVQ of our runs: 256 wide (the class default is LM-Listener's 512; 256 keeps CPU training practical);
+#: an instance-norm floor of 1.0 (the class default 1e-3 loses brow raises and scales drift up to reactions:
+#: docs/mmlm.md "The tokenizer's floor"; runs saved without it keep 1e-3)
+RUN_VQ = {"width": 256, "code_dim": 256, "codes": 256, "edge_tokens": 2, "in_floor": 1.0}
 
 
 @dataclass
