@@ -107,7 +107,6 @@ def main() -> None:
 
     def score(name: str, motions, spec, fps: float) -> None:
         """Print the row of ``motions``: per clip, an iterable of (T, D) realisations or samples."""
-        counts = {k: [0, 0, 0] for k in KINDS}
         nocue = [0, 0, 0]
         causes: dict[str, int] = {}
         every = {k: [0, 0, 0] for k in EVENT_KINDS}
@@ -119,19 +118,17 @@ def main() -> None:
                 found = detect_events(x, spec, fps, list(KINDS))
                 for k in KINDS:
                     det = [e["frame"] for e in found if e["kind"] == k]
-                    cued, uncued, hidden = t[k]
-                    for i, v in enumerate(match_events(det, cued + uncued, TOL_S * fps, ignore=hidden)):
-                        counts[k][i] += v
+                    cued, uncued, hidden = t[k]  # (smile / concern F1 over all of them: event_f1's, above)
                     for i, v in enumerate(match_events(det, uncued, TOL_S * fps, ignore=cued + hidden)):
                         nocue[i] += v
                     for a in false_alarms(det, uncued, TOL_S * fps, ignore=cued + hidden):
                         cause = why(a, k, ctx, fps)
                         causes[cause] = causes.get(cause, 0) + 1
-        f = {k: prf(*counts[k])["f1"] for k in KINDS}
+        f = {k: prf(*c)["f1"] for k, c in every.items()}
         r = prf(*nocue)
         print(f"| {name} | {f['smile']:.3f} | {f['concern']:.3f} | {r['f1']:.3f} | {r['recall']:.3f} | {r['precision']:.3f} |")
         why_rows.append((name, r["tp"], causes))
-        kind_rows.append((name, {k: prf(*c)["f1"] for k, c in every.items()}))
+        kind_rows.append((name, f))
 
     if all(c.samples().shape[0] > 1 for c in clips):  # the reference: the process that made the data
         score("*another realisation (reference)*", [c.samples()[1:] for c in clips], clips[0].spec, clips[0].fps)

@@ -4,9 +4,8 @@
 
 RUN: an idvq run (``realm train idvq``) or an mmlm run (its tokenizer). For every clip of the split
 (its first listener realisation), the motion is encoded and decoded with the clip itself as the
-identity reference. An mmlm run with the blink channel is decoded the way its two outputs can
-express it: the tokens of the deblinked motion (what its tokenizer learned) plus its blink template at
-the ground truth's onsets. The events the detectors find (``realm.metrics.detect_events``: smile,
+identity reference (``realm.models.mmlm.restyle``: an mmlm run with the blink channel through both of
+its outputs, the tokens of the deblinked motion plus its blink template at the ground truth's onsets). The events the detectors find (``realm.metrics.detect_events``: smile,
 concern, brow raise, nod, blink) in the decoding are matched one-to-one within +-``--tol-s`` to the
 ones they find in the ground truth (``realm.metrics.match_events``; blinks within +-0.1 s). A
 decoding that makes a rise the data does not have is a false alarm every listener built on those
@@ -27,33 +26,6 @@ KINDS = ("smile", "concern", "brow_raise", "nod", "blink")
 BLINK_TOL_S = 0.1
 
 
-def decoder(run):
-    """(T, D) raw ground truth -> (T, D) raw motion from its own tokens (the clip itself as reference)."""
-    from realm.models.mmlm import FRAMES_PER_TOKEN, blink_classes, blink_spans, deblink
-
-    m = run.model
-    vq = getattr(m, "vq", m)
-    blinks = getattr(m, "blinks", False)
-    spec = run.spec
-    lids = [spec.channel(c) for c in ("eyeBlinkLeft", "eyeBlinkRight")] if blinks else []
-
-    def norm(x):
-        return torch.from_numpy(run.stats.apply(x).astype(np.float32))[None]
-
-    def decode(gt: np.ndarray) -> np.ndarray:
-        T = len(gt)
-        with torch.inference_mode():
-            ref = norm(gt)
-            if not blinks:
-                return run.stats.invert(vq.decode(vq.encode(ref), ref, T)[0].numpy())
-            spans = blink_spans(gt, spec, spec.fps)
-            dec = vq.decode(vq.encode(norm(deblink(gt, spans, lids))), ref, T)
-            dec = m.add_blinks(dec, torch.from_numpy(blink_classes(spans, -(-T // FRAMES_PER_TOKEN)))[None])
-            return run.stats.invert(dec[0].numpy())
-
-    return decode
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True)
@@ -66,6 +38,7 @@ def main() -> None:
     import realm
     from realm.data import load_any
     from realm.metrics import DETECTORS, detect_events, match_events, prf
+    from realm.models.mmlm import restyle
 
     clips = [c for c in load_any(args.data, splits=args.split)]
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread")
@@ -78,12 +51,12 @@ def main() -> None:
     for spec_ in args.checkpoint:
         name, _, path = spec_.partition("=")
         run = realm.load(path or name)
-        decode, spec, fps = decoder(run), run.spec, run.spec.fps
+        spec, fps = run.spec, run.spec.fps
         counts = {k: [0, 0, 0] for k in KINDS}
         err, n_err = {k: 0.0 for k in KINDS[:4]}, 0
         for clip in clips:
             gt = clip.samples()[0]
-            dec = decode(gt)
+            dec = restyle(run, gt, gt)
             truth, found = detect_events(gt, spec, fps, KINDS), detect_events(dec, spec, fps, KINDS)
             for k in KINDS:
                 tol = (BLINK_TOL_S if k == "blink" else args.tol_s) * fps

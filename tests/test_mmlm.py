@@ -150,6 +150,29 @@ def test_deblinking_removes_the_blinks_and_nothing_else_and_the_channel_puts_the
     assert MMLMConfig.from_saved({}).blink_channel is False and MMLMConfig.from_dict({}).blink_channel  # older runs: none
 
 
+def test_restyle_of_a_blink_channel_run_keeps_the_blinks():
+    """`realm restyle` with an mmlm run that has the blink channel goes through both of its outputs: the
+    tokens of the deblinked motion and the template at the motion's blink onsets (tokens alone lose them)."""
+    from types import SimpleNamespace
+
+    from realm.metrics import detect_blinks
+    from realm.models.mmlm import blink_template, restyle
+    from realm.motion import NormStats
+
+    raw, spec = _blinking()
+    stats = NormStats.fit([raw], "arkit58")
+    torch.manual_seed(0)
+    m = MMLM(MMLMConfig(spec="arkit58", audio_dim=4, emotions=["neutral"], dim=16, layers=1, heads=2, audio_hidden=8,
+                        vq=TINY_VQ)).eval()  # fmt: skip
+    m.blink_template.copy_(torch.from_numpy(blink_template([SimpleNamespace(samples=lambda: raw[None])], stats, spec,
+                                                           m.config.blink_frames)))  # fmt: skip
+    run = SimpleNamespace(model=m, spec=spec, stats=stats, path="run")
+    onsets = [b["frame"] for b in detect_blinks(raw, spec)]
+    assert [b["frame"] for b in detect_blinks(restyle(run, raw, raw), spec)] == onsets
+    m.blinks = False  # the tokens alone: an untrained tokenizer, no blink
+    assert detect_blinks(restyle(run, raw, raw), spec) == []
+
+
 # ---------------------------------------------------------------- words reach the prediction
 
 

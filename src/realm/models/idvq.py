@@ -49,10 +49,10 @@ Choices (ours):
   decoding, measured). The default 1e-3 scales a channel that does not move in a clip (mouthFrown
   where the listener shows no concern) up to the size of a reaction. 1.0 (a channel is scaled only
   where it moves as much as over the whole data) was measured on the 2 h language set (one run each,
-  docs/mmlm.md "The tokenizer's floor"): brow raises kept (decoded F1 0 -> 0.80; generated 0 ->
+  docs/mmlm.md "The tokenizer's floor"): brow raises kept (decoded F1 0 -> 0.81; generated 0 ->
   0.56-0.64), the listener's expressivity better restored and SmolLM2's reactions to unseen words
   better (uncued F1 0.431 -> 0.486), at the price of more false smile and concern rises in the
-  decoded ground truth (90 -> 154). New runs use it (``realm.models.mmlm.RUN_VQ``); the class
+  decoded ground truth (86 -> 139). New runs use it (``realm.models.mmlm.RUN_VQ``); the class
   default stays 1e-3, so runs saved without the field decode as they were trained.
 - **Training reference**: another clip of the same listener when identities are known (as the
   training run picks it), else the clip itself; :meth:`IDVQ.forward` defaults to the clip itself.

@@ -880,17 +880,29 @@ def load_vq_weights(vq: IDVQ, run: str | Path) -> None:
 
 def restyle(run, motion: np.ndarray, identity_ref: np.ndarray) -> np.ndarray:
     """Motion (T, D) of a loaded idvq or mmlm run (``realm.load``), re-decoded with ``identity_ref`` (Tr, D):
-    same tokens (content), the reference's style. De-normalised, clamped to the spec's ranges."""
+    same tokens (content), the reference's style. De-normalised, clamped to the spec's ranges. An mmlm
+    run with the blink channel goes through both of its outputs: the tokens of the deblinked motion (what
+    its tokenizer learned) and its blink template at the motion's blink onsets (the tokens alone lose
+    every blink, docs/mmlm.md)."""
     from realm.errors import RealmInputError
 
     vq = getattr(run.model, "vq", None)
     if not isinstance(vq, IDVQ):
         raise RealmInputError(run.path, "restyle needs an idvq or mmlm run (a model with an IDVQ tokenizer)")
     spec = run.spec
-    x = torch.from_numpy(run.stats.apply(spec.validate(np.asarray(motion, np.float32), "motion")).astype(np.float32))[None]
+    raw = spec.validate(np.asarray(motion, np.float32), "motion")
+    x = torch.from_numpy(run.stats.apply(raw).astype(np.float32))[None]
     r = torch.from_numpy(run.stats.apply(spec.validate(np.asarray(identity_ref, np.float32), "identity_ref")).astype(np.float32))[None]
     if r.shape[1] < vq.config.min_ref_frames:
         raise RealmInputError("identity_ref", f"needs >= {vq.config.min_ref_frames} frames (2 s), got {r.shape[1]}")
+    m = run.model
     with torch.inference_mode():
-        y = vq.restyle(x, r)[0].numpy()
+        if getattr(m, "blinks", False):
+            spans = blink_spans(raw, spec, spec.fps)
+            flat = torch.from_numpy(run.stats.apply(deblink(raw, spans, m.blink_channels)).astype(np.float32))[None]
+            T = x.shape[1]
+            y = vq.decode(vq.encode(flat), r, T)
+            y = m.add_blinks(y, torch.from_numpy(blink_classes(spans, -(-T // FRAMES_PER_TOKEN)))[None])[0].numpy()
+        else:
+            y = vq.restyle(x, r)[0].numpy()
     return spec.clamp(run.stats.invert(y).astype(np.float32))
