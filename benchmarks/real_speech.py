@@ -32,7 +32,8 @@ clip's audio; and the checkpoint on those clips' audio. Then the issue's targets
 concern events on real speech (jfk, espeak) at most 2x the ground truth's rate; nods after pauses
 kept down to 10 dB SNR (at 30, 20 and 10 dB at least half the clean count); blinks on real and
 clean speech (jfk, espeak, clean passage) within 30 % of the ground truth's rate; drift first->last
-third under 0.1 on every input.
+third under 0.1 on every input; in ``--seconds`` of digital silence at most 1 smile and 1 concern
+event a minute (the synthetic listeners make none in a silence: `benchmarks/react_gate.py --data`).
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def jfk(seconds: float) -> np.ndarray:
 
 
 def make_inputs(seconds: float, sweep_on: str = "piper", seed: int = 0, snrs=SNRS, log=print) -> dict:
-    """name -> (audio, clean audio for the pauses, group): jfk, espeak (if installed), the SNR sweep."""
+    """name -> (audio, clean audio for the pauses, group): jfk, espeak (if installed), the SNR sweep, silence."""
     from realm.data.channel import add_noise, pink_noise
     from realm.data.speech import EspeakBackend, PiperBackend, espeak_available
 
@@ -101,6 +102,7 @@ def make_inputs(seconds: float, sweep_on: str = "piper", seed: int = 0, snrs=SNR
         else:
             noise = pink_noise(len(base), np.random.default_rng([seed, 16, int(snr * 10)]))
             inputs[name] = (add_noise(base, noise, snr), base, "sweep")
+    inputs["silence"] = (np.zeros(int(seconds * SR), np.float32), None, "silence")
     return inputs
 
 
@@ -186,6 +188,12 @@ def targets(rows: list[dict]) -> list[dict]:
     out.append({"target": "blinks within 30 % of the ground truth's rate",
                 "pass": bool(dev) and all(abs(d) <= 0.3 for _, d in dev),
                 "measured": ", ".join(f"{n} {100 * d:+.0f} %" for n, d in dev) + f" (ground truth {gt['blinks_pm']:.1f}/min)"})  # fmt: skip
+    quiet = [r for r in rows if r["group"] == "silence"]
+    if quiet:  # the synthetic listeners make none in silence (their long silences: benchmarks/react_gate.py --data)
+        out.append({"target": "in silence at most 1 smile and 1 concern event a minute",
+                    "pass": all(r["smiles_pm"] <= 1.0 and r["concern_pm"] <= 1.0 for r in quiet),
+                    "measured": ", ".join(f"{r['input']}: smiles {r['smiles_pm']:.1f}/min, concern {r['concern_pm']:.1f}/min"
+                                          for r in quiet)})  # fmt: skip
     model = [r for r in rows if r["group"] != "gt"]
     worst = max(model, key=lambda r: r["drift"])
     out.append({"target": "expression drift first->last third < 0.1",

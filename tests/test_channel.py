@@ -369,13 +369,20 @@ def test_real_speech_benchmark_core(clean):
     speech = bench.jfk(4.0)
     inputs = {"jfk": (speech, None, "real"), "jfk clean": (speech, None, "sweep")}
     inputs["jfk 10 dB"] = (add_noise(speech, pink_noise(len(speech), np.random.default_rng(0)), 10.0), speech, "sweep")
+    inputs["silence"] = (np.zeros_like(speech), None, "silence")
     rows = bench.measure(ReplayListener(c0.samples()), inputs, [(a0, c0.samples())], samples=2, log=lambda *a: None)
     assert [r["input"] for r in rows] == ["ground truth (synthetic test)", "model on synthetic test", *inputs]
     for k in ("blinks_pm", "nods_after_pause_pm", "smiles_pm", "pitch_range_deg", "drift"):  # computed the same way
         assert rows[1][k] == pytest.approx(rows[0][k])
-    assert rows[-1]["pauses"] == rows[-2]["pauses"]  # pauses of the clean audio
+    assert rows[-2]["pauses"] == rows[-3]["pauses"]  # pauses of the clean audio
     goals = bench.targets(rows)
-    assert len(goals) == 4 and all(isinstance(g["pass"], bool) for g in goals)
+    assert len(goals) == 5 and all(isinstance(g["pass"], bool) for g in goals)
+    # the silence target reads the silence row: a listener smiling 3 times a minute in silence fails it
+    quiet = {g["target"]: g for g in goals}["in silence at most 1 smile and 1 concern event a minute"]
+    rows[-1]["smiles_pm"], rows[-1]["concern_pm"] = 0.0, 0.0
+    assert {g["target"]: g for g in bench.targets(rows)}[quiet["target"]]["pass"] is True
+    rows[-1]["smiles_pm"] = 3.0
+    assert {g["target"]: g for g in bench.targets(rows)}[quiet["target"]]["pass"] is False
     assert "| jfk 10 dB |" in bench.table(rows)
 
 

@@ -496,6 +496,22 @@ def test_the_reaction_gate_scales_the_latent_by_its_classifier_and_learns_from_t
         torch.nn.init.zeros_(gated.decoder.react[-1].weight)
         torch.testing.assert_close(gated.rollout(audio, f0, latents=z)[0], plain.rollout(audio, f0, latents=z)[0])
         assert gated.rollout(audio, f0, latents=z, samples=1)[1]["react_logit"].shape == (1, 3)
+        # react_floor: the latent scaled by floor + (1 - floor) p. With p = 0 and floor f, the samples are
+        # the ungated model's with the latent times f (the decoder adds Linear(z) f to its queries)
+        torch.nn.init.constant_(gated.decoder.react[-1].bias, -30.0)
+        gated.config.react_floor = 1.0  # the gate open
+        torch.testing.assert_close(gated.rollout(audio, f0, latents=z)[0], plain.rollout(audio, f0, latents=z)[0])
+        gated.config.react_floor = 0.4
+        lin = plain.decoder.latent
+        scaled = REALM(REALMConfig(**kw)).eval()
+        scaled.load_state_dict(plain.state_dict())
+        scaled.decoder.latent.weight.mul_(0.4)
+        scaled.decoder.latent.bias.copy_(lin.bias * 0.4)
+        torch.testing.assert_close(gated.rollout(audio, f0, latents=z)[0], scaled.rollout(audio, f0, latents=z)[0])
+        assert 1e-6 < float(spread(gated)) < float(spread(plain))
+        gated.config.react_floor = 0.0
+    with pytest.raises(ValueError, match="react_floor"):
+        REALMConfig(**kw, react_gate=True, react_floor=1.5)
 
     # labels: a smile starting at frame 40 of a 64-frame clip (window 2 of 4); stats that de-normalise it
     spec = get_spec("arkit58")

@@ -212,3 +212,37 @@ def test_shared_templates_leave_only_the_emotional_word_to_tell_positive_from_ne
     default = skeletons(False)  # the benchmark's templates: some only ever carry one emotion
     assert default["positive"] != default["negative"]
     assert not any("storm" in t for t in SHARED_TEMPLATES) and any("storm" in t for t in TEMPLATES["negative"])
+
+
+def test_long_pause_fraction_makes_long_silences_where_the_listener_rests():
+    """--long-pause-fraction: that fraction of the gaps between phrases are long_pause_seconds of silence;
+    the audio is silent there and, once a reaction begun before it has decayed, the listener's smile and
+    frown are at rest. At 0 every gap is the benchmark's 0.2-1.0 s."""
+    import tempfile
+    from pathlib import Path
+
+    def gaps(clip):  # seconds between consecutive phrases
+        ph = clip.events["phrases"]
+        return [(a["end"], b["start"]) for a, b in zip(ph, ph[1:], strict=False)]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        kw = dict(hours=0.02, seed=5, backend="formant", clip_seconds=(14.0, 16.0))
+        generate(SynthConfig(**kw), Path(tmp) / "plain")
+        generate(SynthConfig(**kw, long_pause_fraction=1.0, long_pause_seconds=(4.0, 5.0)), Path(tmp) / "long")
+        plain, long = load_dataset(Path(tmp) / "plain"), load_dataset(Path(tmp) / "long")
+        assert all(0.2 <= b - a <= 1.0 + 1e-6 for c in plain for a, b in gaps(c))
+        spans = [(c, a, b) for c in long for a, b in gaps(c)]
+        assert spans and all(4.0 - 1e-6 <= b - a <= 5.0 + 1e-6 for _, a, b in spans)
+        frown = [SPEC.channel("mouthFrownLeft"), SPEC.channel("browInnerUp")]
+        for c, a, b in spans:
+            import soundfile as sf
+
+            y, sr = sf.read(c.audio_path)
+            assert np.abs(y[int((a + 0.05) * sr) : int((b - 0.05) * sr)]).max() < 1e-6  # silence
+            f0, f1 = int(round((a + 3.0) * 30)), int(round(b * 30))  # 3 s after the last word: reactions decayed
+            for x in c.samples():
+                for ch in [SMILE, *frown]:
+                    rest = np.percentile(x[:, ch], 10)
+                    assert x[f0:f1, ch].max() < rest + 0.05, (c.clip_id, ch)
+    with pytest.raises(ValueError, match="long-pause"):
+        SynthConfig(long_pause_seconds=(5.0, 2.0))

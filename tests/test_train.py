@@ -200,8 +200,18 @@ def test_frozen_modules_do_not_move_in_stage_1(synth_dir, tmp_path):
     trained = {n for n, p in before.model.named_parameters() if p.requires_grad}
     assert not any(n.startswith(("fusion.", "decoder.gate.", "refinement.")) for n in trained)
     assert any(n.startswith("decoder.decoder.") for n in trained) and any(n.startswith("audio_encoder.") for n in trained)
-    with pytest.raises(ValueError, match="freeze: REALM has no module 'fusoin'"):
+    with pytest.raises(ValueError, match="freeze: REALM has no module or parameter 'fusoin'"):
         REALMTask(REALMConfig(**TINY).to_dict(), TrainConfig(data="d", freeze=("fusoin",)).__dict__, 1)
+    # single parameters too: everything but the decoder's heads and the rest leak's logits
+    cfg = REALMConfig(**{**TINY, "rest_leak": True})
+    keep = ("audio_encoder", "fusion", "waypoint", "decoder.queries", "decoder.motion_proj", "decoder.gate",
+            "decoder.decoder", "decoder.lstm")  # fmt: skip
+    task = REALMTask(cfg.to_dict(), TrainConfig(data="d", freeze=keep).__dict__, 1)
+    trained = {n for n, p in task.model.named_parameters() if p.requires_grad}
+    assert {n.split(".")[0] + "." + n.split(".")[1] if n.startswith("decoder.") else n for n in trained} == {
+        "decoder.heads", "leak_logit"}
+    task = REALMTask(cfg.to_dict(), TrainConfig(data="d", freeze=(*keep, "leak_logit")).__dict__, 1)
+    assert {n.split(".")[1] for n, p in task.model.named_parameters() if p.requires_grad} == {"heads"}
 
 
 def test_stage1_can_export_the_last_validation_instead_of_the_lowest_val_loss(synth_dir, tmp_path):

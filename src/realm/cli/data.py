@@ -33,6 +33,8 @@ def data_synth(
     no_cue_fraction: float = typer.Option(0.3, help="Fraction of emotional phrases spoken without prosodic cue."),
     shared_templates: bool = typer.Option(False, "--shared-templates", help="Positive and negative phrases from one template set, so that only the emotional word tells them apart (a test of word meaning; default: the benchmark's partly different templates)."),
     emotional_fraction: float = typer.Option(0.5, "--emotional-fraction", help="Fraction of phrases with a positive (3/5) or negative (2/5) word: the speaker's content the listener smiles or frowns at (0.5: the benchmark's)."),
+    long_pause_fraction: float = typer.Option(0.0, "--long-pause-fraction", help="Fraction of the gaps between phrases that are long silences (the listener in silence: resting, blinking; 0: the benchmark's 0.2-1.0 s gaps only)."),
+    long_pause_seconds: tuple[float, float] = typer.Option((3.0, 10.0), "--long-pause-seconds", help="A long silence's length range LO HI in seconds."),
     identities: int = typer.Option(8, help="Listener identities of train/val/test."),
     ood_identities: int = typer.Option(3, help="Unseen listener identities of the ood split."),
     workers: int = typer.Option(1, help="Parallel worker processes."),
@@ -62,7 +64,7 @@ def data_synth(
 
     cfg = SynthConfig(
         hours=hours, seed=seed, identity_seed=identity_seed, backend=backend, tau=tau, tau_jitter=tau_jitter, listener_samples=listener_samples,
-        no_cue_fraction=no_cue_fraction, emotional_fraction=emotional_fraction, shared_templates=shared_templates, n_identities=identities, n_ood_identities=ood_identities, workers=workers,
+        no_cue_fraction=no_cue_fraction, emotional_fraction=emotional_fraction, shared_templates=shared_templates, long_pause_fraction=long_pause_fraction, long_pause_seconds=long_pause_seconds, n_identities=identities, n_ood_identities=ood_identities, workers=workers,
     )  # fmt: skip
     knobs = dict(
         pitch_semitones=pitch_semitones, formant_shift=formant_shift, espeak=espeak, rate=rate, level_db=level_db, noise=noise,

@@ -23,7 +23,9 @@ pitch accent           small brow flash with the identity's probability
 A trigger's frame is the end of its word (a word's meaning is known once it is said) or the
 end of the phrase (pause, question). A positive/negative word is said with its phrase's
 emotional prosody, except in a fraction ``no_cue_fraction`` of phrases spoken neutrally, so
-that only the word's meaning can trigger the reaction.
+that only the word's meaning can trigger the reaction. Phrases are 0.2-1.0 s apart; with
+``long_pause_fraction`` that fraction of the gaps are long silences (``long_pause_seconds``), where
+the listener rests, blinks and drifts, and reacts to nothing but the pause's nod.
 
 Splits: ``train``/``val``/``test`` share the listener identities and vocabulary;
 ``ood`` has unseen listener identities and positive/negative words never used elsewhere
@@ -144,13 +146,20 @@ class SynthConfig:
     no_cue_fraction: float = 0.3
     emotional_fraction: float = 0.5  # phrases with a positive (3/5 of them) or negative (2/5) word; the rest neutral or questions
     shared_templates: bool = False  # positive and negative phrases from one template set: only the word tells them apart
+    long_pause_fraction: float = 0.0  # gaps between phrases that are long silences (the speaker stops
+    #   talking for long_pause_seconds), so that the data shows the listener in silence: resting, blinking,
+    #   reacting to nothing. 0 = the benchmark's gaps only (0.2-1.0 s); the draws are then unchanged
+    long_pause_seconds: tuple[float, float] = (3.0, 10.0)  # a long silence's length range
     split_fractions: tuple[float, float, float, float] = (0.7, 0.1, 0.1, 0.1)  # train, val, test, ood
     workers: int = 1
 
     def __post_init__(self):
-        for name in ("no_cue_fraction", "emotional_fraction"):
+        for name in ("no_cue_fraction", "emotional_fraction", "long_pause_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name.replace('_', '-')} must be between 0 and 1, got {getattr(self, name)}")
+        lo, hi = self.long_pause_seconds = tuple(self.long_pause_seconds)
+        if not 0.2 <= lo <= hi:
+            raise ValueError(f"long-pause-seconds must be LO HI with 0.2 <= LO <= HI, got {lo} {hi}")
 
     def n_clips(self) -> int:
         mean = sum(self.clip_seconds) / 2
@@ -321,7 +330,10 @@ def speak(
             {"start": round(start_phrase, 4), "end": round(end_phrase, 4), "emotion": ph.emotion,
              "kind": ph.kind, "cue": ph.cue, "text": " ".join(ph.words) + ("?" if ph.kind == "question" else "")}
         )  # fmt: skip
-        t = end_phrase + rng.uniform(0.2, 1.0)
+        gap = rng.uniform(0.2, 1.0)
+        if cfg.long_pause_fraction > 0 and rng.random() < cfg.long_pause_fraction:  # no draw at 0: datasets unchanged
+            gap = rng.uniform(*cfg.long_pause_seconds)
+        t = end_phrase + gap
     T = n_frames(int(duration * SAMPLE_RATE))
     audio = np.zeros(n_samples_for(T), np.float32)
     for start, y in pieces:

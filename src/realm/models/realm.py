@@ -83,6 +83,11 @@ class REALMConfig:
     #   cross-entropy), not through the latent: the samples spread where the listener may react and
     #   keep to the conditional mean elsewhere (silence). The scale is the classifier's output
     #   without its gradient. False = the latent added as it is
+    react_floor: float = 0.0  # ours, with react_gate: the latent is scaled by floor + (1 - floor) p
+    #   instead of p, so the samples keep this much of their spread where the classifier hears no
+    #   reaction (noise it never heard, speech unlike the training data). 0 = p itself (as trained);
+    #   1 = the gate open (the ungated model). Chosen at generation, like latent_temperature
+    #   (docs/realm.md, measured)
     latent_temperature: float = 1.0  # ours, generation only: each window's latent is scaled by
     #   this (training draws N(0, I)). Below 1 the samples keep nearer the conditional mean (the
     #   zero latent): reaction timing over spread; 0 is the mean itself (docs/realm.md, measured)
@@ -129,6 +134,8 @@ class REALMConfig:
             raise ValueError(f"latent_temperature must be in [0, 4], got {self.latent_temperature}")
         if self.latent_dim < 0:
             raise ValueError(f"latent_dim must be >= 0, got {self.latent_dim}")
+        if not 0 <= self.react_floor <= 1:
+            raise ValueError(f"react_floor must be in [0, 1], got {self.react_floor}")
         if self.react_gate and (not self.latent_dim or self.latent_gate):
             raise ValueError("react_gate scales the latent: it needs latent_dim > 0 and latent_gate off")
         if not 0 <= self.event_refractory <= 30:
@@ -313,7 +320,9 @@ class CoarseDecoder(nn.Module):
                 z = z * torch.sigmoid(self.latent_gate(fused.mean(dim=1)))
             if self.c.react_gate:
                 logit = self.react(fused.mean(dim=1)).squeeze(-1)  # (B,)
-                z = z * torch.sigmoid(logit).detach().unsqueeze(-1)
+                p = torch.sigmoid(logit).detach()  # (B,)
+                f = self.c.react_floor
+                z = z * (f + (1 - f) * p).unsqueeze(-1)
                 if extras is not None:
                     extras["react_logit"] = logit
             q = q + z.unsqueeze(1)

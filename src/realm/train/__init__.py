@@ -141,7 +141,7 @@ class TrainConfig:
     #   react_gate): each window's logit against whether the ground truth starts a reaction of
     #   react_kinds in it (realm.metrics.detect_events on the de-normalised clip)
     react_kinds: tuple[str, ...] = ("smile", "concern", "brow_raise", "nod")
-    freeze: tuple[str, ...] = ()  # REALM modules kept fixed (dotted names, e.g. "audio_encoder",
+    freeze: tuple[str, ...] = ()  # REALM modules or parameters kept fixed (dotted names, e.g. "audio_encoder",
     #   "fusion", "decoder.gate"; in stage 2 those under "refinement", e.g. "refinement.template").
     #   Ours: a fine-tune that adds the stochastic generator to a trained model keeps what it hears
     #   and when (the reaction timing lives in the encoder, the shifted-ALiBi fusion and the gate)
@@ -583,16 +583,22 @@ class REALMTask(L.LightningModule):
         unused = [self.model.refinement] if stage == 1 else []
         if not self.model.config.use_gate:
             unused.append(self.model.decoder.gate)
-        frozen = []
-        for name in self.cfg.freeze:
-            try:
-                frozen.append(self.model.get_submodule(name))
-            except AttributeError:
+        frozen: list[torch.nn.Parameter] = []
+        params = dict(self.model.named_parameters())
+        modules = dict(self.model.named_modules())
+        for name in self.cfg.freeze:  # a module or a single parameter (e.g. "leak_logit", "decoder.queries")
+            if name in params:
+                frozen.append(params[name])
+            elif name in modules:
+                frozen += list(modules[name].parameters())
+            else:
                 names = ", ".join(n for n, _ in self.model.named_children())
-                raise ValueError(f"freeze: REALM has no module {name!r} (top level: {names})") from None
-        for module in unused + (frozen if stage == 1 else []):
+                raise ValueError(f"freeze: REALM has no module or parameter {name!r} (top level: {names})")
+        for module in unused:
             for p in module.parameters() if module is not None else []:
                 p.requires_grad_(False)
+        for p in frozen if stage == 1 else []:
+            p.requires_grad_(False)
         if stage == 2:
             from realm.models.realm import Discriminator
 
@@ -602,9 +608,8 @@ class REALMTask(L.LightningModule):
                 p.requires_grad_(False)
             for p in self.model.refinement.parameters():
                 p.requires_grad_(True)
-            for module in frozen:  # e.g. "refinement.template": a fine-tune keeps the blink's shape
-                for p in module.parameters():
-                    p.requires_grad_(False)
+            for p in frozen:  # e.g. "refinement.template": a fine-tune keeps the blink's shape
+                p.requires_grad_(False)
         # stage-2 validation, set by train_realm: motion stats (to score de-normalised clips) and
         # the coarse model's own scores on val (what the selection divides by)
         self.stats: NormStats | None = None

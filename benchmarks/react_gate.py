@@ -1,0 +1,147 @@
+"""Where a react_gate checkpoint expects reactions: its classifier's p on silence, noise and speech.
+
+    OMP_NUM_THREADS=1 python benchmarks/react_gate.py -c RUN [-c RUN ...] [--seconds 60]
+
+A REALM with ``react_gate`` scales each window's latent by p, the probability that a reaction starts
+in the window (docs/realm.md). For each checkpoint this prints p's mean and maximum over the windows
+of a rollout with every latent at 0 (the conditional mean, as the classifier was trained to read it),
+starting from the training mean frame, on:
+
+* ``silence``: ``--seconds`` of digital silence;
+* ``white``: white noise at -30 dBFS (``--seconds``, seed 0);
+* ``pink 10 dB``: tests/data/jfk.flac looped to ``--seconds`` in pink noise at 10 dB SNR
+  (:func:`realm.data.channel.add_noise`);
+* ``jfk``: tests/data/jfk.flac (11 s of real speech) as it is.
+
+The listener in the synthetic data reacts to speech only, so p should be near 0 on the first two
+and follow the speech on the others. Then what the checkpoint does in silence, sampled as a user
+gets it (``listener.generate``, ``--samples`` samples of ``--seconds``): events a minute of each kind
+(:func:`realm.metrics.detect_events`: smile, concern, brow raise, nod; the synthetic listener makes
+none in silence but the nod right after a pause) and the expression's restlessness, the mean over the
+52 blendshapes of their standard deviation over time (the ground truth's in its long silences is the
+comparison: ``--data`` with ``realm data synth --long-pause-fraction``, its test clips' stretches
+3 s after a phrase to the next phrase). Prints the machine beside the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+JFK = Path(__file__).resolve().parents[1] / "tests" / "data" / "jfk.flac"
+SR = 16000
+
+
+def inputs(seconds: float) -> dict[str, np.ndarray]:
+    from realm.audio import load_audio
+    from realm.data.channel import add_noise, pink_noise
+
+    n = int(seconds * SR)
+    jfk = load_audio(JFK)
+    looped = np.resize(jfk, n).astype(np.float32)
+    rng = np.random.default_rng(0)
+    return {
+        "silence": np.zeros(n, np.float32),
+        "white -30 dBFS": (rng.standard_normal(n) * 10 ** (-30 / 20)).astype(np.float32),
+        "jfk in pink noise, 10 dB": add_noise(looped, pink_noise(n, np.random.default_rng(0)), 10.0),
+        "jfk": jfk.astype(np.float32),
+    }
+
+
+def reaction_p(listener, audio: np.ndarray) -> np.ndarray:
+    """p of every window (n,) of a zero-latent rollout of ``audio`` (16 kHz)."""
+    import torch
+
+    m = listener.model
+    a = torch.from_numpy(np.asarray(listener.features(audio), np.float32))[None]
+    f0 = torch.from_numpy(listener.stats.apply(listener.stats.mean.astype(np.float32)))[None]
+    n = -(-a.shape[1] // m.config.window)
+    with torch.inference_mode():
+        _, aux = m.rollout(a, frame0=f0, latents=torch.zeros(1, n, m.config.latent_dim))
+    return torch.sigmoid(aux["react_logit"][0]).numpy()
+
+
+KINDS = ("smile", "concern", "brow_raise", "nod")
+
+
+def silence_numbers(motions: list[np.ndarray], spec, fps: float, minutes: float) -> dict[str, float]:
+    """Events a minute of each of KINDS over ``motions`` (each (T, D)) and the blendshapes' mean std over time."""
+    from realm.metrics import detect_events
+
+    out = {k: 0.0 for k in KINDS}
+    for m in motions:
+        for e in detect_events(m, spec, fps, list(KINDS)):
+            out[e["kind"]] += 1 / minutes
+    out["restless"] = float(np.mean([m[:, :52].std(0).mean() for m in motions]))
+    return out
+
+
+def data_silences(data: str, seconds_after: float = 3.0) -> list[np.ndarray]:
+    """The ground truth's motion in the long silences of a dataset's test clips (every listener realisation)."""
+    from realm.data import load_dataset
+
+    out = []
+    for c in load_dataset(data, splits="test"):
+        ph = c.events["phrases"]
+        for a, b in zip(ph, ph[1:], strict=False):
+            f0, f1 = int((a["end"] + seconds_after) * c.fps), int(b["start"] * c.fps)
+            if f1 - f0 >= 3 * c.fps:
+                out += [x[f0:f1] for x in c.samples()]
+    return out
+
+
+def main() -> None:
+    import torch
+
+    import realm
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("-c", "--checkpoint", action="append", required=True, help="a listener checkpoint (repeatable); p for REALMs with react_gate")
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--samples", type=int, default=3, help="samples of silence generated per checkpoint")
+    ap.add_argument("--data", help="a dataset with long silences (realm data synth --long-pause-fraction): the ground truth's row")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    data = inputs(args.seconds)
+    from realm.threads import cpu_model
+
+    print(f"command: python benchmarks/react_gate.py {' '.join(sys.argv[1:])}")
+    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, torch {torch.__version__}, 1 thread")
+    print("| checkpoint | " + " | ".join(f"p on {k} (mean / max)" for k in data) + " |")
+    print("|---|" + "---:|" * len(data))
+    for ck in args.checkpoint:
+        listener = realm.load(ck)
+        if not getattr(getattr(listener, "model", None), "config", None) or not getattr(listener.model.config, "react_gate", False):
+            print(f"| {ck} | " + " | ".join("(no react_gate)" for _ in data) + " |")
+            continue
+        cells = []
+        for y in data.values():
+            p = reaction_p(listener, y)
+            cells.append(f"{p.mean():.2f} / {p.max():.2f}")
+        print(f"| {ck} | " + " | ".join(cells) + " |")
+    minutes = args.samples * args.seconds / 60
+    print(f"\nin silence ({args.samples} samples of {args.seconds:.0f} s, seed 0), events a minute and restlessness")
+    print("| motion | " + " | ".join(KINDS) + " | mean std over time |")
+    print("|---|" + "---:|" * (len(KINDS) + 1))
+    rows = []
+    if args.data:
+        gt = data_silences(args.data)
+        if not gt:
+            raise SystemExit(f"error: {args.data}: no long silences in its test clips (make it with --long-pause-fraction)")
+        fps = 30.0
+        mins = sum(len(m) for m in gt) / fps / 60
+        rows.append((f"ground truth, {mins:.1f} min of silence in {args.data}", silence_numbers(gt, "arkit58", fps, mins)))
+    for ck in args.checkpoint:
+        listener = realm.load(ck)
+        m = listener.generate(data["silence"], samples=args.samples, seed=0)
+        rows.append((ck, silence_numbers(list(m), listener.spec, listener.fps, minutes)))
+    for name, r in rows:
+        print(f"| {name} | " + " | ".join(f"{r[k]:.1f}" for k in KINDS) + f" | {r['restless']:.4f} |")
+
+
+if __name__ == "__main__":
+    main()
