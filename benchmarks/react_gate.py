@@ -8,9 +8,9 @@ of a rollout with every latent at 0 (the conditional mean, as the classifier was
 starting from the training mean frame, on:
 
 * ``silence``: ``--seconds`` of digital silence;
-* ``white``: white noise at -30 dBFS (``--seconds``, seed 0);
-* ``pink 10 dB``: tests/data/jfk.flac looped to ``--seconds`` in pink noise at 10 dB SNR
-  (:func:`realm.data.channel.add_noise`);
+* ``white -30 dBFS``: white noise (``--seconds``, seed 0);
+* ``jfk in pink noise, 10 dB``: tests/data/jfk.flac looped to ``--seconds`` (real_speech.py's
+  ``jfk``) in pink noise at 10 dB SNR (:func:`realm.data.channel.add_noise`);
 * ``jfk``: tests/data/jfk.flac (11 s of real speech) as it is.
 
 The listener in the synthetic data reacts to speech only, so p should be near 0 on the first two
@@ -28,12 +28,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 import numpy as np
-
-JFK = Path(__file__).resolve().parents[1] / "tests" / "data" / "jfk.flac"
-SR = 16000
+from real_speech import JFK, SR, jfk  # this folder's: the same looped jfk.flac
 
 
 def inputs(seconds: float) -> dict[str, np.ndarray]:
@@ -41,14 +38,12 @@ def inputs(seconds: float) -> dict[str, np.ndarray]:
     from realm.data.channel import add_noise, pink_noise
 
     n = int(seconds * SR)
-    jfk = load_audio(JFK)
-    looped = np.resize(jfk, n).astype(np.float32)
     rng = np.random.default_rng(0)
     return {
         "silence": np.zeros(n, np.float32),
         "white -30 dBFS": (rng.standard_normal(n) * 10 ** (-30 / 20)).astype(np.float32),
-        "jfk in pink noise, 10 dB": add_noise(looped, pink_noise(n, np.random.default_rng(0)), 10.0),
-        "jfk": jfk.astype(np.float32),
+        "jfk in pink noise, 10 dB": add_noise(jfk(seconds), pink_noise(n, np.random.default_rng(0)), 10.0),
+        "jfk": load_audio(JFK),
     }
 
 
@@ -58,7 +53,7 @@ def reaction_p(listener, audio: np.ndarray) -> np.ndarray:
 
     m = listener.model
     a = torch.from_numpy(np.asarray(listener.features(audio), np.float32))[None]
-    f0 = torch.from_numpy(listener.stats.apply(listener.stats.mean.astype(np.float32)))[None]
+    f0, _ = listener._start(None, None)  # generation's default start: the training mean frame
     n = -(-a.shape[1] // m.config.window)
     with torch.inference_mode():
         _, aux = m.rollout(a, frame0=f0, latents=torch.zeros(1, n, m.config.latent_dim))
@@ -80,18 +75,20 @@ def silence_numbers(motions: list[np.ndarray], spec, fps: float, minutes: float)
     return out
 
 
-def data_silences(data: str, seconds_after: float = 3.0) -> list[np.ndarray]:
-    """The ground truth's motion in the long silences of a dataset's test clips (every listener realisation)."""
+def data_silences(data: str, seconds_after: float = 3.0) -> tuple[list[np.ndarray], str, float]:
+    """The ground truth's motion in the long silences of a dataset's test clips (every listener
+    realisation), with the clips' spec and fps."""
     from realm.data import load_dataset
 
+    clips = load_dataset(data, splits="test")
     out = []
-    for c in load_dataset(data, splits="test"):
+    for c in clips:
         ph = c.events["phrases"]
         for a, b in zip(ph, ph[1:], strict=False):
             f0, f1 = int((a["end"] + seconds_after) * c.fps), int(b["start"] * c.fps)
             if f1 - f0 >= 3 * c.fps:
                 out += [x[f0:f1] for x in c.samples()]
-    return out
+    return out, (clips[0].spec if clips else "arkit58"), (clips[0].fps if clips else 30.0)
 
 
 def main() -> None:
@@ -113,9 +110,9 @@ def main() -> None:
     print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, torch {torch.__version__}, 1 thread")
     print("| checkpoint | " + " | ".join(f"p on {k} (mean / max)" for k in data) + " |")
     print("|---|" + "---:|" * len(data))
-    for ck in args.checkpoint:
-        listener = realm.load(ck)
-        if not getattr(getattr(listener, "model", None), "config", None) or not getattr(listener.model.config, "react_gate", False):
+    listeners = {ck: realm.load(ck) for ck in args.checkpoint}
+    for ck, listener in listeners.items():
+        if not getattr(getattr(getattr(listener, "model", None), "config", None), "react_gate", False):
             print(f"| {ck} | " + " | ".join("(no react_gate)" for _ in data) + " |")
             continue
         cells = []
@@ -129,14 +126,12 @@ def main() -> None:
     print("|---|" + "---:|" * (len(KINDS) + 1))
     rows = []
     if args.data:
-        gt = data_silences(args.data)
+        gt, spec, fps = data_silences(args.data)
         if not gt:
             raise SystemExit(f"error: {args.data}: no long silences in its test clips (make it with --long-pause-fraction)")
-        fps = 30.0
         mins = sum(len(m) for m in gt) / fps / 60
-        rows.append((f"ground truth, {mins:.1f} min of silence in {args.data}", silence_numbers(gt, "arkit58", fps, mins)))
-    for ck in args.checkpoint:
-        listener = realm.load(ck)
+        rows.append((f"ground truth, {mins:.1f} min of silence in {args.data}", silence_numbers(gt, spec, fps, mins)))
+    for ck, listener in listeners.items():
         m = listener.generate(data["silence"], samples=args.samples, seed=0)
         rows.append((ck, silence_numbers(list(m), listener.spec, listener.fps, minutes)))
     for name, r in rows:
