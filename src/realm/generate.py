@@ -141,7 +141,7 @@ class Listener(RunModel):
 class FeatureFeed:
     """The speaker's features as 16 kHz audio arrives: ``push(chunk)``, then the raw features of
     any frames whose audio (plus the extractor's look-ahead) is in, exactly as offline extraction
-    of the whole audio gives them. Extractors with an incremental form (``logmel_norm``) compute
+    of the whole audio gives them. Extractors with an incremental form (``logmel_norm``, ``logmel_prosody``) compute
     each 10 ms hop once; the others re-extract a block-aligned span with its context. Shared by
     REALM's :class:`Streamer` and the multimodal-LM listener's (:mod:`realm.generate_lm`)."""
 
@@ -150,7 +150,7 @@ class FeatureFeed:
         if ex.context is None:
             raise ValueError(
                 f"the {ex.name!r} extractor cannot be streamed exactly (it needs the whole clip); "
-                "use a checkpoint trained on logmel, logmel_norm, pcen, vico45 or prosody features"
+                "use a checkpoint trained on logmel, logmel_norm, logmel_prosody, pcen, vico45 or prosody features"
             )
         self.ex, self.fps = ex, fps
         self.buf = np.zeros(0, np.float32)

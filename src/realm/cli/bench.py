@@ -38,7 +38,7 @@ def bench_cmd(
     minutes_per_model: float = typer.Option(4.0, "--minutes-per-model", help="Wall-clock training budget per model (REALM: 75 % stage 1, 25 % stage 2)."),
     minutes: list[str] = typer.Option(None, "--minutes", help="A model's own budget, NAME=MINUTES (repeatable), e.g. --minutes realm_sb=45 --minutes lstm=45."),
     max_steps: int = typer.Option(0, "--max-steps", help="> 0: this many steps per stage instead of the time budget."),
-    extractor: str = typer.Option("logmel", "--extractor", "-e", help="Speaker features for every model: logmel | logmel_norm | pcen | whisper | vico45 | prosody"),
+    extractor: str = typer.Option("logmel", "--extractor", "-e", help="Speaker features for every model: logmel | logmel_norm | logmel_prosody | pcen | whisper | vico45 | prosody"),
     batch_size: int = typer.Option(64, "--batch-size", help="Cap on each model's recipe batch size (CPU; 0: the recipes')."),
     audio_context: int = typer.Option(-1, "--audio-context", help="REALM audio context frames (-1: 16 for frame-local features, 0 for whisper)."),
     samples: int = typer.Option(3, help="Samples per clip for stochastic models."),

@@ -123,7 +123,7 @@ def data_inspect(root: Path = typer.Argument(..., help="Dataset directory (any s
 @friendly
 def data_features(
     root: Path = typer.Argument(..., help="Dataset directory."),
-    extractor: str = typer.Option("logmel", "--extractor", "-e", help="logmel | logmel_norm | pcen | vico45 | prosody | whisper"),
+    extractor: str = typer.Option("logmel", "--extractor", "-e", help="logmel | logmel_norm | logmel_prosody | pcen | vico45 | prosody | whisper"),
 ):
     """Extract (and cache) speaker features for every clip of a dataset."""
     from realm.data import load_any
@@ -142,7 +142,7 @@ def data_features(
 def data_store(
     root: Path = typer.Argument(..., help="Dataset directory (any supported layout)."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Store directory to write (then `realm train realm --store DIR`)."),
-    extractor: str = typer.Option("logmel", "--extractor", "-e", help="logmel | logmel_norm | pcen | vico45 | prosody | whisper"),
+    extractor: str = typer.Option("logmel", "--extractor", "-e", help="logmel | logmel_norm | logmel_prosody | pcen | vico45 | prosody | whisper"),
     splits: str = typer.Option("train,val", "--splits", help="Comma-separated splits to store (train is needed: its stats)."),
     shard_mb: float = typer.Option(1024.0, "--shard-mb", help="Data per shard file, MB."),
     force: bool = typer.Option(False, "--force", help="Replace an existing store."),
@@ -171,7 +171,7 @@ def data_store(
 @friendly
 def features(
     audio: Path = typer.Argument(..., help="Audio file: wav, flac, mp3, ogg; any rate, mono or stereo."),
-    extractor: str = typer.Option("logmel", "--extractor", "-e", help="logmel | logmel_norm | pcen | vico45 | prosody | whisper"),
+    extractor: str = typer.Option("logmel", "--extractor", "-e", help="logmel | logmel_norm | logmel_prosody | pcen | vico45 | prosody | whisper"),
     out_path: Path = typer.Option(None, "--out", "-o", help="Output .npy (default: <audio stem>.<extractor>.npy)."),
     channel: int = typer.Option(None, help="Pick one channel (0-based) instead of the downmix."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the feature cache."),

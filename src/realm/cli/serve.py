@@ -17,7 +17,7 @@ from realm.cli.common import (
 @app.command("serve")
 @friendly
 def serve_cmd(
-    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="A streaming run: REALM (logmel, logmel_norm, vico45, prosody features) or the multimodal-LM listener (send words as they are recognised)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="A streaming run: REALM (logmel, logmel_norm, logmel_prosody, vico45, prosody features) or the multimodal-LM listener (send words as they are recognised)."),
     profile: str = typer.Option(None, help="Robot profile (ameca, neck3 or a YAML path): adds safe robot controls to each frame."),
     map_path: Path = typer.Option(None, "--map", help="Linear map to arkit58 when the checkpoint's spec is not arkit58."),
     host: str = typer.Option("127.0.0.1", help="Interface to bind (loopback by default; any other host, e.g. 0.0.0.0, needs --token)."),

@@ -32,7 +32,7 @@ from realm.cli.common import (
 def train_realm_cmd(
     data: Path = typer.Option(..., "--data", help="Dataset directory (any supported layout)."),
     out_dir: Path = typer.Option(..., "--out", help="Run directory (checkpoints, logs, exported model)."),
-    extractor: str = typer.Option("logmel", "--extractor", "-e", help="Speaker features: logmel | logmel_norm | pcen | vico45 | prosody | whisper"),
+    extractor: str = typer.Option("logmel", "--extractor", "-e", help="Speaker features: logmel | logmel_norm | logmel_prosody | pcen | vico45 | prosody | whisper"),
     store: Path = typer.Option(None, "--store", help="Read the training windows from this store of --data (`realm data store`): data larger than memory, RSS flat."),
     preset: str = typer.Option("cpu", "--preset", help="Recipe: cpu (the demo checkpoint's: batch 64, 8 + 2 epochs, audio context 16 for local features, stage 1 from its last validation; ~1 h on 2 cores at 0.5 h of data) | paper (the authors': batch 512, 200 + 50 epochs, no audio context, stage 1 by val loss; GPU-sized). Options below override it."),
     epochs: int = typer.Option(None, help="Stage-1 epochs (cpu 8, paper 200)."),
@@ -111,7 +111,7 @@ def _add_baseline_command(name: str, summary: str, trained: bool) -> None:
     def train_baseline_cmd(
         data: Path = typer.Option(..., "--data", help="Dataset directory (any supported layout)."),
         out_dir: Path = typer.Option(..., "--out", help="Run directory (exported model; logs and checkpoints when trained)."),
-        extractor: str = typer.Option("logmel", "--extractor", "-e", help="Speaker features: logmel | logmel_norm | pcen | vico45 | prosody | whisper"),
+        extractor: str = typer.Option("logmel", "--extractor", "-e", help="Speaker features: logmel | logmel_norm | logmel_prosody | pcen | vico45 | prosody | whisper"),
         epochs: int = typer.Option(None, help="Epochs (neural baselines; default: the paper's recipe)."),
         batch_size: int = typer.Option(None, "--batch-size", help="Windows per batch (default: the paper's recipe)."),
         max_steps: int = typer.Option(-1, "--max-steps", help="Batches to train (-1: run the epochs)."),

@@ -387,7 +387,7 @@ def refinement_scores(refined: list[np.ndarray], gt: list[np.ndarray], spec, fps
 
 #: Frame-local speaker features: the encoder needs audio before each window to hear a trigger
 #: tau frames before it (whisper's states already carry context).
-LOCAL_EXTRACTORS = ("logmel", "vico45", "prosody", "pcen", "logmel_norm")
+LOCAL_EXTRACTORS = ("logmel", "vico45", "prosody", "pcen", "logmel_norm", "logmel_prosody")
 
 #: Named recipes of ``realm train realm --preset`` (TrainConfig fields, and REALMConfig's
 #: ``audio_context``; explicit options and --set override them). "cpu" is the demo checkpoint's
