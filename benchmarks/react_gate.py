@@ -20,7 +20,13 @@ gets it (``listener.generate``, ``--samples`` samples of ``--seconds``): events 
 none in silence but the nod right after a pause) and the expression's restlessness, the mean over the
 52 blendshapes of their standard deviation over time (the ground truth's in its long silences is the
 comparison: ``--data`` with ``realm data synth --long-pause-fraction``, its test clips' stretches
-3 s after a phrase to the next phrase). Prints the machine beside the numbers.
+3 s after a phrase to the next phrase). Last, where the face settles in silence: the rest offset,
+the mean over the 52 blendshapes of |the mean over the second half of the silence - the frame it
+started from|, and the signed offsets of the frown (mouthFrown, both sides) and browInnerUp, the
+"concerned face" a drift toward sadness shows. With ``--data`` each checkpoint starts from every
+test clip's frame 0 (a real listener's rest) and the ground truth's long silences are compared with
+their clip's frame 0; without it, from generation's default start (the training mean frame).
+Prints the machine beside the numbers.
 """
 
 from __future__ import annotations
@@ -75,26 +81,39 @@ def silence_numbers(motions: list[np.ndarray], spec, fps: float, minutes: float)
     return out
 
 
-def data_silences(data: str, seconds_after: float = 3.0) -> tuple[list[np.ndarray], str, float]:
+def rest_offset(motions: list[np.ndarray], starts: list[np.ndarray], spec) -> dict[str, float]:
+    """Where the face settles: the mean over the blendshapes of |mean of the second half of each
+    motion - its start frame|, and the signed offsets of the frown and browInnerUp (means over motions)."""
+    names = list(spec.names)
+    frown = [names.index(n) for n in ("mouthFrownLeft", "mouthFrownRight") if n in names]
+    brow = [names.index("browInnerUp")] if "browInnerUp" in names else []
+    late = [m[len(m) // 2 :].mean(0) - x0 for m, x0 in zip(motions, starts, strict=True)]
+    signed = lambda idx: float(np.mean([d[idx].mean() for d in late])) if idx else float("nan")  # noqa: E731
+    return {"offset": float(np.mean([np.abs(d[:52]).mean() for d in late])), "frown": signed(frown), "brow": signed(brow)}
+
+
+def data_silences(data: str, seconds_after: float = 3.0):
     """The ground truth's motion in the long silences of a dataset's test clips (every listener
-    realisation), with the clips' spec and fps."""
+    realisation), the frame 0 of each one's clip (as many), the clips and their spec and fps."""
     from realm.data import load_dataset
 
     clips = load_dataset(data, splits="test")
-    out = []
+    out, starts = [], []
     for c in clips:
         ph = c.events["phrases"]
         for a, b in zip(ph, ph[1:], strict=False):
             f0, f1 = int((a["end"] + seconds_after) * c.fps), int(b["start"] * c.fps)
             if f1 - f0 >= 3 * c.fps:
                 out += [x[f0:f1] for x in c.samples()]
-    return out, (clips[0].spec if clips else "arkit58"), (clips[0].fps if clips else 30.0)
+                starts += [x[0] for x in c.samples()]
+    return out, starts, clips, (clips[0].spec if clips else "arkit58"), (clips[0].fps if clips else 30.0)
 
 
 def main() -> None:
     import torch
 
     import realm
+    from realm.motion import get_spec
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("-c", "--checkpoint", action="append", required=True, help="a listener checkpoint (repeatable); p for REALMs with react_gate")
@@ -124,18 +143,32 @@ def main() -> None:
     print(f"\nin silence ({args.samples} samples of {args.seconds:.0f} s, seed 0), events a minute and restlessness")
     print("| motion | " + " | ".join(KINDS) + " | mean std over time |")
     print("|---|" + "---:|" * (len(KINDS) + 1))
-    rows = []
+    rows, rests = [], []
+    clips = []
     if args.data:
-        gt, spec, fps = data_silences(args.data)
+        gt, starts, clips, spec, fps = data_silences(args.data)
         if not gt:
             raise SystemExit(f"error: {args.data}: no long silences in its test clips (make it with --long-pause-fraction)")
         mins = sum(len(m) for m in gt) / fps / 60
-        rows.append((f"ground truth, {mins:.1f} min of silence in {args.data}", silence_numbers(gt, spec, fps, mins)))
+        name = f"ground truth, {mins:.1f} min of silence in {args.data}"
+        rows.append((name, silence_numbers(gt, spec, fps, mins)))
+        rests.append((name, rest_offset(gt, starts, get_spec(spec))))
     for ck, listener in listeners.items():
         m = listener.generate(data["silence"], samples=args.samples, seed=0)
         rows.append((ck, silence_numbers(list(m), listener.spec, listener.fps, minutes)))
+        if clips:  # from each test clip's first frame: the real listeners' rests
+            x0 = [c.listener[0] for c in clips]
+            m = [listener.generate(data["silence"], first_frame=x, samples=1, seed=0)[0] for x in x0]
+        else:
+            x0 = [listener.stats.mean] * len(m)
+        rests.append((ck, rest_offset(list(m), x0, listener.spec)))
     for name, r in rows:
         print(f"| {name} | " + " | ".join(f"{r[k]:.1f}" for k in KINDS) + f" | {r['restless']:.4f} |")
+    start = "each test clip's frame 0" if clips else "generation's default start (the training mean frame)"
+    print(f"\nwhere the face settles in silence: the second half's mean against the start frame ({start})")
+    print("| motion | rest offset (mean abs, blendshapes) | frown offset | browInnerUp offset |\n|---|---:|---:|---:|")
+    for name, r in rests:
+        print(f"| {name} | {r['offset']:.4f} | {r['frown']:+.3f} | {r['brow']:+.3f} |")
 
 
 if __name__ == "__main__":

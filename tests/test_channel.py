@@ -395,3 +395,25 @@ def test_real_speech_benchmark_with_the_demo_checkpoint(clean):
     lis = realm.load(ROOT / "checkpoints/realm-demo")
     rows = bench.measure(lis, {"jfk": (bench.jfk(3.0), None, "real")}, [(a0, c0.samples())], samples=1, log=lambda *a: None)
     assert rows[-1]["minutes"] == pytest.approx(3.0 / 60, abs=0.01) and np.isfinite(rows[-1]["drift"])
+
+
+def test_react_gate_rest_offset_reads_a_drift_to_a_concerned_face(monkeypatch):
+    """benchmarks/react_gate.py's rest offset: the second half's mean against the start frame."""
+    from realm.motion import get_spec
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    spec_ = importlib.util.spec_from_file_location("react_gate", ROOT / "benchmarks" / "react_gate.py")
+    mod = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(mod)
+    spec = get_spec("arkit58")
+    x0 = np.full(spec.dim, 0.05, np.float32)
+    sad = np.tile(x0, (120, 1))
+    sad[40:, [spec.channel("mouthFrownLeft"), spec.channel("mouthFrownRight")]] += 0.1  # settles frowning
+    sad[40:, spec.channel("browInnerUp")] += 0.2
+    calm = np.tile(x0, (120, 1))
+    calm[10:30, spec.channel("mouthSmileLeft")] += 0.5  # a smile that ends: back at rest
+    r = mod.rest_offset([sad], [x0], spec)
+    assert r["frown"] == pytest.approx(0.1, abs=1e-6) and r["brow"] == pytest.approx(0.2, abs=1e-6)
+    assert r["offset"] == pytest.approx(0.4 / 52, abs=1e-6)
+    r = mod.rest_offset([calm, sad], [x0, x0], spec)
+    assert r["frown"] == pytest.approx(0.05, abs=1e-6) and r["offset"] == pytest.approx(0.2 / 52, abs=1e-6)
