@@ -34,3 +34,16 @@ def tiny_synth(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny") / "ds"
     generate(SynthConfig(hours=0.012, seed=0, backend="formant", listener_samples=2, clip_seconds=(6.0, 8.0)), out)
     return out
+
+
+def assert_streamed_equals_offline(ex, y, chunk: int, atol: float):
+    """Feed ``y`` to the extractor's incremental stream (``ex.stream()``) ``chunk`` samples at a time,
+    flush it, and check that every frame equals offline extraction ``ex(y)`` (returned)."""
+    import numpy as np
+
+    offline = ex(y)
+    st = ex.stream()
+    streamed = np.concatenate([st.push(y[i : i + chunk]) for i in range(0, len(y), chunk)] + [st.flush()])
+    assert streamed.shape == offline.shape
+    np.testing.assert_allclose(streamed, offline, rtol=0, atol=atol)
+    return offline

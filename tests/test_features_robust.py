@@ -19,7 +19,7 @@ from realm.audio import (
     n_samples_for,
     pool_to_frames,
 )
-from tests.conftest import JFK
+from tests.conftest import JFK, assert_streamed_equals_offline
 
 NEW = ("pcen", "logmel_norm")
 #: offline vs recomputed from ``context`` samples of left audio: float64 rounding, then float32
@@ -177,11 +177,7 @@ def test_logmel_norm_computed_hop_by_hop_equals_offline(chunk, jfk):
     chunking, with feed/take as the streamer uses it, and refuses frames it has no audio for."""
     ex = get_extractor("logmel_norm")
     y = np.concatenate([jfk[: 3 * SAMPLE_RATE], np.zeros(8000, np.float32), jfk[: 30001]])  # a pause, an odd end
-    offline = ex(y)
-    st = ex.stream()
-    streamed = np.concatenate([st.push(y[i : i + chunk]) for i in range(0, len(y), chunk)] + [st.flush()])
-    assert streamed.shape == offline.shape
-    np.testing.assert_allclose(streamed, offline, rtol=0, atol=STREAM_TOL)
+    offline = assert_streamed_equals_offline(ex, y, chunk, STREAM_TOL)
     st = ex.stream()
     st.feed(y[:16000])
     assert st.available() == 29  # hop 98's window ends at sample 15880; frame 29 needs hop 99 (ends at 16040)
@@ -191,8 +187,9 @@ def test_logmel_norm_computed_hop_by_hop_equals_offline(chunk, jfk):
         st.take(30)
 
 
-def test_streamer_gives_the_offline_frames_for_a_logmel_norm_checkpoint(tmp_path, jfk):
-    """Through realm.generate.Streamer (logmel_norm: its hop-by-hop stream), pushed in chunks."""
+@pytest.mark.parametrize("name", ["logmel_norm", "logmel_prosody"])
+def test_streamer_gives_the_offline_frames_for_a_checkpoint_with_an_incremental_stream(name, tmp_path, jfk):
+    """Through realm.generate.Streamer (the extractor's own incremental stream), pushed in chunks."""
     import torch
 
     import realm
@@ -201,12 +198,13 @@ def test_streamer_gives_the_offline_frames_for_a_logmel_norm_checkpoint(tmp_path
     from realm.motion import NormStats
 
     torch.manual_seed(0)
-    model = REALM(REALMConfig(spec="arkit58", audio_dim=82, d_model=32, ff_dim=64, refine_dim=32, refine_ff=64,
+    dim = EXTRACTORS[name].dim
+    model = REALM(REALMConfig(spec="arkit58", audio_dim=dim, d_model=32, ff_dim=64, refine_dim=32, refine_ff=64,
                               audio_context=16))  # fmt: skip
     rng = np.random.default_rng(0)
     stats = NormStats(rng.uniform(0, 0.3, 58).astype(np.float32), rng.uniform(0.01, 0.1, 58).astype(np.float32), "arkit58")
-    fstats = NormStats(np.zeros(82, np.float32), np.ones(82, np.float32), "logmel_norm")
-    save(tmp_path / "run", model, stats, fstats, "logmel_norm", {"stage": 2})
+    fstats = NormStats(np.zeros(dim, np.float32), np.ones(dim, np.float32), name)
+    save(tmp_path / "run", model, stats, fstats, name, {"stage": 2})
     lis = realm.load(tmp_path / "run")
     y = jfk[: int(SAMPLE_RATE * 6.1)]
     offline = lis.generate(y, seed=1)[0]

@@ -1,14 +1,15 @@
 """``logmel_prosody``: logmel_norm plus the speaker's pitch and level relative to their own recent
 baseline (issue 15: the emotional prosody logmel_norm normalises away). Causal, streaming-exact,
-gain-invariant, and it reads a raised phrase as raised."""
+gain-invariant, and it reads a raised phrase as raised. Through a checkpoint's Streamer:
+tests/test_features_robust.py."""
 
 import math
 
 import numpy as np
 import pytest
 
-from realm.audio import SAMPLE_RATE, LogMelProsody, get_extractor, load_audio, n_samples_for
-from tests.conftest import JFK
+from realm.audio import EXTRACTORS, SAMPLE_RATE, LogMelProsody, get_extractor, load_audio, n_samples_for
+from tests.conftest import JFK, assert_streamed_equals_offline
 
 TOL = 1e-5
 
@@ -32,6 +33,7 @@ def test_the_prosody_dims_of_a_raised_phrase():
     """8 s at 120 Hz, then 2 s at 130 Hz (+1.39 semitones) and +4 dB: at the end of the raised part
     the last second's pitch (dim 84) and level (dim 85) stand over the 10 s baseline by what the
     baseline (8 s habit, 2 s raised) predicts: 0.8 x 1.39 semitones and 0.8 x 4 dB / 6 dB."""
+    assert EXTRACTORS["logmel_prosody"] is LogMelProsody
     ex = get_extractor("logmel_prosody")
     y = np.concatenate([voice(120.0, 8.0), voice(130.0, 2.0, gain=10 ** (4 / 20), seed=1)])
     F = ex(y)
@@ -63,11 +65,7 @@ def test_gain_does_not_move_the_prosody_dims(jfk):
 def test_streamed_in_chunks_equals_offline(chunk, jfk):
     ex = get_extractor("logmel_prosody")
     y = np.concatenate([jfk, np.zeros(8000, np.float32), jfk[: 3 * SAMPLE_RATE + 1]])  # > the 10 s baseline
-    offline = ex(y)
-    st = ex.stream()
-    streamed = np.concatenate([st.push(y[i : i + chunk]) for i in range(0, len(y), chunk)] + [st.flush()])
-    assert streamed.shape == offline.shape
-    np.testing.assert_allclose(streamed, offline, rtol=0, atol=TOL)
+    offline = assert_streamed_equals_offline(ex, y, chunk, TOL)
     st = ex.stream()
     st.feed(y[:16000])
     n = st.available()
@@ -94,26 +92,3 @@ def test_a_frame_reads_neither_later_audio_nor_audio_older_than_its_context(jfk)
     np.testing.assert_allclose(ex(z)[t:], base[t:], rtol=0, atol=TOL)
     assert np.abs(ex(z)[: t // 2] - base[: t // 2]).max() > 0.1  # (the noise does change what it covers)
 
-
-def test_a_logmel_prosody_checkpoint_streams_its_offline_frames(tmp_path, jfk):
-    import torch
-
-    import realm
-    from realm.checkpoint import save
-    from realm.models.realm import REALM, REALMConfig
-    from realm.motion import NormStats
-
-    torch.manual_seed(0)
-    model = REALM(REALMConfig(spec="arkit58", audio_dim=86, d_model=32, ff_dim=64, refine_dim=32, refine_ff=64,
-                              audio_context=16))  # fmt: skip
-    rng = np.random.default_rng(0)
-    stats = NormStats(rng.uniform(0, 0.3, 58).astype(np.float32), rng.uniform(0.01, 0.1, 58).astype(np.float32), "arkit58")
-    fstats = NormStats(np.zeros(86, np.float32), np.ones(86, np.float32), "logmel_prosody")
-    save(tmp_path / "run", model, stats, fstats, "logmel_prosody", {"stage": 2})
-    lis = realm.load(tmp_path / "run")
-    y = jfk[: int(SAMPLE_RATE * 6.1)]
-    offline = lis.generate(y, seed=1)[0]
-    s = lis.streamer(seed=1)
-    streamed = np.concatenate([s.push(y[i : i + 3000]) for i in range(0, len(y), 3000)] + [s.flush()])
-    np.testing.assert_allclose(streamed, offline, atol=1e-5)
-    assert isinstance(get_extractor("logmel_prosody"), LogMelProsody)
