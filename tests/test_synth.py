@@ -234,9 +234,9 @@ def test_long_pause_fraction_makes_long_silences_where_the_listener_rests():
         spans = [(c, a, b) for c in long for a, b in gaps(c)]
         assert spans and all(4.0 - 1e-6 <= b - a <= 5.0 + 1e-6 for _, a, b in spans)
         frown = [SPEC.channel("mouthFrownLeft"), SPEC.channel("browInnerUp")]
-        for c, a, b in spans:
-            import soundfile as sf
+        import soundfile as sf
 
+        for c, a, b in spans:
             y, sr = sf.read(c.audio_path)
             assert np.abs(y[int((a + 0.05) * sr) : int((b - 0.05) * sr)]).max() < 1e-6  # silence
             f0, f1 = int(round((a + 3.0) * 30)), int(round(b * 30))  # 3 s after the last word: reactions decayed

@@ -25,7 +25,7 @@ logmel_norm  82    log mel minus its causal running mean (1.5 s), floored 40 dB 
                    peak, plus two pause cues relative to a running noise floor (:class:`LogMelNorm`)
 logmel_prosody 86  ``logmel_norm`` plus pitch and level relative to the speaker's own last 10 s
                    (voiced flag, pitch and the last second's pitch in semitones, its level in 6 dB
-                   units): the emotional prosody ``logmel_norm`` normalises away (:class:`LogMelProsody`)
+                   units): the phrase-long prosody ``logmel_norm`` mostly removes (:class:`LogMelProsody`)
 ===========  ====  ===========================================================================
 
 ``pcen`` and ``logmel_norm`` do not shift with the recording level (-20 dB or +6 dB of gain
@@ -347,13 +347,17 @@ class Prosody(Extractor):
         log_f0 = np.where(voiced, np.log(np.maximum(f0, 1.0)), 0.0)
         log_energy = np.log(energy + 1e-8)
         feats = np.stack([log_f0, voiced.astype(np.float64), voicing_prob, log_energy], axis=1)
-        out = pool_to_frames(feats, self.hop / SAMPLE_RATE, T, self.fps)
-        # A frame is voiced if most of its analysis frames were; its F0 is the mean over voiced ones.
-        v = out[:, 1]
-        out[:, 0] = np.where(v > 0, out[:, 0] / np.maximum(v, 1e-6), 0.0)
-        out[:, 1] = (v >= 0.5).astype(np.float32)
-        out[:, 0] *= out[:, 1]
-        return out
+        return voiced_frames(pool_to_frames(feats, self.hop / SAMPLE_RATE, T, self.fps))
+
+
+def voiced_frames(out: np.ndarray) -> np.ndarray:
+    """Per-frame means of hop rows whose column 0 is log F0 (0 when unvoiced) and column 1 the voiced
+    flag -> the frame's voicing rule, in place: a frame is voiced if most of its hops were (column 1
+    becomes that flag), its log F0 the mean over those hops (0 when unvoiced)."""
+    v = out[:, 1].copy()
+    out[:, 0] = np.where(v >= 0.5, out[:, 0] / np.maximum(v, 1e-6), 0.0)
+    out[:, 1] = v >= 0.5
+    return out
 
 
 def yin(y: np.ndarray, sr: int, fmin: float, fmax: float, frame_length: int, hop: int):
@@ -362,7 +366,12 @@ def yin(y: np.ndarray, sr: int, fmin: float, fmax: float, frame_length: int, hop
     yp = np.pad(y.astype(np.float64), (pad, pad + frame_length))
     n = 1 + len(y) // hop
     idx = np.arange(frame_length)[None, :] + hop * np.arange(n)[:, None]
-    frames = yp[idx]  # (n, L)
+    return yin_frames(yp[idx], sr, fmin, fmax)
+
+
+def yin_frames(frames: np.ndarray, sr: int, fmin: float, fmax: float):
+    """:func:`yin` of given analysis frames (n, L), each row on its own: F0 (Hz), aperiodicity, mean power."""
+    n, frame_length = frames.shape
     tau_min = max(1, int(sr / fmax))
     tau_max = min(int(sr / fmin), frame_length // 2)
     W = frame_length - tau_max
@@ -793,10 +802,10 @@ def _trailing_voiced_mean(hist: np.ndarray, new: np.ndarray, n: int) -> np.ndarr
 class LogMelProsody(LogMelNorm):
     """:class:`LogMelNorm` (dims 0-81) plus the speaker's prosody relative to their own recent
     baseline (dims 82-85), so a phrase spoken higher, louder or lower than the speaker's habit
-    is visible. ``logmel_norm`` subtracts a 0.5 s running mean: a phrase-long shift of pitch or
-    level, what emotional prosody is, is normalised away (measured: a linear probe on the phrase
-    mean of ``logmel_norm`` tells positive / neutral / negative phrases of the synthetic data
-    0.68 of the time, chance 0.59; on these four prosody numbers 0.93; docs/realm.md).
+    is visible. ``logmel_norm`` subtracts a 0.5 s running mean, so a phrase-long shift of pitch or
+    level, what emotional prosody is, mostly leaves it (measured, ``benchmarks/prosody_probe.py``:
+    a linear probe on phrase means tells positive / neutral / negative phrases of the synthetic data
+    0.77 of the time from ``logmel_norm``, 0.82 from this, chance 0.58; docs/data.md).
 
     Per motion frame t, from :class:`Prosody`'s YIN log F0 (voiced frames) and log power, with
     ``B_n(x)[t]`` the mean of x over the voiced frames among the last n (0 if none):
@@ -809,9 +818,8 @@ class LogMelProsody(LogMelNorm):
     * dim 85: ``10 / ln 10 (B_phrase(log E) - B_base(log E)) / 6``, the last second's voiced level
       over the baseline in units of 6 dB: invariant to the recording's gain.
 
-    Causal over frames; YIN reads 32 ms past a frame (``lookahead`` 512 samples). Streams exactly
-    (:meth:`stream`): the log-mel part incrementally, the prosody re-extracted over its short
-    context and the baselines from the last ``baseline`` frames kept.
+    Causal over frames; YIN reads 32 ms past a frame (``lookahead`` 512 samples). Streams exactly,
+    each hop computed once (:meth:`stream`).
     """
 
     name = "logmel_prosody"
@@ -823,23 +831,26 @@ class LogMelProsody(LogMelNorm):
     def compute(self, y, T):
         return np.concatenate([super().compute(y, T), self.relative(np.zeros((0, 3)), self.raw_prosody(y, T))], axis=1)
 
+    #: Hops (1.5 s) over which the voicing floor's peak is taken.
+    PEAK_HOPS = 150
     #: Samples before a frame that its raw prosody reads: YIN's frame and the voicing floor's 1.5 s.
-    PROSODY_CONTEXT = Prosody.context + 150 * 160
+    PROSODY_CONTEXT = Prosody.context + PEAK_HOPS * 160
 
     @staticmethod
-    def raw_prosody(y: np.ndarray, T: int) -> np.ndarray:
-        """(T, 3): log F0 (0 unvoiced), voiced flag, log power per frame. YIN as :class:`Prosody`, but a
-        hop is voiced when periodic and within 40 dB of the last 1.5 s's loudest hop (not above a fixed
+    def hop_rows(f0: np.ndarray, aper: np.ndarray, energy: np.ndarray, peak: np.ndarray) -> np.ndarray:
+        """(K, 3) hop rows from YIN's output: log F0 (0 unvoiced), voiced, log power. A hop is voiced
+        when periodic and within 40 dB of ``peak``, the last 1.5 s's loudest hop (not above a fixed
         power), so the flag, and all four dims, do not change with the recording's gain."""
+        voiced = (aper < Prosody.threshold) & (energy > 1e-4 * peak) & (energy > 1e-12)
+        return np.stack([np.where(voiced, np.log(np.maximum(f0, 1.0)), 0.0), voiced, np.log(energy + 1e-12)], axis=1)
+
+    @classmethod
+    def raw_prosody(cls, y: np.ndarray, T: int) -> np.ndarray:
+        """(T, 3): log F0 (0 unvoiced), voiced flag, log power per frame (YIN as :class:`Prosody`)."""
         p = Prosody()
         f0, aper, energy = yin(y, SAMPLE_RATE, p.fmin, p.fmax, p.frame_length, p.hop)
-        voiced = (aper < p.threshold) & (energy > 1e-4 * causal_max(energy, 150)) & (energy > 1e-12)
-        hops = np.stack([np.where(voiced, np.log(np.maximum(f0, 1.0)), 0.0), voiced, np.log(energy + 1e-12)], axis=1)
-        out = pool_to_frames(hops, p.hop / SAMPLE_RATE, T).astype(np.float64)
-        v = out[:, 1]  # a frame is voiced if most of its hops were; its log F0 the mean over those
-        out[:, 0] = np.where(v >= 0.5, out[:, 0] / np.maximum(v, 1e-6), 0.0)
-        out[:, 1] = v >= 0.5
-        return out
+        hops = cls.hop_rows(f0, aper, energy, causal_max(energy, cls.PEAK_HOPS))
+        return voiced_frames(pool_to_frames(hops, p.hop / SAMPLE_RATE, T)).astype(np.float64)
 
     @property
     def context(self) -> int:
@@ -871,17 +882,23 @@ class LogMelProsody(LogMelNorm):
 
 class LogMelProsodyStream:
     """:class:`LogMelProsody` features of audio pushed a chunk at a time (the interface of
-    :class:`LogMelNormStream`): the log-mel dims incrementally, the prosody re-extracted from a
-    block of audio starting :attr:`Prosody.context` samples before the new frames, the baselines
-    from the last ``baseline`` raw prosody rows kept. Equal to offline extraction (to float rounding)."""
+    :class:`LogMelNormStream`), each 10 ms hop computed once: the log-mel dims by
+    :class:`LogMelNormStream`, YIN on the new hops only (their 64 ms analysis frames read from the
+    audio kept), the voicing floor's peak over the last 149 hop powers kept, the baselines over the
+    last ``baseline`` frames kept. Equal to offline extraction (to float rounding; tested)."""
 
     def __init__(self, ex: LogMelProsody):
         self.ex, self.mel = ex, LogMelNormStream(ex.log_mel())
+        self.p = Prosody()
+        self.half = self.p.frame_length // 2  # hop k's analysis frame: samples [k hop - half, k hop + half)
         self.audio = np.zeros(0, np.float32)  # samples from global sample ``self.a0`` on
         self.a0 = 0
+        self.k = 0  # hops computed
+        self.energy = np.zeros(0)  # the last PEAK_HOPS - 1 hop powers
+        self.rows = np.zeros((0, 3))  # hop rows not yet pooled, from hop ``self.r0``
+        self.r0 = 0
         self.hist = np.zeros((0, 3))  # raw prosody of the last baseline - 1 frames before self.t
         self.t = 0
-        self.block = 3 * SAMPLE_RATE // 30  # 0.1 s: whole frames and hops at 30 fps
 
     @property
     def done(self) -> bool:
@@ -897,7 +914,12 @@ class LogMelProsodyStream:
     def take(self, t1: int) -> np.ndarray:
         if t1 > self.available():
             raise ValueError(f"frame {t1 - 1} needs more audio ({self.mel.n} samples fed)")
-        return self._join(self.mel.take(t1), t1, final=False)
+        mel = self.mel.take(t1)
+        k = self.k
+        while hop_frames(k, self.p.hop / SAMPLE_RATE, self.ex.fps) < t1:  # every hop of frames before t1
+            k += 1
+        self._hops(k)
+        return self._frames(mel, t1)
 
     def push(self, chunk: np.ndarray) -> np.ndarray:
         self.feed(chunk)
@@ -905,23 +927,42 @@ class LogMelProsodyStream:
 
     def flush(self) -> np.ndarray:
         mel = self.mel.flush()
-        return self._join(mel, self.t + len(mel), final=True)
+        self._hops(1 + self.mel.n // self.p.hop)  # offline's hop count; zeros after the last sample
+        return self._frames(mel, self.t + len(mel))
 
-    def _join(self, mel: np.ndarray, t1: int, final: bool) -> np.ndarray:
+    def _hops(self, k1: int) -> None:
+        """YIN and the hop rows of hops [self.k, k1)."""
+        k0, hop, half = self.k, self.p.hop, self.half
+        if k1 <= k0:
+            return
+        lo, hi = k0 * hop - half, (k1 - 1) * hop + half
+        seg = np.zeros(hi - lo)  # zeros before sample 0 and after the audio's end, as offline
+        s0, s1 = max(lo, self.a0), min(hi, self.a0 + len(self.audio))
+        seg[s0 - lo : s1 - lo] = self.audio[s0 - self.a0 : s1 - self.a0]
+        frames = seg[np.arange(2 * half)[None, :] + hop * np.arange(k1 - k0)[:, None]]
+        f0, aper, energy = yin_frames(frames, SAMPLE_RATE, self.p.fmin, self.p.fmax)
+        n = self.ex.PEAK_HOPS
+        peak = _trailing_extreme(self.energy, energy, n, -np.inf, np.maximum)
+        self.rows = np.concatenate([self.rows, self.ex.hop_rows(f0, aper, energy, peak)])
+        self.energy = np.concatenate([self.energy, energy])[-(n - 1) :]
+        self.k = k1
+        drop = k1 * hop - half - self.a0  # audio before the next hop's frame is no longer needed
+        if drop > 0:
+            self.audio, self.a0 = self.audio[drop:], self.a0 + drop
+
+    def _frames(self, mel: np.ndarray, t1: int) -> np.ndarray:
+        """Pool the hop rows of frames [self.t, t1), apply the voicing rule and the baselines."""
         if t1 <= self.t:
             return np.zeros((0, self.ex.dim), np.float32)
-        ctx = self.ex.PROSODY_CONTEXT
-        g0 = max(0, (n_samples_for(self.t) - ctx) // self.block * self.block)
-        end = self.mel.n if final else min(self.mel.n, n_samples_for(t1) + ctx)
-        seg = self.audio[g0 - self.a0 : end - self.a0]
-        f0 = round(g0 * self.ex.fps / SAMPLE_RATE)
-        raw = self.ex.raw_prosody(seg, n_frames(len(seg), self.ex.fps))[self.t - f0 : t1 - f0]
+        dest = hop_frames(np.arange(self.r0, self.r0 + len(self.rows)), self.p.hop / SAMPLE_RATE, self.ex.fps)
+        use = dest < t1
+        out, cnt = _pool_runs(self.rows[use], dest[use] - self.t, t1 - self.t)
+        n_used = int(use.sum())
+        self.rows, self.r0 = self.rows[n_used:], self.r0 + n_used
+        raw = voiced_frames((out / cnt[:, None]).astype(np.float32)).astype(np.float64)  # as pool_to_frames
         rel = self.ex.relative(self.hist, raw)
         self.hist = np.concatenate([self.hist, raw])[-(self.ex.baseline - 1) :]
         self.t = t1
-        keep = max(0, n_samples_for(t1) - ctx - 2 * self.block)
-        if keep > self.a0:
-            self.audio, self.a0 = self.audio[keep - self.a0 :], keep
         return np.concatenate([mel, rel], axis=1).astype(np.float32)
 
 
