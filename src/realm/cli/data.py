@@ -84,6 +84,29 @@ def data_synth(
     out.print(f"wrote {res.n_clips} clips ({res.hours:.3f} h of speech) to {res.out} in {time.time() - t0:.1f} s")
 
 
+@data_app.command("mix")
+@friendly
+def data_mix(
+    sources: list[Path] = typer.Argument(..., help="Dataset directories of our layout (clips.csv), e.g. the same conversations clean and through --channel robust."),
+    out_dir: Path = typer.Option(..., "--out", help="Dataset directory to create."),
+    suffix: list[str] = typer.Option(None, "--suffix", help="Clip-id suffix of each source, in order (repeat the option; default a, b, c, ...)."),
+    splits: str = typer.Option("train,val", help="Splits to take from every source, comma-separated (a training mix: train,val; evaluate on each source's own test/ood)."),
+    copy: bool = typer.Option(False, "--copy", help="Copy the files instead of linking them (a mix that outlives its sources)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing directory."),
+):
+    """One training set from several datasets: their train/val rows in one clips.csv, clip ids suffixed, files linked."""
+    from realm.data.mix import default_suffixes, mix_datasets
+
+    names = list(suffix) if suffix else default_suffixes(len(sources))
+    if len(names) != len(sources):
+        raise ValueError(f"{len(names)} --suffix for {len(sources)} sources: give one per source")
+    parts = tuple(s.strip() for s in splits.split(",") if s.strip())
+    pairs = list(zip(names, sources, strict=True))
+    n = mix_datasets(out_dir, pairs, splits=parts, copy=copy, force=force)
+    what = ", ".join(f"{s}={d}" for s, d in pairs)
+    out.print(f"wrote {n} clips of {len(pairs)} datasets ({what}; files {'copied' if copy else 'linked'}) to {out_dir}")
+
+
 @data_app.command("inspect")
 @friendly
 def data_inspect(root: Path = typer.Argument(..., help="Dataset directory (any supported layout).")):

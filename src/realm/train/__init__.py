@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from realm.checkpoint import save
-from realm.data.clip import read_meta
+from realm.data.mix import data_config
 from realm.data.windows import WindowDataset, clip_features
 from realm.errors import check_choices
 from realm.io import write_json
@@ -978,7 +978,7 @@ def _export_best(out, best, model_cfg, prep, cfg, stage, results, command):
         "stage": stage, "train": jsonable(asdict(cfg)), "results": results,
         "command": command or " ".join(sys.argv),
         "selected_on": "val" if stage == 2 or cfg.stage1_select == "val_loss" else "the last validation (stage1_select)",
-        "data_config": read_meta(cfg.data).get("config", {}),
+        "data_config": data_config(cfg.data),
     }  # fmt: skip
     if cfg.init:  # provenance of the weights this run started from (its stage 1, with --stages 2)
         init = json.loads((Path(cfg.init) / "config.json").read_text())

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from realm.checkpoint import save
-from realm.data.clip import read_meta
+from realm.data.mix import data_config
 from realm.errors import RealmInputError
 from realm.io import write_json
 from realm.models.baselines.base import Baseline
@@ -164,7 +164,7 @@ def train_baseline(
     model = make_model(name, prep, model_cfg)
     extra = {
         "train": jsonable(asdict(cfg)), "command": command or " ".join(sys.argv), "selected_on": "val",
-        "data_config": read_meta(cfg.data).get("config", {}), "baseline": name,
+        "data_config": data_config(cfg.data), "baseline": name,
     }  # fmt: skip
     t0 = time.time()
     model.fit_data(prep)  # non-parametric baselines: everything; neural models: what they need before training

@@ -287,7 +287,7 @@ def train_emotion(
     continued with ``resume`` (from its last checkpoint) or started over with ``force``.
     """
     from realm.data import load_any
-    from realm.data.clip import read_meta
+    from realm.data.mix import data_config
     from realm.data.windows import clip_features
 
     out = Path(out)
@@ -340,7 +340,7 @@ def train_emotion(
     clf.info = {
         "train": jsonable(asdict(cfg)), "command": command or " ".join(sys.argv),
         "selected_on": f"{val_split} macro F1 (cue labels)",
-        "data_config": read_meta(cfg.data).get("config", {}) if (Path(cfg.data) / "clips.csv").exists() else {},
+        "data_config": data_config(cfg.data) if (Path(cfg.data) / "clips.csv").exists() else {},
         "majority_class": classes[majority], "train_class_frames": train_counts.tolist(),
         "results": results, "history": history,
     }  # fmt: skip
