@@ -89,7 +89,8 @@ def rest_offset(motions: list[np.ndarray], starts: list[np.ndarray], spec) -> di
     brow = [names.index("browInnerUp")] if "browInnerUp" in names else []
     late = [m[len(m) // 2 :].mean(0) - x0 for m, x0 in zip(motions, starts, strict=True)]
     signed = lambda idx: float(np.mean([d[idx].mean() for d in late])) if idx else float("nan")  # noqa: E731
-    return {"offset": float(np.mean([np.abs(d[:52]).mean() for d in late])), "frown": signed(frown), "brow": signed(brow)}
+    exp = spec.block("expression").slice
+    return {"offset": float(np.mean([np.abs(d[exp]).mean() for d in late])), "frown": signed(frown), "brow": signed(brow)}
 
 
 def data_silences(data: str, seconds_after: float = 3.0):

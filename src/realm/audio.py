@@ -789,13 +789,17 @@ class LogMelNormStream:
         return (out / cnt[:, None]).astype(np.float32)
 
 
-def _trailing_voiced_mean(hist: np.ndarray, new: np.ndarray, n: int) -> np.ndarray:
-    """For each row of ``new`` (K, 2): the mean of column 0 over the rows among the last ``n`` of
-    [hist, new] whose column 1 (a 0/1 weight) is 1 (0 where none is): (K,). ``hist``: the rows
-    before ``new`` (at most n - 1 used; zeros before the first)."""
-    w = _trailing_windows(hist[:, :1] * hist[:, 1:], new[:, :1] * new[:, 1:], n, 0.0).sum(axis=1)[:, 0]
-    c = _trailing_windows(hist[:, 1:], new[:, 1:], n, 0.0).sum(axis=1)[:, 0]
-    return np.where(c > 0, w / np.maximum(c, 1.0), 0.0)
+def _trailing_voiced_means(hist: np.ndarray, new: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each row of ``new`` (K, F + 1), whose last column is a 0/1 weight (voiced): the mean of
+    each of the F value columns over the rows among the last ``n`` of [hist, new] with weight 1 (0
+    where none is), (K, F), and that count, (K,). ``hist``: the rows before ``new`` (at most n - 1
+    used; zeros before the first)."""
+    def weighted(rows):
+        return np.concatenate([rows[:, :-1] * rows[:, -1:], rows[:, -1:]], axis=1)
+
+    sums = _trailing_windows(weighted(hist), weighted(new), n, 0.0).sum(axis=1)  # (K, F + 1)
+    c = sums[:, -1]
+    return np.where(c[:, None] > 0, sums[:, :-1] / np.maximum(c, 1.0)[:, None], 0.0), c
 
 
 @dataclass
@@ -861,15 +865,13 @@ class LogMelProsody(LogMelNorm):
     def relative(self, hist: np.ndarray, new: np.ndarray) -> np.ndarray:
         """The four prosody dims (K, 4) of the ``new`` raw rows (K, 3), ``hist``: the raw rows before them."""
         v = new[:, 1]
-        f0, h_f0 = new[:, [0, 1]], hist[:, [0, 1]]  # (value, voiced) pairs
-        e, h_e = new[:, [2, 1]], hist[:, [2, 1]]
-        base_f0 = _trailing_voiced_mean(h_f0, f0, self.baseline)
-        base_e = _trailing_voiced_mean(h_e, e, self.baseline)
+        cols = [0, 2, 1]  # log F0, log power, then the voiced weight
+        base, _ = _trailing_voiced_means(hist[:, cols], new[:, cols], self.baseline)  # (K, 2)
+        phrase, heard = _trailing_voiced_means(hist[:, cols], new[:, cols], self.phrase)
         st = 12 / math.log(2)  # nats of frequency -> semitones
-        pitch = np.where(v > 0, st * (new[:, 0] - base_f0), 0.0)
-        heard = _trailing_windows(hist[:, 1:2], new[:, 1:2], self.phrase, 0.0).sum(axis=1)[:, 0] > 0
-        phrase_f0 = np.where(heard, st * (_trailing_voiced_mean(h_f0, f0, self.phrase) - base_f0), 0.0)
-        phrase_e = np.where(heard, 10 / math.log(10) * (_trailing_voiced_mean(h_e, e, self.phrase) - base_e) / 6, 0.0)
+        pitch = np.where(v > 0, st * (new[:, 0] - base[:, 0]), 0.0)
+        phrase_f0 = np.where(heard > 0, st * (phrase[:, 0] - base[:, 0]), 0.0)
+        phrase_e = np.where(heard > 0, 10 / math.log(10) * (phrase[:, 1] - base[:, 1]) / 6, 0.0)
         return np.stack([v, pitch, phrase_f0, phrase_e], axis=1).astype(np.float32)
 
     def log_mel(self) -> LogMelNorm:
