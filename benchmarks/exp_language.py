@@ -2,6 +2,7 @@
 word carried a prosodic cue (issue 19, seed 2's claim).
 
     python benchmarks/exp_language.py --data DATA --split test -m mmlm=RUN -m realm=checkpoints/realm-demo [--samples 1]
+    python benchmarks/exp_language.py --data DATA --split ood -m smollm2=RUN1,RUN2,RUN3 -m realm=RUN4,RUN5   # seeds: each and their mean
 
 The synthetic benchmark logs every reaction with its trigger, and every trigger with ``cue``:
 whether its phrase was spoken with its emotion's prosody (``realm data synth --no-cue-fraction``).
@@ -40,6 +41,7 @@ import argparse
 import platform
 import sys
 
+import numpy as np
 import torch
 
 KINDS = ("smile", "concern")
@@ -50,7 +52,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True)
     ap.add_argument("--split", default="test")
-    ap.add_argument("-m", "--model", action="append", required=True, help="NAME=RUN, repeatable")
+    ap.add_argument("-m", "--model", action="append", required=True,
+                    help="NAME=RUN, repeatable; NAME=RUN,RUN,... scores each run (seeds of one recipe) and adds their mean")
     ap.add_argument("--samples", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--temperature", type=float, default=None, help="token models: sampling temperature (0: greedy; default: the model's)")
@@ -129,6 +132,7 @@ def main() -> None:
         print(f"| {name} | {f['smile']:.3f} | {f['concern']:.3f} | {r['f1']:.3f} | {r['recall']:.3f} | {r['precision']:.3f} |")
         why_rows.append((name, r["tp"], causes))
         kind_rows.append((name, f))
+        return f, r
 
     if all(c.samples().shape[0] > 1 for c in clips):  # the reference: the process that made the data
         score("*another realisation (reference)*", [c.samples()[1:] for c in clips], clips[0].spec, clips[0].fps)
@@ -144,12 +148,22 @@ def main() -> None:
 
         score(f"*ground truth's tokens decoded ({args.decoded})*", (decoded(c) for c in clips), run.spec, run.spec.fps)
     for spec_ in args.model:
-        name, _, run = spec_.partition("=")
-        lis = realm.load(run)
-        how = {k: v for k, v in (("temperature", args.temperature), ("top_p", args.top_p)) if v is not None}
-        how = how if how and "temperature" in lis.sample_options else {}
-        gen = (lis.generate(c.audio_path, words=c.words, samples=args.samples, seed=args.seed, **how) for c in clips)
-        score(name, gen, lis.spec, lis.fps)
+        name, _, runs = spec_.partition("=")
+        runs = runs.split(",")  # NAME=RUN,RUN,...: runs of one recipe (seeds), each scored, then their mean
+        rows = []
+        for run in runs:
+            lis = realm.load(run)
+            how = {k: v for k, v in (("temperature", args.temperature), ("top_p", args.top_p)) if v is not None}
+            how = how if how and "temperature" in lis.sample_options else {}
+            gen = (lis.generate(c.audio_path, words=c.words, samples=args.samples, seed=args.seed, **how) for c in clips)
+            rows.append(score(name if len(runs) == 1 else f"{name} ({run})", gen, lis.spec, lis.fps))
+        if len(rows) > 1:
+            f = {k: float(np.mean([fk[k] for fk, _ in rows])) for k in EVENT_KINDS}
+            r = {k: float(np.mean([rk[k] for _, rk in rows])) for k in ("f1", "recall", "precision")}
+            spread = max(rk["f1"] for _, rk in rows) - min(rk["f1"] for _, rk in rows)
+            mean = f"**{name}: mean of {len(rows)}** (uncued F1 spread {spread:.3f})"
+            print(f"| {mean} | {f['smile']:.3f} | {f['concern']:.3f} | **{r['f1']:.3f}** | {r['recall']:.3f} | {r['precision']:.3f} |")
+            kind_rows.append((mean, f))
     print("\nEvent F1 of every kind (``realm.metrics.event_f1``: all reactions of the kind, cued or not, +-0.5 s):\n")
     print("| model | " + " | ".join(EVENT_KINDS) + " |")
     print("|---|" + "---:|" * len(EVENT_KINDS))
