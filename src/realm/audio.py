@@ -789,17 +789,22 @@ class LogMelNormStream:
         return (out / cnt[:, None]).astype(np.float32)
 
 
-def _trailing_voiced_means(hist: np.ndarray, new: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """For each row of ``new`` (K, F + 1), whose last column is a 0/1 weight (voiced): the mean of
-    each of the F value columns over the rows among the last ``n`` of [hist, new] with weight 1 (0
-    where none is), (K, F), and that count, (K,). ``hist``: the rows before ``new`` (at most n - 1
-    used; zeros before the first)."""
+def _trailing_voiced_means(hist: np.ndarray, new: np.ndarray, lengths: tuple[int, ...]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """For each row of ``new`` (K, F + 1), whose last column is a 0/1 weight (voiced), and each
+    window length n of ``lengths``: the mean of each of the F value columns over the rows among the
+    last n of [hist, new] with weight 1 (0 where none is), (K, F), and that count, (K,). ``hist``:
+    the rows before ``new`` (at most max(lengths) - 1 used; zeros before the first). One window of
+    the longest length serves every length (a shorter one is its last n rows)."""
     def weighted(rows):
         return np.concatenate([rows[:, :-1] * rows[:, -1:], rows[:, -1:]], axis=1)
 
-    sums = _trailing_windows(weighted(hist), weighted(new), n, 0.0).sum(axis=1)  # (K, F + 1)
-    c = sums[:, -1]
-    return np.where(c[:, None] > 0, sums[:, :-1] / np.maximum(c, 1.0)[:, None], 0.0), c
+    win = _trailing_windows(weighted(hist), weighted(new), max(lengths), 0.0)  # (K, n_max, F + 1)
+    out = []
+    for n in lengths:
+        sums = win[:, win.shape[1] - n :].sum(axis=1)  # (K, F + 1)
+        c = sums[:, -1]
+        out.append((np.where(c[:, None] > 0, sums[:, :-1] / np.maximum(c, 1.0)[:, None], 0.0), c))
+    return out
 
 
 @dataclass
@@ -866,8 +871,7 @@ class LogMelProsody(LogMelNorm):
         """The four prosody dims (K, 4) of the ``new`` raw rows (K, 3), ``hist``: the raw rows before them."""
         v = new[:, 1]
         cols = [0, 2, 1]  # log F0, log power, then the voiced weight
-        base, _ = _trailing_voiced_means(hist[:, cols], new[:, cols], self.baseline)  # (K, 2)
-        phrase, heard = _trailing_voiced_means(hist[:, cols], new[:, cols], self.phrase)
+        (base, _), (phrase, heard) = _trailing_voiced_means(hist[:, cols], new[:, cols], (self.baseline, self.phrase))  # (K, 2) each
         st = 12 / math.log(2)  # nats of frequency -> semitones
         pitch = np.where(v > 0, st * (new[:, 0] - base[:, 0]), 0.0)
         phrase_f0 = np.where(heard > 0, st * (phrase[:, 0] - base[:, 0]), 0.0)
