@@ -23,6 +23,19 @@ def test_keep_masks_keep_one_minus_p_scaled_and_repeat_with_torch_s_seed():
     assert float(rows.std()) < 0.05
 
 
+def test_a_bfloat16_keep_mask_is_the_float32_mask_rounded_for_each_p():
+    """bf16-mixed training draws its masks as bfloat16 bit patterns: the same draws, the same values
+    as converting the float32 mask (so a bf16 run's dropout is what it was before the shortcut)."""
+    for p in (0.1, 0.25, 0.5, 1 / 3):
+        torch.manual_seed(5)
+        m32 = keep_mask((64, 16, 512), p)
+        torch.manual_seed(5)
+        m16 = keep_mask((64, 16, 512), p, torch.bfloat16)
+        assert m16.dtype == torch.bfloat16 and m16.shape == m32.shape
+        assert torch.equal(m16, m32.to(torch.bfloat16)), p
+        assert set(m16.float().unique().tolist()) == {0.0, float(m32.max().to(torch.bfloat16))}
+
+
 def test_dropout_gradient_is_the_mask_and_eval_is_identity():
     x = torch.randn(8, 16, 32, requires_grad=True)
     torch.manual_seed(0)

@@ -28,15 +28,22 @@ from torch import nn
 LEVELS = 1 << 16  # a keep-mask compares uniform 16-bit integers to a threshold
 
 
-def keep_mask(shape: tuple[int, ...], p: float) -> torch.Tensor:
-    """A CPU float32 tensor of ``shape``: 1 / (1 - p') with probability 1 - p', else 0, where
-    p' = round(p 65536) / 65536 (the kept values scaled, as dropout does). The seed comes from torch's generator."""
+def keep_mask(shape: tuple[int, ...], p: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A CPU tensor of ``shape``: 1 / (1 - p') with probability 1 - p', else 0, where
+    p' = round(p 65536) / 65536 (the kept values scaled, as dropout does). The seed comes from torch's generator.
+    ``dtype`` float32, or bfloat16 (written as its bit patterns by NumPy: the float32 mask's values
+    rounded to bfloat16, without a float32 mask and its conversion, for bf16-mixed training)."""
     threshold = round(p * LEVELS)
     n = math.prod(shape)
     gen = np.random.SFC64(int(torch.randint(0, 2**62, (1,))))
     r = gen.random_raw(-(-n // 4)).view(np.uint16)[:n]  # four 16-bit integers a 64-bit draw
-    mask = np.multiply(r >= threshold, LEVELS / (LEVELS - threshold), dtype=np.float32)
-    return torch.from_numpy(mask).view(shape)
+    scale = LEVELS / (LEVELS - threshold)
+    if dtype == torch.bfloat16:
+        bits = int(torch.tensor(scale, dtype=torch.float32).to(torch.bfloat16).view(torch.int16))
+        mask = np.multiply(r >= threshold, bits, dtype=np.int16)
+        return torch.from_numpy(mask).view(torch.bfloat16).view(shape)
+    mask = np.multiply(r >= threshold, scale, dtype=np.float32)
+    return torch.from_numpy(mask).view(shape).to(dtype)
 
 
 class _Mask(torch.autograd.Function):
@@ -59,7 +66,7 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
         return x
     if x.device.type != "cpu" or round(p * LEVELS) >= LEVELS:
         return F.dropout(x, p, training=True)
-    return _Mask.apply(x, keep_mask(tuple(x.shape), p).to(x.dtype))
+    return _Mask.apply(x, keep_mask(tuple(x.shape), p, x.dtype))
 
 
 class Dropout(nn.Module):
