@@ -408,6 +408,37 @@ def test_energy_score_per_channel_ranks_the_truth_first_and_sees_a_few_reacting_
     assert gap["channel"] > 1.5 * gap["window"], gap  # measured: 0.147 against 0.079
 
 
+def test_energy_exclude_scores_the_blink_channels_by_mse_not_by_their_spread():
+    """With energy_exclude=("blink",) samples that differ only on the eye-blink channels get the
+    energy score of samples that do not, and an error there counts in the MSE (the refinement owns blinks)."""
+    from realm.motion import get_spec
+    from realm.train import REALMLoss, TrainConfig
+
+    model = REALM(REALMConfig(spec="arkit58", audio_dim=20, latent_dim=4))
+    spec = get_spec("arkit58")
+    blink = [spec.channel("eyeBlinkLeft"), spec.channel("eyeBlinkRight")]
+    g = torch.Generator().manual_seed(0)
+    B, T = 8, 32
+    gt, mask = torch.zeros(B, T, 58), torch.ones(B, T)
+    swing = torch.zeros(2 * B, T, 58)
+    swing[..., blink] = torch.randn(2 * B, T, 2, generator=g)  # two samples apart on the blinks only
+    aux = {"bounds": [], "alpha": torch.ones(2 * B, T, 1), "waypoint": None}
+    scores = {}
+    for exclude in ((), ("blink",)):
+        loss = REALMLoss(model, TrainConfig(coarse_loss="energy", coarse_samples=2, energy_blocks=("expression",),
+                                            energy_exclude=exclude))  # fmt: skip
+        sl, _, scale = loss.energy[0]
+        scores[exclude] = (float(loss.energy_score(swing, gt, mask, sl, scale)),
+                           float(loss.energy_score(torch.zeros_like(swing), gt, mask, sl, scale)),
+                           float(loss(swing, gt, mask.bool(), aux)["mse"]))  # fmt: skip
+    es, still, mse = scores[()]
+    assert abs(es - still) > 1e-3 and mse == 0.0  # scored by the energy score, out of the MSE
+    es, still, mse = scores[("blink",)]
+    assert abs(es - still) < 1e-6 and mse > 0.0  # out of the energy score, in the MSE
+    with pytest.raises(ValueError, match="unknown fast events"):
+        TrainConfig(energy_exclude=("yawn",))
+
+
 def test_rest_leak_is_the_leaky_recursion_and_pulls_back_to_the_start_frame():
     torch.manual_seed(0)
     model = REALM(REALMConfig(spec="arkit58", audio_dim=20, d_model=32, ff_dim=64, rest_leak=True, rest_leak_init=0.1))

@@ -61,7 +61,7 @@ from realm.metrics import (
     fd_per_clip,
 )
 from realm.models.realm import REALM, REALMConfig, refine_prefix, refine_sequence
-from realm.motion import NormStats
+from realm.motion import FAST_EVENTS, NormStats, events_in_spec
 from realm.threads import cpu_attention
 from realm.train.harness import (
     ResumableCheckpoint,
@@ -133,6 +133,11 @@ class TrainConfig:
     energy_blocks: tuple[str, ...] = ("expression", "rotation")  # blocks the energy score scores
     w_energy: float = 1.0  # weight of the energy score (each block's is in RMS units, the rotation's
     #   also times w_rot and the axis weights, as in the MSE)
+    energy_exclude: tuple[str, ...] = ()  # ours: fast events (realm.motion.FAST_EVENTS, e.g. "blink")
+    #   whose channels leave the energy score and keep the MSE, like a block outside energy_blocks.
+    #   The refinement samples those events; a coarse model spread on them as well drew blink-like
+    #   swings that the refinement's blinks then added to (raw eyeBlink up to 1.6-1.8 in silence,
+    #   docs/realm.md). () = every channel of energy_blocks is scored
     energy_groups: str = "window"  # what one energy-score vector is: "window" (each window's frames x
     #   channels of a block: the joint distribution) or "channel" (each channel's W frames apart, the
     #   scores averaged: proper for each channel's window, not for their joint). A reaction moves a
@@ -181,6 +186,9 @@ class TrainConfig:
         if self.mean_rollout and self.coarse_loss != "energy":
             raise ValueError("mean_rollout is the zero-latent rollout beside the energy score's samples: set coarse_loss='energy'")
         self.energy_blocks = tuple(self.energy_blocks)
+        self.energy_exclude = tuple(self.energy_exclude)
+        if unknown := [e for e in self.energy_exclude if e not in FAST_EVENTS]:
+            raise ValueError(f"energy_exclude: unknown fast events {unknown}; known: {sorted(FAST_EVENTS)}")
         self.react_kinds = tuple(self.react_kinds)
         unknown = [k for k in self.react_kinds if k not in DETECTORS]
         if unknown:
@@ -446,6 +454,13 @@ class REALMLoss:
         self.w_mse = self.w.clone()
         for sl, _, _ in self.energy:
             self.w_mse[sl] = 0.0
+        # energy_exclude: those channels out of the energy score (scale 0) and back in the MSE
+        for ch in [ch for e in cfg.energy_exclude for ch in FAST_EVENTS[e] if e in events_in_spec(self.spec, [e])]:
+            i = self.spec.channel(ch)
+            for sl, _, scale in self.energy:
+                if sl.start <= i < sl.stop:
+                    scale[i - sl.start] = 0.0
+                    self.w_mse[i] = self.w[i]
 
     def _dim_weights(self, boundary: bool = False) -> torch.Tensor:
         """Per-dimension weights: block weight (rotation x axis weights) / block size."""
