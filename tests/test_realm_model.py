@@ -354,6 +354,32 @@ def test_latent_windows_make_rollouts_samples():
     assert not hasattr(REALM(REALMConfig(spec="arkit58", audio_dim=20)).decoder, "latent")  # 0: the paper's decoder
 
 
+def test_a_latent_branch_leaves_the_zero_latent_rollout_to_the_decoder():
+    """latent_branch: with every latent 0 the rollout does not depend on the branch (it is the
+    deterministic decoder's); with latents the samples differ, through the branch alone."""
+    torch.manual_seed(0)
+    cfg = REALMConfig(spec="arkit58", audio_dim=20, d_model=32, ff_dim=64, latent_dim=4, latent_branch=True,
+                      zero_init_heads=False)  # fmt: skip
+    model = REALM(cfg).eval()
+    audio, f0 = torch.randn(1, 48, 20), torch.randn(1, 58)
+    z = torch.randn(2, 3, 4)
+    with torch.no_grad():
+        zero, _ = model.rollout(audio, f0, latents=torch.zeros(1, 3, 4))
+        a, _ = model.rollout(audio.expand(2, -1, -1), f0.expand(2, -1), latents=z)
+        for prm in model.decoder.branch.parameters():
+            prm.add_(torch.randn_like(prm))  # another branch
+        zero2, _ = model.rollout(audio, f0, latents=torch.zeros(1, 3, 4))
+        b, _ = model.rollout(audio.expand(2, -1, -1), f0.expand(2, -1), latents=z)
+        model.decoder.branch[2].weight.zero_()
+        model.decoder.branch[2].bias.zero_()  # a branch that adds nothing: samples = the zero-latent rollout
+        c, _ = model.rollout(audio.expand(2, -1, -1), f0.expand(2, -1), latents=z)
+    torch.testing.assert_close(zero, zero2)  # the branch does not touch the zero-latent rollout
+    assert (a[0, 1:] - a[1, 1:]).abs().max() > 1e-3 and (a - b).abs().max() > 1e-3  # samples, by the branch
+    torch.testing.assert_close(c, zero.expand(2, -1, -1))  # the latent reaches the motion only through it
+    with pytest.raises(ValueError, match="needs latent_dim"):
+        REALMConfig(latent_branch=True)
+
+
 def test_energy_score_prefers_the_true_spread_to_its_mean():
     from realm.train import REALMLoss, TrainConfig
 

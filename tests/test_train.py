@@ -102,6 +102,23 @@ def test_stage2_retrains_the_refinement_of_another_run(synth_dir, tmp_path):
                     tmp_path / "bad", progress=False)  # fmt: skip
 
 
+def test_init_takes_the_coarse_additions_and_refuses_a_set_it_would_drop(synth_dir, tmp_path):
+    """A stage-1 retrain from --init takes the stochastic additions from the command (react_floor,
+    latent_branch and the rest, which a run once dropped without a word) and refuses a set field it
+    would not take (the init's architecture stays), naming it."""
+    first = tmp_path / "first"
+    train_realm(cfg(synth_dir, stages=(1,)), REALMConfig(**TINY, spec="arkit58", tau=4), first, progress=False)
+    run = tmp_path / "fine"
+    add = dict(latent_dim=4, react_gate=True, react_floor=0.3, latent_branch=True, latent_temperature=0.5)
+    train_realm(cfg(synth_dir, stages=(1,), init=str(first), coarse_loss="energy"), REALMConfig(**TINY, **add),
+                run, progress=False)  # fmt: skip
+    got = realm.load(run).model.config
+    assert {k: getattr(got, k) for k in add} == add and got.tau == 4  # additions from the command, tau from --init
+    with pytest.raises(ValueError, match="d_model=48: a run started from"):
+        train_realm(cfg(synth_dir, stages=(1,), init=str(first)), REALMConfig(**{**TINY, "d_model": 48}),
+                    tmp_path / "bad", progress=False)  # fmt: skip
+
+
 def test_stage2_items_are_what_generation_refines():
     """A stage-2 training item: the refinement's context frames, then the scored frames."""
     from realm.train import CoarseClip, CoarseSegments

@@ -88,6 +88,11 @@ class REALMConfig:
     #   reaction (noise it never heard, speech unlike the training data). 0 = p itself (as trained);
     #   1 = the gate open (the ungated model). Chosen at generation, like latent_temperature
     #   (docs/realm.md, measured)
+    latent_branch: bool = False  # ours, with latent_dim: the latent does not enter the decoder's
+    #   queries; a branch of its own, an MLP on each frame's decoded state and the window's projected
+    #   latent, adds branch(state, z) - branch(state, 0) to the deltas. The zero-latent rollout is then
+    #   the deterministic decoder's exactly, so a fine-tune with that decoder frozen learns the spread
+    #   without moving the conditional mean (docs/realm.md, measured). False = the latent added to the queries
     latent_temperature: float = 1.0  # ours, generation only: each window's latent is scaled by
     #   this (training draws N(0, I)). Below 1 the samples keep nearer the conditional mean (the
     #   zero latent): reaction timing over spread; 0 is the mean itself (docs/realm.md, measured)
@@ -138,6 +143,8 @@ class REALMConfig:
             raise ValueError(f"react_floor must be in [0, 1], got {self.react_floor}")
         if self.react_gate and (not self.latent_dim or self.latent_gate):
             raise ValueError("react_gate scales the latent: it needs latent_dim > 0 and latent_gate off")
+        if self.latent_branch and not self.latent_dim:
+            raise ValueError("latent_branch is the latent's own path: it needs latent_dim > 0")
         if not 0 <= self.event_refractory <= 30:
             raise ValueError(f"event_refractory must be 0..30 frames, got {self.event_refractory}")
         self.refine_events = tuple(self.refine_events)
@@ -287,6 +294,9 @@ class CoarseDecoder(nn.Module):
                 nn.init.constant_(self.latent_gate.bias, 2.0)
             if c.react_gate:  # (B, K, d) fused -> (B,) logit of "a reaction starts in this window"
                 self.react = nn.Sequential(nn.Linear(c.d_model, c.d_model), nn.GELU(), nn.Linear(c.d_model, 1))
+            if c.latent_branch:  # (B, W, 2d) [decoded state ; latent] -> (B, W, D) deltas
+                self.branch = nn.Sequential(nn.Linear(2 * c.d_model, 2 * c.d_model), nn.GELU(),
+                                            nn.Linear(2 * c.d_model, spec.dim))  # fmt: skip
         if c.identity_anchor:  # marks the anchor token apart from the history tokens
             self.anchor_embed = nn.Parameter(torch.randn(1, 1, c.d_model) * 0.02)
         self.heads = nn.ModuleDict({name: nn.Linear(c.d_model, size) for name, size in spec.blocks})
@@ -325,7 +335,8 @@ class CoarseDecoder(nn.Module):
                 z = z * (f + (1 - f) * p).unsqueeze(-1)
                 if extras is not None:
                     extras["react_logit"] = logit
-            q = q + z.unsqueeze(1)
+            if not self.c.latent_branch:
+                q = q + z.unsqueeze(1)
         q = self.pe(q)
         if _lean(self, self.c.fast_train):
             x = q
@@ -333,8 +344,12 @@ class CoarseDecoder(nn.Module):
                 x = decoder_layer(layer, x, memory, self_mask=self.causal)
         else:
             x = self.decoder(tgt=q, memory=memory, tgt_mask=self.causal, tgt_is_causal=True)  # (the hint skips a check)
-        x, _ = self.lstm(x)
-        return torch.cat([head(x) for head in self.heads.values()], dim=-1), alpha
+        x, _ = self.lstm(x)  # (B, W, d)
+        deltas = torch.cat([head(x) for head in self.heads.values()], dim=-1)  # (B, W, D)
+        if self.c.latent_dim and self.c.latent_branch:  # + branch(x, z) - branch(x, 0): 0 at z = 0
+            zw = z.unsqueeze(1).expand(-1, x.shape[1], -1)  # (B, W, d)
+            deltas = deltas + self.branch(torch.cat([x, zw], -1)) - self.branch(torch.cat([x, torch.zeros_like(zw)], -1))
+        return deltas, alpha
 
 
 class CausalConv1d(nn.Conv1d):

@@ -794,7 +794,11 @@ class REALMTask(L.LightningModule):
 
 #: Coarse-model fields a stage-1 retraining from ``--init`` takes from the command: additions to
 #: the init run's architecture, whose new parameters start from their initialisation.
-COARSE_ADDED_FIELDS = ("latent_dim", "latent_gate", "react_gate", "rest_leak", "rest_leak_init")
+COARSE_ADDED_FIELDS = ("latent_dim", "latent_gate", "react_gate", "react_floor", "latent_branch", "rest_leak",
+                       "rest_leak_init")  # fmt: skip
+#: Fields a run started from ``--init`` takes from the command when the command sets them (differ
+#: from the default): speed and generation knobs, which change no weight.
+COMMAND_FIELDS = ("fast_train", "latent_temperature")
 #: REALMConfig fields of the refinement: the ones a run started from another run (``init``) takes
 #: from the command instead of from that run, since stage 2 retrains the refinement.
 REFINE_FIELDS = ("use_refinement", "refine_dim", "refine_ff", "refine_block", "refine_mode", "refine_context",
@@ -812,9 +816,14 @@ def _from_init(cfg: TrainConfig, model_cfg: REALMConfig) -> tuple[REALMConfig, d
         raise ValueError(f"{cfg.init}: --init needs a REALM run, not a {lis.name!r} run")
     if lis.extractor != cfg.extractor:
         raise ValueError(f"{cfg.init}: the run uses {lis.extractor!r} features, the command {cfg.extractor!r}")
-    ours = model_cfg.to_dict()
+    ours, theirs, default = model_cfg.to_dict(), lis.model.config.to_dict(), REALMConfig().to_dict()
     keep = REFINE_FIELDS + (COARSE_ADDED_FIELDS if 1 in cfg.stages else ())
-    mcfg = REALMConfig(**{**lis.model.config.to_dict(), **{k: ours[k] for k in keep}})
+    keep += tuple(k for k in COMMAND_FIELDS if ours[k] != default[k])
+    for k in ours.keys() - set(keep) - {"spec", "audio_dim"}:  # set on the command, and not taken: refuse
+        if ours[k] != default[k] and ours[k] != theirs.get(k, default[k]):
+            raise ValueError(f"{k}={ours[k]!r}: a run started from {cfg.init} keeps that run's {k} ({theirs.get(k)!r}); "
+                             f"with stages {list(cfg.stages)} the command may set {', '.join(keep)}")  # fmt: skip
+    mcfg = REALMConfig(**{**theirs, **{k: ours[k] for k in keep}})
     state = {k: v for k, v in lis.model.state_dict().items() if not (2 in cfg.stages and k.startswith("refinement."))}
     return mcfg, state, (lis.stats, lis.feature_stats)
 
