@@ -92,7 +92,8 @@ class REALMConfig:
     #   queries; a branch of its own, an MLP on each frame's decoded state and the window's projected
     #   latent, adds branch(state, z) - branch(state, 0) to the deltas. The zero-latent rollout is then
     #   the deterministic decoder's exactly, so a fine-tune with that decoder frozen learns the spread
-    #   without moving the conditional mean (docs/realm.md, measured). False = the latent added to the queries
+    #   without moving the zero-latent rollout; the samples' mean can still move (the MLP is not linear
+    #   in z: measured, a drift on long inputs; docs/realm.md). False = the latent added to the queries
     latent_temperature: float = 1.0  # ours, generation only: each window's latent is scaled by
     #   this (training draws N(0, I)). Below 1 the samples keep nearer the conditional mean (the
     #   zero latent): reaction timing over spread; 0 is the mean itself (docs/realm.md, measured)
