@@ -455,8 +455,7 @@ class REALMLoss:
         for sl, _, _ in self.energy:
             self.w_mse[sl] = 0.0
         # energy_exclude: those channels out of the energy score (scale 0) and back in the MSE
-        for ch in [ch for e in cfg.energy_exclude for ch in FAST_EVENTS[e] if e in events_in_spec(self.spec, [e])]:
-            i = self.spec.channel(ch)
+        for i in [self.spec.channel(ch) for e in events_in_spec(self.spec, cfg.energy_exclude) for ch in FAST_EVENTS[e]]:
             for sl, _, scale in self.energy:
                 if sl.start <= i < sl.stop:
                     scale[i - sl.start] = 0.0
@@ -820,8 +819,8 @@ def _from_init(cfg: TrainConfig, model_cfg: REALMConfig) -> tuple[REALMConfig, d
     keep = REFINE_FIELDS + (COARSE_ADDED_FIELDS if 1 in cfg.stages else ())
     keep += tuple(k for k in COMMAND_FIELDS if ours[k] != default[k])
     for k in ours.keys() - set(keep) - {"spec", "audio_dim"}:  # set on the command, and not taken: refuse
-        if ours[k] != default[k] and ours[k] != theirs.get(k, default[k]):
-            raise ValueError(f"{k}={ours[k]!r}: a run started from {cfg.init} keeps that run's {k} ({theirs.get(k)!r}); "
+        if ours[k] != default[k] and ours[k] != theirs[k]:
+            raise ValueError(f"{k}={ours[k]!r}: a run started from {cfg.init} keeps that run's {k} ({theirs[k]!r}); "
                              f"with stages {list(cfg.stages)} the command may set {', '.join(keep)}")  # fmt: skip
     mcfg = REALMConfig(**{**theirs, **{k: ours[k] for k in keep}})
     state = {k: v for k, v in lis.model.state_dict().items() if not (2 in cfg.stages and k.startswith("refinement."))}
