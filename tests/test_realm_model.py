@@ -354,12 +354,13 @@ def test_latent_windows_make_rollouts_samples():
     assert not hasattr(REALM(REALMConfig(spec="arkit58", audio_dim=20)).decoder, "latent")  # 0: the paper's decoder
 
 
-def test_a_latent_branch_leaves_the_zero_latent_rollout_to_the_decoder():
+@pytest.mark.parametrize("form", ["odd", "diff"])
+def test_a_latent_branch_leaves_the_zero_latent_rollout_to_the_decoder(form):
     """latent_branch: with every latent 0 the rollout does not depend on the branch (it is the
     deterministic decoder's); with latents the samples differ, through the branch alone."""
     torch.manual_seed(0)
     cfg = REALMConfig(spec="arkit58", audio_dim=20, d_model=32, ff_dim=64, latent_dim=4, latent_branch=True,
-                      zero_init_heads=False)  # fmt: skip
+                      branch_form=form, zero_init_heads=False)  # fmt: skip
     model = REALM(cfg).eval()
     audio, f0 = torch.randn(1, 48, 20), torch.randn(1, 58)
     z = torch.randn(2, 3, 4)
@@ -378,6 +379,26 @@ def test_a_latent_branch_leaves_the_zero_latent_rollout_to_the_decoder():
     torch.testing.assert_close(c, zero.expand(2, -1, -1))  # the latent reaches the motion only through it
     with pytest.raises(ValueError, match="needs latent_dim"):
         REALMConfig(latent_branch=True)
+
+
+def test_the_odd_latent_branch_is_zero_mean_over_the_latent():
+    """branch_form="odd": a window's deltas at z and at -z average to its deltas at z = 0 (the
+    samples' mean is the zero-latent rollout's, so a sample carries no bias to integrate); the
+    "diff" form (0 at z = 0 only) does not, which is the drift measured on long inputs."""
+    torch.manual_seed(0)
+    fused, history, z = torch.randn(3, 16, 32), torch.randn(3, 16, 58), torch.randn(3, 4)
+    for form in ("odd", "diff"):
+        cfg = REALMConfig(spec="arkit58", audio_dim=20, d_model=32, ff_dim=64, latent_dim=4, latent_branch=True,
+                          branch_form=form, zero_init_heads=False)  # fmt: skip
+        dec = REALM(cfg).eval().decoder
+        with torch.no_grad():
+            plus, minus, zero = (dec(fused, history, latent=v)[0] for v in (z, -z, torch.zeros_like(z)))
+        assert (plus - zero).abs().max() > 1e-3  # the latent moves the deltas
+        gap = ((plus + minus) / 2 - zero).abs().max().item()
+        assert gap < 1e-6 if form == "odd" else gap > 1e-3, (form, gap)
+    with pytest.raises(ValueError, match="branch_form"):
+        REALMConfig(latent_dim=4, latent_branch=True, branch_form="even")
+    assert REALMConfig.from_dict({"latent_dim": 4, "latent_branch": True}).branch_form == "diff"  # saved before
 
 
 def test_energy_score_prefers_the_true_spread_to_its_mean():

@@ -92,8 +92,11 @@ class REALMConfig:
     #   queries; a branch of its own, an MLP on each frame's decoded state and the window's projected
     #   latent, adds branch(state, z) - branch(state, 0) to the deltas. The zero-latent rollout is then
     #   the deterministic decoder's exactly, so a fine-tune with that decoder frozen learns the spread
-    #   without moving the zero-latent rollout; the samples' mean can still move (the MLP is not linear
-    #   in z: measured, a drift on long inputs; docs/realm.md). False = the latent added to the queries
+    #   without moving the zero-latent rollout. False = the latent added to the queries
+    branch_form: str = "odd"  # with latent_branch: "odd" adds (branch(state, z) - branch(state, -z)) / 2,
+    #   an odd function of z, so the samples' mean over z is the zero-latent rollout's delta by
+    #   construction; "diff" adds branch(state, z) - branch(state, 0), 0 at z = 0 only, whose mean
+    #   over z moved (measured: a drift on long inputs; docs/realm.md)
     latent_temperature: float = 1.0  # ours, generation only: each window's latent is scaled by
     #   this (training draws N(0, I)). Below 1 the samples keep nearer the conditional mean (the
     #   zero latent): reaction timing over spread; 0 is the mean itself (docs/realm.md, measured)
@@ -131,7 +134,8 @@ class REALMConfig:
     #   deterministic (the same with the noise at 0) and late (docs/realm.md, "Stage 2")
 
     def __post_init__(self):
-        check_choices(self, first_window=("frame0", "guide"), refine_mode=("causal", "whole"), detail=("odd", "free"))
+        check_choices(self, first_window=("frame0", "guide"), refine_mode=("causal", "whole"), detail=("odd", "free"),
+                      branch_form=("odd", "diff"))
         if self.refine_context < 1 or self.refine_chunk < 1 or self.event_template < 1:
             raise ValueError("refine_context, refine_chunk and event_template must be >= 1")
         if not 0 < self.rest_leak_init < 1:
@@ -164,7 +168,7 @@ class REALMConfig:
 
 #: What a saved config without the field meant: the behaviour its checkpoint was trained with.
 LEGACY_DEFAULTS = {"first_window": "guide", "refine_mode": "whole", "refine_events": (), "detail": "free",
-                   "event_refractory": 0}
+                   "event_refractory": 0, "branch_form": "diff"}
 
 
 # ---------------------------------------------------------------- building blocks
@@ -347,9 +351,12 @@ class CoarseDecoder(nn.Module):
             x = self.decoder(tgt=q, memory=memory, tgt_mask=self.causal, tgt_is_causal=True)  # (the hint skips a check)
         x, _ = self.lstm(x)  # (B, W, d)
         deltas = torch.cat([head(x) for head in self.heads.values()], dim=-1)  # (B, W, D)
-        if self.c.latent_dim and self.c.latent_branch:  # + branch(x, z) - branch(x, 0): 0 at z = 0
+        if self.c.latent_dim and self.c.latent_branch:  # + the latent's own path, 0 at z = 0
             zw = z.unsqueeze(1).expand(-1, x.shape[1], -1)  # (B, W, d)
-            deltas = deltas + self.branch(torch.cat([x, zw], -1)) - self.branch(torch.cat([x, torch.zeros_like(zw)], -1))
+            other = -zw if self.c.branch_form == "odd" else torch.zeros_like(zw)
+            both = self.branch(torch.cat([torch.cat([x, x]), torch.cat([zw, other])], -1))  # (2B, W, D), one batch
+            scale = 0.5 if self.c.branch_form == "odd" else 1.0  # odd: (b(x, z) - b(x, -z)) / 2, zero-mean over z
+            deltas = deltas + scale * (both[:B] - both[B:])
         return deltas, alpha
 
 
