@@ -18,6 +18,7 @@ On a GPU, dropout is ``F.dropout`` (the masks would otherwise cross the bus).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -37,13 +38,19 @@ def keep_mask(shape: tuple[int, ...], p: float, dtype: torch.dtype = torch.float
     n = math.prod(shape)
     gen = np.random.SFC64(int(torch.randint(0, 2**62, (1,))))
     r = gen.random_raw(-(-n // 4)).view(np.uint16)[:n]  # four 16-bit integers a 64-bit draw
-    scale = LEVELS / (LEVELS - threshold)
     if dtype == torch.bfloat16:
-        bits = int(torch.tensor(scale, dtype=torch.float32).to(torch.bfloat16).view(torch.int16))
-        mask = np.multiply(r >= threshold, bits, dtype=np.int16)
+        mask = np.multiply(r >= threshold, _bf16_scale_bits(threshold), dtype=np.int16)
         return torch.from_numpy(mask).view(torch.bfloat16).view(shape)
-    mask = np.multiply(r >= threshold, scale, dtype=np.float32)
+    mask = np.multiply(r >= threshold, LEVELS / (LEVELS - threshold), dtype=np.float32)
     return torch.from_numpy(mask).view(shape).to(dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _bf16_scale_bits(threshold: int) -> int:
+    """The bfloat16 bit pattern (as an int16) of a keep-mask's scale, float32 rounded to bfloat16
+    by torch; once per dropout rate, not once per mask."""
+    scale = torch.tensor(LEVELS / (LEVELS - threshold), dtype=torch.float32)
+    return int(scale.to(torch.bfloat16).view(torch.int16))
 
 
 class _Mask(torch.autograd.Function):

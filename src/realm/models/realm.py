@@ -90,7 +90,7 @@ class REALMConfig:
     #   (docs/realm.md, measured)
     latent_branch: bool = False  # ours, with latent_dim: the latent does not enter the decoder's
     #   queries; a branch of its own, an MLP on each frame's decoded state and the window's projected
-    #   latent, adds branch(state, z) - branch(state, 0) to the deltas. The zero-latent rollout is then
+    #   latent, adds a term that is 0 at z = 0 to the deltas (branch_form). The zero-latent rollout is then
     #   the deterministic decoder's exactly, so a fine-tune with that decoder frozen learns the spread
     #   without moving the zero-latent rollout. False = the latent added to the queries
     branch_form: str = "odd"  # with latent_branch: "odd" adds (branch(state, z) - branch(state, -z)) / 2,
@@ -351,7 +351,7 @@ class CoarseDecoder(nn.Module):
             x = self.decoder(tgt=q, memory=memory, tgt_mask=self.causal, tgt_is_causal=True)  # (the hint skips a check)
         x, _ = self.lstm(x)  # (B, W, d)
         deltas = torch.cat([head(x) for head in self.heads.values()], dim=-1)  # (B, W, D)
-        if self.c.latent_dim and self.c.latent_branch:  # + the latent's own path, 0 at z = 0
+        if self.c.latent_branch:  # + the latent's own path, 0 at z = 0 (the config makes latent_dim > 0)
             zw = z.unsqueeze(1).expand(-1, x.shape[1], -1)  # (B, W, d)
             other = -zw if self.c.branch_form == "odd" else torch.zeros_like(zw)
             both = self.branch(torch.cat([torch.cat([x, x]), torch.cat([zw, other])], -1))  # (2B, W, D), one batch
