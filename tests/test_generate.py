@@ -126,6 +126,19 @@ def test_streaming_with_audio_context_gives_the_offline_frames(context_run_dir):
     np.testing.assert_allclose(streamed, offline, atol=1e-5)
 
 
+def test_a_model_with_the_branch_offset_streams_its_offline_frames(tmp_path):
+    """branch_into="offset" and react_shift: the streamer carries the offset, the offset-free history
+    and the previous window's latent from window to window as the offline rollout does."""
+    lis = realm.load(make_run(tmp_path / "off", audio_context=16, latent_dim=4, latent_branch=True,
+                              branch_into="offset", react_shift=8, zero_init_heads=False))  # fmt: skip
+    y = load_audio(JFK)[: int(16000 * 3.1)]
+    offline = lis.generate(y, seed=2)[0]
+    assert np.abs(offline - lis.generate(y, seed=3)[0]).max() > 1e-3  # the latents show (through the offset)
+    s = lis.streamer(seed=2)
+    streamed = np.concatenate([s.push(y[i : i + 1500]) for i in range(0, len(y), 1500)] + [s.flush()])
+    np.testing.assert_allclose(streamed, offline, atol=1e-5)
+
+
 def test_a_window_8_model_streams_its_offline_frames_half_a_window_sooner(tmp_path):
     """window 8 (the first frame of a window waits 8 frames of audio, not 16): streaming equals
     offline, and the algorithmic latency is 8 frames + the feature lookahead."""

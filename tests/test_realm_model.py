@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -354,13 +355,13 @@ def test_latent_windows_make_rollouts_samples():
     assert not hasattr(REALM(REALMConfig(spec="arkit58", audio_dim=20)).decoder, "latent")  # 0: the paper's decoder
 
 
-@pytest.mark.parametrize("form", ["odd", "diff"])
-def test_a_latent_branch_leaves_the_zero_latent_rollout_to_the_decoder(form):
+@pytest.mark.parametrize("form,into", [("odd", "deltas"), ("diff", "deltas"), ("odd", "offset")])
+def test_a_latent_branch_leaves_the_zero_latent_rollout_to_the_decoder(form, into):
     """latent_branch: with every latent 0 the rollout does not depend on the branch (it is the
     deterministic decoder's); with latents the samples differ, through the branch alone."""
     torch.manual_seed(0)
     cfg = REALMConfig(spec="arkit58", audio_dim=20, d_model=32, ff_dim=64, latent_dim=4, latent_branch=True,
-                      branch_form=form, zero_init_heads=False)  # fmt: skip
+                      branch_form=form, branch_into=into, zero_init_heads=False)  # fmt: skip
     model = REALM(cfg).eval()
     audio, f0 = torch.randn(1, 48, 20), torch.randn(1, 58)
     z = torch.randn(2, 3, 4)
@@ -399,6 +400,165 @@ def test_the_odd_latent_branch_is_zero_mean_over_the_latent():
     with pytest.raises(ValueError, match="branch_form"):
         REALMConfig(latent_dim=4, latent_branch=True, branch_form="even")
     assert REALMConfig.from_dict({"latent_dim": 4, "latent_branch": True}).branch_form == "diff"  # saved before
+
+
+def test_the_branch_offset_is_a_pulse_the_decoder_never_integrates():
+    """branch_into="offset": a sample is the zero-latent rollout plus an offset that the decoder's
+    history never holds. With a latent in the first window only, the offset after it decays by
+    (1 - mu) a frame, channel by channel, and nothing else differs: the decoder integrated none of
+    it (the same with branch_into="deltas" keeps a step that does not decay)."""
+    torch.manual_seed(0)
+    audio, f0, z = torch.randn(1, 48, 20), torch.randn(1, 58), torch.zeros(1, 3, 4)
+    z[0, 0] = torch.randn(4) * 3
+    for into in ("offset", "deltas"):
+        torch.manual_seed(1)
+        cfg = REALMConfig(spec="arkit58", audio_dim=20, d_model=32, ff_dim=64, latent_dim=4, latent_branch=True,
+                          branch_into=into, offset_decay_init=0.1, zero_init_heads=False, rest_leak=True,
+                          offset_bounds=False)  # fmt: skip
+        model = REALM(cfg).eval()
+        with torch.no_grad():
+            sample, _ = model.rollout(audio, f0, latents=z)
+            zero, _ = model.rollout(audio, f0, latents=torch.zeros_like(z))
+        o = (sample - zero)[0]  # (T, D): the first window's latent, carried on
+        assert o[1:16].abs().max() > 1e-3  # the latent shows in its own window
+        if into == "offset":
+            mu = torch.sigmoid(model.offset_logit)
+            torch.testing.assert_close(o[16:], o[15] * (1 - mu) ** torch.arange(1, 33)[:, None], atol=1e-5, rtol=0)
+        else:  # integrated: the decoder reads it back and it leaks away at the rest leak's pace only
+            assert ((o[47] - o[15]).abs() / o[15].abs().clamp(min=1e-3)).median() > 0.05
+            assert not hasattr(model, "offset_logit")
+    # branch_blocks: the branch moves the expression only; head rotation is the zero-latent rollout's
+    cfg = REALMConfig(spec="arkit58", audio_dim=20, d_model=32, ff_dim=64, latent_dim=4, latent_branch=True,
+                      branch_into="offset", branch_blocks=("expression",), zero_init_heads=False)  # fmt: skip
+    model = REALM(cfg).eval()
+    with torch.no_grad():
+        sample, _ = model.rollout(audio, f0, latents=torch.randn(1, 3, 4) * 3)
+        zero, _ = model.rollout(audio, f0, latents=torch.zeros(1, 3, 4))
+    ex = model.spec.block("expression").slice
+    rest = torch.ones(58, dtype=torch.bool)
+    rest[ex] = False
+    assert (sample - zero)[..., ex].abs().max() > 1e-3
+    torch.testing.assert_close(sample[..., rest], zero[..., rest], atol=0, rtol=0)
+    with pytest.raises(ValueError, match="no block 'face'"):
+        REALM(REALMConfig(spec="arkit58", latent_dim=4, latent_branch=True, branch_blocks=("face",)))
+    with pytest.raises(ValueError, match="needs latent_branch"):
+        REALMConfig(latent_dim=4, branch_into="offset")
+    assert REALMConfig.from_dict({"latent_dim": 4, "latent_branch": True, "branch_into": "offset"}).offset_bounds is False
+
+
+def test_react_shift_moves_a_windows_latent_and_its_labels_later():
+    """react_shift s: window w's latent reaches the motion from frame w W + s (frames before read the
+    previous window's), and the classifier's label for window w is a reaction starting in
+    [w W + s, (w + 1) W + s)."""
+    from realm.motion import NormStats, get_spec
+    from realm.train import REALMTask, TrainConfig
+
+    torch.manual_seed(0)
+    kw = dict(spec="arkit58", audio_dim=20, d_model=32, ff_dim=64, latent_dim=4, latent_branch=True,
+              zero_init_heads=False, dropout=0.0)  # fmt: skip
+    model = REALM(REALMConfig(**kw, react_shift=8)).eval()
+    audio, f0 = torch.randn(1, 48, 20), torch.randn(1, 58)
+    with torch.no_grad():
+        zero, _ = model.rollout(audio, f0, latents=torch.zeros(1, 3, 4))
+        for w in (0, 1):
+            z = torch.zeros(1, 3, 4)
+            z[0, w] = 2 * torch.randn(4)
+            x, _ = model.rollout(audio, f0, latents=z)
+            diff = (x - zero)[0].abs().amax(dim=1)  # (T,)
+            first = 16 * w + 8
+            assert float(diff[:first].max()) == 0.0 and float(diff[first]) > 1e-4, (w, diff[: first + 2])
+    with pytest.raises(ValueError, match="react_shift"):
+        REALMConfig(**kw, react_shift=16)
+    with pytest.raises(ValueError, match="react_shift"):
+        REALMConfig(spec="arkit58", latent_dim=4, react_shift=8)  # the queries' latent: not shifted
+    # labels: smiles starting at frames 36 and 40 of a 64-frame clip land in windows 1 and 2 with shift 8
+    from realm.data.synth import ease_envelope
+
+    spec = get_spec("arkit58")
+    stats = NormStats(mean=np.full(58, 0.1), std=np.full(58, 0.5), spec="arkit58")
+    task = REALMTask({**kw, "react_gate": True, "react_shift": 8}, asdict_jsonable(TrainConfig(coarse_loss="energy")), 1)
+    task.stats = stats
+    clips = []
+    for onset in (36, 40):
+        raw = np.zeros((64, 58))
+        for name in ("mouthSmileLeft", "mouthSmileRight"):
+            raw[:, spec.names.index(name)] = 0.6 * ease_envelope(64, onset, 7, 15, 10)
+        clips.append(stats.apply(raw))
+    labels = task.react_labels(torch.from_numpy(np.stack(clips)).float(), 4)
+    torch.testing.assert_close(labels, torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]))
+
+
+def test_react_threshold_keeps_the_classifiers_floor_from_opening_the_spread():
+    """react_threshold t: the latent is scaled by (p - t) / (1 - t), 0 below t: with p at 0.04 (the
+    classifier's floor, e.g. in silence) and t 0.05 every sample is the zero-latent rollout; with p
+    near 1 the threshold changes almost nothing; t = 0 is p itself."""
+    torch.manual_seed(0)
+    kw = dict(spec="arkit58", audio_dim=20, d_model=32, ff_dim=64, latent_dim=4, latent_branch=True,
+              branch_into="offset", react_gate=True, zero_init_heads=False)  # fmt: skip
+    model = REALM(REALMConfig(**kw)).eval()
+    audio, f0, z = torch.randn(1, 48, 20), torch.randn(1, 58), torch.randn(1, 3, 4) * 2
+    torch.nn.init.zeros_(model.decoder.react[-1].weight)
+    with torch.no_grad():
+        zero, _ = model.rollout(audio, f0, latents=torch.zeros_like(z))
+        spread = {}
+        for p in (0.04, 0.999):
+            torch.nn.init.constant_(model.decoder.react[-1].bias, math.log(p / (1 - p)))
+            for t in (0.0, 0.05):
+                model.config.react_threshold = t
+                spread[p, t] = float((model.rollout(audio, f0, latents=z)[0] - zero).abs().max())
+    assert spread[0.04, 0.05] == 0.0 < 1e-3 < spread[0.04, 0.0]
+    assert abs(spread[0.999, 0.05] - spread[0.999, 0.0]) < 0.1 * spread[0.999, 0.0]
+    with pytest.raises(ValueError, match="react_threshold"):
+        REALMConfig(**kw, react_threshold=1.0)
+
+
+def test_the_branch_offset_keeps_each_channel_inside_its_range():
+    """offset_bounds: set from the stats, a blendshape's samples stay inside 0..1 (in normalised
+    units) however far the offset goes, the zero-latent rollout is untouched (a channel the decoder
+    itself takes past the range is not pulled further out), and head rotation keeps +-30 / 20 deg."""
+    from realm.motion import NormStats
+
+    torch.manual_seed(0)
+    cfg = REALMConfig(spec="arkit58", audio_dim=20, d_model=32, ff_dim=64, latent_dim=4, latent_branch=True,
+                      branch_into="offset", zero_init_heads=False)  # fmt: skip
+    model = REALM(cfg).eval()
+    rng = np.random.default_rng(0)
+    stats = NormStats(rng.uniform(0, 0.3, 58).astype(np.float32), rng.uniform(0.01, 0.1, 58).astype(np.float32), "arkit58")
+    model.set_out_bounds(stats)
+    lo, hi = model.out_bounds
+    ex = model.spec.block("expression").slice
+    torch.testing.assert_close(lo[ex], torch.as_tensor(-stats.mean[ex] / stats.std[ex]))
+    torch.testing.assert_close(hi[ex], torch.as_tensor((1 - stats.mean[ex]) / stats.std[ex]))
+    with torch.no_grad():
+        model.decoder.branch[2].weight.mul_(200.0)  # offsets far past every range
+        audio, f0 = torch.randn(1, 48, 20), torch.randn(1, 58)
+        z = torch.randn(4, 3, 4) * 2
+        zero, _ = model.rollout(audio, f0, latents=torch.zeros(1, 3, 4))
+        free = model.offset_logit.new_tensor([-math.inf, math.inf])[:, None].expand(2, 58).clone()
+        x, _ = model.rollout(audio.expand(4, -1, -1), f0.expand(4, -1), latents=z)
+        model.out_bounds.copy_(free)
+        unbounded, _ = model.rollout(audio.expand(4, -1, -1), f0.expand(4, -1), latents=z)
+        model.set_out_bounds(stats)
+        zero2, _ = model.rollout(audio, f0, latents=torch.zeros(1, 3, 4))
+    torch.testing.assert_close(zero, zero2)
+    assert (unbounded < lo - 1).any() and (unbounded > hi + 1).any()  # the offset alone would leave the range
+    floor, ceil = torch.minimum(zero, lo), torch.maximum(zero, hi)
+    assert (x >= floor - 1e-5).all() and (x <= ceil + 1e-5).all()
+    inside = (unbounded >= lo) & (unbounded <= hi)
+    torch.testing.assert_close(x[inside], unbounded[inside])  # inside the range the offset is as it was
+    # offset_floor="rest": nor below the frame the rollout started from (the resting face), where the
+    # decoder's own motion is above it; the negative half of the samples rests there
+    model.config.offset_floor = "rest"
+    with torch.no_grad():
+        rest, _ = model.rollout(audio.expand(4, -1, -1), f0.expand(4, -1), latents=z)
+    ranged = lo > -1e5  # channels with a defined range (every blendshape and head rotation axis)
+    floor = torch.minimum(zero, torch.where(ranged, torch.maximum(lo, f0[:, None]), lo))
+    assert (rest >= floor - 1e-5).all() and (x < floor - 1e-3).any()  # "range" went below the rest, "rest" does not
+    torch.testing.assert_close(rest[x >= floor], x[x >= floor])
+    with pytest.raises(ValueError, match="offset_floor"):
+        REALMConfig(spec="arkit58", latent_dim=4, latent_branch=True, branch_into="offset", offset_floor="zero")
+    with pytest.raises(ValueError, match="branch_into"):
+        REALMConfig(latent_dim=4, latent_branch=True, branch_into="pulse")
 
 
 def test_energy_score_prefers_the_true_spread_to_its_mean():

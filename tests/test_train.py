@@ -109,11 +109,16 @@ def test_init_takes_the_coarse_additions_and_refuses_a_set_it_would_drop(synth_d
     first = tmp_path / "first"
     train_realm(cfg(synth_dir, stages=(1,)), REALMConfig(**TINY, spec="arkit58", tau=4), first, progress=False)
     run = tmp_path / "fine"
-    add = dict(latent_dim=4, react_gate=True, react_floor=0.3, latent_branch=True, latent_temperature=0.5)
+    add = dict(latent_dim=4, react_gate=True, react_floor=0.3, latent_branch=True, latent_temperature=0.5,
+               branch_into="offset", offset_decay_init=0.1, branch_blocks=("expression",), react_shift=4,
+               react_threshold=0.05)  # fmt: skip
     train_realm(cfg(synth_dir, stages=(1,), init=str(first), coarse_loss="energy"), REALMConfig(**TINY, **add),
                 run, progress=False)  # fmt: skip
-    got = realm.load(run).model.config
+    model = realm.load(run).model
+    got = model.config
     assert {k: getattr(got, k) for k in add} == add and got.tau == 4  # additions from the command, tau from --init
+    lo, hi = model.out_bounds[:, model.spec.block("expression").slice]  # the offset's bounds, set from the stats
+    assert got.offset_bounds and (lo < 0).all() and (lo > -1e3).all() and (hi > lo).all() and (hi < 1e3).all()
     with pytest.raises(ValueError, match="d_model=48: a run started from"):
         train_realm(cfg(synth_dir, stages=(1,), init=str(first)), REALMConfig(**{**TINY, "d_model": 48}),
                     tmp_path / "bad", progress=False)  # fmt: skip

@@ -231,6 +231,7 @@ class Streamer:
         self.K = self.model.config.history
         self.f0, self.history = listener._start(first_frame, history)
         self.hist = None  # the model's K-frame history, set by the first window
+        self.carry = None  # what the last window left the next (REALM.step: the branch's offset, latent)
         self.refine, self.clamp = refine, clamp
         self.refiner = RefineStream(self.model, seed, sample)
         self.latents = listener.latents(seed, sample) if self.model.config.latent_dim else None  # as offline
@@ -280,10 +281,15 @@ class Streamer:
             self.hist, _ = self.model.start(a, self.f0, self.history)
         base = self.model.first_base(self.f0, self.history) if w == 0 else None
         z = None if self.latents is None else self.latents(w, w + 1)[:, 0]
-        motion, _ = self.model.step(a, self.hist, enc, self.model.anchor_frame(self.f0, self.history), base, z)
+        extras: dict = {}
+        anchor = self.model.anchor_frame(self.f0, self.history)
+        motion, _ = self.model.step(a, self.hist, enc, anchor, base, z, extras, self.carry)
+        seen = extras.get("history", motion)  # what the next window's history holds (as offline)
+        self.carry = extras["carry"]
         if w == 0 and self.history is None:
             motion[:, 0] = self.f0  # frame 0 is kept exactly, as offline
-        self.hist = torch.cat([self.hist, motion], dim=1)[:, -self.K :]
+            seen[:, 0] = self.f0
+        self.hist = torch.cat([self.hist, seen], dim=1)[:, -self.K :]
         if self.refine and self.model.refinement is not None:
             motion = self.refiner.push(motion, a)
         self.window += 1

@@ -88,6 +88,10 @@ class REALMConfig:
     #   reaction (noise it never heard, speech unlike the training data). 0 = p itself (as trained);
     #   1 = the gate open (the ungated model). Chosen at generation, like latent_temperature
     #   (docs/realm.md, measured)
+    react_threshold: float = 0.0  # ours, with react_gate: the latent is scaled by (p - t) / (1 - t), 0
+    #   below t, instead of p: the classifier's floor (p about 0.02 in silence) opens no spread, which
+    #   through the branch's offset (time constant 1/mu frames) made the face wander in silence
+    #   (measured; docs/realm.md). 0 = p itself. Set at generation (like react_floor) or in training
     latent_branch: bool = False  # ours, with latent_dim: the latent does not enter the decoder's
     #   queries; a branch of its own, an MLP on each frame's decoded state and the window's projected
     #   latent, adds a term that is 0 at z = 0 to the deltas (branch_form). The zero-latent rollout is then
@@ -97,6 +101,30 @@ class REALMConfig:
     #   an odd function of z, so the samples' mean over z is the zero-latent rollout's delta by
     #   construction; "diff" adds branch(state, z) - branch(state, 0), 0 at z = 0 only, whose mean
     #   over z moved (measured: a drift on long inputs; docs/realm.md)
+    branch_into: str = "deltas"  # with latent_branch: where the branch's term goes. "deltas": added to
+    #   the decoder's deltas, so the integration keeps it (a step; measured: the noise it adds to the
+    #   channels the listener does not move builds up over minutes); "offset": into an offset of its
+    #   own, o_t = (1 - mu) o_{t-1} + term_t with a learned per-channel decay mu, added to the motion
+    #   and carried from window to window but kept out of the decoder's history and integration (a
+    #   pulse: it returns to 0 when the branch's term does, and the zero-latent rollout is the decoder's)
+    offset_decay_init: float = 0.05  # mu per frame at the start (0.05: an offset halves in 0.45 s)
+    branch_blocks: tuple[str, ...] = ()  # with latent_branch: the blocks the branch moves (e.g.
+    #   ("expression",), the blocks the energy score trains it on); () = every channel (as before 2026-11-30)
+    react_shift: int = 0  # ours, with latent_branch: frames the window's latent (scaled by react_gate's
+    #   probability) is shifted later. Frames [0, shift) of window w read window w-1's latent and the
+    #   classifier learns "a reaction starts in frames [shift, W + shift) of window w", so the spread
+    #   can open tau frames after the trigger the window's audio holds, not at the window's first frame
+    #   (measured: 10 frames early with shift 0; docs/realm.md). 0 = the window's own latent
+    offset_bounds: bool = True  # with branch_into="offset": the offset cannot take a channel past the
+    #   spec's defined range (arkit58: blendshapes 0..1, set in normalised units from the training data's
+    #   stats, REALM.set_out_bounds) nor further past it than the decoder's own motion; a sample whose
+    #   offset would go below a blendshape's 0 rests at 0, so the symmetric odd branch gives one-sided
+    #   reactions (a smile or none). False: unbounded (measured: half the samples frowned by as much
+    #   as others smiled, far below the data's range; docs/realm.md)
+    offset_floor: str = "range"  # with offset_bounds: how low the offset may take a channel that has a
+    #   range: "range", to the range's floor (a blendshape's 0); "rest", not below the frame the rollout
+    #   started from (the anchor, the listener's resting face) either, so a sample whose offset is
+    #   negative does not erase a reaction of the decoder's below rest (measured; docs/realm.md)
     latent_temperature: float = 1.0  # ours, generation only: each window's latent is scaled by
     #   this (training draws N(0, I)). Below 1 the samples keep nearer the conditional mean (the
     #   zero latent): reaction timing over spread; 0 is the mean itself (docs/realm.md, measured)
@@ -135,24 +163,35 @@ class REALMConfig:
 
     def __post_init__(self):
         check_choices(self, first_window=("frame0", "guide"), refine_mode=("causal", "whole"), detail=("odd", "free"),
-                      branch_form=("odd", "diff"))
+                      branch_form=("odd", "diff"), branch_into=("deltas", "offset"),
+                      offset_floor=("range", "rest"))
         if self.refine_context < 1 or self.refine_chunk < 1 or self.event_template < 1:
             raise ValueError("refine_context, refine_chunk and event_template must be >= 1")
         if not 0 < self.rest_leak_init < 1:
             raise ValueError(f"rest_leak_init must be in (0, 1), got {self.rest_leak_init}")
+        if not 0 < self.offset_decay_init < 1:
+            raise ValueError(f"offset_decay_init must be in (0, 1), got {self.offset_decay_init}")
         if not 0 <= self.latent_temperature <= 4:
             raise ValueError(f"latent_temperature must be in [0, 4], got {self.latent_temperature}")
         if self.latent_dim < 0:
             raise ValueError(f"latent_dim must be >= 0, got {self.latent_dim}")
+        if not 0 <= self.react_threshold < 1:
+            raise ValueError(f"react_threshold must be in [0, 1), got {self.react_threshold}")
         if not 0 <= self.react_floor <= 1:
             raise ValueError(f"react_floor must be in [0, 1], got {self.react_floor}")
         if self.react_gate and (not self.latent_dim or self.latent_gate):
             raise ValueError("react_gate scales the latent: it needs latent_dim > 0 and latent_gate off")
         if self.latent_branch and not self.latent_dim:
             raise ValueError("latent_branch is the latent's own path: it needs latent_dim > 0")
+        if self.react_shift and not (self.latent_branch and 0 < self.react_shift < self.window):
+            raise ValueError(f"react_shift shifts the latent branch's latent by 0 < shift < window frames, got "
+                             f"{self.react_shift} (latent_branch={self.latent_branch}, window={self.window})")
+        if self.branch_into == "offset" and not self.latent_branch:
+            raise ValueError('branch_into="offset" is where the latent branch goes: it needs latent_branch')
         if not 0 <= self.event_refractory <= 30:
             raise ValueError(f"event_refractory must be 0..30 frames, got {self.event_refractory}")
         self.refine_events = tuple(self.refine_events)
+        self.branch_blocks = tuple(self.branch_blocks)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -168,7 +207,8 @@ class REALMConfig:
 
 #: What a saved config without the field meant: the behaviour its checkpoint was trained with.
 LEGACY_DEFAULTS = {"first_window": "guide", "refine_mode": "whole", "refine_events": (), "detail": "free",
-                   "event_refractory": 0, "branch_form": "diff"}
+                   "event_refractory": 0, "branch_form": "diff",
+                   "offset_bounds": False}
 
 
 # ---------------------------------------------------------------- building blocks
@@ -302,6 +342,12 @@ class CoarseDecoder(nn.Module):
             if c.latent_branch:  # (B, W, 2d) [decoded state ; latent] -> (B, W, D) deltas
                 self.branch = nn.Sequential(nn.Linear(2 * c.d_model, 2 * c.d_model), nn.GELU(),
                                             nn.Linear(2 * c.d_model, spec.dim))  # fmt: skip
+                mask = torch.ones(spec.dim) if not c.branch_blocks else torch.zeros(spec.dim)
+                for name in c.branch_blocks:  # (D,) 1 on the channels the branch moves
+                    if not spec.has(name):
+                        raise ValueError(f"branch_blocks: spec {spec.name} has no block {name!r} (blocks: {spec.block_names})")
+                    mask[spec.block(name).slice] = 1.0
+                self.register_buffer("branch_mask", mask, persistent=False)
         if c.identity_anchor:  # marks the anchor token apart from the history tokens
             self.anchor_embed = nn.Parameter(torch.randn(1, 1, c.d_model) * 0.02)
         self.heads = nn.ModuleDict({name: nn.Linear(c.d_model, size) for name, size in spec.blocks})
@@ -311,9 +357,12 @@ class CoarseDecoder(nn.Module):
                 nn.init.zeros_(head.bias)
 
     def forward(self, fused: torch.Tensor, history: torch.Tensor, anchor: torch.Tensor | None = None,
-                latent: torch.Tensor | None = None, extras: dict | None = None):  # fmt: skip
-        # fused (B, K, d), history (B, K, D), anchor (B, D), latent (B, Z) -> deltas (B, W, D), alpha (B, K, 1)
-        # extras: filled with "react_logit" (B,) by a model with react_gate
+                latent: torch.Tensor | None = None, extras: dict | None = None,
+                prev: torch.Tensor | None = None):  # fmt: skip
+        # fused (B, K, d), history (B, K, D), anchor (B, D), latent (B, Z)
+        #   -> deltas (B, W, D), alpha (B, K, 1), the branch's offset term (B, W, D) or None
+        # extras: filled with "react_logit" (B,) by a model with react_gate and, with latent_branch,
+        # "latent" (B, d): the window's projected, gated latent (the next window's ``prev`` with react_shift)
         B = fused.shape[0]
         hist = self.pe(self.motion_proj(history))
         if self.c.use_gate:
@@ -336,6 +385,9 @@ class CoarseDecoder(nn.Module):
             if self.c.react_gate:
                 logit = self.react(fused.mean(dim=1)).squeeze(-1)  # (B,)
                 p = torch.sigmoid(logit).detach()  # (B,)
+                if self.c.react_threshold:  # 0 below the threshold, 1 at p = 1
+                    t = self.c.react_threshold
+                    p = ((p - t) / (1 - t)).clamp(min=0.0)
                 f = self.c.react_floor
                 z = z * (f + (1 - f) * p).unsqueeze(-1)
                 if extras is not None:
@@ -351,13 +403,23 @@ class CoarseDecoder(nn.Module):
             x = self.decoder(tgt=q, memory=memory, tgt_mask=self.causal, tgt_is_causal=True)  # (the hint skips a check)
         x, _ = self.lstm(x)  # (B, W, d)
         deltas = torch.cat([head(x) for head in self.heads.values()], dim=-1)  # (B, W, D)
-        if self.c.latent_branch:  # + the latent's own path, 0 at z = 0 (the config makes latent_dim > 0)
-            zw = z.unsqueeze(1).expand(-1, x.shape[1], -1)  # (B, W, d)
-            other = -zw if self.c.branch_form == "odd" else torch.zeros_like(zw)
-            both = self.branch(torch.cat([torch.cat([x, x]), torch.cat([zw, other])], -1))  # (2B, W, D), one batch
-            scale = 0.5 if self.c.branch_form == "odd" else 1.0  # odd: (b(x, z) - b(x, -z)) / 2, zero-mean over z
-            deltas = deltas + scale * (both[:B] - both[B:])
-        return deltas, alpha
+        if not self.c.latent_branch:
+            return deltas, alpha, None
+        # the latent's own path, 0 at z = 0 (the config makes latent_dim > 0)
+        if extras is not None:
+            extras["latent"] = z
+        zw = z.unsqueeze(1).expand(-1, x.shape[1], -1)  # (B, W, d)
+        if self.c.react_shift:  # frames [0, shift) read the previous window's latent (0 before the first)
+            sh = self.c.react_shift
+            before = torch.zeros_like(z) if prev is None else prev
+            zw = torch.cat([before.unsqueeze(1).expand(-1, sh, -1), zw[:, sh:]], dim=1)
+        other = -zw if self.c.branch_form == "odd" else torch.zeros_like(zw)
+        both = self.branch(torch.cat([torch.cat([x, x]), torch.cat([zw, other])], -1))  # (2B, W, D), one batch
+        scale = 0.5 if self.c.branch_form == "odd" else 1.0  # odd: (b(x, z) - b(x, -z)) / 2, zero-mean over z
+        term = scale * (both[:B] - both[B:]) * self.branch_mask  # (B, W, D), 0 outside branch_blocks
+        if self.c.branch_into == "offset":
+            return deltas, alpha, term
+        return deltas + term, alpha, None
 
 
 class CausalConv1d(nn.Conv1d):
@@ -659,6 +721,12 @@ class REALM(nn.Module):
             self.waypoint = nn.Sequential(nn.Linear(3 + c.audio_dim, 128), nn.GELU(), nn.Linear(128, 3))
         if c.rest_leak:  # logit of each channel's leak per frame toward the start frame
             self.leak_logit = nn.Parameter(torch.full((spec.dim,), math.log(c.rest_leak_init / (1 - c.rest_leak_init))))
+        if c.branch_into == "offset":  # logit of each channel's decay per frame of the branch's offset
+            mu = c.offset_decay_init
+            self.offset_logit = nn.Parameter(torch.full((spec.dim,), math.log(mu / (1 - mu))))
+            if c.offset_bounds:  # (2, D): each channel's defined range in normalised units (set_out_bounds);
+                #   unbounded (+-1e6, finite: a checkpoint's weights must be) until set
+                self.register_buffer("out_bounds", torch.tensor([-1e6, 1e6]).repeat(spec.dim, 1).T.contiguous())
         self.exp = spec.block(c.refine_block).slice
         self.events = events_in_spec(spec, c.refine_events) if c.use_refinement else []  # fast events sampled
         self.refinement = None
@@ -699,7 +767,8 @@ class REALM(nn.Module):
 
     def step(self, audio: torch.Tensor, history: torch.Tensor, audio_enc: torch.Tensor | None = None,
              anchor: torch.Tensor | None = None, base: torch.Tensor | None = None,
-             latent: torch.Tensor | None = None, extras: dict | None = None):  # fmt: skip
+             latent: torch.Tensor | None = None, extras: dict | None = None,
+             carry: dict | None = None):  # fmt: skip
         """Predict one window. audio (B, W, A), history (B, K, D) -> motion (B, W, D), alpha (B, K, 1).
 
         The window's motion is ``base`` (B, D; default the last history frame) plus the cumulative
@@ -709,6 +778,11 @@ class REALM(nn.Module):
         started from (:meth:`anchor_frame`), read only by models with ``identity_anchor`` or
         ``rest_leak``. ``latent`` (B, latent_dim): the window's latent (models with ``latent_dim`` > 0; drawn
         from N(0, I) when None). ``extras``: a dict the decoder fills (``react_logit`` (B,) with ``react_gate``).
+        ``carry``: what the previous window left for this one (its ``extras["carry"]``; None for the
+        first window): with ``branch_into="offset"`` the branch's offset (B, D), with ``react_shift``
+        the previous window's latent. With ``branch_into="offset"`` the motion is the integrated
+        deltas plus the offset, and ``extras["history"]`` (B, W, D) holds the integrated deltas alone
+        (what the next window's history holds).
         """
         c = self.config
         if audio_enc is None:
@@ -719,20 +793,49 @@ class REALM(nn.Module):
         fused = self.fusion(audio_enc, seen)  # (B, K, d)
         if c.latent_dim and latent is None:
             latent = torch.randn(history.shape[0], c.latent_dim, device=history.device)
-        deltas, alpha = self.decoder(fused, seen, anchor, latent, extras)  # (B, W, D)
+        carry = carry or {}
+        inner = {} if extras is None else extras
+        deltas, alpha, term = self.decoder(fused, seen, anchor, latent, inner, carry.get("latent"))  # (B, W, D)
+        inner["carry"] = {"latent": inner.pop("latent", None)}
         start = history[:, -1:] if base is None else base.unsqueeze(1)  # (B, 1, D)
         if c.rest_leak:
             if anchor is None:
                 raise ValueError("a model with rest_leak needs the anchor frame (the frame generation starts from)")
-            return self.leaky_sum(start, deltas, anchor), alpha
-        return start + torch.cumsum(deltas, dim=1), alpha
+            motion = self.leaky_sum(start, deltas, anchor)
+        else:
+            motion = start + torch.cumsum(deltas, dim=1)  # (B, W, D)
+        if term is None:
+            return motion, alpha
+        # the branch's offset: o_k = (1 - mu) o_{k-1} + term_k, a pulse on top of the motion
+        o0 = carry["offset"].unsqueeze(1) if "offset" in carry else torch.zeros_like(start)  # (B, 1, D)
+        o = self.leaky_sum(o0, term, torch.zeros_like(o0[:, 0]), F.logsigmoid(-self.offset_logit))  # (B, W, D)
+        inner["history"], inner["carry"]["offset"] = motion, o[:, -1]
+        out = motion + o
+        if c.offset_bounds:  # not past a channel's range, nor further past it than the motion itself
+            lo, hi = self.out_bounds
+            if c.offset_floor == "rest" and anchor is not None:  # nor below the resting face (ranged channels)
+                lo = torch.where(lo > -1e5, torch.maximum(lo, anchor), lo).unsqueeze(1)  # (B, 1, D)
+            out = torch.minimum(torch.maximum(out, torch.minimum(motion, lo)), torch.maximum(motion, hi))
+        return out, alpha
 
-    def leaky_sum(self, start: torch.Tensor, deltas: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
-        """x_k = a + r^k (start - a) + sum_{j <= k} r^(k - j) delta_j, k = 1..W, with r = 1 - lambda
-        per channel: the recursion x_k = a + r (x_{k-1} - a) + delta_k in closed form.
-        start (B, 1, D), deltas (B, W, D), anchor a (B, D) -> (B, W, D)."""
+    def set_out_bounds(self, stats) -> None:
+        """The offset's bounds (``offset_bounds``) from the motion's :class:`realm.motion.NormStats`:
+        each range of the spec (``MotionSpec.ranges``) in normalised units; unbounded elsewhere."""
+        lo, hi = torch.full((self.spec.dim,), -1e6), torch.full((self.spec.dim,), 1e6)
+        for name, a, b in self.spec.ranges:
+            cols = self.spec.block(name).slice if self.spec.has(name) else self.spec.channel(name)
+            mean, std = torch.as_tensor(stats.mean[cols]), torch.as_tensor(stats.std[cols])
+            lo[cols], hi[cols] = (a - mean) / std, (b - mean) / std
+        self.out_bounds.copy_(torch.stack([lo, hi]))
+
+    def leaky_sum(self, start: torch.Tensor, deltas: torch.Tensor, anchor: torch.Tensor,
+                  log_r: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """x_k = a + r^k (start - a) + sum_{j <= k} r^(k - j) delta_j, k = 1..W, with log r per
+        channel (D,; default the rest leak's log(1 - lambda)): the recursion x_k = a + r (x_{k-1} - a)
+        + delta_k in closed form. start (B, 1, D), deltas (B, W, D), anchor a (B, D) -> (B, W, D)."""
+        if log_r is None:
+            log_r = F.logsigmoid(-self.leak_logit)  # log(1 - lambda), (D,)
         W = deltas.shape[1]
-        log_r = F.logsigmoid(-self.leak_logit)  # log(1 - lambda), (D,)
         k = torch.arange(W, device=deltas.device, dtype=deltas.dtype)
         lag = k[:, None] - k[None, :]  # (W, W): k - j
         P = torch.exp(lag.clamp(min=0)[..., None] * log_r) * (lag >= 0)[..., None]  # (W, W, D): r^(k - j), j <= k
@@ -806,19 +909,23 @@ class REALM(nn.Module):
             rep = lambda x: None if x is None else x.repeat(samples, *[1] * (x.dim() - 1))  # noqa: E731
             audio, hist, anchor, enc, frame0, history = map(rep, (audio, hist, anchor, enc, frame0, history))
         frames, alphas, bounds, react = [], [], [], []
+        carry = None  # what a window leaves the next: the branch's offset, the shifted latent
         for w in range(n_win):
             base = self.first_base(frame0, history) if w == 0 else None
             z = None if latents is None else latents[:, w]
             extras: dict = {}
-            window, alpha = self.step(audio[:, w * W : (w + 1) * W], hist, enc[:, w], anchor, base, z, extras)
+            window, alpha = self.step(audio[:, w * W : (w + 1) * W], hist, enc[:, w], anchor, base, z, extras, carry)
             if "react_logit" in extras:
                 react.append(extras["react_logit"])
+            seen = extras.get("history", window)  # what the next window's history holds
+            carry = extras["carry"]
             if w == 0 and history is None:
                 window = torch.cat([frame0.unsqueeze(1), window[:, 1:]], dim=1)  # anchor frame 0
-            bounds.append((hist[:, -2:], window[:, :2]))
+                seen = torch.cat([frame0.unsqueeze(1), seen[:, 1:]], dim=1)
+            bounds.append((hist[:, -2:], seen[:, :2]))
             frames.append(window)
             alphas.append(alpha)
-            hist = torch.cat([hist, window], dim=1)[:, -K:]
+            hist = torch.cat([hist, seen], dim=1)[:, -K:]
             if on_window is not None:
                 on_window(w + 1, n_win)
         padded = torch.cat(frames, dim=1)  # (B, n_win * W, D): whole windows, before truncation to T

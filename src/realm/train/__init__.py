@@ -652,12 +652,13 @@ class REALMTask(L.LightningModule):
         the react_gate classifier's labels, from the de-normalised clips' detected events."""
         if self.stats is None:
             raise RuntimeError("react_gate's labels need the motion stats (task.stats)")
-        W = self.model.config.window
+        W, shift = self.model.config.window, self.model.config.react_shift
         y = np.zeros((motion.shape[0], n), np.float32)
         for b, x in enumerate(motion.detach().float().cpu().numpy()):
             for e in detect_events(self.stats.invert(x), self.model.spec, self.model.spec.fps, list(self.cfg.react_kinds)):
-                if e["frame"] // W < n:
-                    y[b, e["frame"] // W] = 1.0
+                w = (e["frame"] - shift) // W  # react_shift: window w's latent covers [w W + shift, (w + 1) W + shift)
+                if 0 <= w < n:
+                    y[b, w] = 1.0
         return torch.from_numpy(y)
 
     # -- stage 2
@@ -781,8 +782,9 @@ class REALMTask(L.LightningModule):
             opt_g = torch.optim.AdamW(self.model.refinement.parameters(), lr=c.lr_g, weight_decay=c.weight_decay_g)
             opt_d = torch.optim.AdamW(self.disc.parameters(), lr=c.lr_d, betas=tuple(c.betas_d))
             return [opt_g, opt_d], [warmup_cosine(opt_g, total, c.warmup), warmup_cosine(opt_d, total, c.warmup)]
-        leak = [p for n, p in self.model.named_parameters() if n == "leak_logit"]
-        rest = [p for n, p in self.model.named_parameters() if n != "leak_logit"]
+        own = ("leak_logit", "offset_logit")  # the per-channel decays: their own learning rate, no decay
+        leak = [p for n, p in self.model.named_parameters() if n in own]
+        rest = [p for n, p in self.model.named_parameters() if n not in own]
         groups = [{"params": rest}] + ([{"params": leak, "lr": c.lr_leak, "weight_decay": 0.0}] if leak else [])
         opt = torch.optim.AdamW(groups, lr=c.lr, weight_decay=c.weight_decay)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": warmup_cosine(opt, total, c.warmup), "interval": "step"}}
@@ -793,11 +795,12 @@ class REALMTask(L.LightningModule):
 
 #: Coarse-model fields a stage-1 retraining from ``--init`` takes from the command: additions to
 #: the init run's architecture, whose new parameters start from their initialisation.
-COARSE_ADDED_FIELDS = ("latent_dim", "latent_gate", "react_gate", "react_floor", "latent_branch", "branch_form", "rest_leak",
+COARSE_ADDED_FIELDS = ("latent_dim", "latent_gate", "react_gate", "react_floor", "latent_branch", "branch_form", "branch_into",
+                       "offset_decay_init", "offset_bounds", "offset_floor", "branch_blocks", "react_shift", "rest_leak",
                        "rest_leak_init")  # fmt: skip
 #: Fields a run started from ``--init`` takes from the command when the command sets them (differ
 #: from the default): speed and generation knobs, which change no weight.
-COMMAND_FIELDS = ("fast_train", "latent_temperature")
+COMMAND_FIELDS = ("fast_train", "latent_temperature", "react_threshold")
 #: REALMConfig fields of the refinement: the ones a run started from another run (``init``) takes
 #: from the command instead of from that run, since stage 2 retrains the refinement.
 REFINE_FIELDS = ("use_refinement", "refine_dim", "refine_ff", "refine_block", "refine_mode", "refine_context",
@@ -936,6 +939,8 @@ def _train_realm(cfg: TrainConfig, model_cfg: REALMConfig, out, resume: bool, pr
             task.model.load_state_dict(init_state, strict=False)
         elif stage == 2:
             raise FileNotFoundError(f"{out}: stage 2 needs a finished stage 1 (no best stage-1 checkpoint; or use --init RUN)")
+        if stage == 1 and hasattr(task.model, "out_bounds"):  # the offset's bounds, from this data's stats
+            task.model.set_out_bounds(prep.stats)
         if stage == 1:
             train_ds, val_ds, val_kw = prep.train, prep.val, loader_kw
         else:
