@@ -27,6 +27,8 @@ def make_run(root, **extra):
     rng = np.random.default_rng(0)
     stats = NormStats(rng.uniform(0, 0.3, 58).astype(np.float32), rng.uniform(0.01, 0.1, 58).astype(np.float32), "arkit58")
     fstats = NormStats(rng.normal(-5, 1, 80).astype(np.float32), rng.uniform(1, 3, 80).astype(np.float32), "logmel")
+    if hasattr(model, "out_bounds"):  # branch_into="offset": the bounds as training sets them
+        model.set_out_bounds(stats)
     save(root, model, stats, fstats, "logmel", {"stage": 2})
     return root
 
@@ -130,8 +132,13 @@ def test_a_model_with_the_branch_offset_streams_its_offline_frames(tmp_path):
     """branch_into="offset" and react_shift: the streamer carries the offset, the offset-free history
     and the previous window's latent from window to window as the offline rollout does."""
     lis = realm.load(make_run(tmp_path / "off", audio_context=16, latent_dim=4, latent_branch=True,
-                              branch_into="offset", react_shift=8, zero_init_heads=False))  # fmt: skip
+                              branch_into="offset", react_shift=8, offset_floor="rest", zero_init_heads=False))  # fmt: skip
+    with torch.no_grad():
+        lis.model.decoder.branch[2].weight.mul_(30.0)  # offsets that reach the bounds and the rest floor
     y = load_audio(JFK)[: int(16000 * 3.1)]
+    raw = lis.generate(y, seed=2, refine=False, clamp=False)[0]
+    ex = lis.spec.block("expression").slice
+    assert (np.abs(raw[16:, ex] - lis.stats.mean[ex]) < 1e-5).mean() > 0.05  # held at the rest (the mean frame)
     offline = lis.generate(y, seed=2)[0]
     assert np.abs(offline - lis.generate(y, seed=3)[0]).max() > 1e-3  # the latents show (through the offset)
     s = lis.streamer(seed=2)

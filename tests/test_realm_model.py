@@ -486,6 +486,16 @@ def test_react_shift_moves_a_windows_latent_and_its_labels_later():
         clips.append(stats.apply(raw))
     labels = task.react_labels(torch.from_numpy(np.stack(clips)).float(), 4)
     torch.testing.assert_close(labels, torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]))
+    # the last window's span runs 8 frames past a 64-frame clip: its label cannot be seen, so it is not scored
+    from realm.train import REALMLoss
+
+    aux = {"bounds": [], "alpha": torch.ones(1, 64, 1), "waypoint": None,
+           "react_logit": torch.tensor([[0.0, 0.0, 0.0, -30.0]]), "react_labels": torch.tensor([[0.0, 0.0, 0.0, 1.0]])}
+    x, mask = torch.zeros(1, 64, 58), torch.ones(1, 64, dtype=torch.bool)
+    for shift, bce in ((8, math.log(2)), (0, (3 * math.log(2) + 30) / 4)):
+        m = REALM(REALMConfig(**kw, react_gate=True, react_shift=shift))
+        got = float(REALMLoss(m, TrainConfig())(x, x, mask, aux)["react"])
+        assert abs(got - bce) < 1e-3, (shift, got, bce)
 
 
 def test_react_threshold_keeps_the_classifiers_floor_from_opening_the_spread():
@@ -510,6 +520,12 @@ def test_react_threshold_keeps_the_classifiers_floor_from_opening_the_spread():
     assert abs(spread[0.999, 0.05] - spread[0.999, 0.0]) < 0.1 * spread[0.999, 0.0]
     with pytest.raises(ValueError, match="react_threshold"):
         REALMConfig(**kw, react_threshold=1.0)
+    with pytest.raises(ValueError, match="needs react_gate"):
+        REALMConfig(spec="arkit58", latent_dim=4, react_threshold=0.05)
+    with pytest.raises(ValueError, match="need latent_branch"):
+        REALMConfig(spec="arkit58", latent_dim=4, branch_blocks=("expression",))
+    with pytest.raises(ValueError, match="offset_floor"):
+        REALMConfig(spec="arkit58", latent_dim=4, latent_branch=True, offset_floor="rest")
 
 
 def test_the_branch_offset_keeps_each_channel_inside_its_range():
@@ -551,8 +567,8 @@ def test_the_branch_offset_keeps_each_channel_inside_its_range():
     model.config.offset_floor = "rest"
     with torch.no_grad():
         rest, _ = model.rollout(audio.expand(4, -1, -1), f0.expand(4, -1), latents=z)
-    ranged = lo > -1e5  # channels with a defined range (every blendshape and head rotation axis)
-    floor = torch.minimum(zero, torch.where(ranged, torch.maximum(lo, f0[:, None]), lo))
+    assert model.rest_floor.tolist() == [i < ex.stop and i >= ex.start for i in range(58)]  # blendshapes, not the head
+    floor = torch.minimum(zero, torch.where(model.rest_floor, torch.maximum(lo, f0[:, None]), lo))
     assert (rest >= floor - 1e-5).all() and (x < floor - 1e-3).any()  # "range" went below the rest, "rest" does not
     torch.testing.assert_close(rest[x >= floor], x[x >= floor])
     with pytest.raises(ValueError, match="offset_floor"):

@@ -186,6 +186,12 @@ class REALMConfig:
         if self.react_shift and not (self.latent_branch and 0 < self.react_shift < self.window):
             raise ValueError(f"react_shift shifts the latent branch's latent by 0 < shift < window frames, got "
                              f"{self.react_shift} (latent_branch={self.latent_branch}, window={self.window})")
+        if self.react_threshold and not self.react_gate:
+            raise ValueError("react_threshold thresholds react_gate's probability: it needs react_gate")
+        if self.branch_blocks and not self.latent_branch:
+            raise ValueError("branch_blocks are the blocks the latent branch moves: they need latent_branch")
+        if self.offset_floor != "range" and self.branch_into != "offset":
+            raise ValueError('offset_floor bounds the branch\'s offset: it needs branch_into="offset"')
         if self.branch_into == "offset" and not self.latent_branch:
             raise ValueError('branch_into="offset" is where the latent branch goes: it needs latent_branch')
         if not 0 <= self.event_refractory <= 30:
@@ -727,6 +733,11 @@ class REALM(nn.Module):
             if c.offset_bounds:  # (2, D): each channel's defined range in normalised units (set_out_bounds);
                 #   unbounded (+-1e6, finite: a checkpoint's weights must be) until set
                 self.register_buffer("out_bounds", torch.tensor([-1e6, 1e6]).repeat(spec.dim, 1).T.contiguous())
+                rest = torch.zeros(spec.dim, dtype=torch.bool)  # offset_floor="rest": channels whose range starts
+                for name, a, _ in spec.ranges:  # at 0 (blendshapes, activations above a rest); head rotation
+                    if a == 0:  # goes both ways from its rest and keeps the range's floor
+                        rest[spec.block(name).slice if spec.has(name) else spec.channel(name)] = True
+                self.register_buffer("rest_floor", rest, persistent=False)
         self.exp = spec.block(c.refine_block).slice
         self.events = events_in_spec(spec, c.refine_events) if c.use_refinement else []  # fast events sampled
         self.refinement = None
@@ -813,8 +824,10 @@ class REALM(nn.Module):
         out = motion + o
         if c.offset_bounds:  # not past a channel's range, nor further past it than the motion itself
             lo, hi = self.out_bounds
-            if c.offset_floor == "rest" and anchor is not None:  # nor below the resting face (ranged channels)
-                lo = torch.where(lo > -1e5, torch.maximum(lo, anchor), lo).unsqueeze(1)  # (B, 1, D)
+            if c.offset_floor == "rest":  # nor below the resting face (channels whose range starts at 0)
+                if anchor is None:
+                    raise ValueError('offset_floor="rest" needs the anchor frame (the frame generation starts from)')
+                lo = torch.where(self.rest_floor, torch.maximum(lo, anchor), lo).unsqueeze(1)  # (B, 1, D)
             out = torch.minimum(torch.maximum(out, torch.minimum(motion, lo)), torch.maximum(motion, hi))
         return out, alpha
 

@@ -439,6 +439,7 @@ class REALMLoss:
 
     def __init__(self, model: REALM, cfg: TrainConfig):
         self.spec, self.cfg, self.W = model.spec, cfg, model.config.window
+        self.react_shift = model.config.react_shift
         self.rot = self.spec.block("rotation").slice if self.spec.has("rotation") else None
         self.w, self.wb = self._dim_weights(), self._dim_weights(boundary=True)  # computed once
         self.axis = torch.tensor(cfg.rot_axis)
@@ -521,7 +522,12 @@ class REALMLoss:
         out["gate"] = 1 - (alpha * mS).sum() / mS.sum().clamp(min=1)
         if "react_logit" in aux and "react_labels" in aux:  # (R B, n) logits against (B, n) labels
             logit, y = aux["react_logit"], aux["react_labels"].to(pred.device).repeat(R, 1)
-            valid = mask[:, :: self.W][:, : logit.shape[1]].float().repeat(R, 1)  # windows with a scored frame
+            n = logit.shape[1]
+            if self.react_shift:  # window w's label spans [w W + s, (w + 1) W + s): valid if its last frame is scored
+                last = mask[:, self.W + self.react_shift - 1 :: self.W][:, :n]
+                valid = F.pad(last.float(), (0, n - last.shape[1])).repeat(R, 1)  # past the clip: not scored
+            else:
+                valid = mask[:, :: self.W][:, :n].float().repeat(R, 1)  # windows with a scored frame
             bce = F.binary_cross_entropy_with_logits(logit.float(), y, reduction="none")
             out["react"] = (bce * valid).sum() / valid.sum().clamp(min=1)
         c = self.cfg
