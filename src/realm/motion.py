@@ -144,13 +144,16 @@ class MotionSpec:
                 return self._index[block].start + axes.index(axis)
         raise KeyError(f"spec {self.name} has no channel {name!r}")
 
+    def range_columns(self) -> list[tuple[slice | int, float, float]]:
+        """``ranges`` as (columns, lo, hi): a block's slice or a channel's index."""
+        return [(self.block(name).slice if self.has(name) else self.channel(name), lo, hi) for name, lo, hi in self.ranges]
+
     def clamp(self, x):
         """``x`` (..., dim) with every block or channel that has a defined range clipped into it (numpy)."""
         if not self.ranges:
             return x
         x = np.array(x, copy=True)
-        for name, lo, hi in self.ranges:
-            cols = self.block(name).slice if self.has(name) else self.channel(name)
+        for cols, lo, hi in self.range_columns():
             x[..., cols] = np.clip(x[..., cols], lo, hi)
         return x
 

@@ -731,12 +731,11 @@ class REALM(nn.Module):
             mu = c.offset_decay_init
             self.offset_logit = nn.Parameter(torch.full((spec.dim,), math.log(mu / (1 - mu))))
             if c.offset_bounds:  # (2, D): each channel's defined range in normalised units (set_out_bounds);
-                #   unbounded (+-1e6, finite: a checkpoint's weights must be) until set
-                self.register_buffer("out_bounds", torch.tensor([-1e6, 1e6]).repeat(spec.dim, 1).T.contiguous())
+                #   unbounded until set
+                self.register_buffer("out_bounds", torch.tensor([-self.UNBOUNDED, self.UNBOUNDED]).repeat(spec.dim, 1).T.contiguous())
                 rest = torch.zeros(spec.dim, dtype=torch.bool)  # offset_floor="rest": channels whose range starts
-                for name, a, _ in spec.ranges:  # at 0 (blendshapes, activations above a rest); head rotation
-                    if a == 0:  # goes both ways from its rest and keeps the range's floor
-                        rest[spec.block(name).slice if spec.has(name) else spec.channel(name)] = True
+                for cols, a, _ in spec.range_columns():  # at 0 (blendshapes, activations above a rest); head
+                    rest[cols] = a == 0  # rotation goes both ways from its rest and keeps the range's floor
                 self.register_buffer("rest_floor", rest, persistent=False)
         self.exp = spec.block(c.refine_block).slice
         self.events = events_in_spec(spec, c.refine_events) if c.use_refinement else []  # fast events sampled
@@ -748,6 +747,10 @@ class REALM(nn.Module):
                 for ch in FAST_EVENTS[name]:
                     mask[spec.channel(ch) - block.start, k] = 1.0
             self.refinement = Refinement(c, block.size, len(self.events), mask)
+
+    #: A bound of the offset's (offset_bounds) where the spec defines no range: finite, since a
+    #: checkpoint's weights must be.
+    UNBOUNDED = 1e6
 
     #: Windows encoded at once without gradients (generation): bounds the encoder's memory.
     ENCODE_CHUNK = 256
@@ -834,9 +837,8 @@ class REALM(nn.Module):
     def set_out_bounds(self, stats) -> None:
         """The offset's bounds (``offset_bounds``) from the motion's :class:`realm.motion.NormStats`:
         each range of the spec (``MotionSpec.ranges``) in normalised units; unbounded elsewhere."""
-        lo, hi = torch.full((self.spec.dim,), -1e6), torch.full((self.spec.dim,), 1e6)
-        for name, a, b in self.spec.ranges:
-            cols = self.spec.block(name).slice if self.spec.has(name) else self.spec.channel(name)
+        lo, hi = torch.full((self.spec.dim,), -self.UNBOUNDED), torch.full((self.spec.dim,), self.UNBOUNDED)
+        for cols, a, b in self.spec.range_columns():
             mean, std = torch.as_tensor(stats.mean[cols]), torch.as_tensor(stats.std[cols])
             lo[cols], hi[cols] = (a - mean) / std, (b - mean) / std
         self.out_bounds.copy_(torch.stack([lo, hi]))
