@@ -382,6 +382,62 @@ def test_a_latent_branch_leaves_the_zero_latent_rollout_to_the_decoder(form, int
         REALMConfig(latent_branch=True)
 
 
+def test_branch_queries_keeps_the_decoders_own_latent_path_beside_the_branch():
+    """branch_queries: a model with a latent branch that adds nothing generates exactly what the same
+    weights without the branch generate (the latent still reaches the queries: a frozen decoder keeps its
+    spread); a branch that adds something moves the samples but not the zero-latent rollout."""
+    torch.manual_seed(0)
+    kw = dict(spec="arkit58", audio_dim=20, d_model=32, ff_dim=64, latent_dim=4, zero_init_heads=False)
+    plain = REALM(REALMConfig(**kw)).eval()
+    both = REALM(REALMConfig(**kw, latent_branch=True, branch_queries=True, branch_into="offset")).eval()
+    only = REALM(REALMConfig(**kw, latent_branch=True, branch_into="offset")).eval()
+    for m in (both, only):
+        missing, unexpected = m.load_state_dict(plain.state_dict(), strict=False)
+        assert not unexpected and all(k.startswith(("decoder.branch", "offset_logit", "out_bounds")) for k in missing), missing
+    audio, f0, z = torch.randn(1, 48, 20), torch.randn(1, 58), torch.randn(2, 3, 4)
+    with torch.no_grad():
+        for m in (both, only):
+            m.decoder.branch[2].weight.zero_()
+            m.decoder.branch[2].bias.zero_()  # a branch that adds nothing
+        ref, _ = plain.rollout(audio.expand(2, -1, -1), f0.expand(2, -1), latents=z)
+        out, _ = both.rollout(audio.expand(2, -1, -1), f0.expand(2, -1), latents=z)
+        alone, _ = only.rollout(audio.expand(2, -1, -1), f0.expand(2, -1), latents=z)
+        zero, _ = both.rollout(audio, f0, latents=torch.zeros(1, 3, 4))
+        both.decoder.branch[2].weight.normal_()
+        moved, _ = both.rollout(audio.expand(2, -1, -1), f0.expand(2, -1), latents=z)
+        zero2, _ = both.rollout(audio, f0, latents=torch.zeros(1, 3, 4))
+    torch.testing.assert_close(out, ref)  # the decoder's own latent path, unchanged
+    assert (ref[0, 1:] - ref[1, 1:]).abs().max() > 1e-3  # ... which makes samples
+    torch.testing.assert_close(alone, alone[:1].expand(2, -1, -1))  # without branch_queries the branch is the only path
+    assert (moved - out).abs().max() > 1e-3  # the branch adds to the samples
+    torch.testing.assert_close(zero, zero2)  # and not to the zero-latent rollout
+    with pytest.raises(ValueError, match="needs latent_branch"):
+        REALMConfig(latent_dim=4, branch_queries=True)
+
+
+def test_branch_exclude_leaves_its_channels_to_the_decoder():
+    """branch_exclude: the named channels of a latent-branch model's samples are the zero-latent
+    rollout's exactly (the decoder's alone); the other channels of the branch's blocks still spread."""
+    torch.manual_seed(0)
+    out = ["mouthFrownLeft", "mouthFrownRight"]
+    cfg = REALMConfig(spec="arkit58", audio_dim=20, d_model=32, ff_dim=64, latent_dim=4, latent_branch=True,
+                      branch_into="offset", branch_blocks=("expression",), branch_exclude=out, zero_init_heads=False)
+    model = REALM(cfg).eval()
+    names = model.spec.names
+    cols, smile = [names.index(n) for n in out], names.index("mouthSmileLeft")
+    audio, f0, z = torch.randn(1, 48, 20), torch.randn(1, 58), 3 * torch.randn(2, 3, 4)
+    with torch.no_grad():
+        zero, _ = model.rollout(audio, f0, latents=torch.zeros(1, 3, 4))
+        a, _ = model.rollout(audio.expand(2, -1, -1), f0.expand(2, -1), latents=z)
+    torch.testing.assert_close(a[..., cols], zero[..., cols].expand(2, -1, -1))  # the decoder's alone
+    assert (a[..., smile] - zero[..., smile]).abs().max() > 1e-3  # the branch still moves the smile
+    assert model.decoder.branch_mask[cols].sum() == 0 and model.decoder.branch_mask.sum() == 52 - 2
+    with pytest.raises(ValueError, match="no channel 'frown'"):
+        REALM(REALMConfig(spec="arkit58", audio_dim=20, latent_dim=4, latent_branch=True, branch_exclude=("frown",)))
+    with pytest.raises(ValueError, match="needs latent_branch"):
+        REALMConfig(latent_dim=4, branch_exclude=("mouthFrownLeft",))
+
+
 def test_the_odd_latent_branch_is_zero_mean_over_the_latent():
     """branch_form="odd": a window's deltas at z and at -z average to its deltas at z = 0 (the
     samples' mean is the zero-latent rollout's, so a sample carries no bias to integrate); the

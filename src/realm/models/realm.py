@@ -97,6 +97,10 @@ class REALMConfig:
     #   latent, adds a term that is 0 at z = 0 to the deltas (branch_form). The zero-latent rollout is then
     #   the deterministic decoder's exactly, so a fine-tune with that decoder frozen learns the spread
     #   without moving the zero-latent rollout. False = the latent added to the queries
+    branch_queries: bool = False  # with latent_branch: the latent also enters the decoder's queries, as
+    #   without the branch (before react_gate's scale, as a decoder trained without react_gate read it), so
+    #   a branch trained over a frozen decoder that already has its latent path adds to that decoder's
+    #   spread instead of replacing it (measured; docs/realm.md). False = the branch is the latent's only path
     branch_form: str = "odd"  # with latent_branch: "odd" adds (branch(state, z) - branch(state, -z)) / 2,
     #   an odd function of z, so the samples' mean over z is the zero-latent rollout's delta by
     #   construction; "diff" adds branch(state, z) - branch(state, 0), 0 at z = 0 only, whose mean
@@ -110,6 +114,9 @@ class REALMConfig:
     offset_decay_init: float = 0.05  # mu per frame at the start (0.05: an offset halves in 0.45 s)
     branch_blocks: tuple[str, ...] = ()  # with latent_branch: the blocks the branch moves (e.g.
     #   ("expression",), the blocks the energy score trains it on); () = every channel (as before 2026-11-30)
+    branch_exclude: tuple[str, ...] = ()  # with latent_branch: channels (spec names, e.g. "mouthFrownLeft")
+    #   the branch does not move, inside branch_blocks: their motion is the decoder's alone (measured: the
+    #   branch's frowns came with its smiles and erased the decoder's own; docs/realm.md). () = none
     react_shift: int = 0  # ours, with latent_branch: frames the window's latent (scaled by react_gate's
     #   probability) is shifted later. Frames [0, shift) of window w read window w-1's latent and the
     #   classifier learns "a reaction starts in frames [shift, W + shift) of window w", so the spread
@@ -188,6 +195,10 @@ class REALMConfig:
                              f"{self.react_shift} (latent_branch={self.latent_branch}, window={self.window})")
         if self.react_threshold and not self.react_gate:
             raise ValueError("react_threshold thresholds react_gate's probability: it needs react_gate")
+        if self.branch_queries and not self.latent_branch:
+            raise ValueError("branch_queries keeps the queries' latent beside the latent branch: it needs latent_branch")
+        if self.branch_exclude and not self.latent_branch:
+            raise ValueError("branch_exclude names channels of the latent branch: it needs latent_branch")
         if self.branch_blocks and not self.latent_branch:
             raise ValueError("branch_blocks are the blocks the latent branch moves: they need latent_branch")
         if self.offset_floor != "range" and self.branch_into != "offset":
@@ -198,6 +209,7 @@ class REALMConfig:
             raise ValueError(f"event_refractory must be 0..30 frames, got {self.event_refractory}")
         self.refine_events = tuple(self.refine_events)
         self.branch_blocks = tuple(self.branch_blocks)
+        self.branch_exclude = tuple(self.branch_exclude)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -353,6 +365,10 @@ class CoarseDecoder(nn.Module):
                     if not spec.has(name):
                         raise ValueError(f"branch_blocks: spec {spec.name} has no block {name!r} (blocks: {spec.block_names})")
                     mask[spec.block(name).slice] = 1.0
+                for name in c.branch_exclude:  # channels left to the decoder alone
+                    if name not in spec.names:
+                        raise ValueError(f"branch_exclude: spec {spec.name} has no channel {name!r}")
+                    mask[spec.names.index(name)] = 0.0
                 self.register_buffer("branch_mask", mask, persistent=False)
         if c.identity_anchor:  # marks the anchor token apart from the history tokens
             self.anchor_embed = nn.Parameter(torch.randn(1, 1, c.d_model) * 0.02)
@@ -388,6 +404,8 @@ class CoarseDecoder(nn.Module):
             z = self.latent(latent)  # (B, d)
             if self.c.latent_gate:
                 z = z * torch.sigmoid(self.latent_gate(fused.mean(dim=1)))
+            if self.c.latent_branch and self.c.branch_queries:  # the queries' latent, as the decoder was trained
+                q = q + z.unsqueeze(1)
             if self.c.react_gate:
                 logit = self.react(fused.mean(dim=1)).squeeze(-1)  # (B,)
                 p = torch.sigmoid(logit).detach()  # (B,)

@@ -801,9 +801,9 @@ class REALMTask(L.LightningModule):
 
 #: Coarse-model fields a stage-1 retraining from ``--init`` takes from the command: additions to
 #: the init run's architecture, whose new parameters start from their initialisation.
-COARSE_ADDED_FIELDS = ("latent_dim", "latent_gate", "react_gate", "react_floor", "latent_branch", "branch_form", "branch_into",
-                       "offset_decay_init", "offset_bounds", "offset_floor", "branch_blocks", "react_shift", "rest_leak",
-                       "rest_leak_init")  # fmt: skip
+COARSE_ADDED_FIELDS = ("latent_dim", "latent_gate", "react_gate", "react_floor", "latent_branch", "branch_queries",
+                       "branch_form", "branch_into", "offset_decay_init", "offset_bounds", "offset_floor",
+                       "branch_blocks", "branch_exclude", "react_shift", "rest_leak", "rest_leak_init")  # fmt: skip
 #: Fields a run started from ``--init`` takes from the command when the command sets them (differ
 #: from the default): speed and generation knobs, which change no weight.
 COMMAND_FIELDS = ("fast_train", "latent_temperature", "react_threshold")
