@@ -130,9 +130,11 @@ def test_streaming_with_audio_context_gives_the_offline_frames(context_run_dir):
 
 def test_a_model_with_the_branch_offset_streams_its_offline_frames(tmp_path):
     """branch_into="offset" and react_shift: the streamer carries the offset, the offset-free history
-    and the previous window's latent from window to window as the offline rollout does."""
+    and the previous window's latent from window to window as the offline rollout does (with the
+    latent in the queries too, and a channel left to the decoder)."""
     lis = realm.load(make_run(tmp_path / "off", audio_context=16, latent_dim=4, latent_branch=True,
-                              branch_into="offset", react_shift=8, offset_floor="rest", zero_init_heads=False))  # fmt: skip
+                              branch_into="offset", react_shift=8, offset_floor="rest", zero_init_heads=False,
+                              branch_queries=True, branch_exclude=("mouthFrownLeft",)))  # fmt: skip
     with torch.no_grad():
         lis.model.decoder.branch[2].weight.mul_(30.0)  # offsets that reach the bounds and the rest floor
     y = load_audio(JFK)[: int(16000 * 3.1)]
