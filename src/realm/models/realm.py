@@ -114,7 +114,7 @@ class REALMConfig:
     offset_decay_init: float = 0.05  # mu per frame at the start (0.05: an offset halves in 0.45 s)
     branch_blocks: tuple[str, ...] = ()  # with latent_branch: the blocks the branch moves (e.g.
     #   ("expression",), the blocks the energy score trains it on); () = every channel (as before 2026-11-30)
-    branch_exclude: tuple[str, ...] = ()  # with latent_branch: channels (spec names, e.g. "mouthFrownLeft")
+    branch_exclude: tuple[str, ...] = ()  # with latent_branch: channels (MotionSpec.channel names: "mouthFrownLeft")
     #   the branch does not move, inside branch_blocks: their motion is the decoder's alone (measured: the
     #   branch's frowns came with its smiles and erased the decoder's own; docs/realm.md). () = none
     react_shift: int = 0  # ours, with latent_branch: frames the window's latent (scaled by react_gate's
@@ -366,9 +366,10 @@ class CoarseDecoder(nn.Module):
                         raise ValueError(f"branch_blocks: spec {spec.name} has no block {name!r} (blocks: {spec.block_names})")
                     mask[spec.block(name).slice] = 1.0
                 for name in c.branch_exclude:  # channels left to the decoder alone
-                    if name not in spec.names:
-                        raise ValueError(f"branch_exclude: spec {spec.name} has no channel {name!r}")
-                    mask[spec.names.index(name)] = 0.0
+                    try:
+                        mask[spec.channel(name)] = 0.0
+                    except KeyError as e:
+                        raise ValueError(f"branch_exclude: {e.args[0]}") from None
                 self.register_buffer("branch_mask", mask, persistent=False)
         if c.identity_anchor:  # marks the anchor token apart from the history tokens
             self.anchor_embed = nn.Parameter(torch.randn(1, 1, c.d_model) * 0.02)
@@ -404,7 +405,7 @@ class CoarseDecoder(nn.Module):
             z = self.latent(latent)  # (B, d)
             if self.c.latent_gate:
                 z = z * torch.sigmoid(self.latent_gate(fused.mean(dim=1)))
-            if self.c.latent_branch and self.c.branch_queries:  # the queries' latent, as the decoder was trained
+            if self.c.branch_queries:  # beside the branch, the queries' latent as the decoder was trained (ungated)
                 q = q + z.unsqueeze(1)
             if self.c.react_gate:
                 logit = self.react(fused.mean(dim=1)).squeeze(-1)  # (B,)
