@@ -148,6 +148,30 @@ def test_a_model_with_the_branch_offset_streams_its_offline_frames(tmp_path):
     np.testing.assert_allclose(streamed, offline, atol=1e-5)
 
 
+def test_a_model_told_its_reaction_kinds_draws_them_and_streams_its_offline_frames(tmp_path):
+    """react_condition (here without a latent for the queries): each window's kinds are drawn from the
+    seeded latent, so seeds differ, offline and streaming draw the same kinds (the shifted embedding
+    carried from window to window), and at kind_temperature 0 (not latent_temperature, which scales the
+    queries' latent) every seed plays the same kinds."""
+    lis = realm.load(make_run(tmp_path / "kinds", audio_context=16, react_condition=("smile", "concern"),
+                              react_shift=8, zero_init_heads=False))  # fmt: skip
+    with torch.no_grad():
+        lis.model.decoder.kind_embed.weight.normal_(0, 3.0)
+        lis.model.decoder.kind_head[-1].bias.zero_()  # p about 0.5: the drawn kinds differ between seeds
+    y = load_audio(JFK)[: int(16000 * 3.1)]
+    offline = lis.generate(y, seed=2)[0]
+    assert np.abs(offline - lis.generate(y, seed=3)[0]).max() > 1e-3
+    s = lis.streamer(seed=2)
+    streamed = np.concatenate([s.push(y[i : i + 1500]) for i in range(0, len(y), 1500)] + [s.flush()])
+    np.testing.assert_allclose(streamed, offline, atol=1e-5)
+    lis.model.config.latent_temperature = 0.0
+    a, b = (lis.generate(y, seed=k, refine=False)[0] for k in (2, 3))
+    assert np.abs(a - b).max() > 1e-3
+    lis.model.config.kind_temperature = 0.0
+    a, b = (lis.generate(y, seed=k, refine=False)[0] for k in (2, 3))
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
 def test_a_window_8_model_streams_its_offline_frames_half_a_window_sooner(tmp_path):
     """window 8 (the first frame of a window waits 8 frames of audio, not 16): streaming equals
     offline, and the algorithmic latency is 8 frames + the feature lookahead."""

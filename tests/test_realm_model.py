@@ -872,3 +872,78 @@ def test_a_window_other_than_the_history_generates_and_trains(window):
         motion.pow(2).mean().backward()
         outs.append(motion.detach())
     torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
+
+
+def test_react_condition_plays_the_kind_it_is_told_or_draws_it_from_the_classifier():
+    """react_condition: each window's queries get an embedding of which kinds start in it. Told (the
+    ground truth in training) it moves the motion from frame w W + react_shift on; drawn, kind k starts
+    where Phi(the latent's kind dim) < p_k (at temperature 0: where p_k > 0.5). The embedding starts at 0,
+    so a model given react_condition generates, where no kind starts, what the same weights without it generate."""
+    from realm.data.synth import ease_envelope
+    from realm.motion import NormStats, get_spec
+    from realm.train import REALMTask, TrainConfig
+
+    torch.manual_seed(0)
+    kinds = ("smile", "concern")
+    kw = dict(spec="arkit58", audio_dim=20, d_model=32, ff_dim=64, latent_dim=4, zero_init_heads=False, dropout=0.0)
+    cond = REALM(REALMConfig(**kw, react_condition=kinds, react_shift=8)).eval()
+    plain = REALM(REALMConfig(**kw)).eval()
+    missing, unexpected = plain.load_state_dict(cond.state_dict(), strict=False)
+    assert not missing and all(k.startswith(("decoder.kind_head", "decoder.kind_embed")) for k in unexpected)
+    assert cond.config.latent_width == 6
+    audio, f0 = torch.randn(1, 48, 20), torch.randn(1, 58)
+    lat = torch.randn(1, 3, 6)
+    on, off = torch.ones(1, 3, 2), torch.zeros(1, 3, 2)
+    with torch.no_grad():
+        before, _ = plain.rollout(audio, f0, latents=lat[..., :4])
+        torch.testing.assert_close(cond.rollout(audio, f0, latents=lat, kinds=off)[0], before, atol=0, rtol=0)
+        assert (cond.rollout(audio, f0, latents=lat, kinds=on)[0] - before).abs().max() > 1e-3
+        base, aux = cond.rollout(audio, f0, latents=lat, kinds=off)
+        assert aux["kind_logit"].shape == (1, 3, 2)
+        for w in (0, 1):  # window w told "smile": the motion moves from frame w W + 8 on, not before
+            k = off.clone()
+            k[0, w, 0] = 1
+            diff = (cond.rollout(audio, f0, latents=lat, kinds=k)[0] - base)[0].abs().amax(dim=1)
+            first = 16 * w + 8
+            assert float(diff[:first].max()) == 0.0 and float(diff[first]) > 1e-4, (w, diff[: first + 2])
+        # drawn: certain kinds start in every window, impossible ones in none
+        head = cond.decoder.kind_head[-1]
+        head.weight.zero_()
+        for bias, told in ((30.0, on), (-30.0, off)):
+            head.bias.fill_(bias)
+            torch.testing.assert_close(cond.rollout(audio, f0, latents=lat)[0], cond.rollout(audio, f0, latents=lat, kinds=told)[0])
+        # at temperature 0 (kind dims 0, u = 0.5): smile (p 0.55) starts, concern (p 0.45) does not
+        head.bias.copy_(torch.tensor([0.2, -0.2]))
+        zero = lat.clone()
+        zero[..., 4:] = 0
+        told = torch.tensor([[[1.0, 0.0]] * 3])
+        torch.testing.assert_close(cond.rollout(audio, f0, latents=zero)[0], cond.rollout(audio, f0, latents=zero, kinds=told)[0])
+    with pytest.raises(ValueError, match="twice"):
+        REALMConfig(**kw, react_condition=("smile", "smile"))
+    REALMConfig(spec="arkit58", react_condition=kinds, react_shift=8)  # the kinds are shifted without a branch
+    from realm.train import _check_condition_kinds
+
+    _check_condition_kinds(kinds, "arkit58")
+    with pytest.raises(ValueError, match=r"react_condition: no detector of \['wink'\]"):
+        _check_condition_kinds(("smile", "wink"), "arkit58")
+
+    # training: per-kind labels from the ground truth's onsets, told to the decoder, the classifier trained
+    spec = get_spec("arkit58")
+    stats = NormStats(mean=np.full(58, 0.1), std=np.full(58, 0.5), spec="arkit58")
+    raw = np.zeros((64, 58))
+    for name in ("mouthSmileLeft", "mouthSmileRight"):
+        raw[:, spec.names.index(name)] = 0.6 * ease_envelope(64, 40, 7, 15, 10)
+    task = REALMTask({**kw, "react_condition": kinds, "react_shift": 8},
+                     asdict_jsonable(TrainConfig(coarse_loss="energy", mean_rollout=True)), 1)  # fmt: skip
+    task.stats = stats
+    motion = torch.from_numpy(np.stack([stats.apply(raw), stats.apply(np.zeros((64, 58)))])).float()
+    labels = task.react_labels(motion, 4, kinds)  # the smile at 40 starts in window 2 ([40, 56) with shift 8)
+    torch.testing.assert_close(labels[..., 0], torch.tensor([[0.0, 0.0, 1.0, 0.0], [0.0] * 4]))
+    assert float(labels[..., 1].sum()) == 0.0
+    batch = {"audio": torch.randn(2, 64, 20), "motion": motion, "mask": torch.ones(2, 64, dtype=torch.bool)}
+    task.model.train()
+    out = task._stage1(batch)
+    assert float(out["kind"].detach()) > 0
+    out["loss"].backward()
+    assert task.model.decoder.kind_head[-1].weight.grad.abs().sum() > 0
+    assert task.model.decoder.kind_embed.weight.grad.abs().sum() > 0  # the told smile reaches its embedding

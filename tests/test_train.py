@@ -111,7 +111,8 @@ def test_init_takes_the_coarse_additions_and_refuses_a_set_it_would_drop(synth_d
     run = tmp_path / "fine"
     add = dict(latent_dim=4, react_gate=True, react_floor=0.3, latent_branch=True, latent_temperature=0.5,
                branch_into="offset", offset_decay_init=0.1, branch_blocks=("expression",), react_shift=4,
-               react_threshold=0.05, branch_queries=True, branch_exclude=("mouthFrownLeft",))  # fmt: skip
+               react_threshold=0.05, branch_queries=True, branch_exclude=("mouthFrownLeft",),
+               react_condition=("smile", "nod"))  # fmt: skip
     train_realm(cfg(synth_dir, stages=(1,), init=str(first), coarse_loss="energy"), REALMConfig(**TINY, **add),
                 run, progress=False)  # fmt: skip
     model = realm.load(run).model

@@ -60,13 +60,14 @@ class Listener(RunModel):
     @property
     def stochastic(self) -> bool:
         """True when samples differ (refinement noise, coarse latents), so evaluation draws several."""
-        return self.model.refinement is not None or self.model.config.latent_dim > 0
+        return self.model.refinement is not None or self.model.config.latent_width > 0
 
     def latents(self, seed: int, sample: int) -> WindowLatents:
-        """Sample ``sample``'s window latents for ``seed`` at the checkpoint's ``latent_temperature``
-        (models with ``latent_dim`` > 0): offline and streaming generation draw them here."""
+        """Sample ``sample``'s window latents for ``seed`` at the checkpoint's ``latent_temperature`` (and
+        ``kind_temperature``; models with ``latent_dim`` > 0 or ``react_condition``): offline and
+        streaming generation draw them here."""
         c = self.model.config
-        return WindowLatents(c.latent_dim, seed, sample, c.latent_temperature)
+        return WindowLatents(c.latent_width, seed, sample, c.latent_temperatures())
 
     def _start(self, first_frame, history):
         """Normalised frame 0 (1, D) and/or history (1, K, D) tensors from raw motion arrays."""
@@ -113,7 +114,7 @@ class Listener(RunModel):
         feats = self.features(audio) if features is None else features
         a = torch.from_numpy(np.asarray(feats, np.float32))[None]  # (1, T, A)
         f0, h = self._start(first_frame, history)
-        Z, W = self.model.config.latent_dim, self.model.config.window
+        Z, W = self.model.config.latent_width, self.model.config.window
         step = None if progress is None else (lambda w, n: progress(0.8 * w / n))  # noqa: E731
         if Z:  # a stochastic coarse generator: one rollout per sample, each with its seeded latents
             n = -(-a.shape[1] // W)
@@ -234,7 +235,7 @@ class Streamer:
         self.carry = None  # what the last window left the next (REALM.step: the branch's offset, latent)
         self.refine, self.clamp = refine, clamp
         self.refiner = RefineStream(self.model, seed, sample)
-        self.latents = listener.latents(seed, sample) if self.model.config.latent_dim else None  # as offline
+        self.latents = listener.latents(seed, sample) if self.model.config.latent_width else None  # as offline
         self.window = 0  # next window to produce
         self.done = False
 

@@ -122,6 +122,15 @@ class REALMConfig:
     #   classifier learns "a reaction starts in frames [shift, W + shift) of window w", so the spread
     #   can open tau frames after the trigger the window's audio holds, not at the window's first frame
     #   (measured: 10 frames early with shift 0; docs/realm.md). 0 = the window's own latent
+    react_condition: tuple[str, ...] = ()  # ours: reaction kinds (realm.metrics.DETECTORS names: "smile",
+    #   "concern", "brow_raise", "nod") the decoder is told about. Each window's queries get an embedding of
+    #   which of them start in the window (its frames [react_shift, W + react_shift)): in training the ground
+    #   truth's onsets, at generation drawn, kind k with the probability a classifier on the fused tokens
+    #   gives it (trained on those onsets, TrainConfig.w_react), from extra dims of the window's latent
+    #   (u = Phi(latent), so the seed, the samples and streaming stay as they are; at kind_temperature 0 a
+    #   kind starts where its probability is above 0.5). The decoder then plays one reaction or none instead of
+    #   the conditional mean's blend of every kind at each trigger (measured: the mean smiled and frowned a
+    #   little at once at every phrase end of real speech; docs/realm.md). () = none
     offset_bounds: bool = True  # with branch_into="offset": the offset cannot take a channel past the
     #   spec's defined range (arkit58: blendshapes 0..1, set in normalised units from the training data's
     #   stats, REALM.set_out_bounds) nor further past it than the decoder's own motion; a sample whose
@@ -135,6 +144,10 @@ class REALMConfig:
     latent_temperature: float = 1.0  # ours, generation only: each window's latent is scaled by
     #   this (training draws N(0, I)). Below 1 the samples keep nearer the conditional mean (the
     #   zero latent): reaction timing over spread; 0 is the mean itself (docs/realm.md, measured)
+    kind_temperature: float = 1.0  # ours, generation only, with react_condition: the latent's kind dims
+    #   are scaled by this instead. 1 draws each kind with the classifier's probability (the listener's
+    #   rate where the classifier is calibrated); 0 plays a kind only where its probability is above 0.5
+    #   (at 0.5, as latent_temperature, a kind with p 0.15 would start in 2 % of windows, not 15 %)
     rest_leak: bool = False  # ours: a learned restoring force. Each channel's integrated state
     #   leaks toward the rollout's start frame (the identity anchor, the listener's resting face):
     #   x_t = a + (1 - lambda) (x_{t-1} - a) + delta_t, lambda = sigmoid(a learned logit) per
@@ -180,6 +193,8 @@ class REALMConfig:
             raise ValueError(f"offset_decay_init must be in (0, 1), got {self.offset_decay_init}")
         if not 0 <= self.latent_temperature <= 4:
             raise ValueError(f"latent_temperature must be in [0, 4], got {self.latent_temperature}")
+        if not 0 <= self.kind_temperature <= 4:
+            raise ValueError(f"kind_temperature must be in [0, 4], got {self.kind_temperature}")
         if self.latent_dim < 0:
             raise ValueError(f"latent_dim must be >= 0, got {self.latent_dim}")
         if not 0 <= self.react_threshold < 1:
@@ -190,9 +205,13 @@ class REALMConfig:
             raise ValueError("react_gate scales the latent: it needs latent_dim > 0 and latent_gate off")
         if self.latent_branch and not self.latent_dim:
             raise ValueError("latent_branch is the latent's own path: it needs latent_dim > 0")
-        if self.react_shift and not (self.latent_branch and 0 < self.react_shift < self.window):
-            raise ValueError(f"react_shift shifts the latent branch's latent by 0 < shift < window frames, got "
-                             f"{self.react_shift} (latent_branch={self.latent_branch}, window={self.window})")
+        shifted = self.latent_branch or self.react_condition
+        if self.react_shift and not (shifted and 0 < self.react_shift < self.window):
+            raise ValueError(f"react_shift shifts the latent branch's latent (or react_condition's kinds) by 0 < shift "
+                             f"< window frames, got {self.react_shift} (latent_branch={self.latent_branch}, "
+                             f"react_condition={tuple(self.react_condition)}, window={self.window})")
+        if len(set(self.react_condition)) != len(self.react_condition):
+            raise ValueError(f"react_condition names a kind twice: {tuple(self.react_condition)}")
         if self.react_threshold and not self.react_gate:
             raise ValueError("react_threshold thresholds react_gate's probability: it needs react_gate")
         if self.branch_queries and not self.latent_branch:
@@ -210,6 +229,18 @@ class REALMConfig:
         self.refine_events = tuple(self.refine_events)
         self.branch_blocks = tuple(self.branch_blocks)
         self.branch_exclude = tuple(self.branch_exclude)
+        self.react_condition = tuple(self.react_condition)
+
+    def latent_temperatures(self) -> torch.Tensor:
+        """(latent_width,) what generation scales each dim of a window's latent by: latent_temperature
+        for the latent_dim dims, kind_temperature for react_condition's."""
+        return torch.tensor([self.latent_temperature] * self.latent_dim + [self.kind_temperature] * len(self.react_condition))
+
+    @property
+    def latent_width(self) -> int:
+        """Size of a window's latent: latent_dim for the queries or the branch, then one dim per
+        react_condition kind (the uniform draw of whether that kind starts in the window)."""
+        return self.latent_dim + len(self.react_condition)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -371,6 +402,13 @@ class CoarseDecoder(nn.Module):
                     except KeyError as e:
                         raise ValueError(f"branch_exclude: {e.args[0]}") from None
                 self.register_buffer("branch_mask", mask, persistent=False)
+        if c.react_condition:  # (B, K, d) fused -> (B, n) logits of "kind k starts in this window";
+            #   (B, n) which kinds start -> (B, d), added to the queries: 0 where none starts (the decoder as
+            #   it was). PyTorch's default init, about as large as the positions (measured: from 0, 460 steps
+            #   took it to a fifth of that and the decoder still blended every kind; docs/realm.md)
+            n = len(c.react_condition)
+            self.kind_head = nn.Sequential(nn.Linear(c.d_model, c.d_model), nn.GELU(), nn.Linear(c.d_model, n))
+            self.kind_embed = nn.Linear(n, c.d_model, bias=False)
         if c.identity_anchor:  # marks the anchor token apart from the history tokens
             self.anchor_embed = nn.Parameter(torch.randn(1, 1, c.d_model) * 0.02)
         self.heads = nn.ModuleDict({name: nn.Linear(c.d_model, size) for name, size in spec.blocks})
@@ -381,12 +419,18 @@ class CoarseDecoder(nn.Module):
 
     def forward(self, fused: torch.Tensor, history: torch.Tensor, anchor: torch.Tensor | None = None,
                 latent: torch.Tensor | None = None, extras: dict | None = None,
-                prev: torch.Tensor | None = None):  # fmt: skip
-        # fused (B, K, d), history (B, K, D), anchor (B, D), latent (B, Z)
+                prev: torch.Tensor | None = None, kind: torch.Tensor | None = None,
+                prev_kind: torch.Tensor | None = None):  # fmt: skip
+        # fused (B, K, d), history (B, K, D), anchor (B, D), latent (B, latent_width)
         #   -> deltas (B, W, D), alpha (B, K, 1), the branch's offset term (B, W, D) or None
         # extras: filled with "react_logit" (B,) by a model with react_gate and, with latent_branch,
-        # "latent" (B, d): the window's projected, gated latent (the next window's ``prev`` with react_shift)
+        # "latent" (B, d): the window's projected, gated latent (the next window's ``prev`` with react_shift);
+        # with react_condition, "kind_logit" (B, n) and "kind" (B, d), the kinds' embedding (the next
+        # window's ``prev_kind``). ``kind`` (B, n): which kinds start in the window (training: the ground
+        # truth's); drawn from the classifier and the latent's last n dims when None
         B = fused.shape[0]
+        if self.c.latent_width and latent is None:
+            raise ValueError("a model with latent_dim > 0 or react_condition needs each window's latent")
         hist = self.pe(self.motion_proj(history))
         if self.c.use_gate:
             alpha = self.gate(fused)
@@ -399,10 +443,10 @@ class CoarseDecoder(nn.Module):
                 raise ValueError("a model with identity_anchor needs the anchor frame (the frame generation starts from)")
             memory = torch.cat([memory, self.motion_proj(anchor).unsqueeze(1) + self.anchor_embed], dim=1)  # (B, 2K + 1, d)
         q = self.queries.expand(B, -1, -1)  # (B, W, d)
+        if self.c.react_condition:
+            q = q + self.kind_queries(fused, latent[:, self.c.latent_dim :], kind, prev_kind, extras)
         if self.c.latent_dim:
-            if latent is None:
-                raise ValueError("a model with latent_dim > 0 needs each window's latent")
-            z = self.latent(latent)  # (B, d)
+            z = self.latent(latent[:, : self.c.latent_dim])  # (B, d)
             if self.c.latent_gate:
                 z = z * torch.sigmoid(self.latent_gate(fused.mean(dim=1)))
             if self.c.branch_queries:  # beside the branch, the queries' latent as the decoder was trained (ungated)
@@ -445,6 +489,25 @@ class CoarseDecoder(nn.Module):
         if self.c.branch_into == "offset":
             return deltas, alpha, term
         return deltas + term, alpha, None
+
+    def kind_queries(self, fused: torch.Tensor, u_latent: torch.Tensor, kind: torch.Tensor | None,
+                     prev_kind: torch.Tensor | None, extras: dict | None) -> torch.Tensor:  # fmt: skip
+        """react_condition: the kinds' embedding for each query (B, W, d). fused (B, K, d); u_latent
+        (B, n): the latent's kind dims (N(0, 1) times the temperature), kind k drawn where
+        Phi(u_latent_k) < p_k; ``kind`` (B, n) given instead in training (the ground truth's onsets)."""
+        logit = self.kind_head(fused.mean(dim=1))  # (B, n)
+        if kind is None:  # kind k starts with the classifier's probability (0.5 at temperature 0: where p > 0.5)
+            u = 0.5 * (1 + torch.erf(u_latent.float() / math.sqrt(2)))  # (B, n) uniform at temperature 1
+            kind = (u < torch.sigmoid(logit.float())).float()
+        e = self.kind_embed(kind.to(self.kind_embed.weight.dtype))  # (B, d)
+        if extras is not None:
+            extras["kind_logit"], extras["kind"] = logit, e
+        ew = e.unsqueeze(1).expand(-1, self.c.window, -1)  # (B, W, d)
+        if self.c.react_shift:  # frames [0, shift) still read the previous window's kinds (0 before the first)
+            sh = self.c.react_shift
+            before = torch.zeros_like(e) if prev_kind is None else prev_kind
+            ew = torch.cat([before.unsqueeze(1).expand(-1, sh, -1), ew[:, sh:]], dim=1)
+        return ew
 
 
 class CausalConv1d(nn.Conv1d):
@@ -801,7 +864,7 @@ class REALM(nn.Module):
     def step(self, audio: torch.Tensor, history: torch.Tensor, audio_enc: torch.Tensor | None = None,
              anchor: torch.Tensor | None = None, base: torch.Tensor | None = None,
              latent: torch.Tensor | None = None, extras: dict | None = None,
-             carry: dict | None = None):  # fmt: skip
+             carry: dict | None = None, kind: torch.Tensor | None = None):  # fmt: skip
         """Predict one window. audio (B, W, A), history (B, K, D) -> motion (B, W, D), alpha (B, K, 1).
 
         The window's motion is ``base`` (B, D; default the last history frame) plus the cumulative
@@ -809,11 +872,13 @@ class REALM(nn.Module):
         ``audio_enc`` (B, W, d) may hold the window's precomputed encoding (it must, when the
         model reads audio context before the window). ``anchor`` (B, D): the frame the rollout
         started from (:meth:`anchor_frame`), read only by models with ``identity_anchor`` or
-        ``rest_leak``. ``latent`` (B, latent_dim): the window's latent (models with ``latent_dim`` > 0; drawn
-        from N(0, I) when None). ``extras``: a dict the decoder fills (``react_logit`` (B,) with ``react_gate``).
+        ``rest_leak``. ``latent`` (B, latent_width): the window's latent (models with ``latent_dim`` > 0 or
+        ``react_condition``; drawn from N(0, I) when None). ``extras``: a dict the decoder fills
+        (``react_logit`` (B,) with ``react_gate``, ``kind_logit`` (B, n) with ``react_condition``). ``kind``
+        (B, n): with ``react_condition``, which kinds start in the window (training); drawn when None.
         ``carry``: what the previous window left for this one (its ``extras["carry"]``; None for the
         first window): with ``branch_into="offset"`` the branch's offset (B, D), with ``react_shift``
-        the previous window's latent. With ``branch_into="offset"`` the motion is the integrated
+        the previous window's latent (and kinds' embedding). With ``branch_into="offset"`` the motion is the integrated
         deltas plus the offset, and ``extras["history"]`` (B, W, D) holds the integrated deltas alone
         (what the next window's history holds).
         """
@@ -824,12 +889,13 @@ class REALM(nn.Module):
             audio_enc = self.encode_window(audio)
         seen = history if c.use_history else torch.zeros_like(history)
         fused = self.fusion(audio_enc, seen)  # (B, K, d)
-        if c.latent_dim and latent is None:
-            latent = torch.randn(history.shape[0], c.latent_dim, device=history.device)
+        if c.latent_width and latent is None:
+            latent = torch.randn(history.shape[0], c.latent_width, device=history.device)
         carry = carry or {}
         inner = {} if extras is None else extras
-        deltas, alpha, term = self.decoder(fused, seen, anchor, latent, inner, carry.get("latent"))  # (B, W, D)
-        inner["carry"] = {"latent": inner.pop("latent", None)}
+        deltas, alpha, term = self.decoder(fused, seen, anchor, latent, inner, carry.get("latent"), kind,
+                                           carry.get("kind"))  # (B, W, D)  # fmt: skip
+        inner["carry"] = {"latent": inner.pop("latent", None), "kind": inner.pop("kind", None)}
         start = history[:, -1:] if base is None else base.unsqueeze(1)  # (B, 1, D)
         if c.rest_leak:
             if anchor is None:
@@ -917,17 +983,21 @@ class REALM(nn.Module):
         return _left_pad(guide, self.config.history), waypoint  # (B, K, D): frame 0 before it when W < K
 
     def rollout(self, audio: torch.Tensor, frame0: torch.Tensor | None = None, history: torch.Tensor | None = None,
-                latents: torch.Tensor | None = None, samples: int = 1, on_window=None):  # fmt: skip
+                latents: torch.Tensor | None = None, samples: int = 1, on_window=None,
+                kinds: torch.Tensor | None = None):  # fmt: skip
         """Coarse motion for all T frames of ``audio`` (B, T, A), autoregressively in W-frame windows.
 
         Start from ``frame0`` (B, D) through the bootstrap (frame 0 is then kept exactly), or from a
         real ``history`` (B, K', D) of the listener's last frames. ``latents`` (S B, n_windows,
-        latent_dim): each window's latent (models with ``latent_dim`` > 0; drawn when None; see
+        latent_width): each window's latent (models with ``latent_dim`` > 0; drawn when None; see
         :class:`WindowLatents` for seeded ones). ``samples`` S: rollouts of each clip, sample-major
         (row s B + b is sample s of clip b), sharing one encoding of the audio and one bootstrap
         (both deterministic). ``on_window(done, n_windows)`` is called after each window (progress).
+        ``kinds`` (S B, n_windows, n): with ``react_condition``, which kinds start in each window
+        (training: the ground truth's); drawn from each window's latent when None.
         Returns (motion (S B, T, D), aux) where aux holds the gate values, the per-window boundary
-        frames, the waypoint (B, 3) and, with ``react_gate``, each window's reaction logit (S B, n_windows).
+        frames, the waypoint (B, 3), with ``react_gate`` each window's reaction logit (S B, n_windows)
+        and with ``react_condition`` each window's kind logits (S B, n_windows, n).
         """
         c = self.config
         B, T, _ = audio.shape
@@ -942,15 +1012,20 @@ class REALM(nn.Module):
         if samples > 1:  # (B, ...) -> (S B, ...): the samples differ by their latents only
             rep = lambda x: None if x is None else x.repeat(samples, *[1] * (x.dim() - 1))  # noqa: E731
             audio, hist, anchor, enc, frame0, history = map(rep, (audio, hist, anchor, enc, frame0, history))
-        frames, alphas, bounds, react = [], [], [], []
+        if kinds is not None and kinds.shape[:2] != (samples * B, n_win):
+            raise ValueError(f"kinds for {tuple(kinds.shape[:2])} (rollouts, windows), need {(samples * B, n_win)}")
+        frames, alphas, bounds, react, kind_logits = [], [], [], [], []
         carry = None  # what a window leaves the next: the branch's offset, the shifted latent
         for w in range(n_win):
             base = self.first_base(frame0, history) if w == 0 else None
             z = None if latents is None else latents[:, w]
             extras: dict = {}
-            window, alpha = self.step(audio[:, w * W : (w + 1) * W], hist, enc[:, w], anchor, base, z, extras, carry)
+            k = None if kinds is None else kinds[:, w]
+            window, alpha = self.step(audio[:, w * W : (w + 1) * W], hist, enc[:, w], anchor, base, z, extras, carry, k)
             if "react_logit" in extras:
                 react.append(extras["react_logit"])
+            if "kind_logit" in extras:
+                kind_logits.append(extras["kind_logit"])
             seen = extras.get("history", window)  # what the next window's history holds
             carry = extras["carry"]
             if w == 0 and history is None:
@@ -967,6 +1042,8 @@ class REALM(nn.Module):
                "padded": padded, "padded_audio": audio}  # fmt: skip
         if react:  # (S B, n_win): each window's logit of "a reaction starts here" (react_gate)
             aux["react_logit"] = torch.stack(react, dim=1)
+        if kind_logits:  # (S B, n_win, n): each window's logit of "kind k starts here" (react_condition)
+            aux["kind_logit"] = torch.stack(kind_logits, dim=1)
         return padded[:, :T], aux
 
     # -- refinement ----------------------------------------------------------------
@@ -1114,14 +1191,14 @@ class SequenceNoise:
 
 class WindowLatents:
     """The coarse generator's latents as a function of the window index: window w of sample
-    ``sample`` draws its (latent_dim,) latent from the seed ``(seed, sample)`` through a noise
+    ``sample`` draws its (latent_width,) latent from the seed ``(seed, sample)`` through a noise
     stream of its own (independent of the refinement's), so offline and streaming generation of
-    the same seed and sample draw the same latents, times ``temperature``
-    (``REALMConfig.latent_temperature``)."""
+    the same seed and sample draw the same latents, times ``temperature`` (a float, or one per dim:
+    ``REALMConfig.latent_temperatures()``)."""
 
     STREAM = 1
 
-    def __init__(self, dim: int, seed: int = 0, sample: int = 0, temperature: float = 1.0):
+    def __init__(self, dim: int, seed: int = 0, sample: int = 0, temperature: float | torch.Tensor = 1.0):
         self.noise = SequenceNoise(dim, seed, sample, stream=self.STREAM)
         self.temperature = temperature
 

@@ -520,21 +520,25 @@ class REALMLoss:
         alpha = aux["alpha"][..., 0]
         mS = mask.repeat(R, 1)
         out["gate"] = 1 - (alpha * mS).sum() / mS.sum().clamp(min=1)
-        if "react_logit" in aux and "react_labels" in aux:  # (R B, n) logits against (B, n) labels
-            logit, y = aux["react_logit"], aux["react_labels"].to(pred.device).repeat(R, 1)
+        for key in ("react", "kind"):  # react_gate's (R B, n) logits against (B, n) labels; react_condition's (R B, n, k)
+            if f"{key}_logit" not in aux or f"{key}_labels" not in aux:
+                continue
+            logit = aux[f"{key}_logit"]
+            y = aux[f"{key}_labels"].to(pred.device).repeat(R, *[1] * (logit.dim() - 1))
             n = logit.shape[1]
             if self.react_shift:  # window w's label spans [w W + s, (w + 1) W + s): valid if its last frame is scored
                 last = mask[:, self.W + self.react_shift - 1 :: self.W][:, :n]
                 valid = F.pad(last.float(), (0, n - last.shape[1])).repeat(R, 1)  # past the clip: not scored
             else:
                 valid = mask[:, :: self.W][:, :n].float().repeat(R, 1)  # windows with a scored frame
+            valid = valid.view(*valid.shape, *[1] * (logit.dim() - 2)).expand_as(logit)
             bce = F.binary_cross_entropy_with_logits(logit.float(), y, reduction="none")
-            out["react"] = (bce * valid).sum() / valid.sum().clamp(min=1)
+            out[key] = (bce * valid).sum() / valid.sum().clamp(min=1)
         c = self.cfg
         out["loss"] = (
             out["mse"] + c.w_energy * out.get("energy", 0) + c.w_vel * out.get("vel", 0)
             + c.w_boundary * out["boundary"] + c.w_waypoint * out.get("waypoint", 0) + c.w_gate * out["gate"]
-            + c.w_react * out.get("react", 0)
+            + c.w_react * (out.get("react", 0) + out.get("kind", 0))
         )  # fmt: skip
         return out
 
@@ -639,32 +643,41 @@ class REALMTask(L.LightningModule):
     # -- stage 1
     def _stage1(self, batch):
         a, f0 = batch["audio"], batch["motion"][:, 0]
-        R, latents = 1, None
+        mc = self.model.config
+        R, latents, kinds = 1, None, None
+        B, n = a.shape[0], math.ceil(a.shape[1] / mc.window)
         if self.cfg.coarse_loss == "energy":  # coarse_samples rollouts of each clip, their latents
             # drawn, then (mean_rollout) one with latents 0; one encoding of the audio for all
-            S, Z, (B, T) = self.cfg.coarse_samples, self.model.config.latent_dim, a.shape[:2]
+            S = self.cfg.coarse_samples
             R = S + self.cfg.mean_rollout
-            n = math.ceil(T / self.model.config.window)
-            latents = torch.randn(R * B, n, Z, device=a.device)
+            latents = torch.randn(R * B, n, mc.latent_width, device=a.device)
             if self.cfg.mean_rollout:
                 latents[S * B :] = 0
-        motion, aux = self.model.rollout(a, frame0=f0, latents=latents, samples=R)  # (R B, T, D)
+        if mc.react_condition:  # the decoder is told which kinds the ground truth starts in each window
+            kind_labels = self.react_labels(batch["motion"], n, mc.react_condition)  # (B, n, k)
+            kinds = kind_labels.to(a.device).repeat(R, 1, 1)
+        motion, aux = self.model.rollout(a, frame0=f0, latents=latents, samples=R, kinds=kinds)  # (R B, T, D)
         if "react_logit" in aux:
             aux["react_labels"] = self.react_labels(batch["motion"], aux["react_logit"].shape[1])
+        if kinds is not None:
+            aux["kind_labels"] = kind_labels
         return self.loss(motion, batch["motion"], batch["mask"], aux)
 
-    def react_labels(self, motion: torch.Tensor, n: int) -> torch.Tensor:
-        """(B, n) 1 where the ground truth starts a reaction of ``react_kinds`` in window w, else 0:
-        the react_gate classifier's labels, from the de-normalised clips' detected events."""
+    def react_labels(self, motion: torch.Tensor, n: int, kinds: tuple[str, ...] | None = None) -> torch.Tensor:
+        """(B, n) 1 where the ground truth starts a reaction of ``react_kinds`` in window w, else 0 (the
+        react_gate classifier's labels); with ``kinds``, (B, n, k): 1 where it starts one of kind k of
+        ``kinds`` (react_condition's). From the de-normalised clips' detected events."""
         if self.stats is None:
-            raise RuntimeError("react_gate's labels need the motion stats (task.stats)")
+            raise RuntimeError("the reaction labels need the motion stats (task.stats)")
+        if kinds is None:
+            return self.react_labels(motion, n, tuple(self.cfg.react_kinds)).amax(-1)
         W, shift = self.model.config.window, self.model.config.react_shift
-        y = np.zeros((motion.shape[0], n), np.float32)
+        y = np.zeros((motion.shape[0], n, len(kinds)), np.float32)
         for b, x in enumerate(motion.detach().float().cpu().numpy()):
-            for e in detect_events(self.stats.invert(x), self.model.spec, self.model.spec.fps, list(self.cfg.react_kinds)):
-                w = (e["frame"] - shift) // W  # react_shift: window w's latent covers [w W + shift, (w + 1) W + shift)
+            for e in detect_events(self.stats.invert(x), self.model.spec, self.model.spec.fps, list(kinds)):
+                w = (e["frame"] - shift) // W  # react_shift: window w covers [w W + shift, (w + 1) W + shift)
                 if 0 <= w < n:
-                    y[b, w] = 1.0
+                    y[b, w, kinds.index(e["kind"])] = 1.0
         return torch.from_numpy(y)
 
     # -- stage 2
@@ -803,10 +816,11 @@ class REALMTask(L.LightningModule):
 #: the init run's architecture, whose new parameters start from their initialisation.
 COARSE_ADDED_FIELDS = ("latent_dim", "latent_gate", "react_gate", "react_floor", "latent_branch", "branch_queries",
                        "branch_form", "branch_into", "offset_decay_init", "offset_bounds", "offset_floor",
-                       "branch_blocks", "branch_exclude", "react_shift", "rest_leak", "rest_leak_init")  # fmt: skip
+                       "branch_blocks", "branch_exclude", "react_shift", "react_condition", "rest_leak",
+                       "rest_leak_init")  # fmt: skip
 #: Fields a run started from ``--init`` takes from the command when the command sets them (differ
 #: from the default): speed and generation knobs, which change no weight.
-COMMAND_FIELDS = ("fast_train", "latent_temperature", "react_threshold")
+COMMAND_FIELDS = ("fast_train", "latent_temperature", "kind_temperature", "react_threshold")
 #: REALMConfig fields of the refinement: the ones a run started from another run (``init``) takes
 #: from the command instead of from that run, since stage 2 retrains the refinement.
 REFINE_FIELDS = ("use_refinement", "refine_dim", "refine_ff", "refine_block", "refine_mode", "refine_context",
@@ -913,6 +927,8 @@ def _train_realm(cfg: TrainConfig, model_cfg: REALMConfig, out, resume: bool, pr
     model_cfg.spec, model_cfg.audio_dim = prep.spec, prep.audio_dim
     if model_cfg.react_gate and 1 in cfg.stages:
         _check_react_kinds(cfg.react_kinds, prep.spec)
+    if model_cfg.react_condition:
+        _check_condition_kinds(model_cfg.react_condition, prep.spec)
     if resume and state_path.exists():
         saved = state.get("model")
         if saved and saved != model_cfg.to_dict():
@@ -1003,6 +1019,18 @@ def _check_react_kinds(kinds: tuple[str, ...], spec) -> None:
     for k in kinds:
         if k not in usable:
             log.warning("react_gate: the spec %s lacks the channels of %r; its onsets are not labelled", spec.name, k)
+
+
+def _check_condition_kinds(kinds: tuple[str, ...], spec) -> None:
+    """react_condition's kinds are labelled by their detectors: refuse a kind without one or whose
+    channels the spec lacks (the decoder would be told it never starts)."""
+    from realm.motion import get_spec
+
+    spec = get_spec(spec)
+    bad = [k for k in kinds if k not in DETECTORS or detector_columns(k, spec) is None]
+    if bad:
+        raise ValueError(f"react_condition: no detector of {bad} on the spec {spec.name!r} "
+                         f"(detectors: {', '.join(DETECTORS)})")  # fmt: skip
 
 
 def _export_best(out, best, model_cfg, prep, cfg, stage, results, command):
