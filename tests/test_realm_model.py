@@ -918,8 +918,24 @@ def test_react_condition_plays_the_kind_it_is_told_or_draws_it_from_the_classifi
         zero[..., 4:] = 0
         told = torch.tensor([[[1.0, 0.0]] * 3])
         torch.testing.assert_close(cond.rollout(audio, f0, latents=zero)[0], cond.rollout(audio, f0, latents=zero, kinds=told)[0])
+        # kind_draw="one": one kind or none from the first kind dim, kind k with probability p_k
+        head.bias.copy_(torch.logit(torch.tensor([0.3, 0.2])))
+        cond.config.kind_draw = "one"
+        for u, told in ((0.1, [1.0, 0.0]), (0.4, [0.0, 1.0]), (0.7, [0.0, 0.0])):  # [0, 0.3): smile, [0.3, 0.5): concern
+            drawn = lat.clone()
+            drawn[..., 4] = torch.special.ndtri(torch.tensor(u))
+            drawn[..., 5] = -5.0  # the second kind dim is not read
+            torch.testing.assert_close(cond.rollout(audio, f0, latents=drawn)[0],
+                                       cond.rollout(audio, f0, latents=drawn, kinds=torch.tensor([[told] * 3]))[0])  # fmt: skip
+        head.bias.fill_(30.0)  # both certain: p scaled to sum 1, never both at once
+        drawn[..., 4] = 0.0
+        torch.testing.assert_close(cond.rollout(audio, f0, latents=drawn)[0],
+                                   cond.rollout(audio, f0, latents=drawn, kinds=torch.tensor([[[0.0, 1.0]] * 3]))[0])  # fmt: skip
+        cond.config.kind_draw = "each"
     with pytest.raises(ValueError, match="twice"):
         REALMConfig(**kw, react_condition=("smile", "smile"))
+    with pytest.raises(ValueError, match="kind_draw"):
+        REALMConfig(**kw, kind_draw="two")
     REALMConfig(spec="arkit58", react_condition=kinds, react_shift=8)  # the kinds are shifted without a branch
     from realm.train import _check_condition_kinds
 

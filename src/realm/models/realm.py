@@ -148,6 +148,10 @@ class REALMConfig:
     #   are scaled by this instead. 1 draws each kind with the classifier's probability (the listener's
     #   rate where the classifier is calibrated); 0 plays a kind only where its probability is above 0.5
     #   (at 0.5, as latent_temperature, a kind with p 0.15 would start in 2 % of windows, not 15 %)
+    kind_draw: str = "each"  # ours, generation only, with react_condition: "each" draws every kind apart
+    #   (two may start in one window); "one" draws one kind or none from the window's first kind dim, kind k
+    #   with probability p_k (the p_k scaled to sum to 1 where they sum above 1), so a smile and a frown
+    #   never start together (measured: drawn apart, a sample smiled and frowned at once; docs/realm.md)
     rest_leak: bool = False  # ours: a learned restoring force. Each channel's integrated state
     #   leaks toward the rollout's start frame (the identity anchor, the listener's resting face):
     #   x_t = a + (1 - lambda) (x_{t-1} - a) + delta_t, lambda = sigmoid(a learned logit) per
@@ -184,7 +188,7 @@ class REALMConfig:
     def __post_init__(self):
         check_choices(self, first_window=("frame0", "guide"), refine_mode=("causal", "whole"), detail=("odd", "free"),
                       branch_form=("odd", "diff"), branch_into=("deltas", "offset"),
-                      offset_floor=("range", "rest"))
+                      offset_floor=("range", "rest"), kind_draw=("each", "one"))
         if self.refine_context < 1 or self.refine_chunk < 1 or self.event_template < 1:
             raise ValueError("refine_context, refine_chunk and event_template must be >= 1")
         if not 0 < self.rest_leak_init < 1:
@@ -498,7 +502,13 @@ class CoarseDecoder(nn.Module):
         logit = self.kind_head(fused.mean(dim=1))  # (B, n)
         if kind is None:  # kind k starts with the classifier's probability (0.5 at temperature 0: where p > 0.5)
             u = 0.5 * (1 + torch.erf(u_latent.float() / math.sqrt(2)))  # (B, n) uniform at temperature 1
-            kind = (u < torch.sigmoid(logit.float())).float()
+            p = torch.sigmoid(logit.float())  # (B, n)
+            if self.c.kind_draw == "one":  # kind k where u_0 falls in [P_{k-1}, P_k), P the p's cumulative sum
+                hi = p.cumsum(-1) / p.sum(-1, keepdim=True).clamp(min=1)  # (B, n)
+                lo = F.pad(hi[:, :-1], (1, 0))
+                kind = ((u[:, :1] >= lo) & (u[:, :1] < hi)).float()  # (B, n): one 1 at most
+            else:
+                kind = (u < p).float()
         e = self.kind_embed(kind.to(self.kind_embed.weight.dtype))  # (B, d)
         if extras is not None:
             extras["kind_logit"], extras["kind"] = logit, e

@@ -820,7 +820,7 @@ COARSE_ADDED_FIELDS = ("latent_dim", "latent_gate", "react_gate", "react_floor",
                        "rest_leak_init")  # fmt: skip
 #: Fields a run started from ``--init`` takes from the command when the command sets them (differ
 #: from the default): speed and generation knobs, which change no weight.
-COMMAND_FIELDS = ("fast_train", "latent_temperature", "kind_temperature", "react_threshold")
+COMMAND_FIELDS = ("fast_train", "latent_temperature", "kind_temperature", "kind_draw", "react_threshold")
 #: REALMConfig fields of the refinement: the ones a run started from another run (``init``) takes
 #: from the command instead of from that run, since stage 2 retrains the refinement.
 REFINE_FIELDS = ("use_refinement", "refine_dim", "refine_ff", "refine_block", "refine_mode", "refine_context",
