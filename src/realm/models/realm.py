@@ -481,11 +481,7 @@ class CoarseDecoder(nn.Module):
         # the latent's own path, 0 at z = 0 (the config makes latent_dim > 0)
         if extras is not None:
             extras["latent"] = z
-        zw = z.unsqueeze(1).expand(-1, x.shape[1], -1)  # (B, W, d)
-        if self.c.react_shift:  # frames [0, shift) read the previous window's latent (0 before the first)
-            sh = self.c.react_shift
-            before = torch.zeros_like(z) if prev is None else prev
-            zw = torch.cat([before.unsqueeze(1).expand(-1, sh, -1), zw[:, sh:]], dim=1)
+        zw = self.per_frame(z, prev)  # (B, W, d)
         other = -zw if self.c.branch_form == "odd" else torch.zeros_like(zw)
         both = self.branch(torch.cat([torch.cat([x, x]), torch.cat([zw, other])], -1))  # (2B, W, D), one batch
         scale = 0.5 if self.c.branch_form == "odd" else 1.0  # odd: (b(x, z) - b(x, -z)) / 2, zero-mean over z
@@ -501,7 +497,7 @@ class CoarseDecoder(nn.Module):
         Phi(u_latent_k) < p_k; ``kind`` (B, n) given instead in training (the ground truth's onsets)."""
         logit = self.kind_head(fused.mean(dim=1))  # (B, n)
         if kind is None:  # kind k starts with the classifier's probability (0.5 at temperature 0: where p > 0.5)
-            u = 0.5 * (1 + torch.erf(u_latent.float() / math.sqrt(2)))  # (B, n) uniform at temperature 1
+            u = torch.special.ndtr(u_latent.float())  # (B, n) Phi: uniform at temperature 1
             p = torch.sigmoid(logit.float())  # (B, n)
             if self.c.kind_draw == "one":  # kind k where u_0 falls in [P_{k-1}, P_k), P the p's cumulative sum
                 hi = p.cumsum(-1) / p.sum(-1, keepdim=True).clamp(min=1)  # (B, n)
@@ -512,12 +508,17 @@ class CoarseDecoder(nn.Module):
         e = self.kind_embed(kind.to(self.kind_embed.weight.dtype))  # (B, d)
         if extras is not None:
             extras["kind_logit"], extras["kind"] = logit, e
-        ew = e.unsqueeze(1).expand(-1, self.c.window, -1)  # (B, W, d)
-        if self.c.react_shift:  # frames [0, shift) still read the previous window's kinds (0 before the first)
-            sh = self.c.react_shift
-            before = torch.zeros_like(e) if prev_kind is None else prev_kind
-            ew = torch.cat([before.unsqueeze(1).expand(-1, sh, -1), ew[:, sh:]], dim=1)
-        return ew
+        return self.per_frame(e, prev_kind)
+
+    def per_frame(self, cur: torch.Tensor, prev: torch.Tensor | None) -> torch.Tensor:
+        """A window's vector (B, d) for each of its W frames (B, W, d); with react_shift, frames [0, shift)
+        read the previous window's ``prev`` (0 before the first window)."""
+        out = cur.unsqueeze(1).expand(-1, self.c.window, -1)
+        sh = self.c.react_shift
+        if not sh:
+            return out
+        before = torch.zeros_like(cur) if prev is None else prev
+        return torch.cat([before.unsqueeze(1).expand(-1, sh, -1), out[:, sh:]], dim=1)
 
 
 class CausalConv1d(nn.Conv1d):
