@@ -963,3 +963,47 @@ def test_react_condition_plays_the_kind_it_is_told_or_draws_it_from_the_classifi
     out["loss"].backward()
     assert task.model.decoder.kind_head[-1].weight.grad.abs().sum() > 0
     assert task.model.decoder.kind_embed.weight.grad.abs().sum() > 0  # the told smile reaches its embedding
+
+
+def test_the_any_kind_is_told_with_every_reaction_and_drawn_alone_with_what_its_p_leaves():
+    """react_condition's "any" (a reaction starts): its label is the union of every detector's onsets
+    (a nod too), so it is told with each named kind; drawn, it comes with every named kind drawn and
+    alone with what p_any leaves, so its marginal is p_any ("each" and "one" alike)."""
+    from realm.data.synth import ease_envelope
+    from realm.models.realm import ANY_REACTION
+    from realm.motion import NormStats, get_spec
+    from realm.train import REALMTask, TrainConfig, _check_condition_kinds
+
+    kinds = ("smile", "concern", ANY_REACTION)
+    kw = dict(spec="arkit58", audio_dim=20, d_model=32, ff_dim=64, latent_dim=4, zero_init_heads=False, dropout=0.0)
+    dec = REALM(REALMConfig(**kw, react_condition=kinds, react_shift=8)).decoder
+    p = torch.tensor([[0.2, 0.1, 0.5]])
+    for u, want in (([0.1, 0.5, 0.9], [1, 0, 1]), ([0.5, 0.05, 0.9], [0, 1, 1]), ([0.5, 0.5, 0.2], [0, 0, 1]),
+                    ([0.5, 0.5, 0.4], [0, 0, 0])):  # alone below (0.5 - 0.28) / 0.72 = 0.306  # fmt: skip
+        assert dec.draw_kinds(torch.tensor([u]), p).tolist() == [want], u
+    dec.c.kind_draw = "one"  # from u_0: [0, 0.2) smile, [0.2, 0.3) concern, [0.3, 0.5) any alone, else none
+    for u0, want in ((0.1, [1, 0, 1]), (0.25, [0, 1, 1]), (0.4, [0, 0, 1]), (0.6, [0, 0, 0])):
+        assert dec.draw_kinds(torch.tensor([[u0, 0.0, 0.0]]), p).tolist() == [want], u0
+    assert dec.draw_kinds(torch.tensor([[0.35, 0.0, 0.0]]), torch.tensor([[0.2, 0.1, 0.1]])).tolist() == [[0, 0, 0]]
+    g = torch.Generator().manual_seed(0)
+    for draw in ("each", "one"):  # the marginals are the classifier's p
+        dec.c.kind_draw = draw
+        drawn = dec.draw_kinds(torch.rand(200_000, 3, generator=g), p.expand(200_000, -1)).mean(0)
+        torch.testing.assert_close(drawn, p[0], atol=0.005, rtol=0)
+    dec.c.kind_draw = "each"
+    _check_condition_kinds(kinds, "arkit58")
+    only = REALM(REALMConfig(**kw, react_condition=(ANY_REACTION,), react_shift=8)).decoder  # alone: p_any
+    assert only.draw_kinds(torch.tensor([[0.3], [0.7]]), torch.tensor([[0.5], [0.5]])).tolist() == [[1.0], [0.0]]
+
+    # labels: a nod at frame 12 (window 0 with shift 8) is "any" alone; the smile at 40 is smile and "any"
+    spec = get_spec("arkit58")
+    stats = NormStats(mean=np.full(58, 0.1), std=np.full(58, 0.5), spec="arkit58")
+    raw = np.zeros((64, 58))
+    for name in ("mouthSmileLeft", "mouthSmileRight"):
+        raw[:, spec.names.index(name)] = 0.6 * ease_envelope(64, 40, 7, 15, 10)
+    raw[:, spec.channel("rotation.pitch")] = 0.12 * ease_envelope(64, 12, 5, 2, 6)
+    task = REALMTask({**kw, "react_condition": kinds, "react_shift": 8},
+                     asdict_jsonable(TrainConfig(coarse_loss="energy", mean_rollout=True)), 1)  # fmt: skip
+    task.stats = stats
+    labels = task.react_labels(torch.from_numpy(stats.apply(raw))[None].float(), 4, kinds)[0]  # (4, 3)
+    torch.testing.assert_close(labels, torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 1.0], [0.0] * 3]))

@@ -130,7 +130,10 @@ class REALMConfig:
     #   (u = Phi(latent), so the seed, the samples and streaming stay as they are; at kind_temperature 0 a
     #   kind starts where its probability is above 0.5). The decoder then plays one reaction or none instead of
     #   the conditional mean's blend of every kind at each trigger (measured: the mean smiled and frowned a
-    #   little at once at every phrase end of real speech; docs/realm.md). () = none
+    #   little at once at every phrase end of real speech; docs/realm.md). () = none. "any" (ANY_REACTION)
+    #   is "a reaction starts" (any of TrainConfig.react_kinds or of the kinds named): told with every other
+    #   kind and alone where the reaction is none of them (a nod), so "nothing told" means no reaction
+    #   without telling the nod's own timing; drawn with the classifier's p_any, alone with what p_any leaves
     offset_bounds: bool = True  # with branch_into="offset": the offset cannot take a channel past the
     #   spec's defined range (arkit58: blendshapes 0..1, set in normalised units from the training data's
     #   stats, REALM.set_out_bounds) nor further past it than the decoder's own motion; a sample whose
@@ -259,6 +262,8 @@ class REALMConfig:
 
 
 #: What a saved config without the field meant: the behaviour its checkpoint was trained with.
+ANY_REACTION = "any"  # react_condition's pseudo-kind: a reaction of any kind starts in the window
+
 LEGACY_DEFAULTS = {"first_window": "guide", "refine_mode": "whole", "refine_events": (), "detail": "free",
                    "event_refractory": 0, "branch_form": "diff",
                    "offset_bounds": False}
@@ -498,17 +503,39 @@ class CoarseDecoder(nn.Module):
         logit = self.kind_head(fused.mean(dim=1))  # (B, n)
         if kind is None:  # kind k starts with the classifier's probability (0.5 at temperature 0: where p > 0.5)
             u = torch.special.ndtr(u_latent.float())  # (B, n) Phi: uniform at temperature 1
-            p = torch.sigmoid(logit.float())  # (B, n)
-            if self.c.kind_draw == "one":  # kind k where u_0 falls in [P_{k-1}, P_k), P the p's cumulative sum
-                hi = p.cumsum(-1) / p.sum(-1, keepdim=True).clamp(min=1)  # (B, n)
-                lo = F.pad(hi[:, :-1], (1, 0))
-                kind = ((u[:, :1] >= lo) & (u[:, :1] < hi)).float()  # (B, n): one 1 at most
-            else:
-                kind = (u < p).float()
+            kind = self.draw_kinds(u, torch.sigmoid(logit.float()))  # (B, n)
         e = self.kind_embed(kind.to(self.kind_embed.weight.dtype))  # (B, d)
         if extras is not None:
             extras["kind_logit"], extras["kind"] = logit, e
         return self.per_frame(e, prev_kind)
+
+    def draw_kinds(self, u: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """(B, n) which kinds start, from uniforms u (B, n) and the classifier's p (B, n). "each": kind k
+        where u_k < p_k; "one": kind k where u_0 falls in [P_{k-1}, P_k), P the p's cumulative sum (scaled
+        to 1 where it sums above 1). ANY_REACTION is on with every kind drawn, and alone with what its p
+        leaves: (p_any - P(some kind)) / (1 - P(some kind)) of the windows with none ("each"), the slice
+        [P_K, p_any) of u_0 ("one"), so its marginal is p_any where p_any >= P(some kind)."""
+        kinds = self.c.react_condition
+        named = [i for i, k in enumerate(kinds) if k != ANY_REACTION]
+        kind = torch.zeros_like(p)
+        pk, u0 = p[:, named], u[:, :1]  # (B, m), (B, 1)
+        if self.c.kind_draw == "one":  # kind k where u_0 falls in [P_{k-1}, P_k)
+            hi = pk.cumsum(-1) / pk.sum(-1, keepdim=True).clamp(min=1)  # (B, m)
+            lo = F.pad(hi[:, :-1], (1, 0))
+            kind[:, named] = ((u0 >= lo) & (u0 < hi)).float()  # one 1 at most
+        else:
+            kind[:, named] = (u[:, named] < pk).float()
+        if ANY_REACTION in kinds:
+            a = kinds.index(ANY_REACTION)
+            some = kind[:, named].amax(-1) if named else torch.zeros_like(p[:, a])  # (B,)
+            if self.c.kind_draw == "one":
+                top = hi[:, -1] if named else torch.zeros_like(p[:, a])
+                alone = (u0[:, 0] >= top) & (u0[:, 0] < torch.maximum(p[:, a], top))
+            else:
+                p_some = 1 - (1 - pk).prod(-1)  # (B,) P(some named kind starts)
+                alone = u[:, a] < ((p[:, a] - p_some) / (1 - p_some).clamp(min=1e-6)).clamp(0, 1)
+            kind[:, a] = torch.maximum(some, alone.float())
+        return kind
 
     def per_frame(self, cur: torch.Tensor, prev: torch.Tensor | None) -> torch.Tensor:
         """A window's vector (B, d) for each of its W frames (B, W, d); with react_shift, frames [0, shift)

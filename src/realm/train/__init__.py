@@ -60,7 +60,7 @@ from realm.metrics import (
     fd_delta_per_clip,
     fd_per_clip,
 )
-from realm.models.realm import REALM, REALMConfig, refine_prefix, refine_sequence
+from realm.models.realm import ANY_REACTION, REALM, REALMConfig, refine_prefix, refine_sequence
 from realm.motion import FAST_EVENTS, NormStats, events_in_spec
 from realm.threads import cpu_attention
 from realm.train.harness import (
@@ -672,13 +672,16 @@ class REALMTask(L.LightningModule):
         if kinds is None:
             return self.react_labels(motion, n, tuple(self.cfg.react_kinds)).amax(-1)
         W, shift = self.model.config.window, self.model.config.react_shift
-        y = np.zeros((motion.shape[0], n, len(kinds)), np.float32)
+        named = [k for k in kinds if k != ANY_REACTION]  # ANY_REACTION: any of react_kinds or of these
+        det = list(dict.fromkeys(named + (list(self.cfg.react_kinds) if ANY_REACTION in kinds else [])))
+        y = np.zeros((motion.shape[0], n, len(det)), np.float32)
         for b, x in enumerate(motion.detach().float().cpu().numpy()):
-            for e in detect_events(self.stats.invert(x), self.model.spec, self.model.spec.fps, list(kinds)):
+            for e in detect_events(self.stats.invert(x), self.model.spec, self.model.spec.fps, det):
                 w = (e["frame"] - shift) // W  # react_shift: window w covers [w W + shift, (w + 1) W + shift)
                 if 0 <= w < n:
-                    y[b, w, kinds.index(e["kind"])] = 1.0
-        return torch.from_numpy(y)
+                    y[b, w, det.index(e["kind"])] = 1.0
+        cols = [y.max(-1) if k == ANY_REACTION else y[..., det.index(k)] for k in kinds]
+        return torch.from_numpy(np.stack(cols, -1))
 
     # -- stage 2
     def _stage2_batch(self, batch) -> dict:
@@ -1027,10 +1030,10 @@ def _check_condition_kinds(kinds: tuple[str, ...], spec) -> None:
     from realm.motion import get_spec
 
     spec = get_spec(spec)
-    bad = [k for k in kinds if k not in DETECTORS or detector_columns(k, spec) is None]
+    bad = [k for k in kinds if k != ANY_REACTION and (k not in DETECTORS or detector_columns(k, spec) is None)]
     if bad:
         raise ValueError(f"react_condition: no detector of {bad} on the spec {spec.name!r} "
-                         f"(detectors: {', '.join(DETECTORS)})")  # fmt: skip
+                         f"(detectors: {', '.join(DETECTORS)}; {ANY_REACTION!r}: any of them)")  # fmt: skip
 
 
 def _export_best(out, best, model_cfg, prep, cfg, stage, results, command):
