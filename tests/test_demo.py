@@ -116,6 +116,7 @@ def jfk_draws():
 
     lis = realm.load(CKPT)
     lis.model.config.latent_temperature = 0.0
+    lis.model.config.kind_temperature = 0.0  # with react_condition: the same kinds in every sample (p > 0.5)
     y = load_audio(JFK)[: 16000 * 6]
     coarse = lis.generate(y, refine=False, clamp=False)[0]
     refined = lis.generate(y, samples=24, seed=0, clamp=False)
