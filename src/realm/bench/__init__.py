@@ -2,7 +2,7 @@
 
     realm bench --out runs/bench --doc docs/benchmark.md --force    # 0.5 h, 4 CPU minutes a model; --force replaces the doc
     realm bench --out runs/bench2h --hours 2 --seed 0 --threads 1 --minutes-per-model 15 \\
-        --minutes realm_sb=45 --minutes lstm=45 --models realm,realm_sb,tau0_sb,lstm,...   # the real-budget run
+        --minutes realm_sbk=45 --minutes lstm=45 --models realm,realm_sbk,tau0_sbk,lstm,...   # the real-budget run
     from realm.bench import BenchConfig, run_bench
     run_bench(BenchConfig(out="runs/bench", hours=0.5, minutes_per_model=4))
 
@@ -21,14 +21,16 @@ Steps (each one resumes: rerun the same command after an interruption):
    its training time 75 % stage 1 / 25 % stage 2). Our stochastic, bounded REALM, ``realm_sb``
    (and ``tau0_sb``, its tau = 0 ablation), is the demo checkpoint's recipe: stages 1 and 2 into
    ``OUT/models/<name>/steps12``, then step 3 (:data:`STEP3_MODEL`, :data:`STEP3_TRAIN`) from
-   them; its budget splits :data:`STEP3_SHARES`. The
+   them; its budget splits :data:`STEP3_SHARES`. ``realm_sbk`` (and ``tau0_sbk``) is the demo's
+   recipe since 2026-11-30: the same, then step 4 (:data:`STEP4_MODEL`: step 3's recipe again from
+   step 3, the decoder told which reaction kind starts), step 3 and 4 half of step 3's share each. The
    budget becomes a step count: a short calibration run times the model's real training steps
    (data loading included), then ``max_steps`` = the time left / the step time (rounded to whole
    epochs, because checkpoints are selected on ``val`` at epoch ends). A step count, not a timer,
    so the learning-rate schedules and the staged baselines (VQ-VAE, then tokens) run their whole
    course within the budget. A model already trained there with the same settings is skipped
    (``bench_train.json`` is its record); a REALM run interrupted after stage 1 continues with
-   stage 2 (a ``*_sb`` one interrupted in step 3 redoes step 3).
+   stage 2 (a ``*_sb`` one interrupted in step 3 redoes step 3; a ``*_sbk`` one, steps 3 and 4).
 3. **Evaluation.** :func:`realm.eval.evaluate` on ``test`` and ``ood`` (``OUT/eval/<split>/``).
 4. **Document.** ``doc`` (default ``docs/benchmark.md``; an existing one is replaced only with
    ``force``, ``--force``): the command, date, machine, dataset,

@@ -22,6 +22,8 @@ REALM_VARIANTS: dict[str, tuple[dict, str]] = {
     "history_only": ({"use_audio": False}, "ablation: audio zeroed ('deaf')"),
     "realm_sb": ({}, "ours: REALM, then its coarse model fine-tuned stochastic and bounded (the demo's step 3)"),
     "tau0_sb": ({"tau": 0}, "ablation of ours: realm_sb with tau = 0"),
+    "realm_sbk": ({}, "ours: realm_sb, then told which reaction kind starts (the demo's steps 3 and 4)"),
+    "tau0_sbk": ({"tau": 0}, "ablation of ours: realm_sbk with tau = 0"),
 }
 
 
@@ -37,8 +39,15 @@ STEP3_TRAIN = {"coarse_loss": "energy", "energy_blocks": ["expression"], "mean_r
                "freeze": ["audio_encoder", "fusion", "decoder.gate", "waypoint"]}  # fmt: skip
 
 
-#: Shares of a ``*_sb`` variant's training time: stage 1, stage 2, step 3.
+#: Shares of a ``*_sb`` variant's training time: stage 1, stage 2, step 3 (a ``*_sbk`` variant's step 3 and
+#: step 4 share the last half and half, as the demo's 460 steps each).
 STEP3_SHARES = (0.55, 0.15, 0.30)
+
+
+#: What the ``*_sbk`` variants' step 4 adds to step 3's model (the demo checkpoint's step 4): step 3's recipe again
+#: from step 3, the decoder told which reaction kind starts in each window (drawn from a classifier at generation,
+#: at kind_temperature 1.5 as the demo; docs/realm.md, "The decoder told which reaction starts").
+STEP4_MODEL = {"react_condition": ["smile", "concern", "brow_raise"], "react_shift": 8, "kind_temperature": 1.5}
 
 
 #: Metrics REALM must lead on (DESIGN 13), and the ones compared with the floor.

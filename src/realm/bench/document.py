@@ -168,6 +168,11 @@ def _training_table(trained: dict) -> list[str]:
                 st += [f"{cal3['stage1_step_s']:.3g}"] if "stage1_step_s" in cal3 else []
                 steps += f"; step 3: {s3.get('steps', '?')}{_planned(s3.get('steps'), plan.get('step3_steps'))}"
                 val += f"; step 3 loss {_g(s3.get('val/loss'))}"
+            if r.get("step4") is not None:
+                s4, cal4 = r["step4"], r.get("calibration_step4", {})
+                st += [f"{cal4['stage1_step_s']:.3g}"] if "stage1_step_s" in cal4 else []
+                steps += f"; step 4: {s4.get('steps', '?')}{_planned(s4.get('steps'), plan.get('step4_steps'))}"
+                val += f"; step 4 loss {_g(s4.get('val/loss'))}"
         elif "train" in r:
             st = [f"{cal['step_s']:.3g}"] if "step_s" in cal else []
             steps = f"{r['train'].get('steps', '?')}{_planned(r['train'].get('steps'), r.get('plan', {}).get('steps'))}"
@@ -188,7 +193,8 @@ def document(result: dict, evals: dict) -> str:
     budget = ("a fixed step count: " + str(cfg["max_steps"]) + " steps per stage") if cfg["max_steps"] > 0 else (
         f"{cfg['minutes_per_model']:g} min of wall-clock time per model{' (' + own + ')' if own else ''} (calibration "
         f"included; REALM: {cfg['stage1_fraction']:.0%} stage 1 / {1 - cfg['stage1_fraction']:.0%} stage 2; the *_sb "
-        f"variants: {' / '.join(f'{x:.0%}' for x in STEP3_SHARES)} stage 1 / stage 2 / step 3)")  # fmt: skip
+        f"variants: {' / '.join(f'{x:.0%}' for x in STEP3_SHARES)} stage 1 / stage 2 / step 3, the *_sbk variants' step 3 "
+        f"halved between steps 3 and 4)")  # fmt: skip
     lines = [
         "# Benchmark: REALM, its ablations and the baselines on the synthetic reactive-dyads data",
         "",

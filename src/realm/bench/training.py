@@ -17,6 +17,7 @@ from realm.bench.config import (
     STEP3_MODEL,
     STEP3_SHARES,
     STEP3_TRAIN,
+    STEP4_MODEL,
     BenchConfig,
     audio_context,
     harness_model,
@@ -75,6 +76,8 @@ def _record_key(name: str, cfg: BenchConfig, synth: dict, tcfg) -> dict:
     }  # fmt: skip
     if _has_step3(name):  # step 3's own recipe: a change redoes step 3 only (train_model)
         key["step3"] = {"model": STEP3_MODEL, "train": {**STEP3_TRAIN, **cfg.step3}, "shares": list(STEP3_SHARES)}
+        if _has_step4(name):
+            key["step3"]["step4"] = STEP4_MODEL
     return json.loads(json.dumps(key))
 
 
@@ -120,9 +123,10 @@ def train_model(name: str, cfg: BenchConfig, data: Path, synth: dict, command: s
     old = json.loads(rec_path.read_text()) if rec_path.exists() else None
     if _only_step3_differs(old, key, defaults) and old.get("stage2") is not None:
         log.warning("%s: step 3's recipe changed; stages 1 and 2 kept, step 3 again", name)
-        old = {k: v for k, v in old.items() if k not in ("step3", "calibration_step3")}
+        old = {k: v for k, v in old.items() if k not in ("step3", "calibration_step3", "step4", "calibration_step4")}
         old.update(key=key, complete=False)
-        old.get("plan", {}).pop("step3_steps", None)
+        for k in ("step3_steps", "step4_steps"):
+            old.get("plan", {}).pop(k, None)
     elif old is not None and not same_key(old.get("key"), key, defaults):
         log.warning("%s: trained earlier with other settings; training again", name)
         old = None
@@ -153,8 +157,13 @@ def _stage1_done(old: dict | None, mdir: Path) -> bool:
 
 
 def _has_step3(name: str) -> bool:
-    """The ``*_sb`` variants: stages 1 and 2, then step 3 (:data:`STEP3_MODEL`)."""
-    return name.endswith("_sb")
+    """The ``*_sb`` and ``*_sbk`` variants: stages 1 and 2, then step 3 (:data:`STEP3_MODEL`)."""
+    return name.endswith(("_sb", "_sbk"))
+
+
+def _has_step4(name: str) -> bool:
+    """The ``*_sbk`` variants: step 3, then step 4 (:data:`STEP4_MODEL`)."""
+    return name.endswith("_sbk")
 
 
 def _budget(cfg: BenchConfig, name: str) -> float:
@@ -232,29 +241,44 @@ def _step3_configs(tcfg, fields_: dict, init: Path, over: dict | None = None):
 
 
 def _train_step3(name, cfg: BenchConfig, tcfg, mdir: Path, run12: Path, fields_: dict, rec: dict, command: str) -> None:
-    """Step 3 of a ``*_sb`` variant, into ``mdir`` (the model the bench evaluates), from ``run12``."""
+    """Step 3 of a ``*_sb`` variant from ``run12`` (and step 4 of a ``*_sbk`` from step 3), into ``mdir`` (the model
+    the bench evaluates)."""
+    from dataclasses import replace
+
+    from realm.models.realm import REALMConfig
+
+    t3cfg, m3 = _step3_configs(tcfg, fields_, run12, cfg.step3)
+    four = _has_step4(name)
+    share = STEP3_SHARES[2] / (2 if four else 1)
+    last = _train_step(name, "step3", cfg, t3cfg, m3, mdir / "step3", share, rec, command)
+    if four:  # step 3's recipe again from step 3, told which reaction kind starts
+        m4 = REALMConfig(**{**fields_, **STEP3_MODEL, **STEP4_MODEL})
+        last = _train_step(name, "step4", cfg, replace(t3cfg, init=str(last)), m4, mdir / "step4", share, rec, command)
+    for f in sorted(last.iterdir()):  # the exported model, where the bench evaluates it
+        if f.is_file() and f.name != "train_state.json":
+            shutil.copy2(f, mdir / f.name)
+
+
+def _train_step(name, step: str, cfg: BenchConfig, tcfg, mcfg, run: Path, share: float, rec: dict, command: str) -> Path:
+    """One stage-1 fine-tuning ``step`` ("step3", "step4") into ``run``, on ``share`` of the model's budget."""
     from realm.train import train_realm
 
-    t3 = time.time()
-    t3cfg, m3 = _step3_configs(tcfg, fields_, run12, cfg.step3)
+    t0 = time.time()
     if cfg.max_steps > 0:
         steps = cfg.max_steps
     else:
-        budget = _budget(cfg, name) * STEP3_SHARES[2]
-        cal = calibrate_realm(t3cfg, m3, False, seconds=min(20.0, max(2.0, 0.08 * budget)))
-        left = budget - (time.time() - t3) - cal["prep_s"] - 2.0 - cal.get("rollout_s", 0.0)
+        budget = _budget(cfg, name) * share
+        cal = calibrate_realm(tcfg, mcfg, False, seconds=min(20.0, max(2.0, 0.08 * budget)))
+        left = budget - (time.time() - t0) - cal["prep_s"] - 2.0 - cal.get("rollout_s", 0.0)
         steps = plan_steps(0.9 * max(left, 0.0), cal["stage1_step_s"], cal["batches_per_epoch"])
-        rec["calibration_step3"] = cal
-    rec.setdefault("plan", {})["step3_steps"] = t3cfg.max_steps = steps
-    run3 = mdir / "step3"
-    if run3.exists():  # a step 3 interrupted earlier: again from its start
-        shutil.rmtree(run3)
-    res = train_realm(t3cfg, m3, run3, progress=False, command=command)
-    for f in sorted(run3.iterdir()):  # the exported model, where the bench evaluates it
-        if f.is_file() and f.name != "train_state.json":
-            shutil.copy2(f, mdir / f.name)
-    rec["step3"] = _stage_summary(res.get("stage1", {}))
-    rec["seconds"] = round(rec.get("seconds", 0.0) + time.time() - t3, 1)
+        rec[f"calibration_{step}"] = cal
+    rec.setdefault("plan", {})[f"{step}_steps"] = tcfg.max_steps = steps
+    if run.exists():  # a step interrupted earlier: again from its start
+        shutil.rmtree(run)
+    res = train_realm(tcfg, mcfg, run, progress=False, command=command)
+    rec[step] = _stage_summary(res.get("stage1", {}))
+    rec["seconds"] = round(rec.get("seconds", 0.0) + time.time() - t0, 1)
+    return run
 
 
 def _stage_summary(r: dict) -> dict:

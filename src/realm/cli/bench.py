@@ -36,7 +36,7 @@ def bench_cmd(
     workers: int = typer.Option(0, help="Data synthesis processes (0: min(8, CPUs))."),
     models: str = typer.Option("", "--models", help="Comma-separated models (default: realm, its ablations, every baseline)."),
     minutes_per_model: float = typer.Option(4.0, "--minutes-per-model", help="Wall-clock training budget per model (REALM: 75 % stage 1, 25 % stage 2)."),
-    minutes: list[str] = typer.Option(None, "--minutes", help="A model's own budget, NAME=MINUTES (repeatable), e.g. --minutes realm_sb=45 --minutes lstm=45."),
+    minutes: list[str] = typer.Option(None, "--minutes", help="A model's own budget, NAME=MINUTES (repeatable), e.g. --minutes realm_sbk=45 --minutes lstm=45."),
     max_steps: int = typer.Option(0, "--max-steps", help="> 0: this many steps per stage instead of the time budget."),
     extractor: str = typer.Option("logmel", "--extractor", "-e", help="Speaker features for every model: logmel | logmel_norm | logmel_prosody | pcen | whisper | vico45 | prosody"),
     batch_size: int = typer.Option(64, "--batch-size", help="Cap on each model's recipe batch size (CPU; 0: the recipes')."),
