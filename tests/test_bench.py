@@ -228,14 +228,17 @@ def test_the_stochastic_bounded_variant_runs_three_steps_with_its_own_budget(ben
 
 
 def test_the_variant_told_its_reaction_kinds_runs_step_4_from_step_3(bench, tmp_path, monkeypatch):
-    """realm_sbk: realm_sb's three steps, then step 4 (the demo's) from step 3: the model the bench evaluates is
-    told which reaction kind starts, and draws the kinds at the demo's kind temperature."""
+    """realm_sbk: realm_sb's three steps, then step 4 (the demo's) from step 3, each step calibrated into its
+    share of the budget: the model the bench evaluates is told which reaction kind starts, and draws the kinds
+    at the demo's kind temperature."""
     root, _, _ = bench
     monkeypatch.setenv("REALM_CACHE", str(root / "cache5"))
     cfg = tiny(root, out=str(tmp_path / "run"), doc=str(tmp_path / "sbk.md"), models=["realm_sbk", "static_mean"],
-               splits=["test"], step3={"clip_len": 64, "batch_size": 4})  # fmt: skip
+               splits=["test"], step3={"clip_len": 64, "batch_size": 4}, max_steps=0, minutes={"realm_sbk": 0.2})  # fmt: skip
     r = run_bench(cfg)["models"]["realm_sbk"]
-    assert r["step3"]["steps"] == 2 and r["step4"]["steps"] == 2 and r["complete"] and r["kind"] == "ours"
+    for step in ("step3", "step4"):  # timed with the kinds' labels (the motion stats) before its steps are planned
+        assert r[f"calibration_{step}"]["stage1_step_s"] > 0 and r[step]["steps"] == r["plan"][f"{step}_steps"] >= 1
+    assert r["complete"] and r["kind"] == "ours"
     assert r["key"]["step3"]["step4"]["react_condition"] == ["smile", "concern", "brow_raise"]
     mdir = tmp_path / "run" / "models" / "realm_sbk"
     model = json.loads((mdir / "config.json").read_text())["model"]
@@ -244,4 +247,4 @@ def test_the_variant_told_its_reaction_kinds_runs_step_4_from_step_3(bench, tmp_
     step3 = json.loads((mdir / "step3" / "config.json").read_text())["model"]
     assert not step3["react_condition"]  # step 3 as realm_sb's; step 4 started from it
     assert json.loads((mdir / "step4" / "config.json").read_text())["train"]["init"] == str(mdir / "step3")
-    assert "| realm_sbk |" in (tmp_path / "sbk.md").read_text() and "step 4: 2" in (tmp_path / "sbk.md").read_text()
+    assert "| realm_sbk |" in (tmp_path / "sbk.md").read_text() and f"step 4: {r['step4']['steps']}" in (tmp_path / "sbk.md").read_text()

@@ -72,9 +72,12 @@ def calibrate_realm(tcfg, mcfg, refine: bool, seconds: float = 10.0, max_batches
     out = {"prep_s": round(prep_s, 2), "batches_per_epoch": len(dl)}
     rng = torch.get_rng_state()
     share = seconds / (2 if refine else 1)
-    out["stage1_step_s"] = _time_steps(REALMTask(mcfg.to_dict(), jsonable(asdict(tcfg)), 1), dl, tcfg, max_batches, share)
+    task = REALMTask(mcfg.to_dict(), jsonable(asdict(tcfg)), 1)
+    task.stats = prep.stats  # as in training: react_gate's and react_condition's labels de-normalise the clips
+    out["stage1_step_s"] = _time_steps(task, dl, tcfg, max_batches, share)
     if refine:
         task = REALMTask(mcfg.to_dict(), jsonable(asdict(tcfg)), 2)
+        task.stats = prep.stats
         dl2 = dl
         if tcfg.stage2_rollout == "clip":  # stage 2 first rolls the coarse model over every clip: time a few
             t1 = time.time()
