@@ -153,7 +153,7 @@ def _training_table(trained: dict) -> list[str]:
         if "stage1" in r:  # REALM and its variants
             st = [f"{cal['stage1_step_s']:.3g}"] if "stage1_step_s" in cal else []
             st += [f"{cal['stage2_step_s']:.3g}"] if "stage2_step_s" in cal else []
-            s1, s2, s3 = r.get("stage1", {}), r.get("stage2"), r.get("step3")
+            s1, s2 = r.get("stage1", {}), r.get("stage2")
             plan = r.get("plan", {})
             steps = f"stage 1: {s1.get('steps', '?')}{_planned(s1.get('steps'), plan.get('stage1_steps'))}"
             if s2 is not None:
@@ -163,16 +163,13 @@ def _training_table(trained: dict) -> list[str]:
                 val = f"loss {_g(s1.get('val/loss'))}; stage-2 score {_g(s2.get('val/select'))}"
             else:
                 val = f"loss {_g(s1.get('val/loss'))}" + (f"; FD_delta {_g(s2.get('val/fd_delta'))}" if s2 else "")
-            if s3 is not None:
-                cal3 = r.get("calibration_step3", {})
-                st += [f"{cal3['stage1_step_s']:.3g}"] if "stage1_step_s" in cal3 else []
-                steps += f"; step 3: {s3.get('steps', '?')}{_planned(s3.get('steps'), plan.get('step3_steps'))}"
-                val += f"; step 3 loss {_g(s3.get('val/loss'))}"
-            if r.get("step4") is not None:
-                s4, cal4 = r["step4"], r.get("calibration_step4", {})
-                st += [f"{cal4['stage1_step_s']:.3g}"] if "stage1_step_s" in cal4 else []
-                steps += f"; step 4: {s4.get('steps', '?')}{_planned(s4.get('steps'), plan.get('step4_steps'))}"
-                val += f"; step 4 loss {_g(s4.get('val/loss'))}"
+            for i in (3, 4):  # the *_sb variants' step 3, the *_sbk variants' step 4
+                sk, calk = r.get(f"step{i}"), r.get(f"calibration_step{i}", {})
+                if sk is None:
+                    continue
+                st += [f"{calk['stage1_step_s']:.3g}"] if "stage1_step_s" in calk else []
+                steps += f"; step {i}: {sk.get('steps', '?')}{_planned(sk.get('steps'), plan.get(f'step{i}_steps'))}"
+                val += f"; step {i} loss {_g(sk.get('val/loss'))}"
         elif "train" in r:
             st = [f"{cal['step_s']:.3g}"] if "step_s" in cal else []
             steps = f"{r['train'].get('steps', '?')}{_planned(r['train'].get('steps'), r.get('plan', {}).get('steps'))}"

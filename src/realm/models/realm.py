@@ -261,9 +261,10 @@ class REALMConfig:
     from_saved = from_dict  # the checkpoint loader's name for it (every model config has one)
 
 
-#: What a saved config without the field meant: the behaviour its checkpoint was trained with.
-ANY_REACTION = "any"  # react_condition's pseudo-kind: a reaction of any kind starts in the window
+#: react_condition's pseudo-kind: a reaction of any of TrainConfig.react_kinds starts in the window.
+ANY_REACTION = "any"
 
+#: What a saved config without the field meant: the behaviour its checkpoint was trained with.
 LEGACY_DEFAULTS = {"first_window": "guide", "refine_mode": "whole", "refine_events": (), "detail": "free",
                    "event_refractory": 0, "branch_form": "diff",
                    "offset_bounds": False}

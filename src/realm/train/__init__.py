@@ -1033,7 +1033,7 @@ def _check_condition_kinds(kinds: tuple[str, ...], spec) -> None:
     bad = [k for k in kinds if k != ANY_REACTION and (k not in DETECTORS or detector_columns(k, spec) is None)]
     if bad:
         raise ValueError(f"react_condition: no detector of {bad} on the spec {spec.name!r} "
-                         f"(detectors: {', '.join(DETECTORS)}; {ANY_REACTION!r}: any of them)")  # fmt: skip
+                         f"(detectors: {', '.join(DETECTORS)}; {ANY_REACTION!r}: any of react_kinds)")  # fmt: skip
 
 
 def _export_best(out, best, model_cfg, prep, cfg, stage, results, command):
