@@ -557,6 +557,36 @@ def test_classifier_two_sample_test_tells_a_static_listener_from_a_live_one_but_
     assert lo.shape == (6, 2) and lo[0, 0] == -80 and lo[-1, 0] == pytest.approx(-20, abs=0.1) and lo[3, 1] > 50
 
 
+def test_the_two_sample_breakdown_names_the_feature_and_the_channel_that_give_a_model_away():
+    from realm.metrics import C2ST_GROUPS, c2st_accuracy, c2st_breakdown
+
+    rng = np.random.default_rng(1)
+    T, D = 600, 4
+    gts = [np.cumsum(rng.normal(0, 0.01, (T, D)), 0) for _ in range(12)]  # a wandering listener, 4 channels
+    others = [np.cumsum(rng.normal(0, 0.01, (T, D)), 0) for _ in range(12)]  # another realisation
+    too_smooth = []
+    for o in others:  # channel 2 without its frame-to-frame jitter: the same path, smoothed over 9 frames
+        s = o.copy()
+        s[:, 2] = np.convolve(np.pad(o[:, 2], 4, mode="edge"), np.ones(9) / 9, mode="valid")
+        too_smooth.append(s)
+    names = ["a", "b", "smooth", "d"]
+    out = c2st_breakdown(gts, too_smooth, names=names)
+    assert out["all"] == c2st_accuracy(gts, too_smooth)  # the same test on every feature
+    assert list(out["groups"]) == list(C2ST_GROUPS[:4])  # no loudness groups without the speaker's signal
+    assert out["groups"]["speed"] > 0.95 and out["groups"]["level"] < 0.7  # the speed tells, the level does not
+    acc = {n: c["accuracy"] for n, c in out["channels"].items()}
+    assert acc["smooth"] > 0.95 and max(acc[n] for n in ("a", "b", "d")) < 0.7, acc
+    assert out["channels"]["smooth"]["speed_ratio"] < 0.5 and 0.8 < out["channels"]["a"]["speed_ratio"] < 1.25
+    same = c2st_breakdown(gts, others, names=names)
+    assert max(same["groups"].values()) < 0.7 and same["channels"]["a"]["level_diff"] == pytest.approx(
+        np.concatenate(others)[:, 0].mean() - np.concatenate(gts)[:, 0].mean())
+    cond = [np.stack([rng.normal(size=T), np.zeros(T)], 1) for _ in range(12)]
+    assert list(c2st_breakdown(gts, others, cond)["groups"]) == list(C2ST_GROUPS)  # with the loudness lags
+    with pytest.raises(ValueError, match="3 names for 4 channels"):
+        c2st_breakdown(gts, others, names=names[:3])
+    assert c2st_breakdown(gts[:1], others[:1]) is None
+
+
 def test_out_of_range_counts_motion_past_the_datas_widened_range():
     from realm.metrics import out_of_range
 

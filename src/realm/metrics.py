@@ -871,8 +871,15 @@ def c2st_accuracy(gts: Sequence[np.ndarray], preds: Sequence[np.ndarray],
     the few hundred windows of a test split not to be learned by heart. Clips are split into
     ``folds`` (clip i in fold i mod folds); each fold is scored by a classifier fitted on the
     others; the result is the accuracy over all held-out windows. None with fewer than 2 clips
-    or no window. Deterministic. Variant: ours.
+    or no window. Deterministic. Variant: ours. :func:`c2st_breakdown` says which features tell.
     """
+    win = _c2st_windows(gts, preds, conditions, window, stride, folds)
+    return None if win is None else _c2st_score(*win, l2=l2)
+
+
+def _c2st_windows(gts, preds, conditions, window: int, stride: int, folds: int):
+    """(real, fake, fold) of the two-sample test: features (N, F) of the ground truth's and the model's windows,
+    each window's fold (N,); None with fewer than 2 clips or no window."""
     pairs = [_cut(_as2d(g), _as2d(p)) for g, p in zip(gts, preds, strict=True)]
     folds = min(folds, len(pairs))
     if folds < 2:
@@ -888,9 +895,16 @@ def c2st_accuracy(gts: Sequence[np.ndarray], preds: Sequence[np.ndarray],
             fold.append(i % folds)
     if not real:
         return None
-    real, fake, fold = np.stack(real), np.stack(fake), np.array(fold)
+    return np.stack(real), np.stack(fake), np.array(fold)
+
+
+def _c2st_score(real: np.ndarray, fake: np.ndarray, fold: np.ndarray, l2: float = 1.0,
+                columns: np.ndarray | None = None) -> float | None:  # fmt: skip
+    """Held-out accuracy of the two-sample test on features ``columns`` (default all) of the windows."""
+    if columns is not None:
+        real, fake = real[:, columns], fake[:, columns]
     correct = total = 0
-    for k in range(folds):
+    for k in np.unique(fold):
         tr, te = fold != k, fold == k
         if not tr.any() or not te.any():
             continue
@@ -903,6 +917,49 @@ def c2st_accuracy(gts: Sequence[np.ndarray], preds: Sequence[np.ndarray],
         correct += int((((x_te @ w[:-1] + w[-1]) > 0) == (y_te > 0)).sum())
         total += len(y_te)
     return correct / total if total else None
+
+
+#: The two-sample test's feature groups, in :func:`c2st_features`' order (one value per channel each).
+C2ST_GROUPS = ("level", "spread", "speed", "range") + tuple(f"loudness-speed lag {lag}" for lag in C2ST_LAGS)
+
+
+def c2st_breakdown(gts: Sequence[np.ndarray], preds: Sequence[np.ndarray],
+                   conditions: Sequence[np.ndarray] | None = None, names: Sequence[str] | None = None,
+                   window: int = C2ST_WINDOW, stride: int = C2ST_STRIDE, folds: int = 2,
+                   l2: float = 1.0) -> dict | None:  # fmt: skip
+    """What gives a model away in :func:`c2st_accuracy`: the same test on one feature group at a time, and on one
+    channel at a time (all its features), beside the motion statistics behind them.
+
+    Returns ``{"all": accuracy, "groups": {group: accuracy}, "channels": {name: {"accuracy", "speed_ratio",
+    "spread_ratio", "level_diff"}}}`` (:data:`C2ST_GROUPS`; channels named by ``names``, default their index;
+    speed_ratio: the model's mean |first difference| over the ground truth's, spread_ratio the same of the
+    standard deviation, level_diff the model's mean minus the ground truth's, over all frames of all clips).
+    An accuracy near 0.5 says the classifier cannot use that group or channel; near 1, that it alone tells the
+    model from the listener. None where :func:`c2st_accuracy` is None. Variant: ours.
+    """
+    win = _c2st_windows(gts, preds, conditions, window, stride, folds)
+    if win is None:
+        return None
+    D = _as2d(gts[0]).shape[1]
+    groups = C2ST_GROUPS[: win[0].shape[1] // D]  # no loudness groups without conditions
+    names = [str(d) for d in range(D)] if names is None else list(names)
+    if len(names) != D:
+        raise ValueError(f"c2st_breakdown: {len(names)} names for {D} channels")
+    cols = np.arange(win[0].shape[1]).reshape(len(groups), D)  # feature column of (group, channel)
+    g_all = np.concatenate([_as2d(g)[: len(_as2d(p))] for g, p in zip(gts, preds, strict=True)])
+    p_all = np.concatenate([_as2d(p)[: len(_as2d(g))] for g, p in zip(gts, preds, strict=True)])
+    speed = lambda x: np.concatenate([np.abs(np.diff(_as2d(c)[: len(_as2d(o))], axis=0)) for c, o in x]).mean(0)  # noqa: E731
+    sp_g, sp_p = speed(zip(gts, preds, strict=True)), speed(zip(preds, gts, strict=True))
+    channels = {}
+    for d, name in enumerate(names):
+        channels[name] = {
+            "accuracy": _c2st_score(*win, l2=l2, columns=cols[:, d]),
+            "speed_ratio": float(sp_p[d] / sp_g[d]) if sp_g[d] > 1e-12 else None,
+            "spread_ratio": float(p_all[:, d].std() / g_all[:, d].std()) if g_all[:, d].std() > 1e-12 else None,
+            "level_diff": float(p_all[:, d].mean() - g_all[:, d].mean()),
+        }  # fmt: skip
+    return {"all": _c2st_score(*win, l2=l2), "groups": {g: _c2st_score(*win, l2=l2, columns=cols[i]) for i, g in enumerate(groups)},
+            "channels": channels}  # fmt: skip
 
 
 def _logistic_fit(x: np.ndarray, y: np.ndarray, l2: float) -> np.ndarray:
