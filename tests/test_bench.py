@@ -7,6 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from realm.bench import BenchConfig, plan_steps, prepare_benchmark_data, reading, run_bench
+from realm.bench.document import targets
 from realm.cli import app
 from realm.eval import FLOOR
 
@@ -151,10 +152,10 @@ def test_plan_steps_rounds_to_whole_epochs_past_one():
     assert plan_steps(0.0, 1.0, per_epoch=10) == 1
 
 
-def _result(rows, tau=8.0):
+def _result(rows, tau=8.0, extra=()):
     metrics = {k: {"label": k.replace("_", " ")} for k in
                ("fd_exp", "fd_pose", "p_fd_exp", "p_fd_pose", "rpcc_exp", "rpcc_pose", "fd_delta_exp", "fd_delta_pose",
-                "l1_exp", "delay", "delay_err")}  # fmt: skip
+                "l1_exp", "delay", "delay_err", *extra)}  # fmt: skip
     out = {"tau": tau, "metrics": metrics, "rows": {}}
     for name, (kind, stochastic, vals) in rows.items():
         m = {k: {"mean": vals.get(k, vals.get("*")), "std": 0.0} for k in metrics}
@@ -181,6 +182,36 @@ def test_reading_is_computed_from_the_numbers():
     assert reading(_result({"lstm": ("model", False, {"*": 1.0})}), {}) == [
         "REALM was not among the models of this run: nothing to read."
     ]
+
+
+def test_issue_15_targets_are_read_from_the_numbers_with_how_far_each_is():
+    res = _result({
+        "realm_sbk": ("model", True, {"fd_exp": 0.05, "p_fd_exp": 0.2, "event_f1": 0.5, "delay": 8.5, "delay_err": 0.5,
+                                      "var_ratio_exp": 0.5, "drift_8_end": 0.01, "c2st": 0.9}),
+        "realm_sbk (coarse)": ("model", False, {"*": 0.1, "c2st": 0.6}),  # its own coarse row is not another model
+        "realm": ("model", True, {"*": 1.0, "c2st": 0.95}),
+        "lstm": ("model", False, {"fd_exp": 0.08, "p_fd_exp": 0.1, "event_f1": 0.4, "drift_8_end": 0.02, "c2st": 0.85}),
+        "static_mean": ("model", False, {"*": 1.0, "event_f1": 0.0}),
+        FLOOR: ("floor", False, {"fd_exp": 0.02, "c2st": 0.6}),
+    }, extra=("event_f1", "var_ratio_exp", "drift_8_end", "c2st"))  # fmt: skip
+    got = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in targets(res)[2:]}
+    assert got["fd exp: ahead of every baseline"] == ["0.05", "best baseline lstm 0.08", "**yes**", "-0.03 (0.62x the best baseline) |"]
+    assert got["p fd exp: ahead of every baseline"][2:] == ["no", "+0.1 (2x the best baseline) |"]
+    assert got["event f1: ahead of every baseline"][1:3] == ["best baseline lstm 0.4", "**yes**"]
+    assert got["delay within 1 frame of tau"] == ["8.5", "tau = 8", "**yes**", "0.5 frames off |"]
+    assert got["expression variance ratio in [0.7, 1.3]"][2:] == ["no", "0.2 under 0.7 |"]
+    assert got["rest drift after 8 s no larger than the LSTM's"][2:] == ["**yes**", "0.5x the LSTM's |"]
+    assert got["FD exp at most 3x the floor"][1:] == [f"{FLOOR} 0.02", "**yes**", "2.5x the floor |"]
+    assert got["lowest two-sample test accuracy of all models"][1:] == ["lowest other: lstm 0.85", "no", "+0.05 |"]
+    res["rows"][FLOOR]["metrics"]["fd_exp"]["mean"] = 0.01
+    res["rows"].pop("lstm")
+    got = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in targets(res)[2:]}
+    assert got["rest drift after 8 s no larger than the LSTM's"][1:3] == ["no lstm", "n/a"]
+    assert got["FD exp at most 3x the floor"][2:] == ["no", "5x the floor |"]
+    assert got["fd exp: ahead of every baseline"][1:3] == ["best baseline static_mean 1", "**yes**"]
+    assert got["lowest two-sample test accuracy of all models"][2] == "**yes**"  # 0.9 < realm's 0.95
+    res["rows"].pop("realm_sbk")
+    assert targets(res) == []  # no realm_sbk / realm_sb: nothing to check
 
 
 def test_cli_bench_without_realm(tmp_path):
@@ -247,4 +278,6 @@ def test_the_variant_told_its_reaction_kinds_runs_step_4_from_step_3(bench, tmp_
     step3 = json.loads((mdir / "step3" / "config.json").read_text())["model"]
     assert not step3["react_condition"]  # step 3 as realm_sb's; step 4 started from it
     assert json.loads((mdir / "step4" / "config.json").read_text())["train"]["init"] == str(mdir / "step3")
-    assert "| realm_sbk |" in (tmp_path / "sbk.md").read_text() and f"step 4: {r['step4']['steps']}" in (tmp_path / "sbk.md").read_text()
+    doc = (tmp_path / "sbk.md").read_text()
+    assert "| realm_sbk |" in doc and f"step 4: {r['step4']['steps']}" in doc
+    assert "## Issue 15's targets for ours" in doc and "| FD exp at most 3x the floor |" in doc  # read for realm_sbk

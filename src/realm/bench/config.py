@@ -50,6 +50,15 @@ STEP3_SHARES = (0.55, 0.15, 0.30)
 STEP4_MODEL = {"react_condition": ["smile", "concern", "brow_raise"], "react_shift": 8, "kind_temperature": 1.5}
 
 
+#: "Ours" for the targets of issue 15 (point 6): the first of these a run holds (the demo's recipe first).
+OURS = ("realm_sbk", "realm_sb")
+
+
+#: Issue 15 point 6: the expression variance ratio ours must reach, FD exp at most this multiple of the floor.
+VAR_RATIO_RANGE = (0.7, 1.3)
+FLOOR_MULTIPLE = 3.0
+
+
 #: Metrics REALM must lead on (DESIGN 13), and the ones compared with the floor.
 HEADLINE = ("fd_exp", "fd_pose", "p_fd_exp", "p_fd_pose", "rpcc_exp", "rpcc_pose")
 

@@ -6,7 +6,17 @@ import logging
 import os
 import platform
 
-from realm.bench.config import FLOOR_KEYS, HEADLINE, REALM_VARIANTS, STEP3_SHARES, BenchConfig, audio_context
+from realm.bench.config import (
+    FLOOR_KEYS,
+    FLOOR_MULTIPLE,
+    HEADLINE,
+    OURS,
+    REALM_VARIANTS,
+    STEP3_SHARES,
+    VAR_RATIO_RANGE,
+    BenchConfig,
+    audio_context,
+)
 from realm.registry import BASELINES
 
 log = logging.getLogger(__name__)
@@ -125,6 +135,59 @@ def reading(result: dict, trained: dict) -> list[str]:
     return lines
 
 
+def targets(result: dict) -> list[str]:
+    """Issue 15's targets (point 6) for ours (the first of :data:`OURS` in the run) on one split, as a table:
+    each target, ours, what it is measured against, met or not, and by how much. [] without ours."""
+    from realm.eval import FLOOR
+
+    rows = result["rows"]
+    ours = next((n for n in OURS if n in rows), None)
+    if ours is None:
+        return []
+    baselines = [n for n, r in rows.items() if r["kind"] == "model" and n in BASELINES]
+    others = [n for n, r in rows.items() if r["kind"] == "model" and n != ours and not n.startswith(ours + " (")]
+    out = [f"| target ({ours}) | {ours} | against | met | by how much |", "|---|---:|---|---|---|"]
+
+    def row(target, mine, against, met, how):
+        flag = "n/a" if met is None else ("**yes**" if met else "no")
+        out.append(f"| {target} | {_g(mine)} | {against} | {flag} | {how} |")
+
+    def best_of(names, key, higher=False):
+        vals = [(v, n) for n in names if (v := _mean(result, n, key)) is not None]
+        return (max if higher else min)(vals) if vals else (None, None)
+
+    for key, higher in (("fd_exp", False), ("p_fd_exp", False), ("event_f1", True)):
+        mine, (v, n) = _mean(result, ours, key), best_of(baselines, key, higher)
+        label = result["metrics"].get(key, {}).get("label", key)
+        if mine is None or v is None:
+            row(f"{label}: ahead of every baseline", mine, "no baseline" if v is None else f"{n} {_g(v)}", None, "")
+            continue
+        met = mine > v if higher else mine < v
+        how = f"{'+' if mine >= v else ''}{_g(mine - v)} ({mine / v:.2g}x the best baseline)" if v else _g(mine - v)
+        row(f"{label}: ahead of every baseline", mine, f"best baseline {n} {_g(v)}", met, how)
+    tau, err = result.get("tau"), _mean(result, ours, "delay_err")
+    row("delay within 1 frame of tau", _mean(result, ours, "delay"), f"tau = {_g(tau)}",
+        None if err is None or tau is None else err <= 1.0, "" if err is None else f"{_g(err)} frames off")
+    lo, hi = VAR_RATIO_RANGE
+    vr = _mean(result, ours, "var_ratio_exp")
+    how = "" if vr is None else ("inside" if lo <= vr <= hi else f"{_g(lo - vr)} under {lo:g}" if vr < lo
+                                 else f"{_g(vr - hi)} over {hi:g}")  # fmt: skip
+    row(f"expression variance ratio in [{lo:g}, {hi:g}]", vr,
+        "the ground truth's variance", None if vr is None else lo <= vr <= hi, how)
+    drift, ref = _mean(result, ours, "drift_8_end"), _mean(result, "lstm", "drift_8_end")
+    row("rest drift after 8 s no larger than the LSTM's", drift, "no lstm" if ref is None else f"lstm {_g(ref)}",
+        None if drift is None or ref is None else drift <= ref,
+        "" if drift is None or ref is None or not ref else f"{drift / ref:.2g}x the LSTM's")
+    fd, floor = _mean(result, ours, "fd_exp"), _mean(result, FLOOR, "fd_exp")
+    ok = fd is not None and floor is not None and floor > 1e-12
+    row(f"FD exp at most {FLOOR_MULTIPLE:g}x the floor", fd, f"{FLOOR} {_g(floor)}",
+        (fd <= FLOOR_MULTIPLE * floor) if ok else None, f"{fd / floor:.2g}x the floor" if ok else "")
+    acc, (v, n) = _mean(result, ours, "c2st"), best_of(others, "c2st")
+    row("lowest two-sample test accuracy of all models", acc, "no other model" if v is None else f"lowest other: {n} {_g(v)}",
+        None if acc is None or v is None else acc < v, "" if acc is None or v is None else f"{'+' if acc >= v else ''}{_g(acc - v)}")
+    return out
+
+
 def _split_tables(md: str, keep_variants: bool) -> str:
     """eval's results.md without its title, command and date, headings one level down."""
     out, skip = [], False
@@ -240,6 +303,16 @@ def document(result: dict, evals: dict) -> str:
         lines.append("")
         lines += [f"- {s}" for s in sentences]
         lines.append("")
+    tables = {split: targets(res) for split, res in evals.items()}
+    if any(tables.values()):
+        lines += ["## Issue 15's targets for ours", "",
+                  "Computed from the tables below (issue 15, point 6: ours ahead of every baseline on FD exp, P-FD exp "
+                  "and event F1, delay within 1 frame of tau, expression variance ratio in "
+                  f"{VAR_RATIO_RANGE[0]:g}-{VAR_RATIO_RANGE[1]:g}, rest drift after 8 s no larger than the LSTM's, FD exp "
+                  f"at most {FLOOR_MULTIPLE:g}x the floor, the lowest two-sample test accuracy of all models; \"n/a\": "
+                  "not measured in this run).", ""]  # fmt: skip
+        for split, table in tables.items():
+            lines += [f"**{split}**", "", *table, ""]
     from realm.eval import markdown
 
     splits = list(evals)
