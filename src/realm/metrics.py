@@ -946,10 +946,9 @@ def c2st_breakdown(gts: Sequence[np.ndarray], preds: Sequence[np.ndarray],
     if len(names) != D:
         raise ValueError(f"c2st_breakdown: {len(names)} names for {D} channels")
     cols = np.arange(win[0].shape[1]).reshape(len(groups), D)  # feature column of (group, channel)
-    g_all = np.concatenate([_as2d(g)[: len(_as2d(p))] for g, p in zip(gts, preds, strict=True)])
-    p_all = np.concatenate([_as2d(p)[: len(_as2d(g))] for g, p in zip(gts, preds, strict=True)])
-    speed = lambda x: np.concatenate([np.abs(np.diff(_as2d(c)[: len(_as2d(o))], axis=0)) for c, o in x]).mean(0)  # noqa: E731
-    sp_g, sp_p = speed(zip(gts, preds, strict=True)), speed(zip(preds, gts, strict=True))
+    pairs = [_cut(_as2d(g), _as2d(p)) for g, p in zip(gts, preds, strict=True)]  # (ground truth, model) per clip
+    g_all, p_all = (np.concatenate([pair[i] for pair in pairs]) for i in (0, 1))
+    sp_g, sp_p = (np.concatenate([np.abs(np.diff(pair[i], axis=0)) for pair in pairs]).mean(0) for i in (0, 1))
     channels = {}
     for d, name in enumerate(names):
         channels[name] = {

@@ -245,14 +245,12 @@ def _train_step3(name, cfg: BenchConfig, tcfg, mdir: Path, run12: Path, fields_:
     the bench evaluates)."""
     from dataclasses import replace
 
-    from realm.models.realm import REALMConfig
-
     t3cfg, m3 = _step3_configs(tcfg, fields_, run12, cfg.step3)
     four = _has_step4(name)
     share = STEP3_SHARES[2] / (2 if four else 1)
     last = _train_step(name, "step3", cfg, t3cfg, m3, mdir / "step3", share, rec, command)
     if four:  # step 3's recipe again from step 3, told which reaction kind starts
-        m4 = REALMConfig(**{**fields_, **STEP3_MODEL, **STEP4_MODEL})
+        m4 = replace(m3, **STEP4_MODEL)
         last = _train_step(name, "step4", cfg, replace(t3cfg, init=str(last)), m4, mdir / "step4", share, rec, command)
     for f in sorted(last.iterdir()):  # the exported model, where the bench evaluates it
         if f.is_file() and f.name != "train_state.json":
