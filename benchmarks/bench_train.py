@@ -14,7 +14,9 @@ REALM is timed in each ``--variants`` entry: ``exact`` is the configuration as g
 dropout 0.1: the maths of the paper's model; the layers as realm.models.layers' functions, dropout
 masks from NumPy); ``modules`` the same through the nn modules and torch's dropout
 (``REALMConfig.fast_train = False``, the training path before 2026-11-29); ``bf16`` adds ``--precision bf16-mixed``;
-``dropout0`` sets ``REALMConfig.dropout = 0``; ``bf16+dropout0`` both. ``--against REF`` also
+``dropout0`` sets ``REALMConfig.dropout = 0``; ``bf16+dropout0`` both; ``teacher`` sets
+``TrainConfig.teacher_forcing = 1`` (every window reads the ground truth as its history, so the 8 windows
+run as one batch: other maths, whose quality cost docs/realm.md measures); ``bf16+teacher`` adds bf16-mixed. ``--against REF`` also
 times REALM (``exact``) and the LSTM from a git worktree of commit REF in a subprocess, between
 the other measurements, so "how much faster than before" is measured in one run on one machine.
 
@@ -37,6 +39,8 @@ VARIANTS = {  # name -> (TrainConfig overrides, REALMConfig overrides)
     "bf16": ({"precision": "bf16-mixed"}, {}),
     "dropout0": ({}, {"dropout": 0.0}),
     "bf16+dropout0": ({"precision": "bf16-mixed"}, {"dropout": 0.0}),
+    "teacher": ({"teacher_forcing": 1.0}, {}),
+    "bf16+teacher": ({"precision": "bf16-mixed", "teacher_forcing": 1.0}, {}),
 }
 
 

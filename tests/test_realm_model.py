@@ -1007,3 +1007,50 @@ def test_the_any_kind_is_told_with_every_reaction_and_drawn_alone_with_what_its_
     task.stats = stats
     labels = task.react_labels(torch.from_numpy(stats.apply(raw))[None].float(), 4, kinds)[0]  # (4, 3)
     torch.testing.assert_close(labels, torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 1.0], [0.0] * 3]))
+
+
+@pytest.mark.parametrize("extra", [{}, {"latent_dim": 4, "rest_leak": True},
+                                   {"latent_dim": 4, "react_condition": ("smile", "concern"), "react_shift": 8}])  # fmt: skip
+def test_teacher_forced_windows_are_the_rollout_when_the_history_is_the_models_own(extra):
+    """teacher_rollout runs every window at once with the ground truth before it as its history: given
+    the model's own rollout as that ground truth, it is the rollout (the same windows, gate values and
+    boundary frames); given another listener, window 0 (the bootstrap's) is the same and the later
+    windows continue that listener's frames."""
+    torch.manual_seed(0)
+    model = REALM(REALMConfig(spec="arkit58", audio_dim=20, d_model=32, ff_dim=64, audio_context=16,
+                              zero_init_heads=False, **extra)).eval()  # fmt: skip
+    c, B, T = model.config, 3, 100  # 7 windows, the last one cut
+    n = math.ceil(T / c.window)
+    audio, f0 = torch.randn(B, T, 20), torch.randn(B, 58)
+    z = torch.randn(2 * B, n, c.latent_width) if c.latent_width else None
+    kinds = (torch.rand(2 * B, n, len(c.react_condition)) < 0.3).float() if c.react_condition else None
+    with torch.no_grad():
+        own, aux = model.rollout(audio, frame0=f0, latents=z, samples=2, kinds=kinds)  # (2 B, T, D)
+        z1 = None if z is None else z[B:]
+        k1 = None if kinds is None else kinds[B:]
+        tf, tf_aux = model.teacher_rollout(audio, own[B:], latents=z1, kinds=k1)
+        other = own[B:].roll(1, dims=0)  # another clip's motion as the ground truth
+        moved, _ = model.teacher_rollout(audio, torch.cat([own[B:, :1], other[:, 1:]], 1), latents=z1, kinds=k1)
+    assert tf.shape == (B, T, 58)
+    torch.testing.assert_close(tf, own[B:], atol=1e-5, rtol=0)
+    torch.testing.assert_close(tf_aux["alpha"], aux["alpha"][B:], atol=1e-5, rtol=0)
+    assert len(tf_aux["bounds"]) == len(aux["bounds"]) == n
+    for (h1, w1), (h2, w2) in zip(tf_aux["bounds"], aux["bounds"], strict=True):
+        torch.testing.assert_close(h1, h2[B:], atol=1e-5, rtol=0)
+        torch.testing.assert_close(w1, w2[B:], atol=1e-5, rtol=0)
+    W = c.window
+    torch.testing.assert_close(moved[:, :W], own[B:, :W], atol=1e-5, rtol=0)  # the bootstrap's window
+    assert (moved[:, W:] - own[B:, W:]).abs().amax() > 0.1
+    # window 1 starts from the given listener's last frame before it (the integration's start)
+    assert (moved[:, W] - other[:, W - 1]).abs().mean() < (moved[:, W] - own[B:, W - 1]).abs().mean()
+
+
+def test_teacher_forcing_refuses_windows_that_carry_state():
+    kw = dict(spec="arkit58", audio_dim=20, d_model=32, ff_dim=64, latent_dim=4)
+    audio, gt = torch.randn(1, 32, 20), torch.randn(1, 32, 58)
+    offset = REALM(REALMConfig(**kw, latent_branch=True, branch_into="offset"))
+    with pytest.raises(ValueError, match="needs rollout"):
+        offset.teacher_rollout(audio, gt, latents=torch.randn(1, 2, 4))
+    cond = REALM(REALMConfig(**kw, react_condition=("smile",), react_shift=8))
+    with pytest.raises(ValueError, match="needs each window's kinds"):
+        cond.teacher_rollout(audio, gt, latents=torch.randn(1, 2, 5))

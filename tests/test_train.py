@@ -1,6 +1,7 @@
 """Two-stage training through Lightning: export, selection on val, resume."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -258,3 +259,63 @@ def test_stage1_can_export_the_last_validation_instead_of_the_lowest_val_loss(sy
     assert json.loads((runs["val_loss"] / "config.json").read_text())["selected_on"] == "val"
     with pytest.raises(ValueError, match="stage1_select"):
         TrainConfig(stage1_select="best")
+
+
+def test_teacher_forcing_runs_the_first_share_of_stage_1s_steps_and_validation_rolls_out(synth_dir, tmp_path, monkeypatch):
+    from realm.models.realm import REALM
+    from realm.train import REALMTask
+
+    with pytest.raises(ValueError, match="teacher_forcing is a fraction"):
+        TrainConfig(teacher_forcing=1.5)
+    calls = []  # (which rollout, whether the model trains)
+    for name in ("rollout", "teacher_rollout"):
+        real = getattr(REALM, name)
+        monkeypatch.setattr(REALM, name, lambda self, *a, _r=real, _n=name, **k: calls.append((_n, self.training)) or _r(self, *a, **k))
+    task = REALMTask(REALMConfig(**TINY, audio_dim=6).to_dict(), TrainConfig(data="d", teacher_forcing=0.5).__dict__, 1)
+    batch = {"audio": torch.randn(2, 32, 6), "motion": torch.randn(2, 32, task.model.spec.dim),
+             "mask": torch.ones(2, 32, dtype=torch.bool)}  # fmt: skip
+    task._steps = 4  # global step 0 of 4: in the teacher-forced half
+    task.train()
+    task._stage1(batch)
+    task.eval()  # validation: always the model's own rollout
+    task._stage1(batch)
+    assert [n for n, _ in calls] == ["teacher_rollout", "rollout"]
+    # through Lightning: the first half of the steps teacher-forced, then the rollout; validation rolls out
+    calls.clear()
+    train_realm(cfg(synth_dir, stages=(1,), max_steps=4, teacher_forcing=0.5), REALMConfig(**TINY), tmp_path / "run",
+                progress=False)  # fmt: skip
+    assert (tmp_path / "run/model.safetensors").exists()
+    assert [n for n, training in calls if training] == ["teacher_rollout"] * 2 + ["rollout"] * 2
+    assert {n for n, training in calls if not training} == {"rollout"}
+
+
+def test_the_l2_loss_is_each_blocks_unsquared_distance_and_learns_the_median():
+    """coarse_loss="l2" (the ViCo baseline's loss): each block's per-frame RMS error, not squared. A
+    prediction fitted to a listener who smiles in 1 clip of 5 stays at the resting face (the median),
+    where the MSE's settles at a fifth of the smile (the mean)."""
+    from realm.models.realm import REALM
+    from realm.train import REALMLoss
+
+    model = REALM(REALMConfig(spec="arkit58", audio_dim=6, d_model=32, ff_dim=64))
+    spec = model.spec
+    gt = torch.randn(2, 32, spec.dim)
+    aux = {"bounds": [], "alpha": torch.ones(2, 32, 1), "waypoint": None}
+    ones = torch.ones(2, 32, dtype=torch.bool)
+    out = REALMLoss(model, TrainConfig(coarse_loss="l2"))(gt + 0.1, gt, ones, aux)
+    rot = 5.0 * 0.1 * math.sqrt(sum((2.0, 2.0, 1.0)) / 3)  # w_rot x the axis-weighted RMS
+    assert out["l2"].item() == pytest.approx(rot + 0.1 * (len(spec.blocks) - 1), rel=1e-4)
+    assert out["loss"].item() == pytest.approx(out["l2"].item(), rel=1e-6)  # the MSE is only logged
+    assert out["mse"].item() == pytest.approx(5.0 * 5 / 3 * 0.01 + 0.01 * (len(spec.blocks) - 1), rel=1e-4)
+    e = spec.block("expression").slice
+    target = torch.zeros(5, 32, spec.dim)
+    target[0, :, e] = 1.0  # one clip of five smiles (every expression channel at 1)
+    for loss, expected in (("mse", 0.2), ("l2", 0.0)):
+        x = torch.zeros(1, 1, spec.dim, requires_grad=True)
+        opt = torch.optim.Adam([x], lr=0.02)
+        fn = REALMLoss(model, TrainConfig(coarse_loss=loss, w_vel=0.0))
+        for _ in range(300):
+            o = fn(x.expand(5, 32, -1), target, torch.ones(5, 32, dtype=torch.bool), {**aux, "alpha": torch.ones(5, 32, 1)})
+            opt.zero_grad()
+            o["loss"].backward()
+            opt.step()
+        assert x[0, 0, e].mean().item() == pytest.approx(expected, abs=0.03), loss

@@ -1085,6 +1085,67 @@ class REALM(nn.Module):
             aux["kind_logit"] = torch.stack(kind_logits, dim=1)
         return padded[:, :T], aux
 
+    def teacher_rollout(self, audio: torch.Tensor, motion: torch.Tensor, latents: torch.Tensor | None = None,
+                        samples: int = 1, kinds: torch.Tensor | None = None):  # fmt: skip
+        """:meth:`rollout` with the ground truth as each window's history (teacher forcing; training only,
+        ``TrainConfig.teacher_forcing``): window w reads the listener's real frames before it, not the
+        model's own, so no window waits for another and all n of them run as one batch of B n.
+
+        audio (B, T, A), motion (B, T, D) the ground truth (frame 0 starts the bootstrap, which is window
+        0's history, as in :meth:`rollout`). ``latents``, ``samples`` and ``kinds`` as in :meth:`rollout`,
+        and the same outputs (the gate values, each window's boundary frames, the waypoint, the logits).
+        A window that carries state to the next (``branch_into="offset"``; the latent's ``react_shift``
+        with ``latent_branch``) needs the windows in order, and is refused; so is ``react_shift`` with
+        ``react_condition`` when ``kinds`` are not given (the previous window's kinds come from them).
+        """
+        c = self.config
+        if c.branch_into == "offset" or (c.latent_branch and c.react_shift):
+            raise ValueError("teacher forcing runs the windows at once: a model whose windows carry state to the "
+                             "next (branch_into='offset', or latent_branch with react_shift) needs rollout")  # fmt: skip
+        if c.react_condition and c.react_shift and kinds is None:
+            raise ValueError("teacher forcing with react_condition and react_shift needs each window's kinds")
+        B, T, A = audio.shape
+        W, K, S = c.window, c.history, samples
+        n = max(1, math.ceil(T / W))
+        audio = F.pad(audio, (0, 0, 0, n * W - T))  # zero-pad the last window
+        frame0 = motion[:, 0]
+        hist0, waypoint = self.start(audio[:, :W], frame0)  # (B, K, D): the bootstrap guide
+        seq = torch.cat([hist0, motion[:, : (n - 1) * W]], dim=1)  # (B, K + (n - 1) W, D)
+        hist = seq.unfold(1, K, W).permute(0, 1, 3, 2)  # (B, n, K, D): window w reads seq[w W : w W + K]
+        base = hist[:, :, -1]  # (B, n, D): each window integrates from its last history frame,
+        if self.first_base(frame0, None) is not None:  # the first from frame 0 (first_window="frame0")
+            base = torch.cat([frame0.unsqueeze(1), base[:, 1:]], dim=1)
+        enc = self.encode_audio(audio)  # (B, n, W, d)
+        rep = lambda x: x.repeat(S, *[1] * (x.dim() - 1))  # noqa: E731  (B, ...) -> (S B, ...), sample-major
+        flat = lambda x: x.reshape(S * B * n, *x.shape[2:])  # noqa: E731  (S B, n, ...) -> (S B n, ...)
+        hist, base, enc = rep(hist), rep(base), rep(enc)
+        anchor = rep(frame0).repeat_interleave(n, dim=0)  # (S B n, D)
+        if latents is not None and latents.shape[:2] != (S * B, n):
+            raise ValueError(f"latents for {tuple(latents.shape[:2])} (rollouts, windows), need {(S * B, n)}")
+        if kinds is not None and kinds.shape[:2] != (S * B, n):
+            raise ValueError(f"kinds for {tuple(kinds.shape[:2])} (rollouts, windows), need {(S * B, n)}")
+        carry = None
+        if c.react_condition and c.react_shift:  # the previous window's kinds' embedding (0 before the first)
+            prev = F.pad(kinds[:, :-1], (0, 0, 1, 0))  # (S B, n, k)
+            carry = {"kind": self.decoder.kind_embed(flat(prev).to(self.decoder.kind_embed.weight.dtype))}
+        extras: dict = {}
+        z = None if latents is None else flat(latents)
+        k = None if kinds is None else flat(kinds)
+        audio_w = rep(audio).reshape(S * B * n, W, A)
+        out, alpha = self.step(audio_w, flat(hist), flat(enc), anchor, flat(base), z, extras, carry, k)
+        out = out.reshape(S * B, n, W, -1)  # (S B, n, W, D)
+        f0 = rep(frame0)
+        first = torch.cat([f0.unsqueeze(1), out[:, 0, 1:]], dim=1)  # anchor frame 0
+        out = torch.cat([first.unsqueeze(1), out[:, 1:]], dim=1)
+        padded = out.reshape(S * B, n * W, -1)
+        aux = {"alpha": alpha.reshape(S * B, n * K, 1)[:, :T], "waypoint": waypoint, "padded": padded,
+               "bounds": [(hist[:, w, -2:], out[:, w, :2]) for w in range(n)], "padded_audio": rep(audio)}  # fmt: skip
+        if "react_logit" in extras:
+            aux["react_logit"] = extras["react_logit"].reshape(S * B, n)
+        if "kind_logit" in extras:
+            aux["kind_logit"] = extras["kind_logit"].reshape(S * B, n, -1)
+        return padded[:, :T], aux
+
     # -- refinement ----------------------------------------------------------------
     def refine(self, motion: torch.Tensor, audio: torch.Tensor, noise: torch.Tensor | None = None,
                events: torch.Tensor | None = None, parts: bool = False, keep: int | None = None):  # fmt: skip
