@@ -1010,7 +1010,9 @@ def test_the_any_kind_is_told_with_every_reaction_and_drawn_alone_with_what_its_
 
 
 @pytest.mark.parametrize("extra", [{}, {"latent_dim": 4, "rest_leak": True},
-                                   {"latent_dim": 4, "react_condition": ("smile", "concern"), "react_shift": 8}])  # fmt: skip
+                                   {"latent_dim": 4, "react_condition": ("smile", "concern"), "react_shift": 8},
+                                   {"history": 24, "first_window": "guide", "identity_anchor": True},
+                                   {"history": 8, "latent_dim": 4, "latent_gate": True}])  # fmt: skip
 def test_teacher_forced_windows_are_the_rollout_when_the_history_is_the_models_own(extra):
     """teacher_rollout runs every window at once with the ground truth before it as its history: given
     the model's own rollout as that ground truth, it is the rollout (the same windows, gate values and
@@ -1029,6 +1031,10 @@ def test_teacher_forced_windows_are_the_rollout_when_the_history_is_the_models_o
         z1 = None if z is None else z[B:]
         k1 = None if kinds is None else kinds[B:]
         tf, tf_aux = model.teacher_rollout(audio, own[B:], latents=z1, kinds=k1)
+        if z is not None:  # two samples, sample-major, each from its own latents (one ground truth: sample 1's)
+            both, _ = model.teacher_rollout(audio, own[B:], latents=z, samples=2, kinds=kinds)
+            torch.testing.assert_close(both[B:], own[B:], atol=1e-5, rtol=0)
+            assert (both[:B, c.window :] - own[:B, c.window :]).abs().amax() > 1e-3  # sample 0 reads sample 1's history
         other = own[B:].roll(1, dims=0)  # another clip's motion as the ground truth
         moved, _ = model.teacher_rollout(audio, torch.cat([own[B:, :1], other[:, 1:]], 1), latents=z1, kinds=k1)
     assert tf.shape == (B, T, 58)
@@ -1051,6 +1057,9 @@ def test_teacher_forcing_refuses_windows_that_carry_state():
     offset = REALM(REALMConfig(**kw, latent_branch=True, branch_into="offset"))
     with pytest.raises(ValueError, match="needs rollout"):
         offset.teacher_rollout(audio, gt, latents=torch.randn(1, 2, 4))
+    shifted = REALM(REALMConfig(**kw, latent_branch=True, react_shift=8))  # the latent's shift reads the window before
+    with pytest.raises(ValueError, match="needs rollout"):
+        shifted.teacher_rollout(audio, gt, latents=torch.randn(1, 2, 4))
     cond = REALM(REALMConfig(**kw, react_condition=("smile",), react_shift=8))
     with pytest.raises(ValueError, match="needs each window's kinds"):
         cond.teacher_rollout(audio, gt, latents=torch.randn(1, 2, 5))

@@ -280,6 +280,27 @@ def test_teacher_forcing_runs_the_first_share_of_stage_1s_steps_and_validation_r
     task.eval()  # validation: always the model's own rollout
     task._stage1(batch)
     assert [n for n, _ in calls] == ["teacher_rollout", "rollout"]
+    # under a wall-clock budget (max_minutes: Lightning's Timer) the time's first half too, whichever ends first
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import Timer
+
+    task.train()
+    for used, expected in ((30, "teacher_rollout"), (70, "rollout")):  # of 100 s
+        timer = Timer(duration={"seconds": 100})
+        timer.load_state_dict({"time_elapsed": {"train": used}})  # as a resumed run's
+        task._trainer = SimpleNamespace(callbacks=[timer], global_step=0)
+        calls.clear()
+        task._stage1(batch)
+        assert [n for n, _ in calls] == [expected], used
+    task._trainer = None
+    fresh = REALMTask(REALMConfig(**TINY, audio_dim=6).to_dict(), TrainConfig(data="d", teacher_forcing=0.1).__dict__, 1)
+    calls.clear()
+    fresh._stage1(batch)  # outside a Trainer (a profile): teacher-forced whenever teacher_forcing > 0
+    assert [n for n, _ in calls] == ["teacher_rollout"]
+    with pytest.raises(ValueError, match="needs teacher_forcing=0"):  # refused before any data is read
+        train_realm(cfg(tmp_path, stages=(1,), teacher_forcing=0.5),
+                    REALMConfig(latent_dim=4, latent_branch=True, branch_into="offset"), tmp_path / "refused", progress=False)  # fmt: skip
     # through Lightning: the first half of the steps teacher-forced, then the rollout; validation rolls out
     calls.clear()
     train_realm(cfg(synth_dir, stages=(1,), max_steps=4, teacher_forcing=0.5), REALMConfig(**TINY), tmp_path / "run",
@@ -310,7 +331,7 @@ def test_the_l2_loss_is_each_blocks_unsquared_distance_and_learns_the_median():
     target = torch.zeros(5, 32, spec.dim)
     target[0, :, e] = 1.0  # one clip of five smiles (every expression channel at 1)
     for loss, expected in (("mse", 0.2), ("l2", 0.0)):
-        x = torch.zeros(1, 1, spec.dim, requires_grad=True)
+        x = torch.full((1, 1, spec.dim), 0.5, requires_grad=True)  # from between the two
         opt = torch.optim.Adam([x], lr=0.02)
         fn = REALMLoss(model, TrainConfig(coarse_loss=loss, w_vel=0.0))
         for _ in range(300):

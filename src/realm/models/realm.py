@@ -1099,7 +1099,7 @@ class REALM(nn.Module):
         ``react_condition`` when ``kinds`` are not given (the previous window's kinds come from them).
         """
         c = self.config
-        if c.branch_into == "offset" or (c.latent_branch and c.react_shift):
+        if windows_carry_state(c):
             raise ValueError("teacher forcing runs the windows at once: a model whose windows carry state to the "
                              "next (branch_into='offset', or latent_branch with react_shift) needs rollout")  # fmt: skip
         if c.react_condition and c.react_shift and kinds is None:
@@ -1381,6 +1381,12 @@ def refine_prefix(motion: torch.Tensor, audio: torch.Tensor, n: int) -> tuple[to
         return motion, audio
     return (torch.cat([motion[:, :1].expand(-1, n, -1), motion], dim=1),
             torch.cat([audio.new_zeros(audio.shape[0], n, audio.shape[2]), audio], dim=1))  # fmt: skip
+
+
+def windows_carry_state(c: REALMConfig) -> bool:
+    """Whether a window of this model leaves the next one state besides its frames (the branch's offset;
+    the latent's react_shift with latent_branch), so its windows cannot run at once (teacher_rollout)."""
+    return c.branch_into == "offset" or (c.latent_branch and bool(c.react_shift))
 
 
 def _left_pad(history: torch.Tensor, K: int) -> torch.Tensor:

@@ -43,6 +43,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import Timer
 from torch.utils.data import DataLoader
 
 from realm.checkpoint import save
@@ -60,7 +61,14 @@ from realm.metrics import (
     fd_delta_per_clip,
     fd_per_clip,
 )
-from realm.models.realm import ANY_REACTION, REALM, REALMConfig, refine_prefix, refine_sequence
+from realm.models.realm import (
+    ANY_REACTION,
+    REALM,
+    REALMConfig,
+    refine_prefix,
+    refine_sequence,
+    windows_carry_state,
+)
 from realm.motion import FAST_EVENTS, NormStats, events_in_spec
 from realm.threads import cpu_attention
 from realm.train.harness import (
@@ -619,7 +627,8 @@ class REALMTask(L.LightningModule):
         self.model = REALM(REALMConfig(**model_cfg))
         self.cfg = TrainConfig.from_dict(train_cfg)
         self.stage = stage
-        self._steps = 0  # the stage's optimizer steps (configure_optimizers): teacher_forcing's share of them
+        self._steps = 1  # the stage's planned optimizer steps (configure_optimizers): teacher_forcing's share
+        #   of them (outside a Trainer: 1, so a step is teacher-forced whenever teacher_forcing > 0)
         self.loss = REALMLoss(self.model, self.cfg)
         # Parameters a stage does not train are frozen (DDP requires every trained parameter to get a gradient).
         unused = [self.model.refinement] if stage == 1 else []
@@ -674,7 +683,7 @@ class REALMTask(L.LightningModule):
         if mc.react_condition:  # the decoder is told which kinds the ground truth starts in each window
             kind_labels = self.react_labels(batch["motion"], n, mc.react_condition)  # (B, n, k)
             kinds = kind_labels.to(a.device).repeat(R, 1, 1)
-        if self.training and self.global_step < self.cfg.teacher_forcing * self._steps:  # every window at once
+        if self._teacher_forced():  # every window at once, the ground truth before it
             motion, aux = self.model.teacher_rollout(a, batch["motion"], latents=latents, samples=R, kinds=kinds)
         else:
             motion, aux = self.model.rollout(a, frame0=f0, latents=latents, samples=R, kinds=kinds)  # (R B, T, D)
@@ -683,6 +692,20 @@ class REALMTask(L.LightningModule):
         if kinds is not None:
             aux["kind_labels"] = kind_labels
         return self.loss(motion, batch["motion"], batch["mask"], aux)
+
+    def _teacher_forced(self) -> bool:
+        """Whether this training step reads the ground truth as each window's history (``teacher_forcing`` F):
+        the first F of the stage's planned steps and, under a wall-clock budget (``max_minutes``: Lightning's
+        Timer, resumed runs included), of its time too, whichever ends first."""
+        f = self.cfg.teacher_forcing
+        if not self.training or f <= 0 or self.global_step >= f * self._steps:
+            return False
+        timer = next((cb for cb in self.trainer.callbacks if isinstance(cb, Timer)), None) if self._trainer else None
+        left = None if timer is None else timer.time_remaining("train")
+        if left is None:
+            return True
+        used = timer.time_elapsed("train")
+        return used < f * (used + left)
 
     def react_labels(self, motion: torch.Tensor, n: int, kinds: tuple[str, ...] | None = None) -> torch.Tensor:
         """(B, n) 1 where the ground truth starts a reaction of ``react_kinds`` in window w, else 0 (the
@@ -945,6 +968,9 @@ def _train_realm(cfg: TrainConfig, model_cfg: REALMConfig, out, resume: bool, pr
         model_cfg, init_state, init_stats = _from_init(cfg, model_cfg)
     if cfg.coarse_loss == "energy" and 1 in cfg.stages and not model_cfg.latent_dim:
         raise ValueError("coarse_loss='energy' scores samples: it needs a model with latent_dim > 0")
+    if cfg.teacher_forcing > 0 and 1 in cfg.stages and windows_carry_state(model_cfg):
+        raise ValueError("teacher_forcing runs a clip's windows at once, but this model's windows carry state to the "
+                         "next (branch_into='offset', or latent_branch with react_shift): it needs teacher_forcing=0")  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     prep = prepare_data(cfg, stats=init_stats)
