@@ -340,3 +340,27 @@ def test_the_l2_loss_is_each_blocks_unsquared_distance_and_learns_the_median():
             o["loss"].backward()
             opt.step()
         assert x[0, 0, e].mean().item() == pytest.approx(expected, abs=0.03), loss
+
+
+@pytest.mark.parametrize("history", [8, 16, 24])
+def test_the_gate_term_counts_each_windows_gate_values_whatever_the_history_length(history):
+    """The gate's term is 1 - the mean gate value over windows with a scored first frame: K values a window,
+    for a history K shorter than, equal to or longer than the window W (K = 8 crashed: (B, 8 n) values
+    against (B, T) frames)."""
+    from realm.models.realm import REALM
+    from realm.train import REALMLoss
+
+    torch.manual_seed(0)
+    model = REALM(REALMConfig(spec="arkit58", audio_dim=6, d_model=32, ff_dim=64, history=history)).eval()
+    B, T = 2, 64
+    a, gt = torch.randn(B, T, 6), torch.randn(B, T, model.spec.dim)
+    with torch.no_grad():
+        pred, aux = model.rollout(a, frame0=gt[:, 0])
+    loss = REALMLoss(model, TrainConfig())
+    out = loss(pred, gt, torch.ones(B, T, dtype=torch.bool), aux)
+    alpha = aux["alpha"][..., 0]
+    assert out["gate"].item() == pytest.approx(1 - alpha.mean().item(), abs=1e-6)
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[:, 32:] = False  # windows 2 and 3 unscored: only windows 0 and 1's gate values count
+    out = loss(pred, gt, mask, aux)
+    assert out["gate"].item() == pytest.approx(1 - alpha[:, : min(2 * history, alpha.shape[1])].mean().item(), abs=1e-6)

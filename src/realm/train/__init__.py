@@ -455,7 +455,7 @@ class REALMLoss:
     """Stage-1 loss terms in normalised space (block layout from the spec)."""
 
     def __init__(self, model: REALM, cfg: TrainConfig):
-        self.spec, self.cfg, self.W = model.spec, cfg, model.config.window
+        self.spec, self.cfg, self.W, self.K = model.spec, cfg, model.config.window, model.config.history
         self.react_shift = model.config.react_shift
         self.rot = self.spec.block("rotation").slice if self.spec.has("rotation") else None
         self.w, self.wb = self._dim_weights(), self._dim_weights(boundary=True)  # computed once
@@ -542,8 +542,9 @@ class REALMLoss:
             vel = (((win[:, 1] - win[:, 0]) - (hist[:, -1] - hist[:, -2])) ** 2 * wb).sum(-1)
             terms.append(((pos + vel) * valid).sum() / valid.sum())
         out["boundary"] = torch.stack(terms).mean() if terms else pred.sum() * 0
-        alpha = aux["alpha"][..., 0]
-        mS = mask.repeat(R, 1)
+        alpha = aux["alpha"][..., 0]  # (R B, L): each window's K gate values in turn (cut at T frames)
+        first = torch.arange(alpha.shape[1], device=mask.device) // self.K * self.W  # each value's window's first frame
+        mS = mask[:, first.clamp(max=mask.shape[1] - 1)].repeat(R, 1)  # counted where that frame is scored
         out["gate"] = 1 - (alpha * mS).sum() / mS.sum().clamp(min=1)
         for key in ("react", "kind"):  # react_gate's (R B, n) logits against (B, n) labels; react_condition's (R B, n, k)
             if f"{key}_logit" not in aux or f"{key}_labels" not in aux:
