@@ -1118,8 +1118,8 @@ class REALM(nn.Module):
         enc = self.encode_audio(audio)  # (B, n, W, d)
         rep = lambda x: x.repeat(S, *[1] * (x.dim() - 1))  # noqa: E731  (B, ...) -> (S B, ...), sample-major
         flat = lambda x: x.reshape(S * B * n, *x.shape[2:])  # noqa: E731  (S B, n, ...) -> (S B n, ...)
-        hist, base, enc = rep(hist), rep(base), rep(enc)
-        anchor = rep(frame0).repeat_interleave(n, dim=0)  # (S B n, D)
+        hist, base, enc, audio, f0 = rep(hist), rep(base), rep(enc), rep(audio), rep(frame0)
+        anchor = f0.repeat_interleave(n, dim=0)  # (S B n, D)
         if latents is not None and latents.shape[:2] != (S * B, n):
             raise ValueError(f"latents for {tuple(latents.shape[:2])} (rollouts, windows), need {(S * B, n)}")
         if kinds is not None and kinds.shape[:2] != (S * B, n):
@@ -1131,15 +1131,14 @@ class REALM(nn.Module):
         extras: dict = {}
         z = None if latents is None else flat(latents)
         k = None if kinds is None else flat(kinds)
-        audio_w = rep(audio).reshape(S * B * n, W, A)
+        audio_w = audio.view(S * B * n, W, A)  # (read by step only without an encoding)
         out, alpha = self.step(audio_w, flat(hist), flat(enc), anchor, flat(base), z, extras, carry, k)
         out = out.reshape(S * B, n, W, -1)  # (S B, n, W, D)
-        f0 = rep(frame0)
         first = torch.cat([f0.unsqueeze(1), out[:, 0, 1:]], dim=1)  # anchor frame 0
         out = torch.cat([first.unsqueeze(1), out[:, 1:]], dim=1)
         padded = out.reshape(S * B, n * W, -1)
         aux = {"alpha": alpha.reshape(S * B, n * K, 1)[:, :T], "waypoint": waypoint, "padded": padded,
-               "bounds": [(hist[:, w, -2:], out[:, w, :2]) for w in range(n)], "padded_audio": rep(audio)}  # fmt: skip
+               "bounds": [(hist[:, w, -2:], out[:, w, :2]) for w in range(n)], "padded_audio": audio}  # fmt: skip
         if "react_logit" in extras:
             aux["react_logit"] = extras["react_logit"].reshape(S * B, n)
         if "kind_logit" in extras:
