@@ -281,3 +281,29 @@ def test_the_variant_told_its_reaction_kinds_runs_step_4_from_step_3(bench, tmp_
     doc = (tmp_path / "sbk.md").read_text()
     assert "| realm_sbk |" in doc and f"step 4: {r['step4']['steps']}" in doc
     assert "## Issue 15's targets for ours" in doc and "| FD exp at most 3x the floor |" in doc  # read for realm_sbk
+
+
+def test_the_teacher_forced_variant_forces_its_stage_1_only_and_plans_on_both_kinds_of_step(bench, tmp_path, monkeypatch):
+    """realm_tf_sbk: realm_sbk whose stage 1 teacher-forces its first 75 % of steps. Its stage-1 calibration times a
+    teacher-forced and a rollout step and plans on their mix; steps 3 and 4 roll out; the document has a targets
+    table for each variant of ours in the run."""
+    root, _, _ = bench
+    monkeypatch.setenv("REALM_CACHE", str(root / "cache6"))
+    cfg = tiny(root, out=str(tmp_path / "run"), doc=str(tmp_path / "tf.md"), models=["realm_tf_sbk", "static_mean"],
+               splits=["test"], step3={"clip_len": 64, "batch_size": 4}, max_steps=0, minutes={"realm_tf_sbk": 0.2})  # fmt: skip
+    r = run_bench(cfg)["models"]["realm_tf_sbk"]
+    cal = r["calibration"]
+    assert cal["stage1_teacher_step_s"] > 0 and cal["stage1_rollout_step_s"] > 0
+    assert cal["stage1_step_s"] == pytest.approx(0.75 * cal["stage1_teacher_step_s"] + 0.25 * cal["stage1_rollout_step_s"])
+    assert "stage1_teacher_step_s" not in r["calibration_step3"]  # step 3 rolls out: timed as it trains
+    assert r["key"]["train"]["teacher_forcing"] == 0.75 and r["complete"]
+    mdir = tmp_path / "run" / "models" / "realm_tf_sbk"
+    assert json.loads((mdir / "steps12" / "config.json").read_text())["train"]["teacher_forcing"] == 0.75
+    for step in ("step3", "step4"):
+        assert json.loads((mdir / step / "config.json").read_text())["train"]["teacher_forcing"] == 0.0
+    res = json.loads((tmp_path / "run" / "eval" / "test" / "results.json").read_text())
+    res["rows"]["realm_sbk"] = res["rows"]["realm_tf_sbk"]  # as if both variants of ours had run
+    assert targets(res)[0].startswith("| target (realm_tf_sbk) |")  # the first of OURS
+    assert targets(res, "realm_sbk")[0].startswith("| target (realm_sbk) |") and targets(res, "realm_sb") == []
+    doc = (tmp_path / "tf.md").read_text()
+    assert "| realm_tf_sbk |" in doc and "| target (realm_tf_sbk) |" in doc

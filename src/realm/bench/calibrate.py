@@ -6,7 +6,7 @@ import logging
 import math
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,11 @@ def _loader(ds, tcfg):
 
 
 def calibrate_realm(tcfg, mcfg, refine: bool, seconds: float = 10.0, max_batches: int = 10) -> dict:
-    """Seconds per stage-1 and stage-2 batch of REALM ``mcfg`` on ``tcfg``'s data (weights untrained)."""
+    """Seconds per stage-1 and stage-2 batch of REALM ``mcfg`` on ``tcfg``'s data (weights untrained).
+
+    With ``tcfg.teacher_forcing`` F in (0, 1), stage 1's step is the mix of both kinds it runs: F times a
+    teacher-forced step plus (1 - F) times a rollout step, each timed (``stage1_teacher_step_s``,
+    ``stage1_rollout_step_s``)."""
     import torch
 
     from realm.train import CoarseSegments, REALMTask, coarse_rollouts, prepare_data
@@ -72,9 +76,18 @@ def calibrate_realm(tcfg, mcfg, refine: bool, seconds: float = 10.0, max_batches
     out = {"prep_s": round(prep_s, 2), "batches_per_epoch": len(dl)}
     rng = torch.get_rng_state()
     share = seconds / (2 if refine else 1)
-    task = REALMTask(mcfg.to_dict(), jsonable(asdict(tcfg)), 1)
-    task.stats = prep.stats  # as in training: react_gate's and react_condition's labels de-normalise the clips
-    out["stage1_step_s"] = _time_steps(task, dl, tcfg, max_batches, share)
+    f = tcfg.teacher_forcing
+    if 0 < f < 1:  # stage 1 runs both kinds of step: time each (half the time), plan on their mix
+        for kind, ff in (("teacher", 1.0), ("rollout", 0.0)):
+            t = replace(tcfg, teacher_forcing=ff)
+            task = REALMTask(mcfg.to_dict(), jsonable(asdict(t)), 1)
+            task.stats = prep.stats
+            out[f"stage1_{kind}_step_s"] = _time_steps(task, dl, t, max_batches, share / 2)
+        out["stage1_step_s"] = f * out["stage1_teacher_step_s"] + (1 - f) * out["stage1_rollout_step_s"]
+    else:
+        task = REALMTask(mcfg.to_dict(), jsonable(asdict(tcfg)), 1)
+        task.stats = prep.stats  # as in training: react_gate's and react_condition's labels de-normalise the clips
+        out["stage1_step_s"] = _time_steps(task, dl, tcfg, max_batches, share)
     if refine:
         task = REALMTask(mcfg.to_dict(), jsonable(asdict(tcfg)), 2)
         task.stats = prep.stats

@@ -18,6 +18,7 @@ from realm.bench.config import (
     STEP3_SHARES,
     STEP3_TRAIN,
     STEP4_MODEL,
+    VARIANT_TRAIN,
     BenchConfig,
     audio_context,
     harness_model,
@@ -52,7 +53,7 @@ def _train_config(name: str, cfg: BenchConfig, data: Path):
     if cfg.precision:
         common["precision"] = cfg.precision
     if name in REALM_VARIANTS:
-        base = TrainConfig(**{**common, **cfg.train})
+        base = TrainConfig(**{**common, **cfg.train, **VARIANT_TRAIN.get(name, {})})
     else:
         from realm.train.baselines import baseline_train_config
 
@@ -236,7 +237,8 @@ def _step3_configs(tcfg, fields_: dict, init: Path, over: dict | None = None):
 
     from realm.models.realm import REALMConfig
 
-    t3 = replace(tcfg, init=str(init), stages=(1,), **{**STEP3_TRAIN, **(over or {})})
+    # steps 3 and 4 roll out (a *_tf_* variant's teacher forcing is its stage 1's)
+    t3 = replace(tcfg, init=str(init), stages=(1,), **{"teacher_forcing": 0.0, **STEP3_TRAIN, **(over or {})})
     return t3, REALMConfig(**{**fields_, **STEP3_MODEL})
 
 
