@@ -23,7 +23,10 @@ Steps (each one resumes: rerun the same command after an interruption):
    ``OUT/models/<name>/steps12``, then step 3 (:data:`STEP3_MODEL`, :data:`STEP3_TRAIN`) from
    them; its budget splits :data:`STEP3_SHARES`. ``realm_sbk`` (and ``tau0_sbk``) is the demo's
    recipe since 2026-11-30: the same, then step 4 (:data:`STEP4_MODEL`: step 3's recipe again from
-   step 3, the decoder told which reaction kind starts), step 3 and 4 half of step 3's share each. The
+   step 3, the decoder told which reaction kind starts), step 3 and 4 half of step 3's share each.
+   ``realm_tf_sbk`` (and ``tau0_tf_sbk``) is ``realm_sbk`` whose stage 1 reads the ground truth as each
+   window's history for its first 75 % of steps (:data:`VARIANT_TRAIN`: ``teacher_forcing``; its
+   calibration times both kinds of step and plans on their mix); steps 3 and 4 roll out. The
    budget becomes a step count: a short calibration run times the model's real training steps
    (data loading included), then ``max_steps`` = the time left / the step time (rounded to whole
    epochs, because checkpoints are selected on ``val`` at epoch ends). A step count, not a timer,
