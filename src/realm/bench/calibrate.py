@@ -76,18 +76,15 @@ def calibrate_realm(tcfg, mcfg, refine: bool, seconds: float = 10.0, max_batches
     out = {"prep_s": round(prep_s, 2), "batches_per_epoch": len(dl)}
     rng = torch.get_rng_state()
     share = seconds / (2 if refine else 1)
-    f = tcfg.teacher_forcing
-    if 0 < f < 1:  # stage 1 runs both kinds of step: time each (half the time), plan on their mix
-        for kind, ff in (("teacher", 1.0), ("rollout", 0.0)):
-            t = replace(tcfg, teacher_forcing=ff)
-            task = REALMTask(mcfg.to_dict(), jsonable(asdict(t)), 1)
-            task.stats = prep.stats
-            out[f"stage1_{kind}_step_s"] = _time_steps(task, dl, t, max_batches, share / 2)
-        out["stage1_step_s"] = f * out["stage1_teacher_step_s"] + (1 - f) * out["stage1_rollout_step_s"]
-    else:
-        task = REALMTask(mcfg.to_dict(), jsonable(asdict(tcfg)), 1)
+    f = tcfg.teacher_forcing  # in (0, 1), stage 1 runs both kinds of step: time each, plan on their mix
+    kinds = {"stage1_teacher_step_s": 1.0, "stage1_rollout_step_s": 0.0} if 0 < f < 1 else {"stage1_step_s": f}
+    for key, ff in kinds.items():
+        t = replace(tcfg, teacher_forcing=ff)
+        task = REALMTask(mcfg.to_dict(), jsonable(asdict(t)), 1)
         task.stats = prep.stats  # as in training: react_gate's and react_condition's labels de-normalise the clips
-        out["stage1_step_s"] = _time_steps(task, dl, tcfg, max_batches, share)
+        out[key] = _time_steps(task, dl, t, max_batches, share / len(kinds))
+    if "stage1_step_s" not in out:
+        out["stage1_step_s"] = f * out["stage1_teacher_step_s"] + (1 - f) * out["stage1_rollout_step_s"]
     if refine:
         task = REALMTask(mcfg.to_dict(), jsonable(asdict(tcfg)), 2)
         task.stats = prep.stats

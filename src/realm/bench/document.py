@@ -141,8 +141,9 @@ def targets(result: dict, ours: str | None = None) -> list[str]:
     from realm.eval import FLOOR
 
     rows = result["rows"]
-    ours = ours if ours in rows else None if ours else next((n for n in OURS if n in rows), None)
     if ours is None:
+        ours = next((n for n in OURS if n in rows), None)
+    if ours not in rows:
         return []
     baselines = [n for n, r in rows.items() if r["kind"] == "model" and n in BASELINES]
     others = [n for n, r in rows.items() if r["kind"] == "model" and n != ours and not n.startswith(ours + " (")]
