@@ -308,3 +308,16 @@ def test_the_teacher_forced_variant_forces_its_stage_1_only_and_plans_on_both_ki
     assert targets(res, "realm_tf_sbk")[0].startswith("| target (realm_tf_sbk) |") and targets(res, "realm_sb") == []
     doc = (tmp_path / "tf.md").read_text()
     assert "| realm_tf_sbk |" in doc and "| target (realm_tf_sbk) |" in doc
+
+
+def test_the_reweighted_variant_divides_rotations_loss_weights_by_10_in_every_step(tmp_path):
+    """realm_rw_sbk: realm_tf_sbk with w_rot 0.5 and w_vel 1.0 (DESIGN's 5 and 10); its steps 3 and 4 keep the
+    weights and roll out; the other variants keep DESIGN's weights."""
+    from realm.bench.training import _step3_configs, _train_config
+
+    cfg = BenchConfig(out=str(tmp_path / "run"))
+    t = _train_config("realm_rw_sbk", cfg, tmp_path)
+    assert (t.w_rot, t.w_vel, t.teacher_forcing) == (0.5, 1.0, 0.75)
+    assert (_train_config("tau0_rw_sbk", cfg, tmp_path).w_rot, _train_config("realm_tf_sbk", cfg, tmp_path).w_rot) == (0.5, 5.0)
+    t3, m3 = _step3_configs(t, {"tau": 8}, tmp_path / "steps12")
+    assert (t3.w_rot, t3.w_vel, t3.teacher_forcing, t3.coarse_loss) == (0.5, 1.0, 0.0, "energy") and m3.latent_dim == 16

@@ -26,7 +26,9 @@ Steps (each one resumes: rerun the same command after an interruption):
    step 3, the decoder told which reaction kind starts), step 3 and 4 half of step 3's share each.
    ``realm_tf_sbk`` (and ``tau0_tf_sbk``) is ``realm_sbk`` whose stage 1 reads the ground truth as each
    window's history for its first 75 % of steps (:data:`VARIANT_TRAIN`: ``teacher_forcing``; its
-   calibration times both kinds of step and plans on their mix); steps 3 and 4 roll out. The
+   calibration times both kinds of step and plans on their mix); steps 3 and 4 roll out.
+   ``realm_rw_sbk`` (and ``tau0_rw_sbk``) is ``realm_tf_sbk`` with rotation's loss weights divided by
+   10 (``w_rot`` 0.5, ``w_vel`` 1.0) in every step. The
    budget becomes a step count: a short calibration run times the model's real training steps
    (data loading included), then ``max_steps`` = the time left / the step time (rounded to whole
    epochs, because checkpoints are selected on ``val`` at epoch ends). A step count, not a timer,

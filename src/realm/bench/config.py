@@ -27,13 +27,19 @@ REALM_VARIANTS: dict[str, tuple[dict, str]] = {
     "realm_tf_sbk": ({}, "ours: realm_sbk whose stage 1 reads the ground truth as each window's history for its "
                          "first 75 % of steps (teacher forcing), then rolls out"),
     "tau0_tf_sbk": ({"tau": 0}, "ablation of ours: realm_tf_sbk with tau = 0"),
+    "realm_rw_sbk": ({}, "ours: realm_tf_sbk with rotation's loss weights divided by 10 (w_rot 0.5, w_vel 1.0)"),
+    "tau0_rw_sbk": ({"tau": 0}, "ablation of ours: realm_rw_sbk with tau = 0"),
 }
 
 
 #: TrainConfig fields of a REALM variant's stages 1 and 2 (its steps 3 and 4 roll out, as the demo's):
 #: the ``*_tf_*`` variants teacher-force the first 75 % of stage 1's steps (``TrainConfig.teacher_forcing``;
-#: measured at equal wall-clock in docs/realm.md, "Teacher-forced windows": reactions timed at tau).
-VARIANT_TRAIN: dict[str, dict] = {"realm_tf_sbk": {"teacher_forcing": 0.75}, "tau0_tf_sbk": {"teacher_forcing": 0.75}}
+#: measured at equal wall-clock in docs/realm.md, "Teacher-forced windows": reactions timed at tau); the ``*_rw_*``
+#: variants also divide rotation's loss weights by 10 (DESIGN's w_rot 5 and w_vel 10 drown the expression's
+#: gradient: docs/realm.md, "Why ours miss the expression reactions"); their steps 3 and 4 keep these weights.
+_TF = {"teacher_forcing": 0.75}
+_RW = {**_TF, "w_rot": 0.5, "w_vel": 1.0}
+VARIANT_TRAIN: dict[str, dict] = {"realm_tf_sbk": _TF, "tau0_tf_sbk": _TF, "realm_rw_sbk": _RW, "tau0_rw_sbk": _RW}
 
 
 #: The step that follows stages 1 and 2 for the ``*_sb`` variants (the demo checkpoint's recipe,
@@ -60,7 +66,7 @@ STEP4_MODEL = {"react_condition": ["smile", "concern", "brow_raise"], "react_shi
 
 
 #: "Ours" for the targets of issue 15 (point 6): a table for each of these a run holds, in this order.
-OURS = ("realm_sbk", "realm_tf_sbk", "realm_sb")
+OURS = ("realm_sbk", "realm_tf_sbk", "realm_rw_sbk", "realm_sb")
 
 
 #: Issue 15 point 6: the expression variance ratio ours must reach, FD exp at most this multiple of the floor.
