@@ -202,6 +202,10 @@ def test_presets_set_the_recipe_and_options_override_them(synth_dir, tmp_path):
     cfg = json.loads((tmp_path / "run/config.json").read_text())
     assert cfg["train"]["batch_size"] == 16 and cfg["train"]["epochs"] == 8  # the option, then the cpu preset
     assert cfg["model"]["audio_context"] == 16  # prosody is frame-local
+    # the demo's stage-1 recipe: rotation's loss weights / 10 and a teacher-forced start; the paper keeps DESIGN's
+    assert (cfg["train"]["w_rot"], cfg["train"]["w_vel"], cfg["train"]["teacher_forcing"]) == (0.5, 1.0, 0.75)
+    assert {"w_rot", "w_vel", "teacher_forcing"}.isdisjoint(preset_fields("paper", "logmel"))
+    assert (TrainConfig().w_rot, TrainConfig().w_vel, TrainConfig().teacher_forcing) == (5.0, 10.0, 0.0)
 
 
 def test_a_resumed_run_keeps_its_recipe():

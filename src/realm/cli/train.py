@@ -34,7 +34,7 @@ def train_realm_cmd(
     out_dir: Path = typer.Option(..., "--out", help="Run directory (checkpoints, logs, exported model)."),
     extractor: str = typer.Option("logmel", "--extractor", "-e", help="Speaker features: logmel | logmel_norm | logmel_prosody | pcen | vico45 | prosody | whisper"),
     store: Path = typer.Option(None, "--store", help="Read the training windows from this store of --data (`realm data store`): data larger than memory, RSS flat."),
-    preset: str = typer.Option("cpu", "--preset", help="Recipe: cpu (the demo checkpoint's: batch 64, 8 + 2 epochs, audio context 16 for local features, stage 1 from its last validation; ~1 h on 2 cores at 0.5 h of data) | paper (the authors': batch 512, 200 + 50 epochs, no audio context, stage 1 by val loss; GPU-sized). Options below override it."),
+    preset: str = typer.Option("cpu", "--preset", help="Recipe: cpu (the demo checkpoint's stages 1 and 2: batch 64, 8 + 2 epochs, audio context 16 for local features, stage 1 from its last validation, rotation's loss weights / 10, the first 75 % of stage 1 teacher-forced) | paper (the authors': batch 512, 200 + 50 epochs, no audio context, stage 1 by val loss; GPU-sized). Options below override it."),
     epochs: int = typer.Option(None, help="Stage-1 epochs (cpu 8, paper 200)."),
     stage2_epochs: int = typer.Option(None, "--stage2-epochs", help="Stage-2 epochs (cpu 2, paper 50)."),
     batch_size: int = typer.Option(None, "--batch-size", help="Clips per batch (cpu 64, paper 512)."),
