@@ -423,6 +423,7 @@ LOCAL_EXTRACTORS = ("logmel", "vico45", "prosody", "pcen", "logmel_norm", "logme
 #: It also divides rotation's two loss weights by 10 (DESIGN's 5 and 10 make three rotation channels
 #: outweigh the 52 expression channels: no concern is learned) and teacher-forces stage 1's first
 #: 75 % of steps (faster, reactions timed better): the benchmark's leading realm_rw_sbk (docs/benchmark.md).
+#: Runs that retrain stage 1 from a checkpoint on rollouts (the demo's steps 3 and 4) set teacher_forcing=0.
 PRESETS: dict[str, dict] = {
     "cpu": {"batch_size": 64, "epochs": 8, "stage2_epochs": 2, "val_every": 50, "audio_context": "local",
             "stage1_select": "last", "w_rot": 0.5, "w_vel": 1.0, "teacher_forcing": 0.75},
